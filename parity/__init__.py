@@ -1,0 +1,13 @@
+"""parity: find where a neural network loses accuracy when deployed.
+
+Import is cheap: no framework (torch, onnxruntime, TensorRT) is imported here.
+"""
+from __future__ import annotations
+
+from .errors import ParityError, UsageError
+from .hookspecs import hookimpl
+from .records import Activation
+
+__version__ = "0.1.0"
+
+__all__ = ["Activation", "ParityError", "UsageError", "hookimpl", "__version__"]

@@ -1,0 +1,218 @@
+"""The metric contract and the one chunked pass that feeds every metric.
+
+Why chunked: an activation can be gigabytes; converting it whole to float64 would
+double or quadruple memory. Every streaming metric instead sees the same sequence of
+float64 chunks (a few hundred KB each, cache sized), so the extra memory per pair is
+bounded by the chunk size, whatever the activation size, and conversions and the
+difference are computed once per chunk for all metrics together.
+
+Elements where either side is NaN or Inf are excluded from the chunks and counted
+instead (see :class:`PairContext`), so an FP16 overflow shows up as a count rather
+than turning every metric into NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+#: Elements per chunk. 64 Ki float64 values = 512 KiB per array: fits in L2 with room.
+CHUNK_ELEMENTS = 1 << 16
+
+
+@dataclass
+class PairContext:
+    """What a metric may know about a pair before and after the chunk pass.
+
+    ``ref_range``/``tgt_range`` are (min, max) over finite values; they are filled only
+    when some selected metric sets ``needs_range`` (it costs one extra read of both arrays).
+    Non-finite counts are filled during the pass.
+    """
+
+    size: int
+    ref_dtype: str
+    tgt_dtype: str
+    ref_range: tuple[float, float] | None = None
+    tgt_range: tuple[float, float] | None = None
+    ref_nan: int = 0
+    ref_inf: int = 0
+    tgt_nan: int = 0
+    tgt_inf: int = 0
+    #: target elements that are NaN/Inf where the reference is finite: overflow created by the target.
+    tgt_new_nonfinite: int = 0
+    finite_size: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Chunk:
+    """A float64 slice of both arrays, finite positions only, with shared derived values cached."""
+
+    __slots__ = ("ref", "tgt", "__dict__")
+
+    def __init__(self, ref: np.ndarray, tgt: np.ndarray):
+        self.ref = ref
+        self.tgt = tgt
+
+    @cached_property
+    def diff(self) -> np.ndarray:
+        return self.tgt - self.ref
+
+    @cached_property
+    def absdiff(self) -> np.ndarray:
+        return np.abs(self.diff)
+
+    @cached_property
+    def absref(self) -> np.ndarray:
+        return np.abs(self.ref)
+
+    def __len__(self) -> int:
+        return int(self.ref.size)
+
+
+class Metric:
+    """Base class for a metric plugin.
+
+    A streaming metric implements :meth:`start`, :meth:`update` and :meth:`finish`; the
+    engine runs all streaming metrics of a pair in one pass over shared chunks. A metric
+    that needs structure (rows of logits, say) overrides :meth:`compute` instead and is
+    then responsible for bounding its own memory.
+
+    Class attributes describe the result for reports:
+    ``higher_is_better`` decides what "worse than the threshold" means;
+    ``default_threshold`` is used to mark the first diverging layer when the user gives none
+    (``None``: the metric is scale dependent and has no universal threshold);
+    ``percent`` makes reports print the value with a ``%`` sign.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    default_threshold: ClassVar[float | None] = None
+    percent: ClassVar[bool] = False
+    needs_range: ClassVar[bool] = False
+    #: value when both arrays have no finite element to compare
+    empty_value: ClassVar[float] = math.nan
+
+    # -- streaming interface -------------------------------------------------
+    def start(self, ctx: PairContext) -> Any:
+        raise NotImplementedError
+
+    def update(self, state: Any, chunk: Chunk) -> Any:
+        """Fold one chunk into ``state``; return the new state (may be the same object)."""
+        raise NotImplementedError
+
+    def finish(self, state: Any, ctx: PairContext) -> float:
+        raise NotImplementedError
+
+    # -- whole-pair interface ------------------------------------------------
+    @property
+    def streaming(self) -> bool:
+        return type(self).compute is Metric.compute
+
+    def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
+        """Score a pair outside the shared pass. Only metrics that override this use it."""
+        raise NotImplementedError
+
+    # -- helpers for reports --------------------------------------------------
+    def worse(self, value: float, threshold: float) -> bool:
+        """True if ``value`` fails ``threshold`` for this metric. NaN always fails."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return True
+        return value < threshold if self.higher_is_better else value > threshold
+
+    def __repr__(self) -> str:
+        return f"<metric {self.name}>"
+
+
+def _finite_range(a: np.ndarray) -> tuple[float, float] | None:
+    lo = hi = None
+    flat = a.reshape(-1)
+    for s in range(0, flat.size, CHUNK_ELEMENTS * 16):
+        c = flat[s : s + CHUNK_ELEMENTS * 16]
+        if not np.issubdtype(c.dtype, np.floating):
+            c = c.astype(np.float64)
+        cmin, cmax = c.min(), c.max()
+        if not (np.isfinite(cmin) and np.isfinite(cmax)):
+            c = c[np.isfinite(c)]
+            if c.size == 0:
+                continue
+            cmin, cmax = c.min(), c.max()
+        lo = float(cmin) if lo is None else min(lo, float(cmin))
+        hi = float(cmax) if hi is None else max(hi, float(cmax))
+    return None if lo is None else (lo, hi)
+
+
+def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,
+                chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
+    """Yield float64 chunks of the finite-on-both-sides positions, counting the rest into ``ctx``."""
+    r_flat = ref.reshape(-1)
+    t_flat = tgt.reshape(-1)
+    n = r_flat.size
+    rbuf = np.empty(min(chunk_elements, n), dtype=np.float64)
+    tbuf = np.empty(min(chunk_elements, n), dtype=np.float64)
+    finite = 0
+    for s in range(0, n, chunk_elements):
+        e = min(s + chunk_elements, n)
+        m = e - s
+        r = rbuf[:m]
+        t = tbuf[:m]
+        r[...] = r_flat[s:e]
+        t[...] = t_flat[s:e]
+        # A finite sum means every element is finite (float64 cannot overflow from fp32 inputs
+        # in 64Ki elements), so the common case costs one cheap reduction per side.
+        if math.isfinite(float(np.add.reduce(r))) and math.isfinite(float(np.add.reduce(t))):
+            finite += m
+            yield Chunk(r, t)
+            continue
+        rf = np.isfinite(r)
+        tf = np.isfinite(t)
+        rn = np.isnan(r)
+        tn = np.isnan(t)
+        ctx.ref_nan += int(np.count_nonzero(rn))
+        ctx.ref_inf += int(m - np.count_nonzero(rf) - np.count_nonzero(rn))
+        ctx.tgt_nan += int(np.count_nonzero(tn))
+        ctx.tgt_inf += int(m - np.count_nonzero(tf) - np.count_nonzero(tn))
+        ctx.tgt_new_nonfinite += int(np.count_nonzero(rf & ~tf))
+        both = rf & tf
+        k = int(np.count_nonzero(both))
+        finite += k
+        if k:
+            yield Chunk(r[both], t[both])
+    ctx.finite_size = finite
+
+
+def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
+               options: dict[str, Any] | None = None,
+               chunk_elements: int = CHUNK_ELEMENTS) -> tuple[dict[str, float], PairContext]:
+    """Score two equal-size arrays with every metric; return values by metric name and the context.
+
+    Shapes may differ as long as sizes agree (the caller decides whether that is allowed).
+    """
+    if ref.size != tgt.size:
+        raise ValueError(f"size mismatch: {ref.size} vs {tgt.size}")
+    ctx = PairContext(size=int(ref.size), ref_dtype=str(ref.dtype), tgt_dtype=str(tgt.dtype),
+                      options=dict(options or {}))
+    if any(m.needs_range for m in metrics):
+        ctx.ref_range = _finite_range(ref)
+        ctx.tgt_range = _finite_range(tgt)
+    streaming = [m for m in metrics if m.streaming]
+    states = [m.start(ctx) for m in streaming]
+    for chunk in iter_chunks(ref, tgt, ctx, chunk_elements):
+        for i, m in enumerate(streaming):
+            states[i] = m.update(states[i], chunk)
+    if not streaming:  # still count non-finite values for the report
+        for _ in iter_chunks(ref, tgt, ctx, chunk_elements):
+            pass
+    out: dict[str, float] = {}
+    si = 0
+    for m in metrics:
+        if m.streaming:
+            st = states[si]
+            si += 1
+            out[m.name] = float(m.empty_value) if ctx.finite_size == 0 else float(m.finish(st, ctx))
+        else:
+            out[m.name] = float(m.compute(ref, tgt, ctx))
+    return out, ctx

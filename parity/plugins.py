@@ -1,0 +1,172 @@
+"""Plugin discovery: entry points of the ``parity`` group, built-ins included.
+
+Environment variables:
+
+``PARITY_LOAD_PLUGINS``
+    Comma-separated entry-point names to load (others are skipped). Set it to an empty
+    string to load none. Unset: load all. Useful in tests and for isolating a bad plugin.
+``PARITY_DEBUG_HOOKS``
+    When set, print every hook call, its arguments and results to stderr.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ParityError
+
+GROUP = "parity"
+KINDS = {"register_metrics": "metric", "register_formats": "format",
+         "register_sources": "source", "register_matchers": "matcher"}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One named object a plugin contributed, with where it came from."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    package: str
+
+
+_pm: pluggy.PluginManager | None = None
+_dists: dict[str, str] = {}  # plugin name -> "package version"
+_registry: dict[str, dict[str, Registered]] | None = None
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    allowed = os.environ.get("PARITY_LOAD_PLUGINS")
+    allow = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        if allow is not None and ep.name not in allow:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # a broken third-party plugin must not hide the others' names
+            dist = ep.dist.name if ep.dist else "?"
+            raise ParityError(f"plugin {ep.name!r} (package {dist}) failed to import: {e}") from e
+        pm.register(plugin, name=ep.name)
+        if ep.dist is not None:
+            _dists[ep.name] = f"{ep.dist.metadata['name']} {ep.dist.version}"
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _pm
+    if _pm is None:
+        pm = pluggy.PluginManager(GROUP)
+        pm.add_hookspecs(hookspecs)
+        _load_entrypoints(pm)
+        pm.check_pending()
+        if os.environ.get("PARITY_DEBUG_HOOKS"):
+            pm.trace.root.setwriter(sys.stderr.write)
+            pm.enable_tracing()
+        _pm = pm
+    return _pm
+
+
+def _package_of(plugin_name: str, plugin: Any) -> str:
+    if plugin_name in _dists:
+        return _dists[plugin_name]
+    mod = getattr(plugin, "__name__", type(plugin).__module__)
+    return str(mod).split(".")[0]
+
+
+def registry() -> dict[str, dict[str, Registered]]:
+    """Every registered object by kind ("metric", "format", "source", "matcher") and name.
+
+    Each plugin's hook is called on its own so that every name is attributed to the plugin
+    that registered it, and a name claimed twice fails with both claimants named.
+    """
+    global _registry
+    if _registry is not None:
+        return _registry
+    pm = get_plugin_manager()
+    reg: dict[str, dict[str, Registered]] = {k: {} for k in KINDS.values()}
+    for hook_name, kind in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+            package = _package_of(plugin_name, impl.plugin)
+
+            def register(obj: Any, name: str | None = None, *, _k=kind, _p=plugin_name, _pkg=package) -> None:
+                nm = name or getattr(obj, "name", None)
+                if not nm:
+                    raise ParityError(f"plugin {_p!r} registered a {_k} without a name: {obj!r}")
+                if name:
+                    try:
+                        obj.name = nm
+                    except AttributeError:
+                        pass
+                prev = reg[_k].get(nm)
+                if prev is not None:
+                    raise ParityError(f"{_k} {nm!r} is registered twice: by plugin {prev.plugin!r} "
+                                      f"({prev.package}) and by plugin {_p!r} ({_pkg}). "
+                                      f"Uninstall one, or restrict loading with PARITY_LOAD_PLUGINS.")
+                reg[_k][nm] = Registered(_k, nm, obj, _p, _pkg)
+
+            # Call this one implementation directly so the registration is attributed to it.
+            impl.function(register=register)
+    _registry = reg
+    return reg
+
+
+def reset() -> None:
+    """Forget loaded plugins (tests use this after registering or unregistering a plugin)."""
+    global _pm, _registry
+    _pm = None
+    _registry = None
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register an in-process plugin object (tests, notebooks); its names join the registry."""
+    global _registry
+    get_plugin_manager().register(plugin, name=name)
+    _registry = None
+
+
+def unregister_plugin(plugin: Any = None, name: str | None = None) -> None:
+    global _registry
+    get_plugin_manager().unregister(plugin, name=name)
+    _registry = None
+
+
+def _lookup(kind: str, name: str) -> Any:
+    reg = registry()[kind]
+    if name not in reg:
+        known = ", ".join(sorted(reg)) or "none"
+        raise ParityError(f"unknown {kind} {name!r}. Known {kind}s: {known}. "
+                          f"Run 'parity plugins' to see what is installed.")
+    return reg[name].obj
+
+
+def get_metric(name: str) -> Any:
+    return _lookup("metric", name)
+
+
+def get_format(name: str) -> Any:
+    return _lookup("format", name)
+
+
+def get_source(name: str) -> Any:
+    return _lookup("source", name)
+
+
+def get_matcher(name: str) -> Any:
+    return _lookup("matcher", name)
+
+
+def all_of(kind: str) -> dict[str, Any]:
+    return {n: r.obj for n, r in registry()[kind].items()}
+
+

@@ -1,0 +1,41 @@
+"""The unit of data that flows from sources and dump readers into the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Activation:
+    """One captured tensor: a layer's output, as a source or a dump file produced it.
+
+    ``order`` is the execution order where the producer knows it; ``op_type`` is the
+    framework's own name for the operation (``Conv2d``, ``Conv``, ``CaskConvolution``);
+    ``meta`` carries anything else a matcher may use (module path, ONNX node, provenance).
+    """
+
+    name: str
+    array: np.ndarray
+    output_index: int = 0
+    order: int | None = None
+    op_type: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Name used for exact pairing: the layer name, plus ``:N`` for outputs after the first."""
+        return self.name if self.output_index == 0 else f"{self.name}:{self.output_index}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.array.shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.array.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)

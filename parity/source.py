@@ -1,0 +1,69 @@
+"""The source contract: something that runs a model and yields its activations lazily.
+
+A source is registered under a target name (``torch``, ``torch-fp16``, ``ort-int8``,
+``trt-fp16``); one class typically serves several names through its constructor
+arguments. Heavy frameworks are imported inside methods, never at module import, so
+``parity --help`` and ``parity plugins`` stay fast and work without them installed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from .records import Activation
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input as declared by the model; ``None`` in ``shape`` marks a dynamic dimension."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+
+@dataclass
+class RunConfig:
+    """Everything a source needs to load and run a model, shared by reference and target.
+
+    ``model`` is a path (``.pt``, ``.pt2``, ``.onnx``) or a Python spec ``pkg.module:factory``.
+    ``workdir`` is where a source may cache derived artifacts (exported ONNX, converted
+    models, engines); ``options`` carries source-specific settings from the CLI/config
+    (``trust_model``, ``state_dict``, ``opset``, ``keep_fp32_ops``, ``calibration`` ...).
+    """
+
+    model: str
+    device: str = "cpu"
+    workdir: Path = field(default_factory=lambda: Path(".parity-cache"))
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: feeds used for calibration by quantizing targets (int8); set by the driver
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+class Source:
+    """Base class for a source plugin."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def check(self) -> str | None:
+        """``None`` if this source can run on this machine, else one line saying what is missing."""
+        return None
+
+    def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
+        """The model's inputs, so the driver can make or validate feeds."""
+        raise NotImplementedError
+
+    def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
+        """Run once on ``feed`` and yield every captured activation in execution order.
+
+        The final model outputs are yielded too, with ``meta["is_output"] = True``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<source {self.name}>"
