@@ -1,0 +1,254 @@
+"""Command line: parses arguments and calls the public API. Nothing else lives here.
+
+Every ParityError becomes one line on stderr and a non-zero exit (2 for usage, 1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+from .errors import ParityError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other parity error
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _csv_list(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def parse_thresholds(s: str | None, metrics: list[str] | None) -> dict[str, float]:
+    """``0.999`` applies to the first (primary) metric; ``cosine=0.999,rel-diff=99`` names them."""
+    from .engine import DEFAULT_METRICS
+
+    if not s:
+        return {}
+    out: dict[str, float] = {}
+    primary = (metrics or list(DEFAULT_METRICS))[0]
+    for part in s.split(","):
+        name, _, val = part.rpartition("=")
+        try:
+            out[name.strip() or primary] = float(val)
+        except ValueError:
+            raise UsageError(f"--threshold: {part!r} is not a number. Note: use 0.999 or cosine=0.999,rel-diff=99.")
+    return out
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("metrics and report")
+    g.add_argument("--metrics", help="comma-separated metric names; the first is the primary one "
+                                     "(default: cosine,rel-diff,max-abs,nonfinite)")
+    g.add_argument("--threshold", help="pass threshold of the primary metric (0.999) or per metric "
+                                       "(cosine=0.999,rel-diff=99); marks the first diverging layer")
+    g.add_argument("--rel-tol", type=float, default=0.1,
+                   help="relative tolerance of the rel-diff metric (default 0.1, as in the TensorRT recipe)")
+    g.add_argument("--abs-tol", type=float, default=0.0, help="absolute tolerance added in rel-diff")
+    g.add_argument("--sort", choices=["order", "worst"], default="order", help="table row order")
+    g.add_argument("--max-rows", type=int, default=None, help="print at most N table rows")
+    g.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in docs/report-schema.md)")
+    g.add_argument("--csv", metavar="PATH", help="write the report as CSV")
+    g.add_argument("--fail-under", type=float, metavar="X",
+                   help="exit 1 if any compared layer's primary metric is worse than X "
+                        "(below X for similarities, above X for distances)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no table, only the verdict lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="parity", description="Find where a neural network loses accuracy between frameworks "
+                                           "and precisions, layer by layer.")
+    p.add_argument("--version", action="version", version=f"parity {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    pl = sub.add_parser("plugins", help="list sources, metrics, formats and matchers, with their packages")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    an = sub.add_parser("analyze", help="compare two activation dumps made elsewhere (folders or archives)")
+    an.add_argument("ref", help="reference dump: folder or archive (or one folder holding both runs)")
+    an.add_argument("target", nargs="?", help="target dump: folder or archive")
+    an.add_argument("--ref-tag", help="run tag of the reference in a single-folder layout (e.g. fp32)")
+    an.add_argument("--target-tag", help="run tag of the target in a single-folder layout (e.g. fp16)")
+    an.add_argument("--format", dest="fmt", help="dump format name (default: by file extension)")
+    an.add_argument("--matcher", default="exact", help="layer matcher (default: exact names)")
+    _add_report_args(an)
+
+    co = sub.add_parser("compare", help="run a model in a reference and target(s), compare every layer")
+    co.add_argument("model", help="model: .onnx, TorchScript .pt, ExportedProgram .pt2, or package.module:factory")
+    co.add_argument("--ref", default="torch", help="reference source (default: torch)")
+    co.add_argument("--target", action="append", help="target source; repeat for several (default: ort)")
+    g = co.add_argument_group("inputs")
+    g.add_argument("--inputs", help=".npy/.npz file, or a folder of them (one feed per file)")
+    g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
+                   help="shape for random inputs or dynamic dims (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    g.add_argument("--random-inputs", type=int, default=1, metavar="N", help="number of random feeds (default 1)")
+    g.add_argument("--calibration", help="feeds for INT8 calibration (default: the compared inputs)")
+    g = co.add_argument_group("sources")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
+    g.add_argument("--trust-model", action="store_true",
+                   help="allow loading a pickled torch module (runs code from the file: only for files you trust)")
+    g.add_argument("--state-dict", help="weights for a package.module:factory model (loaded with weights_only)")
+    g.add_argument("--torch-capture", choices=["modules", "fx"], help="torch capture: module hooks or fx graph")
+    g.add_argument("--opset", type=int, help="ONNX opset for parity's export (default chosen by parity)")
+    g.add_argument("--keep-fp32-ops", help="op types kept fp32 by ort-fp16 (e.g. Softmax,LayerNormalization)")
+    g.add_argument("--keep-fp32-nodes", help="ONNX node names kept fp32 by ort-fp16")
+    g.add_argument("--trt-capture", choices=["debug", "mark", "outputs"], help="TensorRT capture mode")
+    g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
+    g.add_argument("--workdir", default=".parity-cache", help="cache of exported/converted models and engines")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
+    g = co.add_argument_group("matching")
+    g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
+    g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
+    _add_report_args(co)
+    return p
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol}
+
+
+def _emit(report: Any, args: argparse.Namespace) -> int:
+    from .report import render_table, summary_lines, write_csv, write_json
+
+    if args.quiet:
+        for line in summary_lines(report):
+            print(line)
+    else:
+        render_table(report, sort=args.sort, max_rows=args.max_rows)
+    if args.json:
+        write_json(report, args.json)
+    if args.csv:
+        write_csv(report, args.csv)
+    if args.fail_under is not None:
+        p = report.primary
+        worst = report.worst_value(p.name)
+        if worst is None:
+            print(f"parity: --fail-under: no layer was compared", file=sys.stderr)
+            return 1
+        bad = math.isnan(worst) or (worst < args.fail_under if p.higher_is_better else worst > args.fail_under)
+        if bad:
+            print(f"parity: FAIL: worst {p.name} {worst:.6g} is {'below' if p.higher_is_better else 'above'} "
+                  f"--fail-under {args.fail_under:g}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import registry
+
+    reg = registry()
+    if args.json:
+        print(json.dumps({kind: [{"name": r.name, "plugin": r.plugin, "package": r.package,
+                                  "description": getattr(r.obj, "description", "")}
+                                 for r in sorted(items.values(), key=lambda r: r.name)]
+                          for kind, items in reg.items()}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140, highlight=False)
+    for kind in ("source", "metric", "format", "matcher"):
+        t = Table(title=f"{kind}s", title_justify="left")
+        t.add_column("name")
+        t.add_column("package")
+        t.add_column("description", overflow="fold")
+        for r in sorted(reg[kind].values(), key=lambda r: r.name):
+            t.add_row(r.name, r.package, getattr(r.obj, "description", ""))
+        console.print(t)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    metrics = _csv_list(args.metrics)
+    report = analyze(args.ref, args.target, ref_tag=args.ref_tag, target_tag=args.target_tag, fmt=args.fmt,
+                     metrics=metrics, thresholds=parse_thresholds(args.threshold, metrics),
+                     options=_options(args), matcher=args.matcher)
+    return _emit(report, args)
+
+
+def _source_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.trust_model:
+        opts["trust_model"] = True
+    for key in ("state_dict", "torch_capture", "opset", "trt_capture", "layer_precisions"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    for key in ("keep_fp32_ops", "keep_fp32_nodes"):
+        if getattr(args, key):
+            opts[key] = _csv_list(getattr(args, key))
+    for item in args.option or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--option {item!r}: expected KEY=VALUE")
+        opts[k.strip().replace("-", "_")] = v
+    return opts
+
+
+def _suffixed(path: str | None, tag: str, many: bool) -> str | None:
+    if not path or not many:
+        return path
+    p = os.path.splitext(path)
+    return f"{p[0]}.{tag}{p[1]}"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareSettings, compare
+    from .inputs import parse_input_shapes
+
+    metrics = _csv_list(args.metrics)
+    targets = args.target or ["ort"]
+    rc = 0
+    for tgt in targets:
+        settings = CompareSettings(
+            model=args.model, ref=args.ref, target=tgt, inputs=args.inputs,
+            input_shapes=parse_input_shapes(args.input_shape), seed=args.seed, random_inputs=args.random_inputs,
+            device=args.device, workdir=args.workdir, metrics=metrics,
+            thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
+            source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
+            calibration=args.calibration)
+        report = compare(settings)
+        many = len(targets) > 1
+        ns = argparse.Namespace(**{**vars(args), "json": _suffixed(args.json, tgt, many),
+                                   "csv": _suffixed(args.csv, tgt, many)})
+        rc = max(rc, _emit(report, ns))
+        if many:
+            print()
+    return rc
+
+
+COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except ParityError as e:
+        print(f"parity: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("PARITY_TRACEBACK"):
+            raise
+        print(f"parity: internal error: {type(e).__name__}: {e} (set PARITY_TRACEBACK=1 for the traceback; "
+              f"please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

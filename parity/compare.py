@@ -1,0 +1,145 @@
+"""`parity compare`: run one model in a reference and a target on the same inputs and diagnose.
+
+Flow per input feed: the reference source streams its activations into the matcher (which
+parks them memory-mapped), then the target source streams its own; each target activation
+is matched and scored as it arrives. Per-input reports are merged (mean, worst, spread).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .engine import Report, merge_reports, run_engine
+from .errors import ParityError
+from .inputs import check_feed, load_feeds, random_feed, resolve_specs
+from .matcher import AutoMatcher, MappingRules
+from .records import Activation
+from .source import InputSpec, RunConfig, Source
+
+
+@dataclass
+class CompareSettings:
+    """Everything `parity compare` was asked, in one place (the CLI fills it, the API takes it)."""
+
+    model: str
+    ref: str = "torch"
+    target: str = "ort"
+    inputs: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seed: int = 0
+    random_inputs: int = 1
+    device: str = "cpu"
+    workdir: str = ".parity-cache"
+    metrics: Sequence[str] | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metric_options: dict[str, Any] = field(default_factory=dict)
+    source_options: dict[str, Any] = field(default_factory=dict)
+    mapping: str | None = None
+    matcher: str = "auto"
+    calibration: str | None = None
+
+
+def _source(name: str, role: str) -> Source:
+    from .plugins import get_source
+
+    src = get_source(name)
+    why = src.check()
+    if why:
+        raise ParityError(f"{role} {name!r} cannot run here: {why}")
+    return src
+
+
+def _specs(ref: Source, tgt: Source, cfg: RunConfig) -> list[InputSpec]:
+    """Input specs from the reference, else the target (a TorchScript module declares none)."""
+    errors = []
+    for src in (ref, tgt):
+        try:
+            specs = src.input_specs(cfg)
+        except ParityError as e:
+            errors.append(str(e))
+            continue
+        if specs:
+            return specs
+    raise ParityError(errors[0] if errors else f"{cfg.model}: the model declares no inputs.")
+
+
+def _free_batch(specs: list[InputSpec]) -> list[InputSpec]:
+    """Files may carry any batch size: the leading dimension is not checked."""
+    return [InputSpec(s.name, (None, *s.shape[1:]) if s.shape else s.shape, s.dtype) for s in specs]
+
+
+def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    if s.inputs:
+        return list(load_feeds(s.inputs, _free_batch(specs)))
+    resolved = resolve_specs(specs, s.input_shapes, s.model)
+    return [(f"random seed {s.seed + k}", check_feed(random_feed(resolved, s.seed + k), resolved, "random"))
+            for k in range(max(1, s.random_inputs))]
+
+
+class _OutputTap:
+    """Keeps the arg-max of classification-shaped model outputs, for top-1 agreement."""
+
+    def __init__(self) -> None:
+        self.top1: dict[int, np.ndarray] = {}
+
+    def __call__(self, stream: Iterable[Activation]) -> Iterator[Activation]:
+        for a in stream:
+            if a.meta.get("is_output") and a.array.ndim >= 2 and a.array.shape[-1] > 1:
+                pos = int(a.meta.get("output_position", a.output_index))
+                self.top1[pos] = np.asarray(a.array, dtype=np.float64).argmax(axis=-1).ravel()
+            yield a
+
+
+def compare(s: CompareSettings) -> Report:
+    """Run the comparison and return the merged report (summary carries agreement and match stats)."""
+    ref_src = _source(s.ref, "reference")
+    tgt_src = _source(s.target, "target")
+    cfg = RunConfig(model=s.model, device=s.device, workdir=Path(s.workdir),
+                    input_shapes=dict(s.input_shapes), options=dict(s.source_options))
+    if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
+        raise ParityError(f"{s.model}: model file not found.")
+    specs = _specs(ref_src, tgt_src, cfg)
+    feeds = make_feeds(s, specs)
+    if s.calibration:
+        cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
+    else:
+        cfg.calibration = [f for _, f in feeds]
+    rules = MappingRules.load(s.mapping) if s.mapping else MappingRules()
+    reports: list[Report] = []
+    agree = total = 0
+    stats_total: dict[str, int] = {}
+    for label, feed in feeds:
+        rtap, ttap = _OutputTap(), _OutputTap()
+        if s.matcher == "auto":
+            matcher: Any = AutoMatcher(rules, spill_dir=None)
+        else:
+            from .plugins import get_matcher
+
+            matcher = get_matcher(s.matcher)
+        rep = run_engine(matcher.pairs(rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))),
+                         s.metrics, thresholds=s.thresholds, options=s.metric_options,
+                         ref_label=s.ref, target_label=s.target)
+        for k, v in getattr(matcher, "stats", {}).items():
+            stats_total[k] = stats_total.get(k, 0) + v
+        if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
+            agree += int((rtap.top1[0] == ttap.top1[0]).sum())
+            total += int(rtap.top1[0].size)
+        reports.append(rep)
+    report = merge_reports(reports)
+    summary: dict[str, Any] = {"inputs": len(feeds), "model": s.model}
+    if total:
+        summary["top-1 agreement"] = f"{100.0 * agree / total:.2f}% of {total} samples"
+        summary["top1_agreement"] = agree / total
+    n = len(feeds)
+    by = {k: v // n for k, v in stats_total.items() if v}
+    if by:
+        summary["matched by"] = ", ".join(f"{k} {v}" for k, v in by.items())
+        summary["matched_by"] = by
+        matched = sum(v for k, v in by.items() if not k.startswith("excluded"))
+        if matched:
+            summary["provenance_share"] = by.get("provenance", 0) / matched
+    report.summary.update(summary)
+    return report

@@ -1,0 +1,316 @@
+"""The engine: pair reference and target activations, score each pair as it arrives.
+
+Memory model: activations arrive from two lazy streams; a pair is scored as soon as both
+sides are present and both arrays are released right after. Only unpaired activations
+wait (in the exact matcher, a layer one side has produced and the other has not yet).
+Results are small objects without arrays.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import ParityError
+from .metric import Metric, score_pair
+from .records import Activation
+
+# Layer statuses, in report terms.
+OK = "ok"
+BELOW = "below"                # primary metric worse than its threshold
+NONFINITE = "nonfinite"        # target produced NaN/Inf where the reference is finite
+SHAPE_MISMATCH = "shape-mismatch"
+REF_ONLY = "ref-only"
+TARGET_ONLY = "target-only"
+FAILING = (BELOW, NONFINITE)
+
+DEFAULT_METRICS = ("cosine", "rel-diff", "max-abs", "nonfinite")
+
+
+@dataclass
+class Pair:
+    """What a matcher hands the engine: one side may be missing (unmatched layer)."""
+
+    ref: Activation | None
+    target: Activation | None
+    how: str = "exact"
+    confidence: float = 1.0
+    note: str = ""
+
+
+@dataclass
+class MetricInfo:
+    name: str
+    higher_is_better: bool
+    percent: bool
+    threshold: float | None
+    description: str = ""
+
+
+@dataclass
+class LayerResult:
+    """One row of the report."""
+
+    name: str
+    ref_name: str | None
+    target_name: str | None
+    order: float
+    ref_shape: tuple[int, ...] | None = None
+    target_shape: tuple[int, ...] | None = None
+    ref_dtype: str | None = None
+    target_dtype: str | None = None
+    op_type: str | None = None
+    target_op_type: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    status: str = OK
+    match: str = "exact"
+    confidence: float = 1.0
+    notes: list[str] = field(default_factory=list)
+    ref_nan: int = 0
+    ref_inf: int = 0
+    target_nan: int = 0
+    target_inf: int = 0
+    #: per metric, the worst value over inputs and which input gave it (several inputs only)
+    worst: dict[str, float] = field(default_factory=dict)
+    worst_input: dict[str, int] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    n_inputs: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> bool:
+        return self.status in FAILING
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        return self.ref_shape if self.ref_shape is not None else self.target_shape
+
+
+@dataclass
+class Report:
+    """A whole comparison: rows in execution order plus what was asked."""
+
+    layers: list[LayerResult]
+    metrics: list[MetricInfo]
+    ref_label: str = "reference"
+    target_label: str = "target"
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> MetricInfo | None:
+        return self.metrics[0] if self.metrics else None
+
+    @property
+    def first_divergent(self) -> LayerResult | None:
+        """The first layer in execution order that fails: where to start looking."""
+        for layer in self.layers:
+            if layer.failing:
+                return layer
+        return None
+
+    @property
+    def matched(self) -> list[LayerResult]:
+        return [l for l in self.layers if l.ref_name is not None and l.target_name is not None]
+
+    def __bool__(self) -> bool:
+        return self.first_divergent is None
+
+    def worst_value(self, metric: str) -> float | None:
+        """The worst value of ``metric`` over matched layers (NaN counts as worst)."""
+        info = next((m for m in self.metrics if m.name == metric), None)
+        if info is None:
+            raise ParityError(f"metric {metric!r} is not in this report. Note: report has "
+                              f"{', '.join(m.name for m in self.metrics)}.")
+        vals = [l.worst.get(metric, l.values.get(metric)) for l in self.matched if metric in l.values]
+        if not vals:
+            return None
+        if any(v is None or math.isnan(v) for v in vals):
+            return math.nan
+        return min(vals) if info.higher_is_better else max(vals)
+
+
+def resolve_metrics(names: Sequence[str | Metric] | None) -> list[Metric]:
+    """Metric objects from names (via the plugin registry) or objects."""
+    from .plugins import get_metric
+
+    out: list[Metric] = []
+    for n in names or DEFAULT_METRICS:
+        m = n if isinstance(n, Metric) else get_metric(n)
+        if m.name in {x.name for x in out}:
+            continue
+        out.append(m)
+    if not out:
+        raise ParityError("no metric selected. Note: pass --metrics with names from 'parity plugins'.")
+    return out
+
+
+def metric_infos(metrics: list[Metric], thresholds: dict[str, float] | None) -> list[MetricInfo]:
+    thresholds = thresholds or {}
+    unknown = set(thresholds) - {m.name for m in metrics}
+    if unknown:
+        raise ParityError(f"threshold given for metric(s) not selected: {', '.join(sorted(unknown))}. "
+                          f"Note: selected metrics are {', '.join(m.name for m in metrics)}.")
+    return [MetricInfo(m.name, m.higher_is_better, m.percent,
+                       thresholds.get(m.name, m.default_threshold), m.description) for m in metrics]
+
+
+def _shape_note(r: Activation, t: Activation) -> tuple[bool, str]:
+    """Whether two differently shaped arrays may be compared element-wise, and the note saying so."""
+    if r.shape == t.shape:
+        return True, ""
+    if r.array.size == t.array.size:
+        squeezed = tuple(d for d in r.shape if d != 1) == tuple(d for d in t.shape if d != 1)
+        why = "same dims but for size-1 axes" if squeezed else "same element count"
+        return True, f"shapes differ ({list(r.shape)} vs {list(t.shape)}), compared flat: {why}"
+    return False, f"shapes differ ({list(r.shape)} vs {list(t.shape)}) and sizes differ; not compared"
+
+
+def _as_numeric(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "fiub":
+        return a
+    raise ParityError(f"cannot score an array of dtype {a.dtype}. Note: parity compares numeric tensors only.")
+
+
+def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: float,
+          options: dict[str, Any] | None = None) -> LayerResult:
+    """Score one pair into a report row; arrays are not kept."""
+    r, t = pair.ref, pair.target
+    main = r if r is not None else t
+    assert main is not None
+    row = LayerResult(
+        name=main.key, ref_name=r.key if r is not None else None,
+        target_name=t.key if t is not None else None, order=order,
+        ref_shape=r.shape if r is not None else None, target_shape=t.shape if t is not None else None,
+        ref_dtype=r.dtype if r is not None else None, target_dtype=t.dtype if t is not None else None,
+        op_type=r.op_type if r is not None else None, target_op_type=t.op_type if t is not None else None,
+        match=pair.how, confidence=pair.confidence,
+    )
+    if pair.note:
+        row.notes.append(pair.note)
+    for rec, prefix in ((r, "ref"), (t, "target")):
+        if rec is not None:
+            for k in ("module_path", "onnx_node", "fused", "covers", "is_output"):
+                if k in rec.meta:
+                    row.meta[f"{prefix}_{k}"] = rec.meta[k]
+    if r is None:
+        row.status = TARGET_ONLY
+        return row
+    if t is None:
+        row.status = REF_ONLY
+        return row
+    ok, note = _shape_note(r, t)
+    if note:
+        row.notes.append(note)
+    if not ok:
+        row.status = SHAPE_MISMATCH
+        return row
+    if r.dtype != t.dtype:
+        row.meta["dtype_differs"] = True
+    values, ctx = score_pair(_as_numeric(r.array), _as_numeric(t.array), metrics, options)
+    row.values = values
+    row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
+    row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
+    classify(row, infos)
+    return row
+
+
+def classify(row: LayerResult, infos: list[MetricInfo]) -> None:
+    """Set a scored row's status from its values and the primary threshold."""
+    if row.status in (REF_ONLY, TARGET_ONLY, SHAPE_MISMATCH):
+        return
+    row.status = OK
+    if row.meta.get("target_new_nonfinite", 0) > 0:
+        row.status = NONFINITE
+        return
+    primary = infos[0]
+    v = row.worst.get(primary.name, row.values.get(primary.name))
+    if primary.threshold is not None and v is not None:
+        if math.isnan(v) or (v < primary.threshold if primary.higher_is_better else v > primary.threshold):
+            row.status = BELOW
+
+
+def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = None, *,
+               thresholds: dict[str, float] | None = None, options: dict[str, Any] | None = None,
+               ref_label: str = "reference", target_label: str = "target") -> Report:
+    """Score every pair a matcher yields, as it yields them, into a report in execution order."""
+    ms = resolve_metrics(metrics)
+    infos = metric_infos(ms, thresholds)
+    rows: list[LayerResult] = []
+    for i, pair in enumerate(pairs):
+        main = pair.ref if pair.ref is not None else pair.target
+        order = float(main.order) if main is not None and main.order is not None else float(i)
+        if pair.ref is None and pair.target is not None and pair.target.order is not None:
+            order = float(pair.target.order) + 0.5  # target-only rows sit near their neighbours
+        rows.append(score(pair, ms, infos, order if pair.ref is not None else order, options))
+        pair.ref = pair.target = None  # release arrays now, not when the loop variable moves on
+    rows.sort(key=lambda l: (l.order,))
+    return Report(rows, infos, ref_label, target_label)
+
+
+def compare_streams(ref: Iterable[Activation], target: Iterable[Activation],
+                    metrics: Sequence[str | Metric] | None = None, *, matcher: Any = "exact",
+                    thresholds: dict[str, float] | None = None, options: dict[str, Any] | None = None,
+                    ref_label: str = "reference", target_label: str = "target") -> Report:
+    """Pair two activation streams with ``matcher`` and score them: the core of analyze and compare."""
+    from .plugins import get_matcher
+
+    m = get_matcher(matcher) if isinstance(matcher, str) else matcher
+    return run_engine(m.pairs(ref, target), metrics, thresholds=thresholds, options=options,
+                      ref_label=ref_label, target_label=target_label)
+
+
+def merge_reports(reports: list[Report]) -> Report:
+    """Aggregate per-input reports of the same comparison: mean per layer, worst value and which input.
+
+    Rows are joined by (reference name, target name); a layer missing from some inputs keeps
+    what it has and says so.
+    """
+    if not reports:
+        raise ParityError("no input was compared. Note: the input source yielded nothing.")
+    if len(reports) == 1:
+        return reports[0]
+    infos = reports[0].metrics
+    by_key: dict[tuple, list[tuple[int, LayerResult]]] = {}
+    order: list[tuple] = []
+    for idx, rep in enumerate(reports):
+        for row in rep.layers:
+            k = (row.ref_name, row.target_name)
+            if k not in by_key:
+                by_key[k] = []
+                order.append(k)
+            by_key[k].append((idx, row))
+    merged: list[LayerResult] = []
+    for k in order:
+        rows = by_key[k]
+        first = rows[0][1]
+        out = LayerResult(**{**first.__dict__, "values": {}, "worst": {}, "worst_input": {}, "spread": {},
+                             "notes": list(first.notes), "meta": dict(first.meta)})
+        out.n_inputs = len(rows)
+        for attr in ("ref_nan", "ref_inf", "target_nan", "target_inf"):
+            setattr(out, attr, sum(getattr(r, attr) for _, r in rows))
+        out.meta["target_new_nonfinite"] = sum(r.meta.get("target_new_nonfinite", 0) for _, r in rows)
+        for info in infos:
+            vals = [(i, r.values[info.name]) for i, r in rows if info.name in r.values]
+            if not vals:
+                continue
+            arr = np.array([v for _, v in vals], dtype=np.float64)
+            finite = arr[np.isfinite(arr)]
+            out.values[info.name] = float(finite.mean()) if finite.size == arr.size else (
+                float(arr.mean()) if np.isnan(arr).any() else float(np.mean(arr)))
+            out.spread[info.name] = float(finite.std()) if finite.size > 1 else 0.0
+            if np.isnan(arr).any():
+                wi = int(np.flatnonzero(np.isnan(arr))[0])
+            else:
+                wi = int(np.argmin(arr) if info.higher_is_better else np.argmax(arr))
+            out.worst[info.name] = float(arr[wi])
+            out.worst_input[info.name] = vals[wi][0]
+        if len(rows) != len(reports):
+            out.notes.append(f"present for {len(rows)} of {len(reports)} inputs")
+        classify(out, infos)
+        merged.append(out)
+    merged.sort(key=lambda l: l.order)
+    base = reports[0]
+    return Report(merged, infos, base.ref_label, base.target_label,
+                  summary={**base.summary, "inputs": len(reports)})

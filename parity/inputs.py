@@ -1,0 +1,126 @@
+"""Inputs for a comparison: random feeds from declared shapes, or files (``.npy``, ``.npz``, a folder).
+
+Reference and target always receive the very same feed; a folder of feed files is a small
+dataset over which per-layer metrics are aggregated (mean and worst).
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import ParityError
+from .source import InputSpec
+
+_SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:[x,]\d+)*)\s*$")
+
+
+def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``--input-shape name:1x3x224x224`` (name optional for a single-input model)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        m = _SHAPE_RE.match(item)
+        if not m:
+            raise ParityError(f"--input-shape {item!r} is not understood. Note: use NAME:1x3x224x224 "
+                              f"(or 1x3x224x224 for a model with one input).")
+        out[m.group("name") or ""] = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
+    return out
+
+
+def resolve_specs(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], model: str) -> list[InputSpec]:
+    """Apply shape overrides; every dimension must be known afterwards."""
+    if "" in shapes:
+        if len(specs) != 1:
+            raise ParityError(f"{model}: --input-shape without a name needs a single-input model. "
+                              f"Note: inputs are {', '.join(s.name for s in specs)}.")
+        shapes = {specs[0].name: shapes[""]}
+    unknown = set(shapes) - {s.name for s in specs}
+    if unknown:
+        raise ParityError(f"{model}: --input-shape names unknown input(s) {', '.join(sorted(unknown))}. "
+                          f"Note: inputs are {', '.join(s.name for s in specs)}.")
+    out = []
+    for s in specs:
+        shape = shapes.get(s.name, s.shape)
+        if shape is None or any(d is None for d in shape):
+            raise ParityError(f"{model}: input {s.name!r} has unknown dimensions {list(shape or [])}. "
+                              f"Note: pass --input-shape {s.name}:1x3x224x224 with the sizes to use.")
+        out.append(InputSpec(s.name, tuple(int(d) for d in shape), s.dtype))
+    return out
+
+
+def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """A reproducible feed: standard normal floats, small non-negative integers for index inputs."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for s in specs:
+        dt = np.dtype(s.dtype)
+        if dt.kind == "f":
+            feed[s.name] = rng.standard_normal(s.shape).astype(dt)
+        elif dt.kind in "iu":
+            feed[s.name] = rng.integers(0, 100, size=s.shape).astype(dt)
+        elif dt.kind == "b":
+            feed[s.name] = np.ones(s.shape, dtype=dt)
+        else:
+            raise ParityError(f"input {s.name!r}: cannot make random values of dtype {s.dtype}. "
+                              f"Note: pass --inputs with a .npz file.")
+    return feed
+
+
+def _load_file(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    names = [s.name for s in specs]
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if len(names) != 1:
+                raise ParityError(f"{path}: one array given but the model has inputs {', '.join(names)}. "
+                                  f"Note: use a .npz with one array per input name.")
+            return {names[0]: arr}
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if all(n in keys for n in names):
+                    return {n: z[n] for n in names}
+                if len(names) == 1 and len(keys) >= 1 and names[0] not in keys:
+                    data_keys = [k for k in keys if k not in ("labels", "label", "y")]
+                    if len(data_keys) == 1:
+                        return {names[0]: z[data_keys[0]]}
+                raise ParityError(f"{path}: arrays {', '.join(keys)} do not name the model inputs "
+                                  f"{', '.join(names)}. Note: save one array per input name.")
+    except ParityError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise ParityError(f"{path}: holds pickled objects, which parity never loads. "
+                              f"Note: save plain numeric arrays.") from None
+        raise ParityError(f"{path}: not a readable numpy file ({e}).") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ParityError(f"{path}: not a readable numpy file ({e}).") from None
+    raise ParityError(f"{path}: unsupported input file. Note: use .npy, .npz or a folder of them.")
+
+
+def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+    """Shapes must fit the declared ones (dynamic dims free); dtypes are cast to the declared ones."""
+    out = {}
+    for s in specs:
+        a = feed[s.name]
+        decl = s.shape
+        if decl is not None and (len(decl) != a.ndim or any(d is not None and d != n for d, n in zip(decl, a.shape))):
+            raise ParityError(f"{where}: input {s.name!r} has shape {list(a.shape)} but the model expects "
+                              f"{['?' if d is None else d for d in decl]}.")
+        out[s.name] = a.astype(s.dtype, copy=False) if a.dtype != np.dtype(s.dtype) else a
+    return out
+
+
+def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``."""
+    p = Path(path)
+    if not p.exists():
+        raise ParityError(f"{p}: input file or folder not found.")
+    files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+    if not files:
+        raise ParityError(f"{p}: no .npy or .npz input files in this folder.")
+    for f in files:
+        yield f.name, check_feed(_load_file(f, specs), specs, str(f))
