@@ -116,7 +116,14 @@ def registry() -> dict[str, dict[str, Registered]]:
                 reg[_k][nm] = Registered(_k, nm, obj, _p, _pkg)
 
             # Call this one implementation directly so the registration is attributed to it.
-            impl.function(register=register)
+            if os.environ.get("PARITY_DEBUG_HOOKS"):
+                before = set(reg[kind])
+                impl.function(register=register)
+                added = ", ".join(sorted(set(reg[kind]) - before)) or "nothing"
+                sys.stderr.write(f"parity: hook {hook_name}(register) in plugin {plugin_name!r} ({package}) "
+                                 f"registered {kind}s: {added}\n")
+            else:
+                impl.function(register=register)
     _registry = reg
     return reg
 

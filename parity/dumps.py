@@ -1,0 +1,687 @@
+"""Reading and writing dump folders and archives, whatever the file format.
+
+Formats (:class:`parity.formats.DumpFormat` plugins) only know how to read or write one
+file. Everything that concerns a *set* of files lives here, so a third-party format gets it
+for free: choosing the format of each file, layer names and their order, the
+``parity-manifest.json`` that keeps names and metadata exact, run tags (two runs in one
+folder), and writing atomically. The layout rules are documented in ``docs/formats.md``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import ParityError
+from .records import Activation
+
+MANIFEST_NAME = "parity-manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+# A file belongs to run TAG when its stem ends with one of these followed by TAG.
+TAG_SEPARATORS = ("_", "-", ".")
+
+__all__ = [
+    "MANIFEST_NAME", "MANIFEST_SCHEMA_VERSION", "TAG_SEPARATORS",
+    "read_dump", "write_dump", "detect_tags", "atomic_write_path",
+    "manifest_entry", "make_manifest", "manifest_json", "parse_manifest", "apply_manifest_entry",
+    "safe_filename", "natural_key", "split_tag", "understood_extensions",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting ``layer2`` before ``layer10`` (digit runs compare as numbers)."""
+    parts = re.split(r"(\d+)", name)
+    # Parts alternate text, number, text, ... so tuples always compare like with like.
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (name,)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+_MAX_STEM = 100
+
+
+def safe_filename(name: str) -> str:
+    """A file stem that every filesystem accepts, derived from a layer name.
+
+    Not unique by itself (``a/b`` and ``a b`` both give ``a_b``): :func:`write_dump` adds a
+    counter on collisions, and the manifest keeps the real name.
+    """
+    stem = _UNSAFE.sub("_", name)
+    stem = re.sub(r"_{2,}", "_", stem).strip("._-")
+    if not stem:
+        stem = "layer"
+    if len(stem) > _MAX_STEM:
+        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        stem = f"{stem[:_MAX_STEM - 9]}-{digest}"
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = f"{stem}_"
+    return stem
+
+
+def split_tag(stem: str) -> tuple[str, str] | None:
+    """Split ``conv1_fp16`` into ``("conv1", "fp16")`` at the last tag separator, if any."""
+    idx = max(stem.rfind(sep) for sep in TAG_SEPARATORS)
+    if idx <= 0 or idx == len(stem) - 1:
+        return None
+    return stem[:idx], stem[idx + 1:]
+
+
+def _strip_tag(stem: str, tag: str) -> str | None:
+    """The layer name when ``stem`` carries run ``tag`` (``conv1.fp16`` -> ``conv1``), else None."""
+    for sep in TAG_SEPARATORS:
+        if stem.endswith(sep + tag) and len(stem) > len(tag) + 1:
+            return stem[: -len(tag) - 1]
+    return None
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    On any failure the temporary file is removed and ``path`` is left as it was, so a
+    reader never sees a half-written file. Format plugins use this for their writers.
+    """
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _formats() -> dict[str, Any]:
+    from . import plugins
+    return plugins.all_of("format")
+
+
+def understood_extensions() -> dict[str, list[str]]:
+    """Extension -> names of the formats that claim it, for messages and ``parity plugins``."""
+    out: dict[str, list[str]] = {}
+    for name, fmt in _formats().items():
+        for ext in getattr(fmt, "extensions", ()):
+            out.setdefault(ext, []).append(name)
+    return dict(sorted(out.items()))
+
+
+def _extensions_note() -> str:
+    exts = understood_extensions()
+    if not exts:
+        return "no dump format is installed (run 'parity plugins')"
+    return "understood extensions: " + ", ".join(f"{e} ({'/'.join(n)})" for e, n in exts.items())
+
+
+def _format_for(path: Path, fmt: Any | None) -> Any | None:
+    """The format that reads ``path``: the named one, or the single one claiming it."""
+    if fmt is not None:
+        return fmt
+    claims = [f for f in _formats().values() if _claims(f, path)]
+    if len(claims) > 1:
+        names = ", ".join(f.name for f in claims)
+        raise ParityError(f"{path}: several dump formats claim this file ({names}). "
+                          f"Note: name the one to use (--format NAME).")
+    return claims[0] if claims else None
+
+
+def _claims(fmt: Any, path: Path) -> bool:
+    try:
+        return bool(fmt.can_read(path))
+    except ParityError:
+        raise
+    except Exception as e:
+        raise ParityError(f"{path}: format plugin {fmt.name!r} failed while checking the file: {e}") from e
+
+
+def _is_candidate(p: Path) -> bool:
+    """Files considered in a dump folder: not hidden (temp files, .DS_Store), not the manifest."""
+    return p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir(), key=lambda p: natural_key(p.name))
+    except OSError as e:
+        raise ParityError(f"cannot list dump folder {folder}: {e.strerror or e}") from e
+
+
+def _dump_subfolders(folder: Path) -> list[str]:
+    """Subfolders that look like runs: they hold a manifest or a readable dump file."""
+    out = []
+    for sub in _listdir(folder):
+        if not sub.is_dir() or sub.name.startswith("."):
+            continue
+        files = _listdir(sub)
+        if any(f.name == MANIFEST_NAME for f in files) or any(
+                _is_candidate(f) and _format_for(f, None) is not None for f in files):
+            out.append(sub.name)
+    return out
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _jsonable_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The part of ``meta`` that survives JSON unchanged, and the keys that were dropped."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for k, v in meta.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        try:
+            kept[str(k)] = json.loads(json.dumps(v))
+        except (TypeError, ValueError):
+            dropped.append(str(k))
+    return kept, dropped
+
+
+def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
+    """The manifest entry describing ``record`` stored as ``file`` (a name, no folders)."""
+    meta, dropped = _jsonable_meta(record.meta or {})
+    entry: dict[str, Any] = {
+        "file": file,
+        "name": record.name,
+        "output_index": int(record.output_index),
+        "order": None if record.order is None else int(record.order),
+        "op_type": record.op_type,
+        "shape": list(record.shape),
+        "dtype": str(record.array.dtype),
+        "meta": meta,
+    }
+    if dropped:
+        entry["meta_dropped"] = dropped
+    return entry
+
+
+def make_manifest(entries: list[dict[str, Any]], dump_format: str) -> dict[str, Any]:
+    from . import __version__
+    return {"kind": "parity-dump", "schema_version": MANIFEST_SCHEMA_VERSION,
+            "parity_version": __version__, "dump_format": dump_format, "entries": entries}
+
+
+def manifest_json(entries: list[dict[str, Any]], dump_format: str) -> str:
+    """The manifest as text: one entry per line, so it stays readable and diffable."""
+    doc = make_manifest([], dump_format)
+    head = json.dumps(doc)[:-len('[]}')]
+    lines = ",\n ".join(json.dumps(e) for e in entries)
+    return f"{head}[\n {lines}\n]}}\n" if entries else f"{head}[]}}\n"
+
+
+def parse_manifest(data: bytes | str, where: str) -> list[dict[str, Any]]:
+    """Validate a manifest and return its entries, in order. ``where`` names it in errors."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ParityError(f"{where}: manifest is not valid JSON ({e}). "
+                          f"Note: delete it to read the files by their names.") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise ParityError(f"{where}: manifest has no 'entries' list. Note: delete it to read the files by their names.")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise ParityError(f"{where}: manifest has no valid schema_version (saw {version!r}).")
+    if version > MANIFEST_SCHEMA_VERSION:
+        raise ParityError(f"{where}: manifest schema_version {version} is newer than this parity understands "
+                          f"({MANIFEST_SCHEMA_VERSION}). Note: upgrade parity.")
+    entries = doc["entries"]
+    for i, e in enumerate(entries):
+        problem = _entry_problem(e)
+        if problem:
+            raise ParityError(f"{where}: manifest entry {i} is invalid: {problem}.")
+    return entries
+
+
+def _entry_problem(e: Any) -> str | None:
+    if not isinstance(e, dict):
+        return "not an object"
+    f = e.get("file")
+    if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f:
+        return f"'file' must be a plain file name, saw {f!r}"
+    if not isinstance(e.get("name"), str) or not e["name"]:
+        return "'name' must be a non-empty string"
+    oi = e.get("output_index", 0)
+    if not isinstance(oi, int) or isinstance(oi, bool) or oi < 0:
+        return f"'output_index' must be an integer >= 0, saw {oi!r}"
+    order = e.get("order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool)):
+        return f"'order' must be an integer or null, saw {order!r}"
+    if e.get("op_type") is not None and not isinstance(e["op_type"], str):
+        return "'op_type' must be a string or null"
+    if not isinstance(e.get("meta", {}), dict):
+        return "'meta' must be an object"
+    shape = e.get("shape")
+    if shape is not None and (not isinstance(shape, list) or
+                              not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        return f"'shape' must be a list of integers >= 0, saw {shape!r}"
+    if e.get("dtype") is not None:
+        try:
+            np.dtype(e["dtype"])
+        except TypeError:
+            return f"'dtype' is not a numpy dtype: {e['dtype']!r}"
+    return None
+
+
+def apply_manifest_entry(record: Activation, entry: dict[str, Any], where: str) -> Activation:
+    """``record`` as the manifest describes it: names, order, metadata, original dtype.
+
+    A format that stores less than numpy can (the float32 text dump) gets its dtype back
+    here; a shape that disagrees with the manifest means the file was swapped or damaged.
+    """
+    arr = record.array
+    shape = entry.get("shape")
+    if shape is not None and tuple(shape) != tuple(arr.shape):
+        raise ParityError(f"{where}: holds shape {list(arr.shape)} but the manifest says {shape}. "
+                          f"Note: the file was replaced or damaged; rewrite the dump or delete the manifest.")
+    dtype = entry.get("dtype")
+    if dtype is not None and np.dtype(dtype) != arr.dtype:
+        arr = arr.astype(np.dtype(dtype))
+    return Activation(name=entry["name"], array=arr, output_index=int(entry.get("output_index", 0)),
+                      order=entry.get("order"), op_type=entry.get("op_type"),
+                      meta=dict(entry.get("meta") or {}))
+
+
+def _load_manifest(folder: Path) -> list[dict[str, Any]] | None:
+    mpath = folder / MANIFEST_NAME
+    if not mpath.is_file():
+        return None
+    try:
+        data = mpath.read_bytes()
+    except OSError as e:
+        raise ParityError(f"{mpath}: cannot read the manifest: {e.strerror or e}") from e
+    return parse_manifest(data, str(mpath))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass
+class _Item:
+    """One file to read, with what the folder layout says about it."""
+
+    file: Path
+    fmt: Any
+    name: str | None = None                 # layer name for single-activation files
+    entry: dict[str, Any] | None = None     # manifest entry, when the folder has one
+    record_tag: str | None = None           # multi files: keep records named NAME_TAG only
+
+    @property
+    def key(self) -> str | None:
+        if self.fmt.multi:
+            return None
+        if self.entry is not None:
+            oi = int(self.entry.get("output_index", 0))
+            return self.entry["name"] if oi == 0 else f"{self.entry['name']}:{oi}"
+        return self.name
+
+
+def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
+              fmt: str | None = None) -> Iterator[Activation]:
+    """Activations stored at ``path``: a dump folder, a multi-activation file, or one file.
+
+    The layout is checked before anything is yielded (missing path, no dump files,
+    unknown extensions, duplicate layer names), so errors come before the first array is
+    read; arrays themselves are read one at a time as the iterator advances.
+    ``tag`` selects one run of a folder holding two (subfolder ``TAG/`` or files named
+    ``NAME_TAG.ext``); ``fmt`` names the format instead of going by file extensions.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ParityError(f"dump not found: {p}. Note: give a dump folder or a dump file; {_extensions_note()}.")
+    fmt_obj = None
+    if fmt is not None:
+        from .plugins import get_format
+        fmt_obj = get_format(fmt)
+    if tag is not None and (not tag or any(s in tag for s in "/\\")):
+        raise ParityError(f"run tag {tag!r} is not valid. Note: a tag is a plain word such as fp32 or fp16.")
+    if p.is_dir():
+        items = _plan_folder(p, tag, fmt_obj)
+    else:
+        items = _plan_file(p, tag, fmt_obj)
+    _check_duplicates(items)
+    return _iterate(items)
+
+
+def _plan_file(p: Path, tag: str | None, fmt: Any | None) -> list[_Item]:
+    f = _format_for(p, fmt)
+    if f is None:
+        raise ParityError(f"{p}: unknown dump file extension {p.suffix or '(none)'!r}. "
+                          f"Note: {_extensions_note()}; or name the format (--format NAME).")
+    if f.multi:
+        return [_Item(p, f, record_tag=tag)]
+    name = p.stem
+    if tag is not None:
+        stripped = _strip_tag(p.stem, tag)
+        if stripped is None:
+            raise ParityError(f"{p}: file does not belong to run {tag!r}. "
+                              f"Note: files of run {tag!r} are named like NAME_{tag}{p.suffix}.")
+        name = stripped
+    entry = None
+    manifest = _load_manifest(p.parent) if tag is None else None
+    if manifest:
+        entry = next((e for e in manifest if e["file"] == p.name), None)
+    return [_Item(p, f, name=name, entry=entry)]
+
+
+def _plan_folder(folder: Path, tag: str | None, fmt: Any | None) -> list[_Item]:
+    if tag is not None:
+        sub = folder / tag
+        if sub.is_dir():
+            return _plan_folder(sub, None, fmt)
+        if (folder / MANIFEST_NAME).is_file():
+            raise ParityError(f"{folder}: holds a single run written by parity ({MANIFEST_NAME}), so run tag "
+                              f"{tag!r} selects nothing. Note: tags select a subfolder {tag}/ or files named "
+                              f"NAME_{tag}.ext; drop the tag to read this folder.")
+        return _plan_tagged(folder, tag, fmt)
+
+    manifest = _load_manifest(folder)
+    items: list[_Item] = []
+    listed: set[str] = set()
+    if manifest is not None:
+        mpath = folder / MANIFEST_NAME
+        for e in manifest:
+            file = folder / e["file"]
+            if not file.is_file():
+                raise ParityError(f"{mpath}: lists {e['file']!r}, which is missing from the folder. "
+                                  f"Note: the dump was copied incompletely; rewrite it or delete the manifest.")
+            f = _format_for(file, fmt)
+            if f is None:
+                raise ParityError(f"{file}: unknown dump file extension {file.suffix or '(none)'!r}. "
+                                  f"Note: {_extensions_note()}; or name the format (--format NAME).")
+            if f.multi:
+                raise ParityError(f"{mpath}: entry {e['file']!r} is a multi-activation file ({f.name}); "
+                                  f"a folder manifest lists single-activation files only.")
+            items.append(_Item(file, f, name=file.stem, entry=e))
+            listed.add(e["file"])
+    for file in _listdir(folder):
+        if not _is_candidate(file) or file.name in listed:
+            continue
+        f = _format_for(file, fmt)
+        if f is None:
+            raise ParityError(f"{file}: unknown dump file extension {file.suffix or '(none)'!r}. "
+                              f"Note: {_extensions_note()}; remove the file or name the format (--format NAME).")
+        items.append(_Item(file, f, name=None if f.multi else file.stem))
+    if not items:
+        subs = _dump_subfolders(folder)
+        hint = (f" It has run subfolders {', '.join(subs)}: pass a run tag (--ref-tag/--target-tag) to read one."
+                if subs else "")
+        raise ParityError(f"no dump files in folder {folder}.{hint} Note: {_extensions_note()}.")
+    return items
+
+
+def _plan_tagged(folder: Path, tag: str, fmt: Any | None) -> list[_Item]:
+    items: list[_Item] = []
+    for file in _listdir(folder):
+        if not _is_candidate(file):
+            continue
+        stripped = _strip_tag(file.stem, tag)
+        whole = file.stem == tag
+        if stripped is None and not whole:
+            continue
+        f = _format_for(file, fmt)
+        if f is None:
+            raise ParityError(f"{file}: unknown dump file extension {file.suffix or '(none)'!r}. "
+                              f"Note: {_extensions_note()}; or name the format (--format NAME).")
+        if f.multi:
+            items.append(_Item(file, f))
+        elif whole:
+            raise ParityError(f"{file}: the file name is only the run tag {tag!r}, so it names no layer. "
+                              f"Note: name single-activation files LAYER_{tag}{file.suffix}.")
+        else:
+            items.append(_Item(file, f, name=stripped))
+    if not items:
+        tags = detect_tags(folder)
+        seen = f" Runs found here: {', '.join(tags)}." if tags else ""
+        raise ParityError(f"no dump files of run {tag!r} in folder {folder}.{seen} Note: a run's files lie in a "
+                          f"subfolder {tag}/ or are named NAME_{tag}.ext, NAME-{tag}.ext or NAME.{tag}.ext.")
+    return items
+
+
+def _check_duplicates(items: list[_Item]) -> None:
+    seen: dict[str, Path] = {}
+    for it in items:
+        k = it.key
+        if k is None:
+            continue
+        if k in seen:
+            raise ParityError(f"two dump files give layer {k!r}: {seen[k]} and {it.file}. "
+                              f"Note: keep one of them, or move one run into its own folder.")
+        seen[k] = it.file
+
+
+def _read_records(item: _Item) -> Iterator[Activation]:
+    """The format's records, with foreign exceptions turned into one-line errors."""
+    it = iter(item.fmt.read(item.file))
+    while True:
+        try:
+            rec = next(it)
+        except StopIteration:
+            return
+        except ParityError:
+            raise
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise ParityError(f"{item.file}: format {item.fmt.name!r} could not read it: "
+                              f"{type(e).__name__}: {e}") from e
+        yield rec
+
+
+def _iterate(items: list[_Item]) -> Iterator[Activation]:
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.fmt.multi:
+            count = 0
+            for rec in _read_records(item):
+                if item.record_tag is not None:
+                    base = _strip_tag(rec.name, item.record_tag)
+                    if base is None:
+                        continue
+                    rec = dataclasses.replace(rec, name=base)
+                count += 1
+                where = f"{item.file} [{rec.key}]"
+                if rec.key in seen:
+                    raise ParityError(f"layer {rec.key!r} appears twice: in {seen[rec.key]} and in {where}. "
+                                      f"Note: keep one of them.")
+                seen[rec.key] = where
+                yield rec
+            if count == 0 and len(items) == 1:
+                what = f"no activations of run {item.record_tag!r}" if item.record_tag else "no activations"
+                raise ParityError(f"{item.file}: holds {what}. Note: it must hold at least one array"
+                                  + (f" named NAME_{item.record_tag}." if item.record_tag else "."))
+            continue
+        recs = _read_records(item)
+        first = next(recs, None)
+        if first is None or next(recs, None) is not None:
+            raise ParityError(f"{item.file}: format {item.fmt.name!r} should give exactly one activation "
+                              f"for this file but gave {'none' if first is None else 'several'}.")
+        rec = dataclasses.replace(first, name=item.name or first.name)
+        if item.entry is not None:
+            rec = apply_manifest_entry(rec, item.entry, str(item.file))
+        seen[rec.key] = str(item.file)
+        yield rec
+
+
+# --------------------------------------------------------------------------- tags
+
+
+def detect_tags(folder: str | os.PathLike[str]) -> list[str]:
+    """Run tags of a folder holding several runs, or ``[]`` when it holds one (or is no folder).
+
+    Two layouts are recognised: top-level dump files that all end in ``_TAG``/``-TAG``/
+    ``.TAG`` with every layer present under every tag (at least two tags, each containing
+    a letter, so ``conv_1``/``conv_2`` are not mistaken for runs); or, when the folder has
+    no dump files of its own, subfolders that hold dump files.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    if (root / MANIFEST_NAME).is_file():
+        return []
+    files = [f for f in _listdir(root) if _is_candidate(f)]
+    if not files:
+        return _dump_subfolders(root)
+    by_base: dict[str, set[str]] = {}
+    for f in files:
+        fmt = _format_for(f, None)
+        if fmt is None:
+            continue
+        split = split_tag(f.stem)
+        if split is None:
+            if not fmt.multi:
+                return []
+            split = ("", f.stem)  # whole-run archives such as fp32.npz / fp16.npz
+        base, t = split
+        if not re.search(r"[A-Za-z]", t):
+            return []
+        by_base.setdefault(base, set()).add(t)
+    tags = set().union(*by_base.values()) if by_base else set()
+    if len(tags) < 2 or any(ts != tags for ts in by_base.values()):
+        return []
+    return sorted(tags, key=natural_key)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _temp_sibling(dest: Path, what: str) -> Path:
+    return dest.with_name(f".{dest.name}.{what}-{uuid.uuid4().hex[:8]}")
+
+
+def _check_destination(dest: Path, multi: bool, overwrite: bool) -> None:
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if not overwrite:
+        raise ParityError(f"{dest} already exists. Note: choose another path, or pass overwrite=True "
+                          f"(--overwrite) to replace it once the new dump is complete.")
+    if multi:
+        if not dest.is_file():
+            raise ParityError(f"refusing to replace {dest}: it is not a file. Note: an archive dump is written "
+                              f"as one file; choose another path.")
+        return
+    if not dest.is_dir():
+        raise ParityError(f"refusing to replace {dest}: it is a file, and this dump is a folder. "
+                          f"Note: choose another path.")
+    contents = [p for p in dest.iterdir()]
+    if contents and not (dest / MANIFEST_NAME).is_file():
+        raise ParityError(f"refusing to replace folder {dest}: it is not a parity dump (no {MANIFEST_NAME}) "
+                          f"and holds {len(contents)} entries. Note: only empty folders and folders written "
+                          f"by parity are replaced; choose another path.")
+
+
+def _as_record(rec: Any, i: int) -> Activation:
+    if not isinstance(rec, Activation):
+        raise ParityError(f"write_dump expects Activation records; item {i} is {type(rec).__name__}.")
+    if not isinstance(rec.name, str) or not rec.name:
+        raise ParityError(f"record {i} has no layer name (saw {rec.name!r}); every activation needs one.")
+    if not isinstance(rec.array, np.ndarray):
+        rec = dataclasses.replace(rec, array=np.asarray(rec.array))
+    return rec
+
+
+def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, fmt: str = "npy",
+               overwrite: bool = False) -> Path:
+    """Write ``records`` as a dump at ``path``; return the path written.
+
+    Single-activation formats give a folder (one file per record plus the manifest);
+    multi formats give one file, whose name gets the format's extension if it lacks it.
+    Records are written as they arrive and not kept. Everything goes to a temporary
+    sibling first and is moved into place at the end: an interrupted write leaves nothing,
+    and an existing destination is replaced (``overwrite=True``) only once the new dump is
+    complete. Only empty folders, parity dump folders and plain files are ever replaced.
+    """
+    from .plugins import get_format
+    f = get_format(fmt)
+    if not getattr(f, "writable", True):
+        raise ParityError(f"format {fmt!r} can be read but not written. Note: write npy, npz or trt-text.")
+    dest = Path(path)
+    if f.multi and f.extensions and not any(dest.name.lower().endswith(e) for e in f.extensions):
+        dest = dest.with_name(dest.name + f.extensions[0])
+    _check_destination(dest, f.multi, overwrite)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParityError(f"cannot create folder {dest.parent}: {e.strerror or e}") from e
+
+    recs = (_as_record(r, i) for i, r in enumerate(records))
+    if f.multi:
+        tmp = _temp_sibling(dest, "tmp")
+        try:
+            written = f.write_many(_unique_keys(recs), tmp)
+            if written is not None and len(written) == 0:
+                raise ParityError(f"no activations to write to {dest}. Note: the records iterable was empty.")
+            os.replace(tmp, dest)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            _reraise_os(e, dest)
+            raise
+        return dest
+
+    tmpdir = _temp_sibling(dest, "tmp")
+    try:
+        tmpdir.mkdir()
+        entries: list[dict[str, Any]] = []
+        used: set[str] = set()
+        ext = f.extensions[0] if f.extensions else ""
+        for rec in _unique_keys(recs):
+            stem = safe_filename(rec.key)
+            unique, n = stem, 1
+            while (unique + ext).lower() in used or (unique + ext) == MANIFEST_NAME:
+                n += 1
+                unique = f"{stem}-{n}"
+            fname = unique + ext
+            used.add(fname.lower())
+            f.write_one(rec, tmpdir / fname)
+            entries.append(manifest_entry(rec, fname))  # the array itself is not kept
+        if not entries:
+            raise ParityError(f"no activations to write to {dest}. Note: the records iterable was empty.")
+        (tmpdir / MANIFEST_NAME).write_text(manifest_json(entries, f.name), encoding="utf-8")
+        _swap_in(tmpdir, dest)
+    except BaseException as e:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        _reraise_os(e, dest)
+        raise
+    return dest
+
+
+def _unique_keys(recs: Iterable[Activation]) -> Iterator[Activation]:
+    seen: set[str] = set()
+    for r in recs:
+        if r.key in seen:
+            raise ParityError(f"two records have the same layer key {r.key!r}; a dump holds each layer once. "
+                              f"Note: give repeated outputs distinct names or output_index values.")
+        seen.add(r.key)
+        yield r
+
+
+def _reraise_os(e: BaseException, dest: Path) -> None:
+    if isinstance(e, OSError) and not isinstance(e, ParityError):
+        raise ParityError(f"cannot write dump {dest}: {e.strerror or e}") from e
+
+
+def _swap_in(tmpdir: Path, dest: Path) -> None:
+    """Move the finished folder into place, keeping the old one until the move succeeded."""
+    if dest.exists():
+        old = _temp_sibling(dest, "old")
+        os.replace(dest, old)
+        try:
+            os.replace(tmpdir, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmpdir, dest)

@@ -1,0 +1,17 @@
+import numpy as np
+import pytest
+
+from parity import plugins
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test sees plugins as installed, whatever an earlier test registered."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
