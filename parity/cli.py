@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
     g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
     _add_report_args(co)
+
+    dr = sub.add_parser("doctor", help="which sources and targets work on this machine, and why not")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ex = sub.add_parser("example", help="build a bundled example model and its inputs")
+    ex.add_argument("name", choices=["lenet"], help="lenet: sampleMNIST-shaped LeNet trained on sklearn digits")
+    ex.add_argument("--out", default=".parity-cache/examples/lenet", help="folder for the model and inputs")
     return p
 
 
@@ -225,7 +232,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return rc
 
 
-COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare}
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import environment, sources
+
+    env, srcs = environment(), sources()
+    if args.json:
+        print(json.dumps({"environment": env, "sources": srcs}, indent=2, default=str))
+        return 0
+    for k, v in env.items():
+        print(f"{k:>22}: {v}")
+    print()
+    for s in srcs:
+        print(f"{s['source']:>22}: {'works' if s['works'] else 'unavailable: ' + s['why']}")
+        for k, v in (s.get("details") or {}).items():
+            print(f"{'':>24}{k}: {v}")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from .examples.lenet import write_example
+
+    paths = write_example(args.out)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "doctor": cmd_doctor,
+            "example": cmd_example}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up, build the bundled LeNet example, and run the main job: torch FP32 vs ONNX Runtime FP16 and INT8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+ex=.parity-cache/examples/lenet
+.venv/bin/parity example lenet --out "$ex"
+.venv/bin/parity compare parity.examples.lenet:build --state-dict "$ex/lenet_state.pt" \
+  --ref torch --target ort-fp16 --target ort-int8 --inputs "$ex/digits_test.npz" \
+  --json out/lenet-report.json --csv out/lenet-report.csv "$@"
