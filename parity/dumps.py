@@ -344,7 +344,7 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
     if fmt is not None:
         from .plugins import get_format
         fmt_obj = get_format(fmt)
-    if tag is not None and (not tag or any(s in tag for s in "/\\")):
+    if tag is not None and (tag.strip(".") == "" or any(s in tag for s in "/\\")):
         raise ParityError(f"run tag {tag!r} is not valid. Note: a tag is a plain word such as fp32 or fp16.")
     if p.is_dir():
         items = _plan_folder(p, tag, fmt_obj)
@@ -563,6 +563,8 @@ def _temp_sibling(dest: Path, what: str) -> Path:
 def _check_destination(dest: Path, multi: bool, overwrite: bool) -> None:
     if not dest.exists() and not dest.is_symlink():
         return
+    if not multi and dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+        return  # an empty folder made for the dump holds nothing to lose
     if not overwrite:
         raise ParityError(f"{dest} already exists. Note: choose another path, or pass overwrite=True "
                           f"(--overwrite) to replace it once the new dump is complete.")
@@ -600,7 +602,8 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
     Records are written as they arrive and not kept. Everything goes to a temporary
     sibling first and is moved into place at the end: an interrupted write leaves nothing,
     and an existing destination is replaced (``overwrite=True``) only once the new dump is
-    complete. Only empty folders, parity dump folders and plain files are ever replaced.
+    complete. Only empty folders, parity dump folders and plain files are ever replaced;
+    an existing empty folder is used without ``overwrite``.
     """
     from .plugins import get_format
     f = get_format(fmt)

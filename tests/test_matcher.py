@@ -115,3 +115,33 @@ def test_spill_store_parks_large_arrays_on_disk(tmp_path, rng):
     np.testing.assert_array_equal(parked.array, big)
     store.close()
     assert not store.dir.exists()
+
+
+def test_third_party_matcher_through_register_matchers(rng):
+    """A matcher contributed by a plugin's register_matchers(register) hook is used by name."""
+    from parity import hookimpl, plugins
+    from parity.engine import Pair, compare_streams
+    from parity.matcher import Matcher
+
+    class ByOrder(Matcher):
+        name = "by-order"
+        description = "pair the i-th reference layer with the i-th target layer"
+
+        def pairs(self, ref, target):
+            for r, t in zip(ref, target):
+                yield Pair(r, t, "by-order", 0.5)
+
+    class Plugin:
+        @hookimpl
+        def register_matchers(self, register):
+            register(ByOrder())
+
+    p = Plugin()
+    plugins.register_plugin(p, name="by-order-test")
+    try:
+        a = rng.standard_normal(8).astype(np.float32)
+        rep = compare_streams(iter([Activation("x", a)]), iter([Activation("y", a)]), ["cosine"], matcher="by-order")
+        assert rep.layers[0].match == "by-order" and rep.layers[0].values["cosine"] == pytest.approx(1.0)
+        assert plugins.registry()["matcher"]["by-order"].plugin == "by-order-test"
+    finally:
+        plugins.unregister_plugin(p)
