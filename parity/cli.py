@@ -49,6 +49,8 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rel-tol", type=float, default=0.1,
                    help="relative tolerance of the rel-diff metric (default 0.1, as in the TensorRT recipe)")
     g.add_argument("--abs-tol", type=float, default=0.0, help="absolute tolerance added in rel-diff")
+    g.add_argument("--kl-bins", type=int, default=None,
+                   help="histogram bins of the kl metric (default 256; use <= 64 for INT8 targets)")
     g.add_argument("--sort", choices=["order", "worst"], default="order", help="table row order")
     g.add_argument("--max-rows", type=int, default=None, help="print at most N table rows")
     g.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in docs/report-schema.md)")
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol}
+    return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol, "kl_bins": args.kl_bins}
 
 
 def _emit(report: Any, args: argparse.Namespace) -> int:

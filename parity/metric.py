@@ -174,7 +174,10 @@ def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,
         t[...] = t_flat[s:e]
         # A finite sum means every element is finite (float64 cannot overflow from fp32 inputs
         # in 64Ki elements), so the common case costs one cheap reduction per side.
-        if math.isfinite(float(np.add.reduce(r))) and math.isfinite(float(np.add.reduce(t))):
+        # errstate: +inf + -inf (or a float64 overflow) must not print a RuntimeWarning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            all_finite = math.isfinite(float(np.add.reduce(r))) and math.isfinite(float(np.add.reduce(t)))
+        if all_finite:
             finite += m
             yield Chunk(r, t, scratch)
             continue
