@@ -31,7 +31,7 @@ def _fmt(v: float | None, info: MetricInfo) -> str:
     if info.percent:
         return f"{v:.4f}%"
     if info.name == "cosine":
-        return f"{v:.6f}"
+        return f"{v:.7f}"
     return f"{v:.4g}"
 
 
@@ -74,7 +74,7 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
     table.add_column("LayerShape", justify="right")
     table.add_column("Op")
     for m in report.metrics:
-        thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{_fmt(m.threshold, m)})"
+        thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{m.threshold:g}{'%' if m.percent else ''})"
         table.add_column(f"{m.name}{' mean' if multi else ''}{thr}", justify="right")
         if multi and m is report.primary:
             table.add_column(f"{m.name} worst", justify="right")
@@ -129,7 +129,7 @@ def summary_lines(report: Report) -> list[str]:
     if p is None:
         return out
     if first is None:
-        out.append(f"No layer fails {p.name} threshold {_fmt(p.threshold, p)}." if p.threshold is not None
+        out.append(f"No layer fails {p.name} threshold {p.threshold:g}." if p.threshold is not None
                    else f"No threshold for {p.name}; pass --threshold to mark the first diverging layer.")
     elif first.status == "nonfinite":
         out.append(f"First divergence: {first.name} produces {first.meta.get('target_new_nonfinite', 0)} "
