@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
     g.add_argument("--workdir", default=".parity-cache", help="cache of exported/converted models and engines")
     g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
+    co.add_argument("--diagnose", action="store_true",
+                    help="also run each layer alone in the target (local error), name the culprit layers, "
+                         "and trace value ranges against the target format")
     g = co.add_argument_group("matching")
     g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
     g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
@@ -223,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             device=args.device, workdir=args.workdir, metrics=metrics,
             thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
             source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
-            calibration=args.calibration)
+            calibration=args.calibration, diagnose=args.diagnose)
         report = compare(settings)
         many = len(targets) > 1
         ns = argparse.Namespace(**{**vars(args), "json": _suffixed(args.json, tgt, many),

@@ -40,6 +40,8 @@ class CompareSettings:
     mapping: str | None = None
     matcher: str = "auto"
     calibration: str | None = None
+    #: diagnose: local errors (when the target source offers them), culprits, range tracing
+    diagnose: bool = False
 
 
 def _source(name: str, role: str) -> Source:
@@ -119,9 +121,20 @@ def compare(s: CompareSettings) -> Report:
             from .plugins import get_matcher
 
             matcher = get_matcher(s.matcher)
+        mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
         rep = run_engine(matcher.pairs(rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))),
-                         s.metrics, thresholds=s.thresholds, options=s.metric_options,
+                         s.metrics, thresholds=s.thresholds, options=mopts,
                          ref_label=s.ref, target_label=s.target)
+        if s.diagnose:
+            local_fn = getattr(tgt_src, "local_errors", None)
+            if callable(local_fn):
+                from .diagnose import attach_local, score_local
+                from .engine import resolve_metrics
+
+                ms = resolve_metrics(s.metrics)
+                attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options)))
+            else:
+                rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
         for k, v in getattr(matcher, "stats", {}).items():
             stats_total[k] = stats_total.get(k, 0) + v
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
@@ -142,4 +155,9 @@ def compare(s: CompareSettings) -> Report:
         if matched:
             summary["provenance_share"] = by.get("provenance", 0) / matched
     report.summary.update(summary)
+    if s.diagnose:
+        from .diagnose import find_culprits, target_format, trace_ranges
+
+        trace_ranges(report, target_format(s.target, report.layers[0] if report.layers else None))
+        find_culprits(report)
     return report

@@ -77,6 +77,12 @@ class LayerResult:
     worst_input: dict[str, int] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     n_inputs: int = 1
+    #: metric values of the layer run alone in the target setting, fed the reference inputs
+    local: dict[str, float] = field(default_factory=dict)
+    #: reference value range (min, max, absmax, rms) and, for low-precision targets, format facts
+    range: dict[str, Any] = field(default_factory=dict)
+    #: 1 for the layer that most explains the loss, 2 for the next... (None: not a culprit)
+    culprit_rank: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -209,6 +215,10 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
     if r.dtype != t.dtype:
         row.meta["dtype_differs"] = True
     values, ctx = score_pair(_as_numeric(r.array), _as_numeric(t.array), metrics, options)
+    if options and options.get("ranges"):
+        from .metric import value_stats
+
+        row.range = {"ref": value_stats(r.array), "target": value_stats(t.array)}
     row.values = values
     row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
     row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
@@ -286,7 +296,9 @@ def merge_reports(reports: list[Report]) -> Report:
         rows = by_key[k]
         first = rows[0][1]
         out = LayerResult(**{**first.__dict__, "values": {}, "worst": {}, "worst_input": {}, "spread": {},
-                             "notes": list(first.notes), "meta": dict(first.meta)})
+                             "notes": list(first.notes), "meta": dict(first.meta), "local": {}, "range": {}})
+        _merge_ranges(out, [r for _, r in rows])
+        _merge_local(out, [r for _, r in rows], infos)
         out.n_inputs = len(rows)
         for attr in ("ref_nan", "ref_inf", "target_nan", "target_inf"):
             setattr(out, attr, sum(getattr(r, attr) for _, r in rows))
@@ -314,3 +326,23 @@ def merge_reports(reports: list[Report]) -> Report:
     base = reports[0]
     return Report(merged, infos, base.ref_label, base.target_label,
                   summary={**base.summary, "inputs": len(reports)})
+
+
+
+def _merge_ranges(out: LayerResult, rows: list[LayerResult]) -> None:
+    for side in ("ref", "target"):
+        st = [r.range.get(side) for r in rows if r.range.get(side)]
+        if st:
+            out.range[side] = {"min": min(x["min"] for x in st), "max": max(x["max"] for x in st),
+                               "absmax": max(x["absmax"] for x in st),
+                               "rms": float(np.sqrt(np.mean([x["rms"] ** 2 for x in st])))}
+
+
+def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricInfo]) -> None:
+    """Local errors over several inputs: the worst one, since a culprit on any input is a culprit."""
+    for info in infos:
+        vals = [r.local[info.name] for r in rows if info.name in r.local]
+        if vals:
+            arr = np.array(vals, dtype=np.float64)
+            out.local[info.name] = float(np.nan if np.isnan(arr).any() else (arr.min() if info.higher_is_better
+                                                                                 else arr.max()))

@@ -155,6 +155,31 @@ def _finite_range(a: np.ndarray) -> tuple[float, float] | None:
     return None if lo is None else (lo, hi)
 
 
+def value_stats(a: np.ndarray) -> dict[str, float] | None:
+    """Range facts of one array over its finite values: min, max, absmax, rms (chunked, float64)."""
+    lo = hi = None
+    sumsq = 0.0
+    n = 0
+    flat = a.reshape(-1)
+    step = CHUNK_ELEMENTS * 16
+    for s in range(0, flat.size, step):
+        c = np.asarray(flat[s : s + step], dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            all_finite = math.isfinite(float(np.add.reduce(c)))
+        if not all_finite:
+            c = c[np.isfinite(c)]
+        if c.size == 0:
+            continue
+        cmin, cmax = float(c.min()), float(c.max())
+        lo = cmin if lo is None else min(lo, cmin)
+        hi = cmax if hi is None else max(hi, cmax)
+        sumsq += float(np.dot(c, c))
+        n += c.size
+    if lo is None or hi is None:
+        return None
+    return {"min": lo, "max": hi, "absmax": max(abs(lo), abs(hi)), "rms": math.sqrt(sumsq / n)}
+
+
 def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,
                 chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[Chunk]:
     """Yield float64 chunks of the finite-on-both-sides positions, counting the rest into ``ctx``."""

@@ -15,7 +15,7 @@ from .atomic import write_text
 from .engine import FAILING, LayerResult, MetricInfo, Report
 
 SCHEMA = "parity.report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SORTS = ("order", "worst")
 
 
@@ -67,6 +67,8 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
     show_match = any(l.match not in ("exact",) for l in report.layers)
     show_nonfinite = any(l.ref_nan + l.ref_inf + l.target_nan + l.target_inf for l in report.layers)
     multi = any(l.n_inputs > 1 for l in report.layers)
+    show_local = any(l.local for l in report.layers)
+    show_range = any(l.range.get("risk") for l in report.layers)
     table = Table(title=f"{report.ref_label} vs {report.target_label}", title_justify="left",
                   show_lines=False, pad_edge=False)
     table.add_column("#", justify="right")
@@ -78,6 +80,10 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
         table.add_column(f"{m.name}{' mean' if multi else ''}{thr}", justify="right")
         if multi and m is report.primary:
             table.add_column(f"{m.name} worst", justify="right")
+        if show_local and m is report.primary:
+            table.add_column(f"local {m.name}", justify="right")
+    if show_range:
+        table.add_column("ref |max|", justify="right")
     if show_nonfinite:
         table.add_column("NaN/Inf ref|tgt", justify="right")
     if show_match:
@@ -97,12 +103,23 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
             cells.append(_fmt(layer.values.get(m.name), m))
             if multi and m is report.primary:
                 cells.append(_fmt(layer.worst.get(m.name), m))
+            if show_local and m is report.primary:
+                cells.append(_fmt(layer.local.get(m.name), m))
+        if show_range:
+            ref = layer.range.get("ref") or {}
+            risk = layer.range.get("risk", "")
+            flag = " OVERFLOW" if "overflows" in risk else (" risk" if risk else "")
+            cells.append(f"{ref['absmax']:.4g}{flag}" if ref else "")
         if show_nonfinite:
             cells.append(f"{layer.ref_nan + layer.ref_inf}|{layer.target_nan + layer.target_inf}")
         if show_match:
             cells.append(layer.match if layer.confidence >= 1 else f"{layer.match} ({layer.confidence:.2f})")
         marker = ""
-        if layer is first:
+        if layer.culprit_rank is not None:
+            marker = f"◀ CULPRIT #{layer.culprit_rank}"
+            if layer is first:
+                marker += ", first divergence"
+        elif layer is first:
             marker = "◀ first divergence"
         elif layer.status in FAILING:
             marker = "below" if layer.status == "below" else "NaN/Inf"
@@ -146,7 +163,9 @@ def summary_lines(report: Report) -> list[str]:
         if k in ("inputs", "model") or "_" in k or isinstance(v, (dict, list)):
             continue
         out.append(f"{k}: {v}")
-    return out
+    from .diagnose import diagnosis_lines
+
+    return out + diagnosis_lines(report)
 
 
 def _num(v: Any) -> Any:
@@ -198,6 +217,7 @@ def to_dict(report: Report) -> dict[str, Any]:
             "status": l.status, "match": l.match, "confidence": l.confidence,
             "values": l.values, "worst": l.worst, "worst_input": l.worst_input, "spread": l.spread,
             "n_inputs": l.n_inputs,
+            "local": l.local, "range": l.range, "culprit_rank": l.culprit_rank,
             "nonfinite": {"ref_nan": l.ref_nan, "ref_inf": l.ref_inf,
                           "target_nan": l.target_nan, "target_inf": l.target_inf},
             "notes": l.notes, "meta": l.meta,
@@ -218,6 +238,10 @@ def csv_text(report: Report) -> str:
             "status", "match", "confidence", *names]
     if multi:
         head += [f"{n}_worst" for n in names] + [f"{n}_worst_input" for n in names]
+    local = any(l.local for l in report.layers)
+    if local:
+        head += [f"local_{n}" for n in names] + ["culprit_rank"]
+    head += ["ref_absmax", "range_risk"]
     head += ["ref_nan", "ref_inf", "target_nan", "target_inf", "notes"]
     w.writerow(head)
     for l in report.layers:
@@ -229,6 +253,11 @@ def csv_text(report: Report) -> str:
         if multi:
             row += [_num(l.worst[n]) if n in l.worst else "" for n in names]
             row += [l.worst_input.get(n, "") for n in names]
+        if local:
+            row += [_num(l.local[n]) if n in l.local else "" for n in names]
+            row += [l.culprit_rank if l.culprit_rank is not None else ""]
+        ref = l.range.get("ref") or {}
+        row += [_num(ref["absmax"]) if ref else "", l.range.get("risk", "")]
         row += [l.ref_nan, l.ref_inf, l.target_nan, l.target_inf, "; ".join(l.notes)]
         w.writerow(row)
     return buf.getvalue()

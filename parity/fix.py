@@ -1,0 +1,146 @@
+"""`parity fix`: find a small set of layers to keep at higher precision, and verify it.
+
+Candidates come from a diagnosed compare run: layers whose reference values overflow the
+target format first, then layers by local error. They are added greedily, re-running the
+target after each addition and measuring the model outputs against the reference; then each
+kept layer is dropped again if the outputs still pass without it. Every similarity printed
+was measured; a set that never reached the goal is reported as such, never as a fix.
+
+Sources support this through ``cfg.options["keep_high_precision"]`` (target record keys to
+keep at fp32) and ``cfg.options["outputs_only"]`` (capture only the model outputs).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .compare import CompareSettings, _source, _specs, make_feeds
+from .diagnose import error_of
+from .engine import LayerResult, Report
+from .errors import ParityError
+from .metric import score_pair
+from .plugins import get_metric
+from .source import RunConfig
+
+
+@dataclass
+class FixStep:
+    action: str  # "baseline", "add", "drop", "keep"
+    layer: str | None
+    kept: list[str]
+    value: float
+    passed: bool
+
+
+@dataclass
+class FixResult:
+    goal_metric: str
+    goal: float
+    before: float
+    after: float
+    passed: bool
+    kept: list[str]  # target record keys
+    rows: list[LayerResult] = field(default_factory=list)  # rows of the kept layers (names for paste forms)
+    steps: list[FixStep] = field(default_factory=list)
+    total_layers: int = 0
+
+    def forms(self, target: str) -> dict[str, str]:
+        """The kept set in the spellings users paste into other tools."""
+        onnx_nodes = [r.meta.get("target_onnx_node") or r.target_name for r in self.rows]
+        modules = [r.meta.get("ref_module_path") or r.ref_name for r in self.rows if (r.ref_name or "")]
+        toml = ["[precision]", f'target = "{target}"', "keep_fp32 = ["]
+        toml += [f'  "{k}",' for k in self.kept]
+        toml.append("]")
+        return {
+            "trtexec/polygraphy --layer-precisions": ",".join(f"{n}:fp32" for n in onnx_nodes)
+            + "  (trtexec also: --precisionConstraints=obey)",
+            "onnxconverter-common node_block_list": repr(onnx_nodes),
+            "torch autocast: run these modules in fp32": repr(modules),
+            "parity config (TOML)": "\n".join(toml),
+        }
+
+
+def _goal_passes(value: float, goal: float, higher: bool) -> bool:
+    return not math.isnan(value) and (value >= goal if higher else value <= goal)
+
+
+def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", goal: float = 0.999,
+        max_steps: int = 24, log: Callable[[str], None] | None = None) -> FixResult:
+    """Search and verify a keep-in-fp32 set for ``settings.target``, starting from a diagnosed report."""
+    metric = get_metric(goal_metric)
+    ref_src = _source(settings.ref, "reference")
+    tgt_src = _source(settings.target, "target")
+    base_cfg = RunConfig(model=settings.model, device=settings.device, workdir=__import__("pathlib").Path(settings.workdir),
+                         input_shapes=dict(settings.input_shapes), options=dict(settings.source_options))
+    specs = _specs(ref_src, tgt_src, base_cfg)
+    feeds = [f for _, f in make_feeds(settings, specs)]
+    base_cfg.calibration = feeds
+    say = log or (lambda _m: None)
+
+    def outputs(src: Any, cfg: RunConfig, feed: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+        out = {}
+        for a in src.run(cfg, feed):
+            if a.meta.get("is_output"):
+                out[int(a.meta.get("output_position", a.output_index))] = np.array(a.array)
+        return out
+
+    out_cfg = RunConfig(**{**base_cfg.__dict__, "options": {**base_cfg.options, "outputs_only": True}})
+    ref_out = [outputs(ref_src, out_cfg, f) for f in feeds]
+
+    def measure(keep: list[str]) -> float:
+        cfg = RunConfig(**{**out_cfg.__dict__, "options": {**out_cfg.options, "keep_high_precision": list(keep)}})
+        worst = None
+        for f, ro in zip(feeds, ref_out):
+            to = outputs(tgt_src, cfg, f)
+            if set(to) != set(ro):
+                raise ParityError(f"{settings.target}: outputs {sorted(to)} do not match the reference's {sorted(ro)}.")
+            for k in ro:
+                v = score_pair(ro[k], to[k], [metric])[0][metric.name]
+                if worst is None or math.isnan(v) or (v < worst if metric.higher_is_better else v > worst):
+                    worst = v
+        return float("nan") if worst is None else float(worst)
+
+    # candidates: overflow first, then local error (accumulated error when no local run exists)
+    p = report.primary.name if report.primary else goal_metric
+    def risk(row: LayerResult) -> tuple:
+        over = 1 if (row.range.get("risk") and "overflow" in row.range.get("risk", "")) or \
+            row.meta.get("target_new_nonfinite", 0) > 0 else 0
+        e = error_of(row.local.get(p), p, True) if row.local else None
+        if e is None:
+            e = error_of(row.worst.get(p, row.values.get(p)), p, True) or 0.0
+        return (over, e)
+
+    rows = [r for r in report.layers if r.target_name is not None and r.ref_name is not None]
+    by_key: dict[str, LayerResult] = {}
+    for r in sorted(rows, key=risk, reverse=True):
+        by_key.setdefault(r.target_name, r)  # one candidate per target layer, its riskiest row
+    cands = [k for k, r in by_key.items() if risk(r) > (0, 0.0)]
+
+    steps: list[FixStep] = []
+    before = measure([])
+    passed = _goal_passes(before, goal, metric.higher_is_better)
+    steps.append(FixStep("baseline", None, [], before, passed))
+    say(f"baseline: {goal_metric} {before:.6g}")
+    kept: list[str] = []
+    value = before
+    for k in cands[:max_steps]:
+        if passed:
+            break
+        kept.append(k)
+        value = measure(kept)
+        passed = _goal_passes(value, goal, metric.higher_is_better)
+        steps.append(FixStep("add", k, list(kept), value, passed))
+        say(f"keep {k}: {goal_metric} {value:.6g}")
+    if passed and kept:
+        for k in list(kept):
+            trial = [x for x in kept if x != k]
+            v = measure(trial)
+            if _goal_passes(v, goal, metric.higher_is_better):
+                kept, value = trial, v
+                steps.append(FixStep("drop", k, list(kept), v, True))
+                say(f"drop {k}: {goal_metric} {v:.6g} still passes")
+    return FixResult(goal_metric, goal, before, value, passed, kept, [by_key[k] for k in kept], steps,
+                     total_layers=len(by_key))

@@ -1,0 +1,143 @@
+"""Small helpers shared by the export, conversion and source modules (no heavy imports)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+#: bump when the layout of cached artifacts changes, so old cache entries are not reused
+CACHE_VERSION = "1"
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest`` that replaces it in one rename on success."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def file_digest(path: str | os.PathLike, h: "hashlib._Hash | None" = None) -> str:
+    """sha256 of a file's bytes, read in blocks so a large model does not sit in memory twice."""
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """sha256 of an ONNX file plus any external-data files it references (weights kept beside it)."""
+    h = hashlib.sha256()
+    file_digest(path, h)
+    try:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+        locations = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                            for e in t.external_data if e.key == "location"})
+    except Exception:  # not loadable here: the caller reports that with a proper message
+        locations = []
+    for loc in locations:
+        f = Path(path).parent / loc
+        if f.is_file():
+            h.update(loc.encode())
+            file_digest(f, h)
+    return h.hexdigest()
+
+
+def feeds_digest(feeds: list[dict[str, np.ndarray]]) -> str:
+    """sha256 over names, dtypes, shapes and values of a list of feeds (calibration data)."""
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def key_of(*parts: Any) -> str:
+    """A short stable key over the ``repr`` of the parts (options, versions, digests)."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:20]
+
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n", ""}
+
+
+def opt_bool(options: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean option that may arrive as a string from ``--option key=value``."""
+    v = options.get(key, default)
+    if isinstance(v, str):
+        low = v.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        from parity.errors import ParityError
+
+        raise ParityError(f"option {key}={v!r} is not a boolean. Note: use true or false")
+    return bool(v)
+
+
+def opt_int(options: dict[str, Any], key: str, default: int | None) -> int | None:
+    """An integer option that may arrive as a string."""
+    v = options.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        from parity.errors import ParityError
+
+        raise ParityError(f"option {key}={v!r} is not an integer") from None
+
+
+def opt_list(options: dict[str, Any], key: str) -> list[str]:
+    """A list option: a list, or a comma-separated string."""
+    v = options.get(key)
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return [str(s) for s in v]
+
+
+def sniff(path: Path) -> str:
+    """A few words on what a file that is not ONNX looks like, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return "unreadable"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a TorchScript model or a torch.save checkpoint), not an ONNX protobuf"
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] in (2, 3, 4, 5):
+        return "a Python pickle (a torch.save checkpoint?), not an ONNX protobuf"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array, not a model"
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+        return "a text file, not an ONNX protobuf"
+    except UnicodeDecodeError:
+        return "binary data that does not parse as an ONNX protobuf"

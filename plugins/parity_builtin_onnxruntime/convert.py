@@ -1,0 +1,179 @@
+"""fp16 conversion and int8 (QDQ) quantization of an fp32 ONNX model, cached on disk.
+
+Both keep the original tensor names wherever the tool keeps them, which is what lets an
+fp16 or int8 record carry the same name as its fp32 counterpart (see :func:`int8_fetch_map`
+for how QDQ tensors are read back).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from parity.errors import ParityError
+
+from ._util import atomic_path, feeds_digest, key_of, model_digest, opt_bool, opt_list
+
+
+_LARGE = 1_800_000_000  # protobuf's 2 GB limit, with margin
+
+
+def _model_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in [path, *path.parent.glob(path.name + "*.data")] if f.is_file())
+
+
+def _stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:60]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the converters' chatter (root-logger warnings, truncation warnings) for a call."""
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(prev)
+
+
+def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = ()) -> Path:
+    """``src`` converted to float16 with fp32 inputs/outputs, cached under ``workdir/ort``.
+
+    ``keep_ops`` (op types) and ``keep_nodes`` (node names) stay in fp32, on top of the
+    converter's own default block list (ops without fp16 kernels).
+    """
+    import onnx
+    import onnxconverter_common
+    from onnxconverter_common import float16
+
+    keep_ops, keep_nodes = sorted(set(keep_ops)), sorted(set(keep_nodes))
+    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes)
+    out = workdir / "ort" / f"{_stem(src)}-fp16-{key}.onnx"
+    if out.is_file():
+        return out
+    model = onnx.load(str(src))
+    names = {n.name for n in model.graph.node}
+    unknown = [n for n in keep_nodes if n not in names]
+    if unknown:
+        sample = ", ".join(list(names)[:5])
+        raise ParityError(f"keep_fp32_nodes names nodes {unknown} that are not in {src.name}. "
+                          f"Note: node names look like {sample}")
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + [o for o in keep_ops if o not in float16.DEFAULT_OP_BLOCK_LIST]
+    try:
+        with _quiet():
+            m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                                   node_block_list=keep_nodes or None)
+    except Exception as e:
+        raise ParityError(f"fp16 conversion of {src.name} failed: {type(e).__name__}: {e}. Note: try keeping "
+                          f"the failing op in fp32 with the keep_fp32_ops option") from e
+    with atomic_path(out) as tmp:
+        if m16.ByteSize() > _LARGE:
+            onnx.save(m16, str(tmp), save_as_external_data=True, location=out.name + ".data")
+        else:
+            onnx.save(m16, str(tmp))
+    return out
+
+
+def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
+            options: dict[str, Any] | None = None) -> Path:
+    """``src`` statically quantized to int8 in QDQ format, cached under ``workdir/ort``.
+
+    Options (from ``cfg.options``): ``int8_per_channel`` (bool), ``int8_calibrate_method``
+    (minmax | entropy | percentile | distribution), ``int8_op_types`` (op types to
+    quantize), ``int8_nodes_to_exclude`` (node names), ``int8_preprocess`` (run
+    ``quant_pre_process`` with shape inference only, no graph optimization, so tensor
+    names survive).
+    """
+    import onnxruntime
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    opts = dict(options or {})
+    per_channel = opt_bool(opts, "int8_per_channel", False)
+    method_name = str(opts.get("int8_calibrate_method", "minmax")).lower()
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
+    if method_name not in methods:
+        raise ParityError(f"int8_calibrate_method {method_name!r} is not known. Note: use one of "
+                          f"{', '.join(methods)}")
+    op_types = opt_list(opts, "int8_op_types") or None
+    exclude = opt_list(opts, "int8_nodes_to_exclude") or None
+    preprocess = opt_bool(opts, "int8_preprocess", False)
+    key = key_of("int8", onnxruntime.__version__, model_digest(src), feeds_digest(calibration), per_channel,
+                 method_name, sorted(op_types or []), sorted(exclude or []), preprocess)
+    out = workdir / "ort" / f"{_stem(src)}-int8-{key}.onnx"
+    if out.is_file():
+        return out
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_in: Path = src
+    try:
+        with _quiet(), contextlib.ExitStack() as stack:
+            if preprocess:
+                from onnxruntime.quantization import quant_pre_process
+
+                tmpdir = stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent))
+                pre = Path(tmpdir) / "pre.onnx"
+                quant_pre_process(str(src), str(pre), skip_optimization=True)
+                model_in = pre
+            with atomic_path(out) as tmp:
+                quantize_static(str(model_in), str(tmp), Reader(list(calibration)),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, per_channel=per_channel,
+                                calibrate_method=methods[method_name], op_types_to_quantize=op_types,
+                                nodes_to_exclude=exclude,
+                                use_external_data_format=_model_bytes(src) > _LARGE)
+    except ParityError:
+        raise
+    except Exception as e:
+        raise ParityError(f"int8 quantization of {src.name} failed: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else ''}. Note: check the calibration "
+                          f"feeds match the model inputs, or exclude the failing nodes with "
+                          f"int8_nodes_to_exclude") from e
+    return out
+
+
+def int8_fetch_map(qmodel: Any, names: Sequence[str]) -> dict[str, tuple[str, bool]]:
+    """For each original tensor name present in the QDQ model: (tensor to fetch, quantized?).
+
+    QDQ quantization puts ``QuantizeLinear -> DequantizeLinear`` after a tensor and rewires
+    its consumers to the DequantizeLinear output, so that output is the activation as the
+    next layers see it (rounded to the int8 grid): it is fetched under the original name.
+    A graph output is itself a DequantizeLinear output. Tensors left in float (ops not
+    quantized) are fetched as they are.
+    """
+    g = qmodel.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    q_of: dict[str, str] = {}  # tensor -> QuantizeLinear output
+    dq_of: dict[str, str] = {}  # QuantizeLinear output -> DequantizeLinear output
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.input and n.input[0] not in q_of:
+            q_of[n.input[0]] = n.output[0]
+        elif n.op_type == "DequantizeLinear" and n.input and n.input[0] not in dq_of:
+            dq_of[n.input[0]] = n.output[0]
+    out: dict[str, tuple[str, bool]] = {}
+    for t in names:
+        p = producer.get(t)
+        if p is not None and p.op_type == "DequantizeLinear":
+            out[t] = (t, True)
+        elif t in q_of and q_of[t] in dq_of:
+            out[t] = (dq_of[q_of[t]], True)
+        elif p is not None:
+            out[t] = (t, False)
+    return out

@@ -1,0 +1,188 @@
+"""ONNX graph plumbing: load with clear errors, list capturable tensors, mark them as outputs.
+
+Only onnx is needed here; onnxruntime is used by the source itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from parity.errors import ParityError
+
+from ._util import sniff
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
+#: ops whose outputs are values fixed at export time, never activations
+CONSTANT_OPS = {"Constant", "ConstantOfShape"}
+
+
+@dataclass(frozen=True)
+class TensorSite:
+    """Where a tensor of the top-level graph comes from."""
+
+    name: str
+    node_index: int
+    node_name: str
+    op_type: str
+    output_index: int  # position among the producing node's outputs
+
+
+def load_model(path: str | Path, *, what: str = "model") -> "onnx.ModelProto":
+    """``onnx.load`` with one-line errors: missing file, zip/pickle/text, not a model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.exists():
+        raise ParityError(f"{what} {p} does not exist. Note: pass the path of an .onnx file or a torch model")
+    if p.is_dir():
+        raise ParityError(f"{what} {p} is a directory, not an ONNX model file")
+    looks = sniff(p)
+    if looks.startswith(("a zip archive", "a Python pickle", "a NumPy", "an empty file")):
+        raise ParityError(f"{what} {p} is not an ONNX model. Note: it looks like {looks}; "
+                          f"pass a torch model under a .pt/.pt2 name so parity exports it, or an .onnx file")
+    try:
+        m = onnx.load(str(p))
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise ParityError(f"{what} {p} is not an ONNX model. Note: it looks like {looks} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    if not m.graph.node and not m.graph.output or not m.opset_import:
+        raise ParityError(f"{what} {p} is not an ONNX model. Note: it parsed as a protobuf but has no graph "
+                          f"or opset (it looks like {looks})")
+    return m
+
+
+def model_inputs(model: "onnx.ModelProto") -> list["onnx.ValueInfoProto"]:
+    """Graph inputs a caller must feed (initializers listed as inputs are defaults, not inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def elem_dtype(elem_type: int) -> str | None:
+    """numpy dtype name of an ONNX tensor element type (``None`` if unknown)."""
+    import onnx
+
+    if not elem_type:
+        return None
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        import numpy as np
+
+        return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def value_dims(vi: "onnx.ValueInfoProto") -> tuple[int | None, ...] | None:
+    """Static dims as ints, symbolic/unknown ones as ``None``; ``None`` if the rank is unknown."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+
+
+def _subgraph_refs(node: "onnx.NodeProto") -> set[str]:
+    from .provenance import _subgraph_refs as refs
+
+    return refs(node)
+
+
+def tensor_sites(model: "onnx.ModelProto") -> list[TensorSite]:
+    """Top-level tensors that depend on a graph input, in node (topological) order.
+
+    Outputs of Constant nodes and of subgraphs fed only by initializers and constants are
+    left out: they are weights, not activations.
+    """
+    g = model.graph
+    live = {i.name for i in model_inputs(model)}
+    sites: list[TensorSite] = []
+    for i, n in enumerate(g.node):
+        ins = set(n.input) | _subgraph_refs(n)
+        if n.op_type in CONSTANT_OPS:
+            continue
+        if not any(x in live for x in ins if x):
+            continue
+        for j, o in enumerate(n.output):
+            if o:
+                live.add(o)
+                sites.append(TensorSite(o, i, n.name, n.op_type, j))
+    return sites
+
+
+def inferred_types(model: "onnx.ModelProto") -> dict[str, str | None]:
+    """dtype name per tensor from ONNX shape inference (``{}`` if inference fails)."""
+    import onnx
+
+    try:
+        if model.ByteSize() > 1_800_000_000:
+            # inference on a huge in-memory proto fails; types of the declared values suffice
+            inf = model
+        else:
+            inf = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inf = model
+    out: dict[str, str | None] = {}
+    for vi in list(inf.graph.value_info) + list(inf.graph.output) + list(inf.graph.input):
+        if vi.type.HasField("tensor_type"):
+            out[vi.name] = elem_dtype(vi.type.tensor_type.elem_type)
+        else:
+            out[vi.name] = "non-tensor"
+    return out
+
+
+def with_outputs(model: "onnx.ModelProto", names: Iterable[str], *, prune: bool = False
+                 ) -> "onnx.ModelProto":
+    """``model`` with ``names`` added to its graph outputs (in place), or with ``prune`` a new
+    model whose only outputs are ``names`` and that keeps only the nodes they need.
+
+    Outputs are declared without a type: onnxruntime infers it, which also covers tensors
+    ONNX shape inference could not type. Pruned models serve batched capture, where a
+    smaller graph with fewer outputs bounds the memory of each run.
+    """
+    import onnx
+
+    wanted = list(dict.fromkeys(names))
+    g = model.graph
+    if not prune:
+        # in place: copying the proto would duplicate every weight
+        existing = {o.name for o in g.output}
+        for t in wanted:
+            if t not in existing:
+                g.output.add().name = t
+        return model
+    new = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(new, field, getattr(model, field))
+    new.opset_import.extend(model.opset_import)
+    new.functions.extend(model.functions)
+    ng = new.graph
+    ng.name = g.name
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    need: set[int] = set()
+    stack = [producer[t] for t in wanted if t in producer]
+    while stack:
+        i = stack.pop()
+        if i in need:
+            continue
+        need.add(i)
+        n = g.node[i]
+        for x in set(n.input) | _subgraph_refs(n):
+            if x in producer and producer[x] not in need:
+                stack.append(producer[x])
+    used = {x for i in need for x in set(g.node[i].input) | _subgraph_refs(g.node[i])}
+    ng.node.extend(g.node[i] for i in sorted(need))
+    ng.initializer.extend(t for t in g.initializer if t.name in used)
+    ng.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in used)
+    ng.input.extend(g.input)
+    declared = {o.name: o for o in g.output}
+    for t in wanted:
+        if t in declared:
+            ng.output.append(declared[t])
+        else:
+            ng.output.add().name = t
+    return new

@@ -1,0 +1,333 @@
+"""The ONNX Runtime source: every intermediate tensor of one session run, fp32, fp16 or int8.
+
+Model input is an ``.onnx`` file, or a torch model (anything else) that is exported to
+ONNX first (see :mod:`.export`). Records carry the tensor names of the fp32 graph for
+every precision, so ``ort``, ``ort-fp16`` and ``ort-int8`` records of one model pair by
+name, and each record says which torch module output it is (see :mod:`.provenance`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from parity.errors import ParityError
+from parity.records import Activation
+from parity.source import InputSpec, RunConfig, Source
+
+from ._util import opt_bool, opt_int, opt_list
+
+PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
+_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _fmt_dims(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+
+
+class OrtSource(Source):
+    """One class for ``ort`` (fp32), ``ort-fp16`` and ``ort-int8``.
+
+    Options read from ``cfg.options``: ``ort_providers`` (list or comma string),
+    ``ort_threads``, ``ort_graph_optimization`` (disable|basic|extended|all),
+    ``ort_all_dtypes`` (also capture integer/bool tensors), ``ort_output_batch`` (capture
+    at most N tensors per session run), ``opset``, ``export_dynamo``,
+    ``export_dynamic_batch``, ``export_optimize``, ``keep_fp32_ops``, ``keep_fp32_nodes``
+    and the ``int8_*`` options of :func:`parity_builtin_onnxruntime.convert.to_int8`.
+    """
+
+    description = "ONNX Runtime session capturing every intermediate tensor (fp32 / fp16 / int8 QDQ)"
+
+    def __init__(self, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
+        self.name = PRECISIONS[precision]  # type: ignore[misc]
+
+    # -- capability ---------------------------------------------------------------------
+    def check(self) -> str | None:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if self.precision == "fp16" and importlib.util.find_spec("onnxconverter_common") is None:
+            missing.append("onnxconverter-common")
+        if missing:
+            return f"needs {', '.join(missing)} (pip install 'parity[onnx]')"
+        return None
+
+    # -- model resolution ---------------------------------------------------------------
+    @staticmethod
+    def _is_onnx(cfg: RunConfig) -> bool:
+        return Path(str(cfg.model)).suffix.lower() == ".onnx"
+
+    @staticmethod
+    def _load_torch(cfg: RunConfig) -> Any:
+        try:
+            from parity_builtin_torch.loader import load_torch_model
+        except ImportError as e:
+            raise ParityError(f"model {cfg.model} is not an .onnx file, so it must be exported from torch, "
+                              f"which needs the torch plugin (parity_builtin_torch). Note: {e}") from e
+        return load_torch_model(cfg)
+
+    def _fp32_model(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, list[str] | None]:
+        """Path of the fp32 ONNX model to run, plus torch module names when parity exported it."""
+        if self._is_onnx(cfg):
+            return Path(str(cfg.model)), None
+        from .export import cached_export
+
+        loaded = self._load_torch(cfg)
+        module = loaded.module
+        try:
+            module = module.to("cpu")
+        except Exception:
+            pass
+        o = cfg.options
+        path = cached_export(module, feed, Path(cfg.workdir), getattr(loaded, "path", None) or cfg.model,
+                             opt_int(o, "opset", None),
+                             dynamic_batch=opt_bool(o, "export_dynamic_batch", True),
+                             optimize=opt_bool(o, "export_optimize", True),
+                             dynamo=opt_bool(o, "export_dynamo", True),
+                             input_order=getattr(loaded, "input_names", None))
+        names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None
+        return path, names
+
+    # -- inputs ---------------------------------------------------------------------------
+    def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
+        if self._is_onnx(cfg):
+            from .graph import elem_dtype, load_model, model_inputs, value_dims
+
+            m = load_model(cfg.model, what="model")
+            specs = []
+            for vi in model_inputs(m):
+                dims = value_dims(vi)
+                specs.append(InputSpec(vi.name, tuple(dims) if dims is not None else (),
+                                       elem_dtype(vi.type.tensor_type.elem_type) or "float32"))
+            return self._apply_shapes(cfg, specs)
+        loaded = self._load_torch(cfg)
+        try:
+            from parity_builtin_torch.loader import resolve_input_specs
+        except ImportError:
+            resolve_input_specs = None
+        if resolve_input_specs is not None:
+            return list(resolve_input_specs(loaded, cfg.input_shapes))
+        specs = list(loaded.input_specs or [])
+        if not specs and cfg.input_shapes:
+            specs = [InputSpec(n, tuple(s), "float32") for n, s in cfg.input_shapes.items()]
+        if not specs:
+            raise ParityError(f"cannot tell the inputs of torch model {cfg.model}. Note: give them with "
+                              f"--input-shape name:1x3x224x224 (one per forward argument)")
+        return self._apply_shapes(cfg, specs)
+
+    @staticmethod
+    def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
+        if not cfg.input_shapes:
+            return specs
+        by = {s.name: s for s in specs}
+        unknown = [n for n in cfg.input_shapes if n not in by]
+        if unknown:
+            raise ParityError(f"--input-shape names {unknown}, which model {cfg.model} does not have. "
+                              f"Note: its inputs are {list(by)}")
+        out = []
+        for s in specs:
+            if s.name not in cfg.input_shapes:
+                out.append(s)
+                continue
+            want = tuple(int(d) for d in cfg.input_shapes[s.name])
+            if s.shape and len(s.shape) != len(want):
+                raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} has rank {len(want)}; "
+                                  f"model {cfg.model} declares {_fmt_dims(s.shape)}")
+            for have, w in zip(s.shape, want):
+                if have is not None and have != w:
+                    raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} conflicts with the "
+                                      f"fixed shape {_fmt_dims(s.shape)} of model {cfg.model}")
+            out.append(InputSpec(s.name, want, s.dtype))
+        return out
+
+    @staticmethod
+    def _check_feed(model: Any, feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
+        from .graph import elem_dtype, model_inputs, value_dims
+
+        inputs = model_inputs(model)
+        expected = [vi.name for vi in inputs]
+        if set(feed) != set(expected):
+            missing = [n for n in expected if n not in feed]
+            extra = [n for n in feed if n not in expected]
+            raise ParityError(f"{what} does not match the inputs of {path.name}. Note: the model expects "
+                              f"{expected}; missing {missing}, unexpected {extra}")
+        for vi in inputs:
+            a = np.asarray(feed[vi.name])
+            dims = value_dims(vi)
+            if dims is not None and (len(dims) != a.ndim or any(d is not None and d != s
+                                                                 for d, s in zip(dims, a.shape))):
+                raise ParityError(f"{what} input {vi.name!r} of {path.name} has shape {list(a.shape)}. "
+                                  f"Note: the model expects {_fmt_dims(dims)} (? = any size)")
+            want = elem_dtype(vi.type.tensor_type.elem_type)
+            if want and str(a.dtype) != want:
+                raise ParityError(f"{what} input {vi.name!r} of {path.name} has dtype {a.dtype}. "
+                                  f"Note: the model expects {want}")
+
+    # -- session ------------------------------------------------------------------------
+    @staticmethod
+    def _session_options(cfg: RunConfig) -> tuple[Any, list[str]]:
+        import onnxruntime as ort
+
+        o = cfg.options
+        providers = opt_list(o, "ort_providers")
+        available = ort.get_available_providers()
+        if not providers:
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                         if str(cfg.device).startswith("cuda") and "CUDAExecutionProvider" in available
+                         else ["CPUExecutionProvider"])
+        bad = [p for p in providers if p not in available]
+        if bad:
+            raise ParityError(f"ort_providers asks for {bad}, which this onnxruntime does not have. "
+                              f"Note: available providers are {available}")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        level = str(o.get("ort_graph_optimization", "all")).lower()
+        if level not in _LEVELS:
+            raise ParityError(f"ort_graph_optimization {level!r} is not known. "
+                              f"Note: use one of {', '.join(_LEVELS)}")
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        threads = opt_int(o, "ort_threads", None)
+        if threads:
+            so.intra_op_num_threads = threads
+        return so, providers
+
+    @staticmethod
+    def _session(model: Any, so: Any, providers: list[str], workdir: Path, label: str) -> Any:
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            if model.ByteSize() < 1_900_000_000:
+                return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            # protobuf cannot serialize >2 GB: go through a file with external weights
+            workdir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=workdir) as d:
+                p = Path(d) / "instrumented.onnx"
+                onnx.save(model, str(p), save_as_external_data=True, location="instrumented.onnx.data")
+                return ort.InferenceSession(str(p), so, providers=providers)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ParityError(f"onnxruntime cannot load {label}. Note: {msg[:400]}") from e
+
+    # -- run ----------------------------------------------------------------------------
+    def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
+        import onnx
+
+        from .convert import int8_fetch_map, to_fp16, to_int8
+        from .graph import FLOAT_TYPES, inferred_types, load_model, tensor_sites, with_outputs
+        from .provenance import _subgraph_refs, module_output_calls, node_scopes
+
+        workdir = Path(cfg.workdir)
+        opts = cfg.options
+        src, module_names = self._fp32_model(cfg, feed)
+        orig = load_model(src, what="model")
+        self._check_feed(orig, feed, src)
+
+        exporter = next((p.value for p in orig.metadata_props if p.key == "parity.exporter"), None)
+        graph_outputs = [o.name for o in orig.graph.output]
+        out_pos = {n: i for i, n in enumerate(graph_outputs)}
+        consumed = {x for n in orig.graph.node for x in n.input}
+        for n in orig.graph.node:
+            consumed |= _subgraph_refs(n)
+        sites = [s for s in tensor_sites(orig) if s.name in consumed or s.name in out_pos]
+        calls = module_output_calls(orig, module_names)
+        within = [chain[-1][0] if chain else "" for chain in node_scopes(orig, module_names)]
+
+        common: dict[str, Any] = {"precision": self.precision, "model_file": str(src)}
+        if exporter:
+            common["exporter"] = exporter
+        if self.precision == "fp32":
+            run_path, runnable = src, orig
+            fetch = {s.name: (s.name, False) for s in sites}
+        elif self.precision == "fp16":
+            run_path = to_fp16(src, workdir, opt_list(opts, "keep_fp32_ops"), opt_list(opts, "keep_fp32_nodes"))
+            del orig.graph.node[:]  # provenance is computed; free the fp32 weights early
+            del orig.graph.initializer[:]
+            runnable = onnx.load(str(run_path))
+            produced = {o for n in runnable.graph.node for o in n.output}
+            fetch = {s.name: (s.name, False) for s in sites if s.name in produced}
+        else:
+            calib = list(cfg.calibration)
+            if not calib:
+                calib = [feed]
+                common["calibration"] = "run feed (no calibration feeds were given)"
+                common["warning"] = ("int8 calibrated on the compared input itself: scales fit this input "
+                                     "and the error is optimistic; pass calibration data")
+            for k, c in enumerate(calib):
+                self._check_feed(orig, c, src, what=f"calibration feed #{k}")
+            common["calibration_feeds"] = len(calib)
+            run_path = to_int8(src, workdir, calib, opts)
+            del orig.graph.node[:]
+            del orig.graph.initializer[:]
+            runnable = onnx.load(str(run_path))
+            fetch = int8_fetch_map(runnable, [s.name for s in sites])
+        common["run_model_file"] = str(run_path)
+
+        all_dtypes = opt_bool(opts, "ort_all_dtypes", False)
+        types = inferred_types(runnable) if not all_dtypes else {}
+        items: list[tuple[Any, str, bool]] = []
+        for s in sites:
+            if s.name not in fetch:
+                continue
+            fname, quant = fetch[s.name]
+            t = types.get(fname)
+            if not all_dtypes and s.name not in out_pos and t is not None and t not in FLOAT_TYPES:
+                continue
+            items.append((s, fname, quant))
+
+        so, providers = self._session_options(cfg)
+        batch = opt_int(opts, "ort_output_batch", 0) or 0
+        chunks = ([items[i:i + batch] for i in range(0, len(items), batch)]
+                  if batch > 0 and len(items) > batch else [items])
+        feed = {k: np.asarray(v) for k, v in feed.items()}
+        label = f"{Path(run_path).name} (from {src.name})" if run_path != src else src.name
+        for chunk in chunks:
+            names = [f for _, f, _ in chunk]
+            model = with_outputs(runnable, names, prune=len(chunks) > 1)
+            sess = self._session(model, so, providers, workdir, label)
+            del model
+            try:
+                results = sess.run(names, feed)
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+            del sess
+            for k, (site, fname, quant) in enumerate(chunk):
+                arr = results[k]
+                results[k] = None  # the caller holds the only reference from here on
+                if not isinstance(arr, np.ndarray):
+                    continue
+                if not all_dtypes and site.name not in out_pos and str(arr.dtype) not in FLOAT_TYPES:
+                    continue
+                scopes = calls.get(site.name, [])
+                meta: dict[str, Any] = {
+                    "onnx_node": site.node_name,
+                    "onnx_op": site.op_type,
+                    "onnx_output_index": site.output_index,
+                    "module_path": scopes[0][0] if scopes else None,
+                    "scopes": [p for p, _ in scopes],
+                    "module_calls": [[p, c] for p, c in scopes],
+                    "within": within[site.node_index],
+                    "is_output": site.name in out_pos,
+                    **common,
+                }
+                if site.name in out_pos:
+                    meta["output_position"] = out_pos[site.name]
+                if self.precision == "int8":
+                    meta["quantized"] = quant
+                if fname != site.name:
+                    meta["onnx_tensor"] = fname
+                yield Activation(name=site.name, array=arr, order=site.node_index,
+                                 op_type=site.op_type, meta=meta)
+                del arr
+            del results
