@@ -61,6 +61,40 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no table, only the verdict lines")
 
 
+def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
+    co.add_argument("model", help="model: .onnx, TorchScript .pt, ExportedProgram .pt2, or package.module:factory")
+    co.add_argument("--ref", default="torch", help="reference source (default: torch)")
+    if several_targets:
+        co.add_argument("--target", action="append", help="target source; repeat for several (default: ort)")
+    else:
+        co.add_argument("--target", default="ort-fp16", help="target source (default: ort-fp16)")
+    g = co.add_argument_group("inputs")
+    g.add_argument("--inputs", help=".npy/.npz file, or a folder of them (one feed per file)")
+    g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
+                   help="shape for random inputs or dynamic dims (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
+    g.add_argument("--random-inputs", type=int, default=1, metavar="N", help="number of random feeds (default 1)")
+    g.add_argument("--calibration", help="feeds for INT8 calibration (default: the compared inputs)")
+    g = co.add_argument_group("sources")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
+    g.add_argument("--trust-model", action="store_true",
+                   help="allow loading a pickled torch module (runs code from the file: only for files you trust)")
+    g.add_argument("--state-dict", help="weights for a package.module:factory model (loaded with weights_only)")
+    g.add_argument("--torch-capture", choices=["modules", "fx"], help="torch capture: module hooks or fx graph")
+    g.add_argument("--opset", type=int, help="ONNX opset for parity's export (default chosen by parity)")
+    g.add_argument("--keep-fp32-ops", help="op types kept fp32 by ort-fp16 (e.g. Softmax,LayerNormalization)")
+    g.add_argument("--keep-fp32-nodes", help="ONNX node names kept fp32 by ort-fp16")
+    g.add_argument("--trt-capture", choices=["debug", "mark", "outputs"], help="TensorRT capture mode")
+    g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
+    g.add_argument("--workdir", default=".parity-cache", help="cache of exported/converted models and engines")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
+    g.add_argument("--config", help="parity TOML config: [precision] keep_fp32 = [...] (as 'parity fix' writes), "
+                                    "[options] source options")
+    g = co.add_argument_group("matching")
+    g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
+    g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -82,36 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(an)
 
     co = sub.add_parser("compare", help="run a model in a reference and target(s), compare every layer")
-    co.add_argument("model", help="model: .onnx, TorchScript .pt, ExportedProgram .pt2, or package.module:factory")
-    co.add_argument("--ref", default="torch", help="reference source (default: torch)")
-    co.add_argument("--target", action="append", help="target source; repeat for several (default: ort)")
-    g = co.add_argument_group("inputs")
-    g.add_argument("--inputs", help=".npy/.npz file, or a folder of them (one feed per file)")
-    g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
-                   help="shape for random inputs or dynamic dims (repeatable)")
-    g.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
-    g.add_argument("--random-inputs", type=int, default=1, metavar="N", help="number of random feeds (default 1)")
-    g.add_argument("--calibration", help="feeds for INT8 calibration (default: the compared inputs)")
-    g = co.add_argument_group("sources")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
-    g.add_argument("--trust-model", action="store_true",
-                   help="allow loading a pickled torch module (runs code from the file: only for files you trust)")
-    g.add_argument("--state-dict", help="weights for a package.module:factory model (loaded with weights_only)")
-    g.add_argument("--torch-capture", choices=["modules", "fx"], help="torch capture: module hooks or fx graph")
-    g.add_argument("--opset", type=int, help="ONNX opset for parity's export (default chosen by parity)")
-    g.add_argument("--keep-fp32-ops", help="op types kept fp32 by ort-fp16 (e.g. Softmax,LayerNormalization)")
-    g.add_argument("--keep-fp32-nodes", help="ONNX node names kept fp32 by ort-fp16")
-    g.add_argument("--trt-capture", choices=["debug", "mark", "outputs"], help="TensorRT capture mode")
-    g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
-    g.add_argument("--workdir", default=".parity-cache", help="cache of exported/converted models and engines")
-    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
+    _add_run_args(co, several_targets=True)
     co.add_argument("--diagnose", action="store_true",
                     help="also run each layer alone in the target (local error), name the culprit layers, "
                          "and trace value ranges against the target format")
-    g = co.add_argument_group("matching")
-    g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
-    g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
     _add_report_args(co)
+
+    fx = sub.add_parser("fix", help="find and verify a small set of layers to keep at higher precision")
+    _add_run_args(fx, several_targets=False)
+    fx.add_argument("--goal", default="cosine=0.999",
+                    help="output similarity to reach, METRIC=VALUE (default cosine=0.999)")
+    fx.add_argument("--max-steps", type=int, default=24, help="most layers to try adding (default 24)")
+    fx.add_argument("--write-config", metavar="PATH", help="write the verified set as a parity TOML config")
+    _add_report_args(fx)
 
     dr = sub.add_parser("doctor", help="which sources and targets work on this machine, and why not")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
@@ -187,8 +204,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return _emit(report, args)
 
 
+def load_config(path: str) -> dict[str, Any]:
+    """Source options from a parity TOML config file."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(open(path, encoding="utf-8").read())
+    except FileNotFoundError:
+        raise ParityError(f"{path}: config file not found.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ParityError(f"{path}: not valid TOML ({e}).") from None
+    unknown = set(data) - {"precision", "options"}
+    if unknown:
+        raise ParityError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}. Note: valid: [precision], [options].")
+    opts = dict(data.get("options", {}))
+    keep = data.get("precision", {}).get("keep_fp32")
+    if keep is not None:
+        if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+            raise ParityError(f"{path}: [precision] keep_fp32 must be a list of layer names.")
+        opts["keep_high_precision"] = keep
+    return opts
+
+
 def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = load_config(args.config) if getattr(args, "config", None) else {}
     if args.trust_model:
         opts["trust_model"] = True
     for key in ("state_dict", "torch_capture", "opset", "trt_capture", "layer_precisions"):
@@ -212,22 +251,27 @@ def _suffixed(path: str | None, tag: str, many: bool) -> str | None:
     return f"{p[0]}.{tag}{p[1]}"
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import CompareSettings, compare
+def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
+    from .compare import CompareSettings
     from .inputs import parse_input_shapes
 
     metrics = _csv_list(args.metrics)
+    return CompareSettings(
+        model=args.model, ref=args.ref, target=target, inputs=args.inputs,
+        input_shapes=parse_input_shapes(args.input_shape), seed=args.seed, random_inputs=args.random_inputs,
+        device=args.device, workdir=args.workdir, metrics=metrics,
+        thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
+        source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
+        calibration=args.calibration, diagnose=diagnose)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
     targets = args.target or ["ort"]
     rc = 0
     for tgt in targets:
-        settings = CompareSettings(
-            model=args.model, ref=args.ref, target=tgt, inputs=args.inputs,
-            input_shapes=parse_input_shapes(args.input_shape), seed=args.seed, random_inputs=args.random_inputs,
-            device=args.device, workdir=args.workdir, metrics=metrics,
-            thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
-            source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
-            calibration=args.calibration, diagnose=args.diagnose)
-        report = compare(settings)
+        report = compare(_settings(args, tgt, args.diagnose))
         many = len(targets) > 1
         ns = argparse.Namespace(**{**vars(args), "json": _suffixed(args.json, tgt, many),
                                    "csv": _suffixed(args.csv, tgt, many)})
@@ -235,6 +279,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if many:
             print()
     return rc
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    from .atomic import write_text
+    from .compare import compare
+    from .fix import fix
+
+    name, sep, val = args.goal.rpartition("=")
+    try:
+        goal = float(val)
+    except ValueError:
+        raise UsageError(f"--goal {args.goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
+    goal_metric = name if sep else "cosine"
+    settings = _settings(args, args.target, True)
+    report = compare(settings)
+    _emit(report, argparse.Namespace(**{**vars(args), "fail_under": None, "quiet": True}))
+    print()
+    print(f"Searching layers to keep in fp32 until the outputs reach {goal_metric} {goal:g} "
+          f"(every step re-runs {args.target}):")
+    res = fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
+    if res.before == res.after and not res.kept and res.passed:
+        print(f"{args.target} already reaches {goal_metric} {res.before:.6g} >= {goal:g}: nothing to keep.")
+        return 0
+    if not res.passed:
+        print(f"No verified fix: keeping up to {len(res.kept)} layers reached {goal_metric} {res.after:.6g}, "
+              f"short of {goal:g} (from {res.before:.6g}). Try --max-steps, or a goal nearer the measured values.")
+        return 1
+    print(f"Verified fix: keep {len(res.kept)} of {res.total_layers} layers in fp32; output {goal_metric} "
+          f"{res.before:.6g} -> {res.after:.6g} (re-measured).")
+    for label, text in res.forms(args.target).items():
+        print(f"\n{label}:\n{text}")
+    if args.write_config:
+        write_text(args.write_config, res.forms(args.target)["parity config (TOML)"] + "\n")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -263,7 +341,8 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "doctor": cmd_doctor,
+COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "fix": cmd_fix,
+            "doctor": cmd_doctor,
             "example": cmd_example}
 
 

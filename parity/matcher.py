@@ -167,6 +167,17 @@ def _scopes(a: Activation) -> list[str]:
     return [mp] if mp else []
 
 
+def _provenance_disagrees(r: Activation, t: Activation) -> bool:
+    """Same name, but the exporter says the target tensor is another module's output.
+
+    Across frameworks a shared name can be a coincidence (an ONNX tensor called ``relu`` is the
+    first Relu op, whichever module it came from); provenance, when both sides have it, decides.
+    """
+    mp = r.meta.get("module_path")
+    ts = t.meta.get("scopes")
+    return bool(mp and ts is not None and mp not in ts)
+
+
 def _lis(seq: list[int]) -> list[int]:
     """Indices of a longest strictly increasing subsequence (anchors that agree on order)."""
     import bisect
@@ -270,7 +281,8 @@ class AutoMatcher(Matcher):
             found: list[tuple[int, str]] = []
             if t.key in pinned:
                 found = [(by_key[pinned[t.key]], "pinned")]
-            elif t.key in by_key and by_key[t.key] not in claimed and t.key not in rules.pins:
+            elif t.key in by_key and by_key[t.key] not in claimed and t.key not in rules.pins \
+                    and not _provenance_disagrees(refs[by_key[t.key]], t):
                 found = [(by_key[t.key], "exact")]
             if not found and t.meta.get("is_output"):
                 pos = int(t.meta.get("output_position", t.output_index))

@@ -145,3 +145,12 @@ def test_third_party_matcher_through_register_matchers(rng):
         assert plugins.registry()["matcher"]["by-order"].plugin == "by-order-test"
     finally:
         plugins.unregister_plugin(p)
+
+
+def test_exact_name_yields_to_disagreeing_provenance(rng):
+    a, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    # torch module "relu" is block.relu's sibling; the ONNX tensor "relu" came from block.act
+    ref = [_a("block.act", a, 0, module_path="block.act"), _a("relu", b, 1, module_path="relu")]
+    tgt = [_a("relu", a, 0, scopes=["block.act"]), _a("relu_1", b, 1, scopes=["relu"])]
+    got = _pairs(AutoMatcher(), ref, tgt)
+    assert ("block.act", "relu", "provenance") in got and ("relu", "relu_1", "provenance") in got
