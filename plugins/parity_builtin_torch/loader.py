@@ -1,0 +1,446 @@
+"""Load a PyTorch model from any of the forms people actually ship, without unpickling by surprise.
+
+Forms: a TorchScript archive (``torch.jit.save``), an ExportedProgram archive (``torch.export.save``,
+usually ``.pt2``), a Python spec ``package.module:factory`` or ``path/to/file.py:factory``, and a
+whole pickled ``nn.Module`` (``torch.save(model)``), which is only unpickled when the user said they
+trust the file. The kind of a file is read from its content, not its suffix, so a misnamed file
+still gets a useful message. torch is imported inside functions only.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity.errors import ParityError
+from parity.source import InputSpec, RunConfig
+
+KINDS = ("torchscript", "exported", "python", "pickle")
+
+#: module attribute a Python model may carry to declare its input shapes: ``{"x": (1, 1, 28, 28)}``
+SHAPES_ATTR = "parity_input_shapes"
+#: optional companion attribute for non-float inputs: ``{"ids": "int64"}``
+DTYPES_ATTR = "parity_input_dtypes"
+
+_SPEC_RE = re.compile(r"^(?P<mod>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)$")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to call, with what is known about its inputs.
+
+    ``input_specs`` is what the model itself declares (ExportedProgram example inputs, or a
+    Python factory's declaration); ``None`` when it declares nothing. ``input_names`` is the
+    forward's parameter names in call order where the signature tells them, and
+    ``optional_inputs`` those that have defaults.
+    """
+
+    module: Any
+    kind: str
+    input_specs: list[InputSpec] | None
+    path: str
+    input_names: list[str] | None = None
+    optional_inputs: frozenset[str] = field(default_factory=frozenset)
+    #: the ``torch.export.ExportedProgram`` for kind "exported", else None
+    exported: Any = None
+
+
+# --------------------------------------------------------------------------- file kinds
+
+def detect_file_kind(path: Path) -> str:
+    """Classify a file by content: torchscript, exported, torch-save, onnx, zip-truncated or unknown.
+
+    ``torch-save`` is anything ``torch.save`` wrote (a state dict, a checkpoint dict or a
+    pickled module); which one it is can only be told by loading it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "zip-truncated"
+        bases = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "archive_format" in bases or any(b.startswith("models/") and b.endswith(".json") for b in bases):
+            return "exported"
+        if "constants.pkl" in bases or any(b.startswith("code/") for b in bases):
+            return "torchscript"
+        if "data.pkl" in bases:
+            return "torch-save"
+        return "unknown-zip"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip-truncated"
+    # Legacy (pre-1.6) torch.save files are a bare pickle stream: protocol opcode then version.
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch-save"
+    if path.suffix.lower() == ".onnx" or (len(head) > 2 and head[0] == 0x08 and head[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)):
+        return "onnx"
+    return "unknown"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# --------------------------------------------------------------------------- loaders
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream; the user's file still is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise ParityError(f"cannot load TorchScript model {path}: it looks like a torch.jit.save archive "
+                          f"but loading failed. Note: {_first_line(e)}; the file may be corrupt or saved "
+                          f"by a newer torch") from None
+    names, optional = _torchscript_inputs(module)
+    try:  # a scripted module keeps a typed instance attribute parity_input_shapes
+        declared = _declared_specs(module, None, str(path))
+    except ParityError:
+        declared = None
+    return LoadedModel(module, "torchscript", declared, str(path), names, optional)
+
+
+def _torchscript_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:
+    try:
+        args = list(module.forward.schema.arguments)[1:]
+    except Exception:
+        return None, frozenset()
+    names = [a.name for a in args]
+    optional = frozenset(a.name for a in args if a.default_value is not None)
+    return names, optional
+
+
+def _np_dtype_name(dtype: Any) -> str:
+    """numpy dtype name for a torch dtype; types numpy lacks (bfloat16) are fed as float32."""
+    name = str(dtype).replace("torch.", "")
+    return name if name in {"float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                            "uint8", "bool", "complex64", "complex128"} else "float32"
+
+
+def _load_exported(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ep = torch.export.load(str(path))
+    except Exception as e:
+        raise ParityError(f"cannot load ExportedProgram {path}: it looks like a torch.export.save archive "
+                          f"but loading failed. Note: {_first_line(e)}; the file may be corrupt or saved "
+                          f"by a different torch version") from None
+    specs: list[InputSpec] = []
+    names: list[str] = []
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name != "USER_INPUT":
+            continue
+        arg_name = getattr(spec.arg, "name", None)
+        if arg_name is None:  # a constant (non-tensor) user input: nothing to feed
+            continue
+        names.append(arg_name)
+        val = placeholders[arg_name].meta.get("val") if arg_name in placeholders else None
+        if val is not None and hasattr(val, "shape"):
+            shape = tuple(int(d) if isinstance(d, int) or str(d).isdigit() else None for d in val.shape)
+            specs.append(InputSpec(arg_name, shape, _np_dtype_name(val.dtype)))
+    module = ep.module()
+    return LoadedModel(module, "exported", specs if len(specs) == len(names) else None, str(path),
+                       names, frozenset(), exported=ep)
+
+
+def _load_saved(path: Path, trust: bool) -> LoadedModel:
+    """A torch.save file: refuse to unpickle code unless trusted, and explain state dicts."""
+    import pickle
+
+    import torch
+
+    if trust:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ParityError(f"cannot load {path} with torch.load: {_first_line(e)}. Note: the file may be "
+                              f"corrupt, or its classes may not be importable here (their module must be on "
+                              f"the Python path)") from None
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ParityError(f"{path} is not TorchScript and may be a pickled nn.Module, which parity does "
+                              f"not unpickle by default (unpickling runs arbitrary code). Note: pass "
+                              f"--trust-model if you trust this file, or re-save it with torch.jit.save / "
+                              f"torch.export.save") from None
+        except Exception as e:
+            raise ParityError(f"cannot read {path} as a torch.save file: {_first_line(e)}. Note: the file "
+                              f"may be truncated or corrupt") from None
+    if isinstance(obj, torch.nn.Module):
+        names, optional = _python_inputs(obj)
+        return LoadedModel(obj, "pickle", _declared_specs(obj, None, str(path)), str(path), names, optional)
+    if isinstance(obj, dict):
+        raise ParityError(f"{path} holds a state dict or checkpoint (a dict of weights), not a model. "
+                          f"Note: give the architecture as a Python spec (package.module:factory or "
+                          f"file.py:factory) and pass this file with --state-dict")
+    raise ParityError(f"{path} holds a {type(obj).__name__}, not a model. Note: expected TorchScript "
+                      f"(torch.jit.save), an ExportedProgram (torch.export.save) or a pickled nn.Module")
+
+
+def _import_spec(spec: str) -> Any:
+    """Import ``package.module`` or ``path/to/file.py`` and return the named attribute."""
+    m = _SPEC_RE.match(spec)
+    assert m is not None
+    mod_part, attr = m.group("mod"), m.group("attr")
+    added: list[str] = []
+    try:
+        if mod_part.endswith(".py") or os.sep in mod_part or "/" in mod_part:
+            file = Path(mod_part)
+            if not file.is_file():
+                raise ParityError(f"model spec {spec!r}: file {file} does not exist. Note: a Python spec is "
+                                  f"path/to/file.py:factory or package.module:factory")
+            # Sibling imports of the model file should work as they do when running it as a script.
+            parent = str(file.resolve().parent)
+            if parent not in sys.path:
+                sys.path.insert(0, parent)
+                added.append(parent)
+            mod_name = f"_parity_model_{abs(hash(str(file.resolve())))}"
+            ispec = importlib.util.spec_from_file_location(mod_name, file)
+            if ispec is None or ispec.loader is None:
+                raise ParityError(f"model spec {spec!r}: cannot import {file} as Python")
+            module = importlib.util.module_from_spec(ispec)
+            sys.modules[mod_name] = module
+            try:
+                ispec.loader.exec_module(module)
+            except Exception as e:
+                sys.modules.pop(mod_name, None)
+                raise ParityError(f"model spec {spec!r}: importing {file} failed: {_first_line(e)}") from e
+        else:
+            cwd = os.getcwd()
+            if cwd not in sys.path:  # the console script does not put the working directory on the path
+                sys.path.insert(0, cwd)
+                added.append(cwd)
+            try:
+                module = importlib.import_module(mod_part)
+            except ModuleNotFoundError as e:
+                raise ParityError(f"model spec {spec!r}: no module named {e.name!r}. Note: the module must be "
+                                  f"importable from the working directory or installed; a file path also "
+                                  f"works (path/to/file.py:factory)") from None
+            except Exception as e:
+                raise ParityError(f"model spec {spec!r}: importing {mod_part} failed: {_first_line(e)}") from e
+    finally:
+        for p in added:
+            try:
+                sys.path.remove(p)
+            except ValueError:
+                pass
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+            raise ParityError(f"model spec {spec!r}: {mod_part} has no attribute {attr!r}. Note: callables "
+                              f"there: {', '.join(public[:12]) or 'none'}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _python_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return None, frozenset()
+    names: list[str] = []
+    optional: set[str] = set()
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if p.kind == p.VAR_POSITIONAL and not names:
+                return None, frozenset()  # forward(*args): names come from the user
+            continue
+        names.append(p.name)
+        if p.default is not p.empty:
+            optional.add(p.name)
+    return names, frozenset(optional)
+
+
+def _as_spec(name: str, value: Any, dtypes: dict[str, str], where: str) -> InputSpec:
+    if isinstance(value, InputSpec):
+        return value
+    dtype = dtypes.get(name, "float32")
+    if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], (tuple, list))
+            and isinstance(value[1], str)):
+        value, dtype = value
+    try:
+        shape = tuple(None if d is None else int(d) for d in value)
+    except (TypeError, ValueError):
+        raise ParityError(f"{where}: input {name!r} is declared with shape {value!r}. Note: expected a tuple "
+                          f"of ints such as (1, 3, 224, 224), or (shape, dtype)") from None
+    return InputSpec(name, shape, str(dtype))
+
+
+def _declared_specs(module: Any, declared: Any, where: str) -> list[InputSpec] | None:
+    """Input specs a Python model declares: returned by its factory, or as module attributes."""
+    if declared is None:
+        declared = getattr(module, SHAPES_ATTR, None)
+    if declared is None:
+        return None
+    dtypes = dict(getattr(module, DTYPES_ATTR, None) or {})
+    if isinstance(declared, dict):
+        return [_as_spec(str(k), v, dtypes, where) for k, v in declared.items()]
+    if isinstance(declared, (list, tuple)) and all(isinstance(s, InputSpec) for s in declared):
+        return list(declared)
+    raise ParityError(f"{where}: input declaration {declared!r} is not understood. Note: expected a dict "
+                      f"{{'x': (1, 3, 224, 224)}} or a list of parity.source.InputSpec")
+
+
+def _load_python(spec: str) -> LoadedModel:
+    import torch
+
+    factory = _import_spec(spec)
+    if isinstance(factory, torch.nn.Module):
+        result: Any = factory
+    elif callable(factory):
+        try:
+            result = factory()
+        except ParityError:
+            raise
+        except Exception as e:
+            raise ParityError(f"model spec {spec!r}: calling the factory raised {_first_line(e)}") from e
+    else:
+        raise ParityError(f"model spec {spec!r}: {type(factory).__name__} is not callable. Note: the spec must "
+                          f"name a function or class returning a torch.nn.Module")
+    declared = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module):
+        result, declared = result
+    if not isinstance(result, torch.nn.Module):
+        raise ParityError(f"model spec {spec!r}: the factory returned {type(result).__name__}, not a "
+                          f"torch.nn.Module. Note: return a module, or (module, {{'x': (1, 3, 224, 224)}})")
+    names, optional = _python_inputs(result)
+    return LoadedModel(result, "python", _declared_specs(result, declared, f"model spec {spec!r}"), spec,
+                       names, optional)
+
+
+def _load_state_dict(loaded: LoadedModel, sd_path: str) -> None:
+    import torch
+
+    p = Path(sd_path)
+    if not p.is_file():
+        raise ParityError(f"state dict {p} does not exist")
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ParityError(f"cannot read state dict {p} with torch.load(weights_only=True): {_first_line(e)}. "
+                          f"Note: a state dict is a dict of tensors saved with torch.save(model.state_dict())"
+                          ) from None
+    if isinstance(sd, dict):
+        # Training checkpoints often nest the weights one level down.
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = sd.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                sd = inner
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ParityError(f"state dict {p} holds a {type(sd).__name__} that is not a dict of tensors. Note: "
+                          f"save one with torch.save(model.state_dict(), path)")
+    try:
+        loaded.module.load_state_dict(sd, strict=True)
+    except Exception as e:
+        msg = " ".join(str(e).split())
+        raise ParityError(f"state dict {p} does not fit model {loaded.path}: {msg[:400]}") from None
+
+
+def load_torch_model(cfg: RunConfig) -> LoadedModel:
+    """Load ``cfg.model`` on CPU in fp32 as saved; errors are one-line ParityErrors naming the file.
+
+    Options used: ``trust_model`` (allow unpickling a whole module), ``state_dict`` (weights file
+    applied with ``load_state_dict(strict=True)``, read with ``weights_only=True``).
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ParityError(f"cannot load {cfg.model}: torch is not installed. Note: pip install torch") from None
+    model = str(cfg.model)
+    trust = bool(cfg.options.get("trust_model"))
+    path = Path(model)
+    if path.is_file():
+        kind = detect_file_kind(path)
+        if kind == "torchscript":
+            loaded = _load_torchscript(path)
+        elif kind == "exported":
+            loaded = _load_exported(path)
+        elif kind == "torch-save":
+            loaded = _load_saved(path, trust)
+        elif kind == "onnx":
+            raise ParityError(f"{path} looks like an ONNX model, not a PyTorch one. Note: the torch sources "
+                              f"read TorchScript, ExportedProgram (.pt2) or a Python spec; use an ONNX "
+                              f"Runtime source (ort, ort-fp16, ...) for .onnx files")
+        elif kind == "zip-truncated":
+            raise ParityError(f"{path} is a truncated or corrupt zip archive, so it cannot be a readable torch "
+                              f"file. Note: re-save or re-download it")
+        else:
+            raise ParityError(f"{path} is not a PyTorch model file. Note: expected TorchScript "
+                              f"(torch.jit.save), an ExportedProgram (torch.export.save, .pt2), a torch.save "
+                              f"file, or a Python spec package.module:factory")
+    elif path.is_dir():
+        raise ParityError(f"{path} is a directory, not a model file. Note: give a .pt/.pt2 file or a Python "
+                          f"spec package.module:factory")
+    elif _SPEC_RE.match(model) and not re.match(r"^[A-Za-z]:[\\/]", model):
+        loaded = _load_python(model)
+    else:
+        raise ParityError(f"model {model} does not exist. Note: give a TorchScript .pt, an ExportedProgram "
+                          f".pt2, or a Python spec package.module:factory / path/to/file.py:factory")
+    sd = cfg.options.get("state_dict")
+    if sd:
+        _load_state_dict(loaded, str(sd))
+    return loaded
+
+
+# --------------------------------------------------------------------------- input specs
+
+def resolve_input_specs(loaded: LoadedModel, input_shapes: dict[str, tuple[int, ...]] | None,
+                        ) -> list[InputSpec]:
+    """The model's inputs with the user's ``--input-shape`` overrides applied.
+
+    Shapes the user gives win over what the model declares (dtype is kept). An input whose
+    shape is known from nowhere is an error telling the user how to give it.
+    """
+    overrides = dict(input_shapes or {})
+    declared = {s.name: s for s in (loaded.input_specs or [])}
+    names = loaded.input_names
+    if names is None:
+        names = list(declared) + [n for n in overrides if n not in declared]
+        if not names:
+            raise ParityError(f"model {loaded.path}: its input names and shapes are unknown. Note: pass "
+                              f"--input-shape name:1x3x224x224 for each input")
+    known = set(names)
+    unknown = [n for n in overrides if n not in known]
+    if unknown:
+        raise ParityError(f"--input-shape names {', '.join(map(repr, unknown))} are not inputs of model "
+                          f"{loaded.path}. Note: its inputs are {', '.join(names)}")
+    specs: list[InputSpec] = []
+    missing: list[str] = []
+    for n in names:
+        base = declared.get(n)
+        if n in overrides:
+            specs.append(InputSpec(n, tuple(int(d) for d in overrides[n]), base.dtype if base else "float32"))
+        elif base is not None:
+            specs.append(base)
+        elif n not in loaded.optional_inputs:
+            missing.append(n)
+    if missing:
+        example = " ".join(f"--input-shape {n}:1x3x224x224" for n in missing)
+        hint = {"python": f", or declare {SHAPES_ATTR} on the module / return (module, shapes) from the factory",
+                "pickle": f", or declare {SHAPES_ATTR} on the module",
+                "torchscript": f", or give the module a {SHAPES_ATTR} attribute before torch.jit.script",
+                }.get(loaded.kind, "")
+        raise ParityError(f"model {loaded.path}: the shape of input {', '.join(map(repr, missing))} is unknown. "
+                          f"Note: pass {example} (use the real shape){hint}")
+    return specs
