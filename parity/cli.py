@@ -174,15 +174,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     reg = registry()
     if args.json:
-        print(json.dumps({kind: [{"name": r.name, "plugin": r.plugin, "package": r.package,
-                                  "description": getattr(r.obj, "description", "")}
-                                 for r in sorted(items.values(), key=lambda r: r.name)]
-                          for kind, items in reg.items()}, indent=2))
+        from .plugins import broken
+
+        out: dict[str, Any] = {kind: [{"name": r.name, "plugin": r.plugin, "package": r.package,
+                                       "description": getattr(r.obj, "description", "")}
+                                      for r in sorted(items.values(), key=lambda r: r.name)]
+                               for kind, items in reg.items()}
+        out["broken"] = [{"plugin": k, "why": v} for k, v in broken.items()]
+        print(json.dumps(out, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=140, highlight=False)
+    from .plugins import broken
+
+    for name, why in broken.items():
+        console.print(f"broken plugin {name}: {why}")
     for kind in ("source", "metric", "format", "matcher"):
         t = Table(title=f"{kind}s", title_justify="left")
         t.add_column("name")

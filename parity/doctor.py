@@ -37,10 +37,13 @@ def environment() -> dict[str, str]:
 
 def sources() -> list[dict[str, Any]]:
     """Every registered source with whether it can run here; sources may add ``details()``."""
-    from .plugins import registry
+    from .plugins import broken, registry
 
-    out = []
-    for name, r in sorted(registry()["source"].items()):
+    out: list[dict[str, Any]] = []
+    reg = registry()
+    for name, why in broken.items():
+        out.append({"source": f"(plugin {name})", "package": "", "works": False, "why": f"failed to import: {why}"})
+    for name, r in sorted(reg["source"].items()):
         src = r.obj
         try:
             why = src.check()

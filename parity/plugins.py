@@ -39,6 +39,8 @@ class Registered:
 
 _pm: pluggy.PluginManager | None = None
 _dists: dict[str, str] = {}  # plugin name -> "package version"
+#: entry points that failed to import, with why (shown by `parity plugins` and `parity doctor`)
+broken: dict[str, str] = {}
 _registry: dict[str, dict[str, Registered]] | None = None
 
 
@@ -52,9 +54,12 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
             continue
         try:
             plugin = ep.load()
-        except Exception as e:  # a broken third-party plugin must not hide the others' names
+        except Exception as e:  # a broken plugin must not take the working ones down with it
             dist = ep.dist.name if ep.dist else "?"
-            raise ParityError(f"plugin {ep.name!r} (package {dist}) failed to import: {e}") from e
+            broken[ep.name] = f"package {dist}: {type(e).__name__}: {e}"
+            sys.stderr.write(f"parity: warning: plugin {ep.name!r} ({dist}) failed to import and is skipped: "
+                             f"{type(e).__name__}: {e}\n")
+            continue
         pm.register(plugin, name=ep.name)
         if ep.dist is not None:
             _dists[ep.name] = f"{ep.dist.metadata['name']} {ep.dist.version}"

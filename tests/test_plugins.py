@@ -98,3 +98,20 @@ def test_help_does_not_import_frameworks():
             "print('HEAVY', heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr
+
+
+def test_broken_plugin_is_skipped_with_a_warning(tmp_path):
+    """A third-party plugin that fails to import is named, and the others keep working."""
+    (tmp_path / "parity_broken_example.py").write_text("raise ImportError('needs libfoo')\n")
+    dist = tmp_path / "parity_broken_example-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: parity-broken-example\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[parity]\nbroken = parity_broken_example\n")
+    import json
+    import os
+
+    r = _run("plugins", "--json", env={"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert r.returncode == 0, r.stderr
+    assert "plugin 'broken'" in r.stderr and "needs libfoo" in r.stderr
+    d = json.loads(r.stdout)
+    assert d["broken"][0]["plugin"] == "broken" and any(m["name"] == "cosine" for m in d["metric"])
