@@ -335,8 +335,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print()
     for s in srcs:
         print(f"{s['source']:>22}: {'works' if s['works'] else 'unavailable: ' + s['why']}")
-        for k, v in (s.get("details") or {}).items():
-            print(f"{'':>24}{k}: {v}")
+        details = s.get("details") or {}
+        items = details.items() if isinstance(details, dict) else enumerate(details)
+        for k, v in items:
+            if isinstance(v, dict):
+                v = ", ".join(f"{a}={b}" for a, b in v.items())
+            print(f"{'':>24}{v}" if isinstance(k, int) else f"{'':>24}{k}: {v}")
     return 0
 
 
