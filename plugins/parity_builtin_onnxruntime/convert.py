@@ -45,18 +45,53 @@ def _quiet() -> Iterator[None]:
         logging.disable(prev)
 
 
-def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = ()) -> Path:
+def keep_producers(model: Any, keys: Sequence[str], label: str, *, name_unnamed: bool = False) -> list[str]:
+    """Names of the nodes producing the tensors ``keys`` (the ``keep_high_precision`` option).
+
+    ``keys`` are target record keys, i.e. tensor names of the fp32 graph. A name that no node
+    produces is a ``ParityError`` naming it. A producer without a name cannot be put on a
+    converter's list; with ``name_unnamed`` it is given one in ``model`` (in place).
+    """
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    inputs = {i.name for i in model.graph.input}
+    unknown = [k for k in keys if k not in producer]
+    if unknown:
+        why = ("model inputs, which no node produces" if all(k in inputs for k in unknown)
+               else "not tensors of the fp32 graph")
+        sample = ", ".join(list(producer)[:4])
+        raise ParityError(f"keep_high_precision names {unknown}, {why} in {label}. Note: give tensor names "
+                          f"of the fp32 graph as records show them (target_name), e.g. {sample}")
+    wanted = set(keys)
+    out: list[str] = []
+    for i, n in enumerate(model.graph.node):
+        if not any(o in wanted for o in n.output if o):
+            continue
+        if not n.name:
+            if not name_unnamed:
+                raise ParityError(f"keep_high_precision: the node producing {[o for o in n.output if o in wanted]} "
+                                  f"in {label} has no name, so it cannot be excluded from quantization. "
+                                  f"Note: give the model's nodes names (re-export it through parity)")
+            n.name = f"parity_keep_{i}"
+        if n.name not in out:
+            out.append(n.name)
+    return out
+
+
+def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = (),
+            keep_tensors: Sequence[str] = ()) -> Path:
     """``src`` converted to float16 with fp32 inputs/outputs, cached under ``workdir/ort``.
 
     ``keep_ops`` (op types) and ``keep_nodes`` (node names) stay in fp32, on top of the
-    converter's own default block list (ops without fp16 kernels).
+    converter's own default block list (ops without fp16 kernels); so do the nodes producing
+    ``keep_tensors`` (fp32 tensor names, the ``keep_high_precision`` option of ``parity fix``).
     """
     import onnx
     import onnxconverter_common
     from onnxconverter_common import float16
 
     keep_ops, keep_nodes = sorted(set(keep_ops)), sorted(set(keep_nodes))
-    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes)
+    keep_tensors = sorted(set(keep_tensors))
+    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors)
     out = workdir / "ort" / f"{_stem(src)}-fp16-{key}.onnx"
     if out.is_file():
         return out
@@ -67,6 +102,8 @@ def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: 
         sample = ", ".join(list(names)[:5])
         raise ParityError(f"keep_fp32_nodes names nodes {unknown} that are not in {src.name}. "
                           f"Note: node names look like {sample}")
+    if keep_tensors:
+        keep_nodes = sorted(set(keep_nodes) | set(keep_producers(model, keep_tensors, src.name, name_unnamed=True)))
     block = list(float16.DEFAULT_OP_BLOCK_LIST) + [o for o in keep_ops if o not in float16.DEFAULT_OP_BLOCK_LIST]
     try:
         with _quiet():
@@ -91,7 +128,8 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     (minmax | entropy | percentile | distribution), ``int8_op_types`` (op types to
     quantize), ``int8_nodes_to_exclude`` (node names), ``int8_preprocess`` (run
     ``quant_pre_process`` with shape inference only, no graph optimization, so tensor
-    names survive).
+    names survive), ``keep_high_precision`` (fp32 tensor names whose producing nodes are left
+    unquantized: added to ``nodes_to_exclude``).
     """
     import onnxruntime
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
@@ -108,11 +146,18 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     op_types = opt_list(opts, "int8_op_types") or None
     exclude = opt_list(opts, "int8_nodes_to_exclude") or None
     preprocess = opt_bool(opts, "int8_preprocess", False)
+    keep_tensors = sorted(set(opt_list(opts, "keep_high_precision")))
     key = key_of("int8", onnxruntime.__version__, model_digest(src), feeds_digest(calibration), per_channel,
-                 method_name, sorted(op_types or []), sorted(exclude or []), preprocess)
+                 method_name, sorted(op_types or []), sorted(exclude or []), preprocess, keep_tensors)
     out = workdir / "ort" / f"{_stem(src)}-int8-{key}.onnx"
     if out.is_file():
         return out
+    if keep_tensors:
+        import onnx
+
+        m = onnx.load(str(src), load_external_data=False)
+        exclude = sorted(set(exclude or []) | set(keep_producers(m, keep_tensors, src.name)))
+        del m
 
     class Reader(CalibrationDataReader):
         def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:

@@ -39,6 +39,8 @@ class OrtSource(Source):
     at most N tensors per session run), ``opset``, ``export_dynamo``,
     ``export_dynamic_batch``, ``export_optimize``, ``keep_fp32_ops``, ``keep_fp32_nodes``
     and the ``int8_*`` options of :func:`parity_builtin_onnxruntime.convert.to_int8`.
+    For ``parity fix``: ``keep_high_precision`` (fp32 tensor names whose producing nodes stay
+    fp32 / unquantized) and ``outputs_only`` (capture only the model outputs).
     """
 
     description = "ONNX Runtime session capturing every intermediate tensor (fp32 / fp16 / int8 QDQ)"
@@ -48,6 +50,8 @@ class OrtSource(Source):
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         self.precision = precision
         self.name = PRECISIONS[precision]  # type: ignore[misc]
+        #: layers the last ``local_errors`` call could not run alone: ``{key, onnx_node, reason}``
+        self.last_local_skipped: list[dict[str, str]] = []
 
     # -- capability ---------------------------------------------------------------------
     def check(self) -> str | None:
@@ -219,11 +223,58 @@ class OrtSource(Source):
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ParityError(f"onnxruntime cannot load {label}. Note: {msg[:400]}") from e
 
+    # -- target model -------------------------------------------------------------------
+    def _target_model(self, cfg: RunConfig, src: Path, orig: Any, feed: dict[str, np.ndarray]
+                      ) -> tuple[Path, dict[str, Any]]:
+        """The model this precision runs (converted and cached), plus record meta about it.
+
+        ``keep_high_precision`` (fp32 tensor names, e.g. from ``parity fix``) is checked against
+        ``orig`` here, for every precision, so an unknown name fails before any conversion.
+        """
+        from .convert import keep_producers, to_fp16, to_int8
+
+        workdir = Path(cfg.workdir)
+        opts = cfg.options
+        keep = opt_list(opts, "keep_high_precision")
+        if keep:
+            keep_producers(orig, keep, src.name, name_unnamed=True)  # int8 refuses unnamed ones later
+        extra: dict[str, Any] = {}
+        if self.precision == "fp32":
+            return src, extra
+        if self.precision == "fp16":
+            return to_fp16(src, workdir, opt_list(opts, "keep_fp32_ops"), opt_list(opts, "keep_fp32_nodes"),
+                           keep_tensors=keep), extra
+        calib = list(cfg.calibration)
+        if not calib:
+            calib = [feed]
+            extra["calibration"] = "run feed (no calibration feeds were given)"
+            extra["warning"] = ("int8 calibrated on the compared input itself: scales fit this input "
+                                "and the error is optimistic; pass calibration data")
+        for k, c in enumerate(calib):
+            self._check_feed(orig, c, src, what=f"calibration feed #{k}")
+        extra["calibration_feeds"] = len(calib)
+        return to_int8(src, workdir, calib, opts), extra
+
+    # -- diagnosis ------------------------------------------------------------------------
+    def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
+        """Each captured layer run alone in this precision on the fp32 activations (see :mod:`.local`).
+
+        Yields ``parity.diagnose.LocalResult`` one at a time, keyed like ``run()``'s records.
+        ``ort`` (fp32) yields nothing: its layer alone on fp32 inputs is the reference itself.
+        Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
+        """
+        self.last_local_skipped = []
+        if self.precision == "fp32":
+            return
+        from .local import local_results
+
+        yield from local_results(self, cfg, feed)
+
     # -- run ----------------------------------------------------------------------------
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         import onnx
 
-        from .convert import int8_fetch_map, to_fp16, to_int8
+        from .convert import int8_fetch_map
         from .graph import FLOAT_TYPES, inferred_types, load_model, tensor_sites, with_outputs
         from .provenance import _subgraph_refs, module_output_calls, node_scopes
 
@@ -246,31 +297,22 @@ class OrtSource(Source):
         common: dict[str, Any] = {"precision": self.precision, "model_file": str(src)}
         if exporter:
             common["exporter"] = exporter
+        if opt_bool(opts, "outputs_only", False):
+            sites = [s for s in sites if s.name in out_pos]
+        run_path, extra = self._target_model(cfg, src, orig, feed)
+        common.update(extra)
         if self.precision == "fp32":
-            run_path, runnable = src, orig
+            runnable = orig
             fetch = {s.name: (s.name, False) for s in sites}
-        elif self.precision == "fp16":
-            run_path = to_fp16(src, workdir, opt_list(opts, "keep_fp32_ops"), opt_list(opts, "keep_fp32_nodes"))
+        else:
             del orig.graph.node[:]  # provenance is computed; free the fp32 weights early
             del orig.graph.initializer[:]
             runnable = onnx.load(str(run_path))
-            produced = {o for n in runnable.graph.node for o in n.output}
-            fetch = {s.name: (s.name, False) for s in sites if s.name in produced}
-        else:
-            calib = list(cfg.calibration)
-            if not calib:
-                calib = [feed]
-                common["calibration"] = "run feed (no calibration feeds were given)"
-                common["warning"] = ("int8 calibrated on the compared input itself: scales fit this input "
-                                     "and the error is optimistic; pass calibration data")
-            for k, c in enumerate(calib):
-                self._check_feed(orig, c, src, what=f"calibration feed #{k}")
-            common["calibration_feeds"] = len(calib)
-            run_path = to_int8(src, workdir, calib, opts)
-            del orig.graph.node[:]
-            del orig.graph.initializer[:]
-            runnable = onnx.load(str(run_path))
-            fetch = int8_fetch_map(runnable, [s.name for s in sites])
+            if self.precision == "fp16":
+                produced = {o for n in runnable.graph.node for o in n.output}
+                fetch = {s.name: (s.name, False) for s in sites if s.name in produced}
+            else:
+                fetch = int8_fetch_map(runnable, [s.name for s in sites])
         common["run_model_file"] = str(run_path)
 
         all_dtypes = opt_bool(opts, "ort_all_dtypes", False)

@@ -1,0 +1,365 @@
+"""Local runs for diagnosis: each layer of the fp16 / int8 model alone, fed the fp32 activations.
+
+A compare run measures *accumulated* error: every layer inherits what the layers before it
+lost. To tell the layer that causes a loss from those that inherit it, each layer is also
+run alone in the target setting on the *reference* inputs and scored against the reference
+output (its *local* error, see ``parity.diagnose``).
+
+How the local runs are built, for one feed:
+
+1. One fp32 session run captures every tensor of the fp32 graph that some node reads (all
+   dtypes: shape tensors and indices are inputs too). These are the reference values.
+2. The target model is the one ``run()`` executes (the fp16-converted or QDQ-quantized model,
+   taken from the same cache, with the same ``keep_*`` options). For each captured tensor
+   ``T`` of node ``N``, the tensor that ``run()`` fetches for ``T`` is traced back through the
+   target graph until it reaches tensors of the fp32 graph other than ``N``'s outputs. What
+   lies in between is ``N`` as the target runs it, plus whatever the conversion put around it:
+   the input casts to float16 and the output cast (fp16), or the ``QuantizeLinear ->
+   DequantizeLinear`` pairs with their calibrated scales on the inputs, the dequantized
+   weights, and the output's Q/DQ (int8). A node the converter fused with its producer (the
+   QDQ quantizer drops a ``Relu`` after a quantized op) is traced with it.
+3. All local subgraphs are copied, their internal tensors renamed apart, into one model whose
+   inputs are the fp32 tensors they read; one session run computes every layer's local
+   output. The inputs are fed as the target graph holds them: a tensor the fp16 model keeps
+   in float16 is fed the reference value rounded to float16, exactly as the deployed model
+   would store it (an fp32 value beyond 65504 arrives as inf).
+
+Local results are yielded one at a time in graph order. Layers that cannot be run alone are
+skipped and listed on the source as ``last_local_skipped``: control-flow nodes (If/Loop/Scan),
+layers whose trace reaches a tensor the reference run did not capture, and layers whose trace
+would pull in another captured layer (the target graph no longer has the tensor between
+them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from parity.errors import ParityError
+from parity.source import RunConfig
+
+from ._util import opt_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from parity.diagnose import LocalResult
+
+    from .source import OrtSource
+
+#: a local subgraph larger than this is not one layer: the trace lost the fp32 tensor names
+MAX_LOCAL_NODES = 64
+_PREFIX = "parity.local{}::"
+
+
+@dataclass
+class LocalPlan:
+    """One fp32 node as the target runs it: the target-graph nodes from its inputs to its outputs."""
+
+    node_index: int
+    node_name: str
+    op_type: str
+    keys: list[str]  # captured tensors of this node (fp32 names), in output order
+    fetches: list[str]  # target-graph tensor standing for each key
+    nodes: list[int] = field(default_factory=list)  # target-graph node indices, topological
+    fed: list[str] = field(default_factory=list)  # fp32 tensors read, fed with reference values
+    inits: set[str] = field(default_factory=set)
+
+
+def _has_subgraph(node: "onnx.NodeProto") -> bool:
+    import onnx
+
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[str, tuple[str, bool]],
+                keys: list[str], available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
+    """Trace each captured key's fetch tensor back to fp32 tensors; returns plans and skips.
+
+    ``orig`` is the fp32 graph (node structure only is used), ``target`` the graph that runs,
+    ``fetch`` maps fp32 names to the target tensor read for them (see ``int8_fetch_map``),
+    ``keys`` are the tensors to run locally, ``available`` those the reference run captured.
+    """
+    from .graph import model_inputs, tensor_sites
+
+    sites = {s.name: s for s in tensor_sites(orig)}
+    boundary = set(sites) | {vi.name for vi in model_inputs(orig)}
+    fp32_nodes = orig.graph.node
+    tg = target.graph
+    producer = {o: i for i, n in enumerate(tg.node) for o in n.output if o}
+    inits = {t.name for t in tg.initializer} | {t.values.name for t in tg.sparse_initializer}
+    # fp32 nodes that have a local run of their own: a trace must not run through them
+    by_node: dict[int, LocalPlan] = {}
+    for k in keys:
+        s = sites[k]
+        if k not in fetch:
+            continue
+        p = by_node.get(s.node_index)
+        if p is None:
+            n = fp32_nodes[s.node_index]
+            p = by_node[s.node_index] = LocalPlan(s.node_index, n.name, n.op_type, [], [])
+        p.keys.append(k)
+        p.fetches.append(fetch[k][0])
+    homes = {p.node_name: i for i, p in by_node.items() if p.node_name}
+
+    plans: list[LocalPlan] = []
+    skipped: list[dict[str, str]] = []
+
+    def skip(p: LocalPlan, why: str) -> None:
+        skipped.extend({"key": k, "onnx_node": p.node_name, "reason": why} for k in p.keys)
+
+    for idx in sorted(by_node):
+        p = by_node[idx]
+        own = set(fp32_nodes[idx].output)
+        need: set[int] = set()
+        fed: set[str] = set()
+        seen: set[str] = set()
+        stack = list(p.fetches)
+        why = None
+        while stack and why is None:
+            t = stack.pop()
+            if not t or t in seen:
+                continue
+            seen.add(t)
+            if t in boundary and t not in own:
+                fed.add(t)
+                continue
+            if t in inits:
+                p.inits.add(t)
+                continue
+            i = producer.get(t)
+            if i is None:
+                why = f"its input {t!r} is neither a tensor of the fp32 graph nor computed in the target graph"
+                break
+            if i in need:
+                continue
+            node = tg.node[i]
+            if _has_subgraph(node):
+                why = f"it runs through control flow ({node.op_type} {node.name!r})"
+                break
+            other = homes.get(node.name) if node.name else None
+            if other is not None and other != idx:
+                why = (f"the target graph has no tensor between it and node {node.name!r}, "
+                       f"so it cannot run without that node")
+                break
+            need.add(i)
+            if len(need) > MAX_LOCAL_NODES:
+                why = f"its trace through the target graph exceeds {MAX_LOCAL_NODES} nodes"
+                break
+            stack.extend(node.input)
+        if why is None:
+            missing = sorted(t for t in fed if t not in available)
+            if missing:
+                why = f"the reference run did not capture its input(s) {missing[:4]}"
+        if why is not None:
+            skip(p, why)
+            continue
+        p.nodes = sorted(need)
+        p.fed = sorted(fed)
+        plans.append(p)
+    return plans, skipped
+
+
+def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_types: dict[str, int],
+                      fed_shapes: dict[str, tuple[int, ...]]) -> tuple["onnx.ModelProto", list[list[str]]]:
+    """One model holding every plan's subgraph side by side; returns it and each plan's output names.
+
+    Fed tensors keep their names (several plans may read one); everything a plan computes is
+    renamed with a per-plan prefix, so the copies never collide.
+    """
+    import onnx
+    from onnx import helper
+
+    tg = target.graph
+    new = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(new, f, getattr(target, f))
+    new.opset_import.extend(target.opset_import)
+    new.functions.extend(target.functions)
+    g = new.graph
+    g.name = "parity_local_runs"
+    fed_all: list[str] = []
+    init_all: set[str] = set()
+    outs: list[list[str]] = []
+    for k, p in enumerate(plans):
+        pre = _PREFIX.format(k)
+        keep = set(p.fed) | p.inits
+
+        def ren(t: str, pre: str = pre, keep: set[str] = keep) -> str:
+            return t if (not t or t in keep) else pre + t
+
+        for i in p.nodes:
+            n = onnx.NodeProto()
+            n.CopyFrom(tg.node[i])
+            n.input[:] = [ren(t) for t in n.input]
+            n.output[:] = [ren(t) for t in n.output]
+            n.name = pre + n.name
+            g.node.append(n)
+        names = [ren(f) for f in p.fetches]
+        for nm in names:
+            if nm not in {o.name for o in g.output}:
+                g.output.add().name = nm  # untyped: onnxruntime infers it
+        outs.append(names)
+        fed_all.extend(t for t in p.fed if t not in fed_all)
+        init_all |= p.inits
+    for t in fed_all:
+        g.input.append(helper.make_tensor_value_info(t, fed_types[t], list(fed_shapes[t])))
+    g.initializer.extend(t for t in tg.initializer if t.name in init_all)
+    g.sparse_initializer.extend(t for t in tg.sparse_initializer if t.values.name in init_all)
+    return new, outs
+
+
+def _reference_run(source: "OrtSource", cfg: RunConfig, orig: "onnx.ModelProto", names: list[str],
+                   feed: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
+    """Every named tensor of the fp32 graph for ``feed`` (non-array values are dropped)."""
+    from .graph import with_outputs
+
+    so, providers = source._session_options(cfg)
+    batch = opt_int(cfg.options, "ort_output_batch", 0) or 0
+    chunks = [names[i:i + batch] for i in range(0, len(names), batch)] if 0 < batch < len(names) else [names]
+    out: dict[str, np.ndarray] = {}
+    for chunk in chunks:
+        model = with_outputs(orig, chunk, prune=len(chunks) > 1)
+        sess = source._session(model, so, providers, Path(cfg.workdir), label)
+        try:
+            vals = sess.run(chunk, feed)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ParityError(f"onnxruntime failed running {label} for the local reference. Note: {msg[:400]}") from e
+        del sess
+        out.update((n, v) for n, v in zip(chunk, vals) if isinstance(v, np.ndarray))
+    return out
+
+
+class _Caster:
+    """float32 -> float16 rounding as onnxruntime's Cast does it (IEEE round to nearest even,
+    inf beyond 65504), three times faster than numpy's ``astype`` on large tensors.
+
+    The rounding must happen outside the local model: inside it, onnxruntime on CPU drops an
+    explicit ``Cast`` to float16 that feeds an op without a float16 kernel (it casts straight
+    back), so the layer would see unrounded inputs.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self._sess: Any = None
+        self._cfg = cfg
+
+    def __call__(self, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        if not (a.dtype == np.float32 and dtype == np.float16):
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond-range values become inf, as stored
+                return a.astype(dtype)
+        if self._sess is None:
+            import onnx
+            import onnxruntime as ort
+            from onnx import helper
+
+            g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT16)], "cast",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, None)])
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            threads = opt_int(self._cfg.options, "ort_threads", None)
+            if threads:
+                so.intra_op_num_threads = threads
+            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+            self._sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return self._sess.run(None, {"x": np.ascontiguousarray(a)})[0]
+
+
+def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
+    """Local runs of every captured float tensor of ``source``'s target model, in graph order."""
+    import onnx
+
+    from parity.diagnose import LocalResult
+
+    from .convert import int8_fetch_map
+    from .graph import FLOAT_TYPES, inferred_types, load_model, model_inputs, tensor_sites
+    from .provenance import _subgraph_refs
+
+    source.last_local_skipped = []
+    src, _names = source._fp32_model(cfg, feed)
+    orig = load_model(src, what="model")
+    source._check_feed(orig, feed, src)
+    feed = {k: np.asarray(v) for k, v in feed.items()}
+    outputs = {o.name for o in orig.graph.output}
+    consumed = {x for n in orig.graph.node for x in n.input}
+    for n in orig.graph.node:
+        consumed |= _subgraph_refs(n)
+    captured = [s.name for s in tensor_sites(orig) if s.name in consumed or s.name in outputs]
+    run_path, _extra = source._target_model(cfg, src, orig, feed)
+
+    ref = _reference_run(source, cfg, orig, captured, feed, src.name)
+    ref.update(feed)
+    # local runs only for float tensors: an integer tensor (shape arithmetic) has no rounding.
+    # A tensor the target graph no longer holds has no record either, so it is not listed.
+    keys = [k for k in captured if k in ref and str(ref[k].dtype) in FLOAT_TYPES]
+
+    target = onnx.load(str(run_path))
+    if source.precision == "int8":
+        fetch = int8_fetch_map(target, keys)
+    else:
+        produced = {o for n in target.graph.node for o in n.output}
+        fetch = {k: (k, False) for k in keys if k in produced}
+    plans, skipped = plan_locals(orig, target, fetch, keys, set(ref))
+    source.last_local_skipped.extend(skipped)
+    del orig
+
+    # feed each fp32 tensor as the target graph holds it (float16 where the fp16 model stores it so)
+    types = inferred_types(target)
+    tin = {vi.name: vi.type.tensor_type.elem_type for vi in model_inputs(target)}
+    fed_np: dict[str, np.dtype] = {}
+    fed_types: dict[str, int] = {}
+    for p in plans:
+        for t in p.fed:
+            if t in fed_types:
+                continue
+            want = types.get(t)
+            if t in tin and tin[t]:
+                fed_types[t] = tin[t]
+                fed_np[t] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tin[t]))
+            elif want and want in {"float16", "float32", "float64"} and str(ref[t].dtype) in FLOAT_TYPES:
+                fed_np[t] = np.dtype(want)
+                fed_types[t] = onnx.helper.np_dtype_to_tensor_dtype(fed_np[t])
+            else:
+                fed_np[t] = ref[t].dtype
+                fed_types[t] = onnx.helper.np_dtype_to_tensor_dtype(ref[t].dtype)
+
+    so, providers = source._session_options(cfg)
+    batch = opt_int(cfg.options, "ort_output_batch", 0) or 0
+    groups: list[list[LocalPlan]] = [[]]
+    for p in plans:
+        if batch > 0 and groups[-1] and sum(len(q.keys) for q in groups[-1]) + len(p.keys) > batch:
+            groups.append([])
+        groups[-1].append(p)
+    label = f"the local runs of {Path(run_path).name}"
+    cast = _Caster(cfg)
+    for group in groups:
+        if not group:
+            continue
+        fed = sorted({t for p in group for t in p.fed})
+        model, outs = build_local_model(target, group, fed_types, {t: ref[t].shape for t in fed})
+        sess = source._session(model, so, providers, Path(cfg.workdir), label)
+        del model
+        names = [nm for o in outs for nm in o]
+        inputs = {t: ref[t] if ref[t].dtype == fed_np[t] else cast(ref[t], fed_np[t]) for t in fed}
+        try:
+            vals = sess.run(names, inputs)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+        del sess, inputs
+        got = dict(zip(names, vals))
+        del vals
+        for p, o in zip(group, outs):
+            for key, nm in zip(p.keys, o):
+                arr = got.pop(nm, None)
+                if not isinstance(arr, np.ndarray):
+                    continue
+                yield LocalResult(key=key, ref=ref[key], target=arr, op_type=p.op_type,
+                                  meta={"onnx_node": p.node_name, "local_nodes": len(p.nodes),
+                                        "local_inputs": list(p.fed), "precision": source.precision})
+                del arr
+        del got
