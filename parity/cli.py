@@ -308,7 +308,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
           f"(every step re-runs {args.target}):")
     res = fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
     if res.before == res.after and not res.kept and res.passed:
-        print(f"{args.target} already reaches {goal_metric} {res.before:.6g} >= {goal:g}: nothing to keep.")
+        print(f"{args.target} already reaches {goal_metric} {res.before:.6g} >= {goal:g} at the outputs: "
+              f"nothing to keep.")
+        if not report:
+            print("Note: the diagnosed run above fails inside the model but the outputs pass. Capturing every "
+                  "tensor can change how a runtime stores intermediates (ONNX Runtime's CPU provider keeps more "
+                  "in fp16 when every tensor is an output), so the layer table may be stricter than deployment.")
         return 0
     if not res.passed:
         print(f"No verified fix: keeping up to {len(res.kept)} layers reached {goal_metric} {res.after:.6g}, "

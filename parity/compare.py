@@ -132,7 +132,8 @@ def compare(s: CompareSettings) -> Report:
                 from .engine import resolve_metrics
 
                 ms = resolve_metrics(s.metrics)
-                attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options)))
+                if not attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options))):
+                    rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
             else:
                 rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
         for k, v in getattr(matcher, "stats", {}).items():

@@ -29,6 +29,8 @@ FORMATS: dict[str, dict[str, float]] = {
 INT8_CREST_RISK = 20.0
 #: a layer is a culprit when its local error is at least this share of its accumulated error
 CAUSE_SHARE = 0.5
+#: key under which local results carry their count of new NaN/Inf values
+NEW_NONFINITE = "_new_nonfinite"
 
 
 @dataclass
@@ -66,7 +68,9 @@ def score_local(results: Iterable[LocalResult], metrics: list[Metric],
     for lr in results:
         if lr.ref.size != lr.target.size:
             continue
-        values, _ = score_pair(lr.ref, lr.target, metrics, options)
+        values, ctx = score_pair(lr.ref, lr.target, metrics, options)
+        # new NaN/Inf in the local run is local error too, even when the finite part still agrees
+        values[NEW_NONFINITE] = float(ctx.tgt_new_nonfinite)
         yield lr.key, values
 
 
@@ -113,15 +117,18 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         loc = row.local[p.name]
         acc = row.worst.get(p.name, row.values.get(p.name))
         e_loc = error_of(loc, p.name, p.higher_is_better)
+        if row.local.get(NEW_NONFINITE, 0) > 0:
+            e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
         e_acc = error_of(acc, p.name, p.higher_is_better)
         fails_local = p.threshold is not None and (math.isnan(loc) or
                                                    (loc < p.threshold if p.higher_is_better else loc > p.threshold))
+        fails_local = fails_local or row.local.get(NEW_NONFINITE, 0) > 0
         fails_acc = row.failing
         explains = e_loc is not None and e_acc is not None and e_acc > 0 and e_loc >= CAUSE_SHARE * e_acc
         row.meta["local_share"] = (e_loc / e_acc) if (e_loc is not None and e_acc) else None
         if fails_local or (fails_acc and explains) or row.status == "nonfinite" and explains:
             cands.append((e_loc if e_loc is not None else 0.0, row))
-    cands.sort(key=lambda x: -x[0])
+    cands.sort(key=lambda x: (-x[0], x[1].order))  # equal local error: the earlier layer first
     ranked = [r for _, r in cands[:top]]
     for i, r in enumerate(ranked, 1):
         r.culprit_rank = i

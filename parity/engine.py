@@ -340,6 +340,9 @@ def _merge_ranges(out: LayerResult, rows: list[LayerResult]) -> None:
 
 def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricInfo]) -> None:
     """Local errors over several inputs: the worst one, since a culprit on any input is a culprit."""
+    nf = [r.local["_new_nonfinite"] for r in rows if "_new_nonfinite" in r.local]
+    if nf:
+        out.local["_new_nonfinite"] = float(sum(nf))
     for info in infos:
         vals = [r.local[info.name] for r in rows if info.name in r.local]
         if vals:

@@ -107,7 +107,7 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
     p = report.primary.name if report.primary else goal_metric
     def risk(row: LayerResult) -> tuple:
         over = 1 if (row.range.get("risk") and "overflow" in row.range.get("risk", "")) or \
-            row.meta.get("target_new_nonfinite", 0) > 0 else 0
+            row.meta.get("target_new_nonfinite", 0) > 0 or row.local.get("_new_nonfinite", 0) > 0 else 0
         e = error_of(row.local.get(p), p, True) if row.local else None
         if e is None:
             e = error_of(row.worst.get(p, row.values.get(p)), p, True) or 0.0

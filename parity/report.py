@@ -104,7 +104,8 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
             if multi and m is report.primary:
                 cells.append(_fmt(layer.worst.get(m.name), m))
             if show_local and m is report.primary:
-                cells.append(_fmt(layer.local.get(m.name), m))
+                loc = _fmt(layer.local.get(m.name), m)
+                cells.append(loc + (" NaN/Inf" if layer.local.get("_new_nonfinite", 0) > 0 else ""))
         if show_range:
             ref = layer.range.get("ref") or {}
             risk = layer.range.get("risk", "")

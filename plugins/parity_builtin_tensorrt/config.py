@@ -1,0 +1,360 @@
+"""What a TensorRT engine is built with, parsed from a target name and plain options.
+
+No TensorRT here: this module turns ``trt-fp16`` plus ``cfg.options`` into an
+:class:`EngineConfig` (builder flags by *name*, so they can be checked and hashed without
+TensorRT), parses the per-layer precision spelling trtexec and Polygraphy use
+(``--layerPrecisions=name:fp32,other*:fp16``), and derives the engine cache key.
+
+Option keys read from ``RunConfig.options`` (the CLI spells them ``--trt-capture`` etc.):
+
+``trt_capture``            ``debug`` (default) | ``mark`` | ``outputs``
+``trt_debug_strategy``     ``auto`` (default) | ``unfused`` | ``marked`` (how ``debug`` marks tensors)
+``trt_mark``               regular expression: capture only tensors/layers whose name matches
+``trt_mark_names``         list (or comma string) of tensor or layer names to capture
+``trt_layer_precisions``   ``name:fp32,other:fp16`` (trtexec ``--layerPrecisions`` spelling;
+                           ``layer_precisions``, as ``--layer-precisions`` sets it, is read too)
+``trt_precision_constraints`` ``obey`` | ``prefer`` | ``none`` (default ``obey`` when overrides are given)
+``trt_workspace``          workspace pool limit: ``4096`` (MiB, as trtexec), ``2G``, ``512MiB``
+``trt_strongly_typed``     build a strongly typed network (precision from the ONNX types)
+``trt_int8_fallback``      ``fp32`` (default) | ``fp16``: what int8 layers that cannot be int8 run in
+``trt_engine_cache``       reuse engines from ``workdir/trt`` (default true)
+``trt_queue_size``         debug tensors held between TensorRT and the scorer (default 4)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from parity.errors import ParityError
+
+#: target name -> precision
+TARGETS: dict[str, str] = {
+    "trt-fp32": "fp32",
+    "trt-fp16": "fp16",
+    "trt-bf16": "bf16",
+    "trt-int8": "int8",
+    "trt-tf32": "tf32",
+}
+CAPTURE_MODES = ("debug", "mark", "outputs")
+DEBUG_STRATEGIES = ("auto", "unfused", "marked")
+#: precisions trtexec accepts in --layerPrecisions (samples/common/sampleOptions.cpp, TensorRT 10)
+LAYER_PRECISIONS = ("fp32", "fp16", "bf16", "int32", "int8")
+#: Polygraphy's --layer-precisions spells them as TensorRT data type aliases
+_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16",
+                      "bfloat16": "bf16", "int32": "int32", "int8": "int8"}
+CONSTRAINTS = ("obey", "prefer", "none")
+
+_UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """One ``--layerPrecisions`` entry; ``pattern`` may hold one ``*`` as trtexec allows."""
+
+    pattern: str
+    precision: str
+
+    def matches(self, layer_name: str) -> bool:
+        if "*" not in self.pattern:
+            return self.pattern == layer_name
+        head, tail = self.pattern.split("*", 1)
+        return (len(layer_name) >= len(head) + len(tail) and layer_name.startswith(head)
+                and layer_name.endswith(tail))
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that decides what engine TensorRT builds and how it is observed.
+
+    ``builder_flags`` are ``tensorrt.BuilderFlag`` member names to set and
+    ``cleared_flags`` names to clear (TF32 is on by default in TensorRT, so an honest
+    fp32 engine clears it).
+    """
+
+    precision: str = "fp32"
+    builder_flags: tuple[str, ...] = ()
+    cleared_flags: tuple[str, ...] = ()
+    strongly_typed: bool = False
+    workspace_bytes: int | None = None
+    layer_precisions: tuple[LayerPrecision, ...] = ()
+    precision_constraints: str = "none"
+    capture: str = "debug"
+    debug_strategy: str = "auto"
+    mark_regex: str | None = None
+    mark_names: tuple[str, ...] = ()
+    int8_fallback: str = "fp32"
+    use_cache: bool = True
+    queue_size: int = 4
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- what the capture selection and the cache need -------------------------------
+    def build_fields(self) -> dict[str, Any]:
+        """The fields that change the built engine (capture mode included: it marks tensors)."""
+        d = asdict(self)
+        for k in ("use_cache", "queue_size"):
+            d.pop(k)
+        d["layer_precisions"] = [[lp.pattern, lp.precision] for lp in self.layer_precisions]
+        d["extra"] = dict(self.extra)
+        return d
+
+    def selects(self, *names: str | None) -> bool:
+        """Whether the user's ``trt_mark`` / ``trt_mark_names`` keep a tensor known by these names."""
+        given = [n for n in names if n]
+        if self.mark_names and any(n in self.mark_names for n in given):
+            return True
+        if self.mark_regex is not None:
+            rx = re.compile(self.mark_regex)
+            if any(rx.search(n) for n in given):
+                return True
+        return not self.mark_names and self.mark_regex is None
+
+
+def parse_target(name: str) -> str:
+    """Precision of a ``trt-*`` target name."""
+    if name not in TARGETS:
+        raise ParityError(f"unknown TensorRT target {name!r}. Note: use one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def parse_size(value: Any, what: str = "trt_workspace") -> int:
+    """Bytes from ``4096`` (MiB, trtexec's unit), ``2G``, ``512MiB``, ``1.5GiB``."""
+    if isinstance(value, bool):
+        raise ParityError(f"{what} {value!r} is not a size. Note: give e.g. 4096 (MiB), 2G or 512MiB")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ParityError(f"{what} {value!r} must be positive. Note: give e.g. 4096 (MiB) or 2G")
+        return int(value * (1 << 20))
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ParityError(f"{what} {value!r} is not a size. Note: give e.g. 4096 (MiB), 2G, 512MiB or 1.5GiB")
+    n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if n <= 0:
+        raise ParityError(f"{what} {value!r} must be positive. Note: give e.g. 4096 (MiB) or 2G")
+    return int(n)
+
+
+def _split_name_value(item: str, where: str) -> tuple[str, str]:
+    """trtexec's rule: ``'name:with:colons':fp16`` quoted, else split on the last ``:``."""
+    if "'" in item:
+        parts = item.split("'")
+        if len(parts) != 3 or not parts[2].startswith(":"):
+            raise ParityError(f"{where}: entry {item!r} has unbalanced quotes. Note: quote a name holding "
+                              f"':' like 'a:b':fp16")
+        return parts[1], parts[2][1:]
+    if ":" not in item:
+        raise ParityError(f"{where}: entry {item!r} has no precision. Note: write name:precision, "
+                          f"e.g. /conv1/Conv:fp32")
+    name, value = item.rsplit(":", 1)
+    return name, value
+
+
+def parse_layer_precisions(spec: str | Iterable[str] | None, where: str = "trt_layer_precisions"
+                           ) -> tuple[LayerPrecision, ...]:
+    """Parse ``name:fp32,other*:fp16`` (trtexec spelling; Polygraphy's ``name:float16`` too) in order.
+
+    Later entries override earlier ones; a name may hold one ``*`` wildcard. A list (as
+    Polygraphy's space-separated ``--layer-precisions a:float32 b:float16``) is accepted.
+    """
+    if spec is None:
+        return ()
+    items: list[str] = []
+    if isinstance(spec, str):
+        items = [s for s in (p.strip() for p in spec.split(",")) if s]
+    else:
+        for s in spec:
+            items.extend(p.strip() for p in str(s).split(",") if p.strip())
+    out: list[LayerPrecision] = []
+    for item in items:
+        name, prec = _split_name_value(item, where)
+        prec = prec.strip().lower()
+        prec = _PRECISION_ALIASES.get(prec, prec)
+        if not name:
+            raise ParityError(f"{where}: entry {item!r} has an empty layer name. Note: write name:precision")
+        if prec not in LAYER_PRECISIONS:
+            raise ParityError(f"{where}: precision {prec!r} in {item!r} is not known. "
+                              f"Note: use one of {', '.join(LAYER_PRECISIONS)}")
+        if name.count("*") > 1:
+            raise ParityError(f"{where}: name {name!r} has more than one '*'. Note: trtexec allows one wildcard")
+        out.append(LayerPrecision(name, prec))
+    return tuple(out)
+
+
+def resolve_layer_precision(overrides: Iterable[LayerPrecision], layer_name: str) -> str | None:
+    """The precision the overrides give one layer: an exact name wins, then the last matching wildcard."""
+    exact = None
+    wild = None
+    for lp in overrides:
+        if lp.pattern == layer_name:
+            exact = lp.precision
+        elif "*" in lp.pattern and lp.matches(layer_name):
+            wild = lp.precision
+    return exact if exact is not None else wild
+
+
+def _as_list(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return tuple(s.strip() for s in v.split(",") if s.strip())
+    return tuple(str(s) for s in v)
+
+
+def _as_bool(v: Any, what: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int,)) and v in (0, 1):
+        return bool(v)
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ParityError(f"{what} {v!r} is not a yes/no value. Note: use true or false")
+
+
+def flags_for(precision: str, int8_fallback: str = "fp32") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Builder flags to set and to clear for a precision (``tensorrt.BuilderFlag`` names)."""
+    if precision == "fp32":
+        return (), ("TF32",)
+    if precision == "tf32":
+        return ("TF32",), ()
+    if precision == "fp16":
+        return ("FP16",), ("TF32",)
+    if precision == "bf16":
+        return ("BF16",), ("TF32",)
+    if precision == "int8":
+        return (("INT8", "FP16") if int8_fallback == "fp16" else ("INT8",)), ("TF32",)
+    raise ParityError(f"unknown TensorRT precision {precision!r}. Note: use one of {', '.join(TARGETS.values())}")
+
+
+def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> EngineConfig:
+    """Build the :class:`EngineConfig` for a precision from ``RunConfig.options``."""
+    o = dict(options or {})
+    if precision not in TARGETS.values():
+        raise ParityError(f"unknown TensorRT precision {precision!r}. Note: use one of {', '.join(TARGETS.values())}")
+    capture = str(o.get("trt_capture") or "debug").lower()
+    if capture not in CAPTURE_MODES:
+        raise ParityError(f"trt_capture {capture!r} is not known. Note: use one of {', '.join(CAPTURE_MODES)}")
+    strategy = str(o.get("trt_debug_strategy") or "auto").lower()
+    if strategy not in DEBUG_STRATEGIES:
+        raise ParityError(f"trt_debug_strategy {strategy!r} is not known. "
+                          f"Note: use one of {', '.join(DEBUG_STRATEGIES)}")
+    regex = o.get("trt_mark")
+    if regex is not None:
+        regex = str(regex)
+        try:
+            re.compile(regex)
+        except re.error as e:
+            raise ParityError(f"trt_mark {regex!r} is not a valid regular expression: {e}. "
+                              f"Note: e.g. 'conv|attn' or '^/layer1/'") from None
+    names = _as_list(o.get("trt_mark_names"))
+    fallback = str(o.get("trt_int8_fallback") or "fp32").lower()
+    if fallback not in ("fp32", "fp16"):
+        raise ParityError(f"trt_int8_fallback {fallback!r} is not known. Note: use fp32 or fp16")
+    strongly = _as_bool(o.get("trt_strongly_typed", False), "trt_strongly_typed")
+    # the CLI's --layer-precisions arrives as "layer_precisions"; --option trt_layer_precisions=... also works
+    spec = o.get("trt_layer_precisions", o.get("layer_precisions"))
+    overrides = parse_layer_precisions(spec)
+    constraints = o.get("trt_precision_constraints")
+    constraints = str(constraints).lower() if constraints is not None else ("obey" if overrides else "none")
+    if constraints not in CONSTRAINTS:
+        raise ParityError(f"trt_precision_constraints {constraints!r} is not known. "
+                          f"Note: use one of {', '.join(CONSTRAINTS)}")
+    if overrides and constraints == "none":
+        raise ParityError("trt_layer_precisions has no effect with trt_precision_constraints none. "
+                          "Note: use obey (fail if TensorRT cannot honour it) or prefer")
+    if strongly and precision not in ("fp32",):
+        raise ParityError(f"trt-{precision} cannot be strongly typed: a strongly typed network takes its "
+                          f"precision from the ONNX types. Note: use trt-fp32 with trt_strongly_typed on an "
+                          f"ONNX model already in {precision}, or drop trt_strongly_typed")
+    if strongly and overrides:
+        raise ParityError("trt_layer_precisions cannot be used with trt_strongly_typed: a strongly typed "
+                          "network takes each layer's precision from its ONNX types. Note: drop one of them")
+    workspace = o.get("trt_workspace")
+    ws = parse_size(workspace) if workspace not in (None, "") else None
+    queue = o.get("trt_queue_size", 4)
+    try:
+        queue = int(queue)
+    except (TypeError, ValueError):
+        raise ParityError(f"trt_queue_size {queue!r} is not a whole number. Note: e.g. 4") from None
+    if queue < 1:
+        raise ParityError(f"trt_queue_size {queue} must be at least 1. Note: e.g. 4")
+    set_flags, cleared = flags_for(precision, fallback) if not strongly else ((), ())
+    if constraints == "obey":
+        set_flags = set_flags + ("OBEY_PRECISION_CONSTRAINTS",)
+    elif constraints == "prefer":
+        set_flags = set_flags + ("PREFER_PRECISION_CONSTRAINTS",)
+    return EngineConfig(
+        precision=precision, builder_flags=set_flags, cleared_flags=cleared, strongly_typed=strongly,
+        workspace_bytes=ws, layer_precisions=overrides, precision_constraints=constraints, capture=capture,
+        debug_strategy=strategy, mark_regex=regex, mark_names=names, int8_fallback=fallback,
+        use_cache=_as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=queue)
+
+
+def config_for_target(target: str, options: Mapping[str, Any] | None = None) -> EngineConfig:
+    return engine_config(parse_target(target), options)
+
+
+# --------------------------------------------------------------------------- cache key
+
+def onnx_digest(model: str | Path | bytes) -> str:
+    """sha256 of an ONNX model's bytes, external weight files included when onnx can list them."""
+    h = hashlib.sha256()
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        h.update(bytes(model))
+        return h.hexdigest()
+    path = Path(model)
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise ParityError(f"cannot read ONNX model {path}: {e.strerror or e}") from e
+    for ext in _external_files(path):
+        h.update(ext.name.encode())
+        try:
+            with ext.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as e:
+            raise ParityError(f"ONNX model {path} names external weights {ext.name}, which cannot be read: "
+                              f"{e.strerror or e}") from e
+    return h.hexdigest()
+
+
+def _external_files(path: Path) -> list[Path]:
+    try:
+        import onnx
+    except ImportError:  # without onnx the model bytes alone are hashed
+        return []
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file onnx cannot read is reported when it is parsed
+        return []
+    seen: list[Path] = []
+    for init in m.graph.initializer:
+        for kv in init.external_data:
+            if kv.key == "location":
+                p = path.parent / kv.value
+                if p not in seen:
+                    seen.append(p)
+    return seen
+
+
+def cache_key(model_digest: str, cfg: EngineConfig, trt_version: str,
+              extra: Mapping[str, Any] | None = None) -> str:
+    """sha256 over the model digest, the build fields of ``cfg``, the TensorRT version and ``extra``.
+
+    ``extra`` holds what else shapes the engine: input shapes and dtypes, the calibration
+    data digest for int8, the GPU name (engines are not portable across GPUs).
+    """
+    doc = {"model": model_digest, "config": cfg.build_fields(), "tensorrt": str(trt_version),
+           "extra": dict(extra or {})}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
