@@ -338,9 +338,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for k, v in env.items():
         print(f"{k:>22}: {v}")
     print()
+    shown: list[Any] = []
     for s in srcs:
         print(f"{s['source']:>22}: {'works' if s['works'] else 'unavailable: ' + s['why']}")
         details = s.get("details") or {}
+        if details and details in shown:
+            continue  # several targets of one source share their checks: print them once
+        shown.append(details)
         items = details.items() if isinstance(details, dict) else enumerate(details)
         for k, v in items:
             if isinstance(v, dict):

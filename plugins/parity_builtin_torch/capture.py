@@ -234,14 +234,17 @@ def strip_capture_hooks(module: Any) -> None:
     """Remove this plugin's hooks from a module copied while another run had them attached.
 
     ``copy.deepcopy`` copies hook dictionaries too, and a copied hook would feed the other run's
-    queue; the model's own hooks (weight norm, user hooks) are kept.
+    queue (or keep another run's modules in fp32); the model's own hooks (weight norm, user
+    hooks) are kept.
     """
     for m in module.modules():
-        hooks = getattr(m, "_forward_hooks", None) or {}
-        for hid in [h for h, fn in list(hooks.items()) if getattr(fn, "_parity_hook", False)]:
-            hooks.pop(hid, None)
-            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                getattr(m, extra, {}).pop(hid, None)
+        for attr, extras in (("_forward_hooks", ("_forward_hooks_with_kwargs", "_forward_hooks_always_called")),
+                             ("_forward_pre_hooks", ("_forward_pre_hooks_with_kwargs",))):
+            hooks = getattr(m, attr, None) or {}
+            for hid in [h for h, fn in list(hooks.items()) if getattr(fn, "_parity_hook", False)]:
+                hooks.pop(hid, None)
+                for extra in extras:
+                    getattr(m, extra, {}).pop(hid, None)
 
 
 # --------------------------------------------------------------------------- fx mode
@@ -265,6 +268,24 @@ def _module_of(node: Any) -> tuple[str, str, int]:
     return str(path), typ_name, int(m.group(1)) if m else 0
 
 
+def fx_record_name(n: Any, out: Any, rec: Recorder) -> tuple[str, int, dict[str, Any], set[int] | None]:
+    """Record name, call index, meta (with ``op``) and used output positions of one call_function node.
+
+    Shared by the capture run and the local runs, so both name a node's records alike.
+    """
+    path, typ, mk = _module_of(n)
+    label = path if mk == 0 else f"{path}#{mk}"
+    op = _op_name(n.target)
+    name, k = rec.call_name(f"{label}/{op}" if path else op)
+    used = None
+    if isinstance(out, (tuple, list)):
+        used = {u.args[1] for u in n.users if u.target is operator.getitem
+                and isinstance(u.args[1], int)} or None
+    meta = {"module_path": path, "module_type": typ, "call_index": k, "module_call_index": mk,
+            "node": n.name, "target": str(n.target), "op": op}
+    return name, k, meta, used
+
+
 def run_fx(gm: Any, args: tuple, kwargs: dict, rec: Recorder) -> Any:
     """Interpret ``gm`` (an ExportedProgram's module) and record every call_function node's tensors.
 
@@ -278,17 +299,9 @@ def run_fx(gm: Any, args: tuple, kwargs: dict, rec: Recorder) -> Any:
         def run_node(self, n: Any) -> Any:
             out = super().run_node(n)
             if n.op == "call_function" and n.target is not operator.getitem:
-                path, typ, mk = _module_of(n)
-                label = path if mk == 0 else f"{path}#{mk}"
-                op = _op_name(n.target)
-                name, k = rec.call_name(f"{label}/{op}" if path else op)
-                used = None
-                if isinstance(out, (tuple, list)):
-                    used = {u.args[1] for u in n.users if u.target is operator.getitem
-                            and isinstance(u.args[1], int)} or None
-                rec.record(name, out, op, {"module_path": path, "module_type": typ, "call_index": k,
-                                           "module_call_index": mk, "node": n.name,
-                                           "target": str(n.target)}, only_indices=used)
+                name, _k, meta, used = fx_record_name(n, out, rec)
+                op = meta.pop("op")
+                rec.record(name, out, op, meta, only_indices=used)
             return out
 
     interp = _Capture(gm)

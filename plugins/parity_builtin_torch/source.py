@@ -15,7 +15,7 @@ from parity.errors import ParityError
 from parity.records import Activation
 from parity.source import InputSpec, RunConfig, Source
 
-from . import capture
+from . import capture, local
 from .loader import LoadedModel, load_torch_model, resolve_input_specs
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -55,7 +55,10 @@ class TorchSource(Source):
     """Runs a PyTorch model eagerly and yields every submodule's output (or every op's, in fx mode).
 
     Options read from ``cfg.options``: ``torch_capture`` (auto | modules | fx), ``trust_model``,
-    ``state_dict``, ``torch_include_integer`` (also capture integer/bool tensors).
+    ``state_dict``, ``torch_include_integer`` (also capture integer/bool tensors), and for
+    ``parity fix``: ``keep_high_precision`` (record keys / module paths run in fp32 inside the
+    fp16/bf16 model) and ``outputs_only`` (no hooks, only the model outputs). ``local_errors``
+    gives each leaf module's (or fx node's) local run for ``--diagnose``.
     """
 
     description = "PyTorch (TorchScript, ExportedProgram .pt2, Python module spec); per-module activations"
@@ -69,6 +72,9 @@ class TorchSource(Source):
                             f"pkg.module:factory); every submodule's output")
         self._lock = threading.Lock()
         self._cache: _Prepared | None = None
+        self._reference: TorchSource | None = None
+        #: layers the last ``local_errors`` could not run alone: {"key", "why"}
+        self.last_local_skipped: list[dict[str, str]] = []
 
     # ------------------------------------------------------------------ contract
 
@@ -95,10 +101,58 @@ class TorchSource(Source):
             args, kwargs = self._inputs(prepared, cfg, feed)
             rec_meta = {"source": self.name, "precision": self.precision, "capture": prepared.mode}
             include_int = bool(cfg.options.get("torch_include_integer"))
-            work = self._work(prepared, args, kwargs, rec_meta, include_int)
+            only = local.opt_bool(cfg.options.get("outputs_only"), "outputs_only")
+            work = self._work(prepared, args, kwargs, rec_meta, include_int, only)
             yield from capture.stream(work, f"running {cfg.model} with source {self.name}")
         finally:
             self._release(prepared)
+
+    def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
+        """Each layer alone in this source's precision on the fp32 inputs (``parity.diagnose.LocalResult``).
+
+        Modules mode: every leaf module call; fx mode: every ``call_function`` node. Keys are
+        the keys ``run()`` gives that layer's records. ``torch`` (fp32) yields nothing: it is the
+        reference. Layers that fail alone are listed in ``last_local_skipped``.
+        """
+        import torch
+
+        if self.precision == "fp32":
+            return
+        self.last_local_skipped = skipped = []
+        tgt = self._acquire(cfg)
+        try:
+            if tgt.loaded.kind == "torchscript":
+                raise ParityError(f"local runs (--diagnose) of {self.name} need forward hooks, which TorchScript "
+                                  f"model {tgt.loaded.path} does not run. Note: give the model as a Python spec "
+                                  f"(file.py:factory) or an ExportedProgram (.pt2)")
+            if self._reference is None:
+                self._reference = TorchSource("fp32")
+            ref_src = self._reference
+            opts = {k: v for k, v in cfg.options.items() if k not in ("keep_high_precision", "outputs_only")}
+            ref_cfg = RunConfig(**{**cfg.__dict__, "options": opts})
+            ref = ref_src._acquire(ref_cfg)
+            try:
+                args, kwargs = ref_src._inputs(ref, ref_cfg, feed)
+                dtype = getattr(torch, PRECISIONS[self.precision])
+
+                def skip(key: str, why: str) -> None:
+                    skipped.append({"key": key, "why": why})
+
+                def work(emit: capture.Emit) -> None:
+                    with torch.no_grad():
+                        if ref.mode == "modules":
+                            local.run_local_modules(ref.module, tgt.module, args, kwargs, dtype, emit, skip,
+                                                    ref.type_names)
+                        else:
+                            gm = ref_src._graph_module(ref, args, kwargs)
+                            local.run_local_fx(gm, args, kwargs, dtype, emit, skip)
+
+                yield from capture.stream(work, f"local runs of {cfg.model} with source {self.name}",
+                                          thread_name="parity-torch-local")
+            finally:
+                ref_src._release(ref)
+        finally:
+            self._release(tgt)
 
     # ------------------------------------------------------------------ preparation
 
@@ -109,9 +163,15 @@ class TorchSource(Source):
                               f"{', '.join(CAPTURE_MODES)}")
         return mode
 
+    def _keep(self, cfg: RunConfig) -> tuple[str, ...]:
+        if self.precision == "fp32":
+            return ()  # the reference is all fp32 already
+        return tuple(local.opt_names(cfg.options.get("keep_high_precision")))
+
     def _key(self, cfg: RunConfig) -> tuple:
         return (str(cfg.model), _file_key(str(cfg.model)), _file_key(cfg.options.get("state_dict")),
-                bool(cfg.options.get("trust_model")), str(cfg.device), self._mode(cfg))
+                bool(cfg.options.get("trust_model")), str(cfg.device), self._mode(cfg),
+                tuple(sorted(set(self._keep(cfg)))))
 
     def _acquire(self, cfg: RunConfig) -> _Prepared:
         key = self._key(cfg)
@@ -174,8 +234,25 @@ class TorchSource(Source):
                                   f"(the default for .pt2)") from None
             prepared.type_names = _exported_type_names(loaded.exported)
         dtype = getattr(torch, PRECISIONS[self.precision])
+        keep_names = self._keep(cfg)
+        keep: list[str] = []
+        if keep_names:
+            if loaded.kind == "torchscript":
+                raise ParityError(f"keep_high_precision needs forward hooks, which TorchScript model {loaded.path} "
+                                  f"does not run. Note: give the model as a Python spec (file.py:factory) or an "
+                                  f"ExportedProgram (.pt2)")
+            if loaded.kind == "exported" and mode == "fx":
+                raise ParityError(f"keep_high_precision cannot keep modules of ExportedProgram {loaded.path} in "
+                                  f"torch_capture=fx (its graph has no modules). Note: use --torch-capture modules, "
+                                  f"which rebuilds them")
+            keep = local.resolve_keep(module, keep_names, f"model {loaded.path}", fx=(mode == "fx"))
         try:
-            module = module.to(device=device, dtype=dtype)
+            if keep:
+                local.cast_keeping(module, device, dtype, keep, f"model {loaded.path}")
+            else:
+                module = module.to(device=device, dtype=dtype)
+        except ParityError:
+            raise
         except Exception as e:
             raise ParityError(f"cannot move model {loaded.path} to {device} as {self.precision}: "
                               f"{capture_error(e)}") from None
@@ -234,13 +311,18 @@ class TorchSource(Source):
     # ------------------------------------------------------------------ the forward
 
     def _work(self, prepared: _Prepared, args: tuple, kwargs: dict, base_meta: dict[str, Any],
-              include_int: bool):
+              include_int: bool, outputs_only: bool = False):
         def work(emit: capture.Emit) -> None:
             import torch
 
             rec = capture.Recorder(emit, base_meta, include_int)
             with torch.no_grad():
-                if prepared.loaded.kind == "torchscript":
+                if outputs_only:  # no hooks, no interpreter: the plain forward
+                    if prepared.mode == "fx" and prepared.loaded.kind != "torchscript":
+                        out = self._graph_module(prepared, args, kwargs)(*args, **kwargs)
+                    else:
+                        out = prepared.module(*args, **kwargs)
+                elif prepared.loaded.kind == "torchscript":
                     out = capture.run_torchscript(prepared.module, args, kwargs, rec, prepared.ts_types)
                 elif prepared.mode == "modules":
                     out = capture.run_with_hooks(prepared.module, args, kwargs, rec, prepared.type_names)
