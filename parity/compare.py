@@ -68,6 +68,26 @@ def _specs(ref: Source, tgt: Source, cfg: RunConfig) -> list[InputSpec]:
     raise ParityError(errors[0] if errors else f"{cfg.model}: the model declares no inputs.")
 
 
+def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
+    """Shapes the input files imply, under the user's own --input-shape (which wins)."""
+    from .inputs import peek_shapes
+
+    peek = peek_shapes(path)
+    if "" in peek:  # a lone array: it is the model's single input, whatever its name
+        names = None
+        for src in srcs:
+            fn = getattr(src, "input_names", None)
+            if callable(fn):
+                try:
+                    names = fn(cfg)
+                except ParityError:
+                    names = None
+                if names:
+                    break
+        peek = {names[0]: peek[""]} if names and len(names) == 1 else {}
+    return {**peek, **cfg.input_shapes}
+
+
 def _free_batch(specs: list[InputSpec]) -> list[InputSpec]:
     """Files may carry any batch size: the leading dimension is not checked."""
     return [InputSpec(s.name, (None, *s.shape[1:]) if s.shape else s.shape, s.dtype) for s in specs]
@@ -103,7 +123,14 @@ def compare(s: CompareSettings) -> Report:
                     input_shapes=dict(s.input_shapes), options=dict(s.source_options))
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
-    specs = _specs(ref_src, tgt_src, cfg)
+    try:
+        specs = _specs(ref_src, tgt_src, cfg)
+    except ParityError:
+        if not s.inputs:
+            raise
+        # the model declares no shapes (a TorchScript module): take them from the input files
+        cfg.input_shapes = _shapes_from_inputs(s.inputs, cfg, ref_src, tgt_src)
+        specs = _specs(ref_src, tgt_src, cfg)
     feeds = make_feeds(s, specs)
     if s.calibration:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]

@@ -124,3 +124,22 @@ def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, 
         raise ParityError(f"{p}: no .npy or .npz input files in this folder.")
     for f in files:
         yield f.name, check_feed(_load_file(f, specs), specs, str(f))
+
+
+def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Array shapes of the first input file, by name ("" for a lone ``.npy`` array), without loading data.
+
+    Lets a model that declares no input shapes (a TorchScript module) run on the given inputs.
+    """
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+    if not files or not files[0].exists():
+        return {}
+    f = files[0]
+    try:
+        if f.suffix == ".npy":
+            return {"": tuple(np.load(f, mmap_mode="r", allow_pickle=False).shape)}
+        with np.load(f, allow_pickle=False) as z:
+            return {k: tuple(z[k].shape) for k in z.keys() if k not in ("labels", "label", "y")}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return {}  # load_feeds reports the problem with the file's name
