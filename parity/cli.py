@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("compare", help="run a model in a reference and target(s), compare every layer")
     _add_run_args(co, several_targets=True)
+    g = co.add_argument_group("dumps made elsewhere (instead of --target)")
+    g.add_argument("--target-dump", help="compare against a dump: Polygraphy JSON, trtexec JSON, .npz or a folder")
+    g.add_argument("--target-onnx", help="the ONNX model the dump was made from (provenance, op types, outputs)")
+    g.add_argument("--layer-info", help="TensorRT layer information JSON (trtexec --exportLayerInfo) for fused names")
     co.add_argument("--diagnose", action="store_true",
                     help="also run each layer alone in the target (local error), name the culprit layers, "
                          "and trace value ranges against the target format")
@@ -270,13 +274,16 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         device=args.device, workdir=args.workdir, metrics=metrics,
         thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
         source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
-        calibration=args.calibration, diagnose=diagnose)
+        calibration=args.calibration, diagnose=diagnose, target_dump=getattr(args, "target_dump", None),
+        target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
-    targets = args.target or ["ort"]
+    targets = args.target or (["dump"] if args.target_dump else ["ort"])
+    if args.target_dump and args.target:
+        raise UsageError("give either --target or --target-dump, not both")
     rc = 0
     for tgt in targets:
         report = compare(_settings(args, tgt, args.diagnose))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .engine import Report, merge_reports, run_engine
-from .errors import ParityError
+from .errors import ParityError, UsageError
 from .inputs import check_feed, load_feeds, random_feed, resolve_specs
 from .matcher import AutoMatcher, MappingRules
 from .records import Activation
@@ -42,6 +42,12 @@ class CompareSettings:
     calibration: str | None = None
     #: diagnose: local errors (when the target source offers them), culprits, range tracing
     diagnose: bool = False
+    #: compare against activations dumped elsewhere (Polygraphy JSON, trtexec, npz...) instead of a target source
+    target_dump: str | None = None
+    #: the ONNX model the dump was made from: gives dump tensors their module provenance and outputs
+    target_onnx: str | None = None
+    #: TensorRT layer information JSON (trtexec --exportLayerInfo) to map engine layer names to ONNX
+    layer_info: str | None = None
 
 
 def _source(name: str, role: str) -> Source:
@@ -115,10 +121,87 @@ class _OutputTap:
             yield a
 
 
+class _DumpTarget(Source):
+    """A dump made elsewhere, standing in for a target source: same records for every feed."""
+
+    description = "activations imported from a dump file or folder"
+
+    def __init__(self, s: CompareSettings) -> None:
+        self.name = f"dump:{Path(s.target_dump).name}"  # type: ignore[misc]
+        self.path = s.target_dump
+        self.onnx = s.target_onnx
+        self.layer_info = s.layer_info
+        if not Path(self.path).exists():  # type: ignore[arg-type]
+            raise ParityError(f"{self.path}: target dump not found.")
+        if self.layer_info and not self.onnx:
+            raise UsageError("--layer-info needs --target-onnx (the ONNX model the engine was built from).")
+
+    def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
+        return []
+
+    def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
+        from .dumps import read_dump
+
+        records = read_dump(self.path)
+        if not self.onnx:
+            yield from records
+            return
+        annotate = _onnx_annotator(self.onnx, self.layer_info)
+        for a in records:
+            yield annotate(a)
+
+
+def _onnx_annotator(onnx_path: str, layer_info: str | None) -> Callable[[Activation], Activation]:
+    """Give dump records the provenance, op types and output positions of the ONNX graph they came from."""
+    try:
+        import onnx
+        from parity_builtin_onnxruntime.provenance import module_outputs
+    except ImportError as e:
+        raise ParityError(f"--target-onnx needs onnx and parity's onnxruntime plugin. Note: {e}") from None
+    try:
+        model = onnx.load(onnx_path, load_external_data=False)
+    except FileNotFoundError:
+        raise ParityError(f"{onnx_path}: ONNX model not found.") from None
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a bad file
+        raise ParityError(f"{onnx_path}: not an ONNX model ({type(e).__name__}).") from None
+    scopes = module_outputs(model)
+    producer = {o: (i, n) for i, n in enumerate(model.graph.node) for o in n.output}
+    outputs = {o.name: k for k, o in enumerate(model.graph.output)}
+    trt_map = None
+    if layer_info:
+        try:
+            from parity_builtin_tensorrt.layer_info import read_layer_info
+            from parity_builtin_tensorrt.names import build_map
+        except ImportError as e:
+            raise ParityError(f"--layer-info needs parity's tensorrt plugin. Note: {e}") from None
+        trt_map = build_map(model, read_layer_info(layer_info))
+
+    def annotate(a: Activation) -> Activation:
+        if trt_map is not None:
+            a = trt_map.annotate(a)
+        name = a.meta.get("onnx_tensor") or a.name
+        if name in scopes:
+            a.meta.setdefault("scopes", scopes[name])
+            a.meta.setdefault("module_path", scopes[name][0] if scopes[name] else None)
+        elif trt_map is None:
+            a.meta.setdefault("scopes", [])
+        if name in producer:
+            i, node = producer[name]
+            a.order = i if a.order is None else a.order
+            a.op_type = a.op_type or node.op_type
+            a.meta.setdefault("onnx_node", node.name)
+        if name in outputs:
+            a.meta["is_output"] = True
+            a.meta["output_position"] = outputs[name]
+        return a
+
+    return annotate
+
+
 def compare(s: CompareSettings) -> Report:
     """Run the comparison and return the merged report (summary carries agreement and match stats)."""
     ref_src = _source(s.ref, "reference")
-    tgt_src = _source(s.target, "target")
+    tgt_src = _DumpTarget(s) if s.target_dump else _source(s.target, "target")
     cfg = RunConfig(model=s.model, device=s.device, workdir=Path(s.workdir),
                     input_shapes=dict(s.input_shapes), options=dict(s.source_options))
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
@@ -132,6 +215,8 @@ def compare(s: CompareSettings) -> Report:
         cfg.input_shapes = _shapes_from_inputs(s.inputs, cfg, ref_src, tgt_src)
         specs = _specs(ref_src, tgt_src, cfg)
     feeds = make_feeds(s, specs)
+    if s.target_dump and len(feeds) > 1:
+        feeds = feeds[:1]  # a dump holds one run: compare it on the input it was made from
     if s.calibration:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
     else:
@@ -151,7 +236,7 @@ def compare(s: CompareSettings) -> Report:
         mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
         rep = run_engine(matcher.pairs(rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))),
                          s.metrics, thresholds=s.thresholds, options=mopts,
-                         ref_label=s.ref, target_label=s.target)
+                         ref_label=s.ref, target_label=tgt_src.name)
         if s.diagnose:
             local_fn = getattr(tgt_src, "local_errors", None)
             if callable(local_fn):

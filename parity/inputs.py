@@ -119,6 +119,17 @@ def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, 
     p = Path(path)
     if not p.exists():
         raise ParityError(f"{p}: input file or folder not found.")
+    if p.suffix == ".json":  # Polygraphy --save-inputs: replay exactly what ran on the other box
+        try:
+            from parity_builtin_tensorrt.importers import load_polygraphy_inputs
+        except ImportError as e:
+            raise ParityError(f"{p}: reading Polygraphy inputs needs parity's tensorrt plugin. Note: {e}") from None
+        for k, feed in enumerate(load_polygraphy_inputs(p)):
+            missing = [s.name for s in specs if s.name not in feed]
+            if missing:
+                raise ParityError(f"{p}: input set {k} lacks {', '.join(missing)}. Note: it has {', '.join(feed)}.")
+            yield f"{p.name}[{k}]", check_feed(feed, specs, f"{p}[{k}]")
+        return
     files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
     if not files:
         raise ParityError(f"{p}: no .npy or .npz input files in this folder.")
