@@ -98,7 +98,9 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
             if set(to) != set(ro):
                 raise ParityError(f"{settings.target}: outputs {sorted(to)} do not match the reference's {sorted(ro)}.")
             for k in ro:
-                v = score_pair(ro[k], to[k], [metric])[0][metric.name]
+                vals, ctx = score_pair(ro[k], to[k], [metric])
+                # NaN/Inf in an output is a failure, however well the finite part agrees
+                v = math.nan if ctx.tgt_new_nonfinite else vals[metric.name]
                 if worst is None or math.isnan(v) or (v < worst if metric.higher_is_better else v > worst):
                     worst = v
         return float("nan") if worst is None else float(worst)

@@ -77,6 +77,12 @@ def keep_producers(model: Any, keys: Sequence[str], label: str, *, name_unnamed:
     return out
 
 
+#: The converter clamps constants to these; its defaults (1e4, 1e-7) would change weights that fp16
+#: represents exactly, so parity clamps only at fp16's own limits (largest finite, smallest subnormal).
+FP16_MAX = 65504.0
+FP16_MIN_POSITIVE = 5.960464477539063e-08
+
+
 def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = (),
             keep_tensors: Sequence[str] = ()) -> Path:
     """``src`` converted to float16 with fp32 inputs/outputs, cached under ``workdir/ort``.
@@ -91,7 +97,8 @@ def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: 
 
     keep_ops, keep_nodes = sorted(set(keep_ops)), sorted(set(keep_nodes))
     keep_tensors = sorted(set(keep_tensors))
-    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors)
+    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors,
+                 FP16_MAX, FP16_MIN_POSITIVE)
     out = workdir / "ort" / f"{_stem(src)}-fp16-{key}.onnx"
     if out.is_file():
         return out
@@ -108,7 +115,8 @@ def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: 
     try:
         with _quiet():
             m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
-                                                   node_block_list=keep_nodes or None)
+                                                   node_block_list=keep_nodes or None,
+                                                   max_finite_val=FP16_MAX, min_positive_val=FP16_MIN_POSITIVE)
     except Exception as e:
         raise ParityError(f"fp16 conversion of {src.name} failed: {type(e).__name__}: {e}. Note: try keeping "
                           f"the failing op in fp32 with the keep_fp32_ops option") from e

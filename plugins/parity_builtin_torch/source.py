@@ -38,6 +38,8 @@ class _Prepared:
     ts_types: dict[str, str] = field(default_factory=dict)
     type_names: dict[str, str] = field(default_factory=dict)
     exported: dict[tuple, Any] = field(default_factory=dict)
+    #: module paths kept in fp32 (keep_high_precision), outermost only
+    keep: list[str] = field(default_factory=list)
     busy: bool = False
 
 
@@ -145,7 +147,7 @@ class TorchSource(Source):
                                                     ref.type_names)
                         else:
                             gm = ref_src._graph_module(ref, args, kwargs)
-                            local.run_local_fx(gm, args, kwargs, dtype, emit, skip)
+                            local.run_local_fx(gm, args, kwargs, dtype, emit, skip, tgt.keep)
 
                 yield from capture.stream(work, f"local runs of {cfg.model} with source {self.name}",
                                           thread_name="parity-torch-local")
@@ -261,6 +263,7 @@ class TorchSource(Source):
         except Exception:
             pass  # exported modules refuse train/eval switches; they were traced in one mode already
         prepared.module = module
+        prepared.keep = keep
         return prepared
 
     def _inputs(self, prepared: _Prepared, cfg: RunConfig, feed: dict[str, Any]) -> tuple[tuple, dict]:

@@ -97,21 +97,31 @@ class Encoder(nn.Module):
         return self.head(self.norm(x))
 
 
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
 class Fp16Hazard(nn.Module):
-    """A planted fp16 hazard: ``boost`` scales activations past fp16's 65504; ``shrink`` brings them back."""
+    """A planted fp16 hazard: ``boost`` drives activations past fp16's 65504 into a LayerNorm."""
 
     parity_input_shapes = {"x": (4, 16)}
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(16, 32)
-        self.boost = nn.Linear(32, 32)
-        self.shrink = nn.Linear(32, 32)
+        self.boost = Scale(8e3)
+        self.norm = nn.LayerNorm(32)
         self.act = nn.ReLU()
+        self.fc2 = nn.Linear(32, 32)
         self.head = nn.Linear(32, 8)
 
     def forward(self, x):
-        return self.head(self.act(self.shrink(self.boost(self.fc1(x)))))
+        return self.head(self.fc2(self.act(self.norm(self.boost(self.fc1(x))))))
 
 
 class Int8Outlier(nn.Module):
@@ -153,9 +163,7 @@ def encoder():
 def fp16_hazard():
     m = _init(Fp16Hazard(), 3)
     with torch.no_grad():
-        m.boost.weight.mul_(1e5)
-        m.boost.bias.mul_(1e5)
-        m.shrink.weight.div_(1e5)
+        m.fc1.weight.mul_(8.0)  # fc1 outputs of ~10, times 8e3: well past 65504
     return m
 
 
