@@ -244,8 +244,13 @@ def compare(s: CompareSettings) -> Report:
                 from .engine import resolve_metrics
 
                 ms = resolve_metrics(s.metrics)
-                if not attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options))):
-                    rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
+                try:
+                    n_local = attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options)))
+                except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
+                    rep.summary["local_unavailable"] = str(e)
+                else:
+                    if not n_local:
+                        rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
             else:
                 rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
         for k, v in getattr(matcher, "stats", {}).items():

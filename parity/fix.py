@@ -107,19 +107,25 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
 
     # candidates: overflow first, then local error (accumulated error when no local run exists)
     p = report.primary.name if report.primary else goal_metric
+    has_local = any(r.local for r in report.layers)
+
     def risk(row: LayerResult) -> tuple:
-        over = 1 if (row.range.get("risk") and "overflow" in row.range.get("risk", "")) or \
-            row.meta.get("target_new_nonfinite", 0) > 0 or row.local.get("_new_nonfinite", 0) > 0 else 0
+        # causes, not inheritors: with local runs, NaN/Inf and error are the layer's own; every layer
+        # after an overflow also shows NaN end to end, so accumulated NaN ranks only without local runs
+        local_nf = row.local.get("_new_nonfinite", 0) > 0
+        overflow = "overflows" in (row.range.get("risk") or "")
+        over = 1 if local_nf or overflow or (not has_local and row.meta.get("target_new_nonfinite", 0) > 0) else 0
         e = error_of(row.local.get(p), p, True) if row.local else None
         if e is None:
             e = error_of(row.worst.get(p, row.values.get(p)), p, True) or 0.0
-        return (over, e)
+        return (bool(row.local) or not has_local, over, e)
 
-    rows = [r for r in report.layers if r.target_name is not None and r.ref_name is not None]
+    rows = [r for r in report.layers if r.target_name is not None and r.ref_name is not None
+            and not r.meta.get("ref_is_output")]  # the model-output record is not a layer to keep
     by_key: dict[str, LayerResult] = {}
     for r in sorted(rows, key=risk, reverse=True):
         by_key.setdefault(r.target_name, r)  # one candidate per target layer, its riskiest row
-    cands = [k for k, r in by_key.items() if risk(r) > (0, 0.0)]
+    cands = [k for k, r in by_key.items() if risk(r)[1:] > (0, 0.0)]
 
     steps: list[FixStep] = []
     before = measure([])

@@ -45,7 +45,13 @@ def _quiet() -> Iterator[None]:
         logging.disable(prev)
 
 
-def keep_producers(model: Any, keys: Sequence[str], label: str, *, name_unnamed: bool = False) -> list[str]:
+#: activations the int8 quantizer folds into the Conv/Gemm/MatMul before them
+_FUSED_ACTIVATIONS = {"Relu", "Clip"}
+_FUSING_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
+
+
+def keep_producers(model: Any, keys: Sequence[str], label: str, *, name_unnamed: bool = False,
+                   with_fused: bool = False) -> list[str]:
     """Names of the nodes producing the tensors ``keys`` (the ``keep_high_precision`` option).
 
     ``keys`` are target record keys, i.e. tensor names of the fp32 graph. A name that no node
@@ -62,6 +68,14 @@ def keep_producers(model: Any, keys: Sequence[str], label: str, *, name_unnamed:
         raise ParityError(f"keep_high_precision names {unknown}, {why} in {label}. Note: give tensor names "
                           f"of the fp32 graph as records show them (target_name), e.g. {sample}")
     wanted = set(keys)
+    if with_fused:
+        # keeping a Relu/Clip the quantizer folded into its Conv/Gemm means keeping that producer too,
+        # or the quantized computation stays exactly as it was
+        for k in list(wanted):
+            n = producer[k]
+            if n.op_type in _FUSED_ACTIVATIONS and n.input and n.input[0] in producer \
+                    and producer[n.input[0]].op_type in _FUSING_OPS:
+                wanted.add(n.input[0])
     out: list[str] = []
     for i, n in enumerate(model.graph.node):
         if not any(o in wanted for o in n.output if o):
@@ -164,7 +178,7 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
         import onnx
 
         m = onnx.load(str(src), load_external_data=False)
-        exclude = sorted(set(exclude or []) | set(keep_producers(m, keep_tensors, src.name)))
+        exclude = sorted(set(exclude or []) | set(keep_producers(m, keep_tensors, src.name, with_fused=True)))
         del m
 
     class Reader(CalibrationDataReader):

@@ -1,0 +1,70 @@
+"""Diagnosis and `parity fix` end to end on models with a planted hazard (ONNX Runtime targets)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from parity.compare import CompareSettings, compare  # noqa: E402
+from parity.fix import fix  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "tests" / "models" / "zoo.py"
+
+
+def settings(model, target, tmp_path, **kw):
+    return CompareSettings(model=f"{ZOO}:{model}", ref="torch", target=target, workdir=str(tmp_path / "c"),
+                           diagnose=True, random_inputs=2, **kw)
+
+
+def test_fp16_overflow_is_the_culprit_and_the_fix_keeps_it(tmp_path):
+    s = settings("fp16_hazard", "ort-fp16", tmp_path)
+    rep = compare(s)
+    by = {r.name: r for r in rep.layers}
+    boost = by["boost"]
+    # the overflow trace names the layer whose reference values exceed fp16's range
+    assert "boost" in rep.summary["overflow_layers"]
+    assert boost.range["ref"]["absmax"] > 65504
+    # the overflow is where the loss starts: the first culprit; the layers after it only inherit
+    assert rep.summary["first_culprit"] == "boost" and boost.culprit_rank is not None
+    assert set(rep.summary["culprits"]) <= {"boost", "norm"}
+    for later in ("fc2", "head"):
+        assert by[later].failing and by[later].culprit_rank is None
+        assert by[later].local["cosine"] > 0.999
+    res = fix(s, rep, "cosine", 0.999)
+    assert res.passed and res.after >= 0.999
+    assert not (res.before >= 0.999)  # NaN in the outputs before the fix
+    assert {r.ref_name for r in res.rows} & {"boost", "norm"}
+    assert len(res.kept) <= 2
+    # the verified value is the measurement of exactly this set
+    assert res.steps[-1].kept == res.kept and res.steps[-1].value == res.after
+
+
+def test_int8_outlier_layer_is_found_and_the_fix_lifts_similarity(tmp_path):
+    s = settings("int8_outlier", "ort-int8", tmp_path)
+    rep = compare(s)
+    by = {r.name: r for r in rep.layers}
+    assert rep.summary["first_culprit"] in ("spiky", "act2")
+    assert "outlier-heavy" in by["spiky"].range.get("risk", "") or "outlier-heavy" in by["act2"].range.get("risk", "")
+    res = fix(s, rep, "cosine", 0.9999, max_steps=6)
+    assert res.after > res.before + 1e-3  # measurably better outputs, re-measured
+    assert res.kept and any(k for k in res.kept)
+
+
+def test_fix_cli_prints_paste_forms_and_writes_a_config_compare_accepts(tmp_path):
+    cfg = tmp_path / "fix.toml"
+    args = [sys.executable, "-m", "parity", "fix", f"{ZOO}:fp16_hazard", "--ref", "torch", "--target", "ort-fp16",
+            "--workdir", str(tmp_path / "c"), "--write-config", str(cfg)]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Verified fix: keep" in r.stdout and "--layer-precisions" in r.stdout and ":fp32" in r.stdout
+    assert "keep_fp32" in cfg.read_text()
+    r2 = subprocess.run([sys.executable, "-m", "parity", "compare", f"{ZOO}:fp16_hazard", "--ref", "torch",
+                         "--target", "ort-fp16", "--workdir", str(tmp_path / "c"), "--config", str(cfg),
+                         "--fail-under", "0.999", "-q", "--metrics", "cosine"],
+                        capture_output=True, text=True, cwd=ROOT)
+    # with the kept layers in fp32 the outputs pass; the layer table may still flag kept layers' inputs
+    assert "FAIL" not in r2.stderr or "output" not in r2.stderr
