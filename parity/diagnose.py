@@ -185,7 +185,7 @@ def diagnosis_lines(report: Report) -> list[str]:
         others = [c for c in report.summary.get("culprits", []) if c != fc]
         if others:
             out.append("Other culprits by local error: " + ", ".join(others))
-    elif any(r.local for r in report.layers):
+    elif any(r.local for r in report.layers) and not report:
         out.append("No layer's local error explains the loss: it builds up over many layers.")
     if report.summary.get("first_nonfinite"):
         r = byname[report.summary["first_nonfinite"]]

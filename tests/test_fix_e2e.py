@@ -68,3 +68,14 @@ def test_fix_cli_prints_paste_forms_and_writes_a_config_compare_accepts(tmp_path
                         capture_output=True, text=True, cwd=ROOT)
     # with the kept layers in fp32 the outputs pass; the layer table may still flag kept layers' inputs
     assert "FAIL" not in r2.stderr or "output" not in r2.stderr
+
+
+def test_torch_fp16_fix_keeps_the_overflowing_chain_and_passes(tmp_path):
+    s = settings("fp16_hazard", "torch-fp16", tmp_path, metrics=["cosine"])
+    rep = compare(s)
+    assert rep.summary["first_culprit"] == "boost"
+    res = fix(s, rep, "cosine", 0.999)
+    assert res.passed and res.after >= 0.999 and not (res.before >= 0.999)
+    assert "boost" in res.kept and len(res.kept) <= 2
+    forms = res.forms("torch-fp16")
+    assert "boost" in forms["torch autocast: run these modules in fp32"]

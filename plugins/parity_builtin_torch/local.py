@@ -8,9 +8,9 @@ and the low-precision output out at once, through the same bounded queue ``run()
 only one leaf call's inputs and outputs exist at a time, whatever the model's size.
 
 ``keep_high_precision`` is the torch-autocast-style fix that ``parity fix`` searches: the named
-modules keep their fp32 weights (cast from the loaded model, never from the rounded fp16 ones),
-their float inputs are cast to fp32 on entry and their fp32 outputs back to the target dtype
-on exit, so the rest of the model is unchanged.
+modules keep their fp32 weights (cast from the loaded model, never from the rounded fp16 ones)
+and cast their float inputs to fp32 on entry; they pass fp32 outputs on, and the next
+low-precision module with weights casts them down on entry (as autocast does).
 """
 from __future__ import annotations
 
@@ -180,10 +180,22 @@ def cast_keeping(module: Any, device: Any, dtype: Any, keep: list[str], where: s
                 return cast_tree(args, torch.float32, low), cast_tree(kwargs, torch.float32, low)
             enter._parity_hook = True  # type: ignore[attr-defined]
             sub.register_forward_pre_hook(enter, with_kwargs=True)
-        def leave(_m: Any, _args: tuple, out: Any) -> Any:
-            return cast_tree(out, dtype, (torch.float32,))
-        leave._parity_hook = True  # type: ignore[attr-defined]
-        top.register_forward_hook(leave)
+    # Kept modules hand their outputs on in fp32, as autocast does: casting them back on exit would
+    # re-create the very overflow they are kept for (an output beyond 65504 becomes inf in fp16).
+    # Each low-precision module with weights instead casts fp32 inputs to its own dtype on entry.
+    if keep:
+        for sub in module.modules():
+            if id(sub) in kept:
+                continue
+            own = [t for t in list(sub._parameters.values()) + list(sub._buffers.values())
+                   if t is not None and t.is_floating_point()]
+            if not own:
+                continue
+
+            def to_low(_m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+                return cast_tree(args, dtype, (torch.float32,)), cast_tree(kwargs, dtype, (torch.float32,))
+            to_low._parity_hook = True  # type: ignore[attr-defined]
+            sub.register_forward_pre_hook(to_low, with_kwargs=True)
 
 
 # --------------------------------------------------------------------------- local runs

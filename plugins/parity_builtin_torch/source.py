@@ -1,6 +1,8 @@
 """The ``torch``, ``torch-fp16`` and ``torch-bf16`` sources: one class, three precisions."""
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import threading
 import warnings
@@ -51,6 +53,25 @@ def _file_key(p: str | None) -> tuple:
         return (str(Path(p).resolve()), st.st_mtime_ns, st.st_size)
     except OSError:
         return (p,)
+
+
+@contextlib.contextmanager
+def _true_fp32(precision: str, cfg: RunConfig) -> Iterator[None]:
+    """An fp32 reference on CUDA must be fp32: torch lets convolutions (and, by setting, matmuls) use
+    TF32, which keeps 10 mantissa bits and would blur the reference. ``torch_allow_tf32`` opts back in."""
+    import torch
+
+    if precision != "fp32" or not str(cfg.device).startswith("cuda") or \
+            local.opt_bool(cfg.options.get("torch_allow_tf32"), "torch_allow_tf32"):
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class TorchSource(Source):
@@ -105,7 +126,8 @@ class TorchSource(Source):
             include_int = bool(cfg.options.get("torch_include_integer"))
             only = local.opt_bool(cfg.options.get("outputs_only"), "outputs_only")
             work = self._work(prepared, args, kwargs, rec_meta, include_int, only)
-            yield from capture.stream(work, f"running {cfg.model} with source {self.name}")
+            with _true_fp32(self.precision, cfg):
+                yield from capture.stream(work, f"running {cfg.model} with source {self.name}")
         finally:
             self._release(prepared)
 
