@@ -179,9 +179,11 @@ def diagnosis_lines(report: Report) -> list[str]:
     if fc and p is not None:
         r = byname[fc]
         where = r.meta.get("ref_module_path") or r.meta.get("target_onnx_node") or r.target_name
+        nf = int(r.local.get(NEW_NONFINITE, 0))
+        alone = (f"produces {nf} NaN/Inf values" if nf else
+                 f"reaches {p.name} {r.local.get(p.name, float('nan')):.6g}")
         out.append(f"Culprit: {r.name} ({r.op_type or r.target_op_type or 'layer'}; {where}) — run alone in the "
-                   f"target it reaches {p.name} {r.local.get(p.name, float('nan')):.6g}; it causes the loss, "
-                   f"the layers after it inherit it.")
+                   f"target it {alone}; it causes the loss, the layers after it inherit it.")
         others = [c for c in report.summary.get("culprits", []) if c != fc]
         if others:
             out.append("Other culprits by local error: " + ", ".join(others))

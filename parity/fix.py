@@ -49,18 +49,23 @@ class FixResult:
 
     def forms(self, target: str) -> dict[str, str]:
         """The kept set in the spellings users paste into other tools."""
-        onnx_nodes = [r.meta.get("target_onnx_node") or r.target_name for r in self.rows]
+        onnx_nodes = [r.meta.get("target_onnx_node") for r in self.rows]
         modules = [r.meta.get("ref_module_path") or r.ref_name for r in self.rows if (r.ref_name or "")]
         toml = ["[precision]", f'target = "{target}"', "keep_fp32 = ["]
         toml += [f'  "{k}",' for k in self.kept]
         toml.append("]")
-        return {
-            "trtexec/polygraphy --layer-precisions": ",".join(f"{n}:fp32" for n in onnx_nodes)
-            + "  (trtexec also: --precisionConstraints=obey)",
-            "onnxconverter-common node_block_list": repr(onnx_nodes),
-            "torch autocast: run these modules in fp32": repr(modules),
-            "parity config (TOML)": "\n".join(toml),
-        }
+        forms: dict[str, str] = {}
+        if all(onnx_nodes):
+            # TensorRT's ONNX parser names layers after ONNX nodes, so the node names carry over
+            forms["trtexec/polygraphy --layer-precisions"] = (",".join(f"{n}:fp32" for n in onnx_nodes)
+                                                              + "  (trtexec also: --precisionConstraints=obey)")
+            forms["onnxconverter-common node_block_list"] = repr(onnx_nodes)
+        else:
+            forms["ONNX / TensorRT names"] = ("unknown for this target (it is not ONNX-based); run parity fix "
+                                              "with --target ort-fp16 for node names")
+        forms["torch autocast: run these modules in fp32"] = repr(modules)
+        forms["parity config (TOML)"] = "\n".join(toml)
+        return forms
 
 
 def _goal_passes(value: float, goal: float, higher: bool) -> bool:
