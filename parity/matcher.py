@@ -167,6 +167,12 @@ def _scopes(a: Activation) -> list[str]:
     return [mp] if mp else []
 
 
+def _released(a: Activation) -> Activation:
+    """The same record without its data: a zero-byte stand-in of the same shape and dtype."""
+    return Activation(a.name, np.broadcast_to(np.zeros((), a.array.dtype), a.array.shape), a.output_index,
+                      a.order, a.op_type, a.meta)
+
+
 def _provenance_disagrees(r: Activation, t: Activation) -> bool:
     """Same name, but the exporter says the target tensor is another module's output.
 
@@ -314,6 +320,7 @@ class AutoMatcher(Matcher):
                 matched_order.append((i, ti))
                 note = "" if compatible(i, t) else "pinned pair differs in size"
                 yield Pair(refs[i], t, how, CONFIDENCE[how], note)
+                refs[i] = _released(refs[i])  # scored: let its pages go (a claimed layer is never read again)
 
         # Fuzzy steps, within gaps between anchors that agree on order.
         matched_order.sort()
