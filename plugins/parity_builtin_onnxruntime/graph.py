@@ -13,6 +13,7 @@ from parity.errors import ParityError
 from ._util import sniff
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import onnx
 
 FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
@@ -114,16 +115,46 @@ def tensor_sites(model: "onnx.ModelProto") -> list[TensorSite]:
     return sites
 
 
+def _without_weights(model: "onnx.ModelProto", keep_elements: int = 1024) -> "onnx.ModelProto":
+    """A copy of ``model`` where initializers above ``keep_elements`` become typed graph inputs.
+
+    Small initializers (shape constants read by Reshape, Expand...) keep their values.
+    """
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    light = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, f, getattr(model, f))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    declared = {vi.name for vi in g.input}
+    for t in g.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= keep_elements:
+            lg.initializer.append(t)
+        elif t.name not in declared:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
 def inferred_types(model: "onnx.ModelProto") -> dict[str, str | None]:
     """dtype name per tensor from ONNX shape inference (``{}`` if inference fails)."""
     import onnx
 
     try:
-        if model.ByteSize() > 1_800_000_000:
-            # inference on a huge in-memory proto fails; types of the declared values suffice
-            inf = model
-        else:
-            inf = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        # dtypes do not depend on weight values: infer on a copy whose large initializers are
+        # declared inputs, which skips serializing and re-parsing every weight (and the 2 GB limit)
+        inf = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
     except Exception:
         inf = model
     out: dict[str, str | None] = {}
@@ -185,4 +216,105 @@ def with_outputs(model: "onnx.ModelProto", names: Iterable[str], *, prune: bool 
             ng.output.append(declared[t])
         else:
             ng.output.add().name = t
+    return new
+
+
+@dataclass
+class CaptureStep:
+    """One session run of batched capture: the nodes no earlier step ran, what they read, what they hand on.
+
+    ``wanted`` are the captured tensors of this step, in capture order; each is computed here or
+    was handed on by an earlier step. ``outputs`` are what this step's session returns: the wanted
+    tensors it computes, then those that later steps read (``hand_on``). ``release`` lists
+    tensors no later step reads, to drop once this step's records are out.
+    """
+
+    wanted: list[str]
+    nodes: list[int]
+    inputs: list[str]
+    initializers: list[str]
+    outputs: list[str]
+    hand_on: list[str]
+    release: list[str]
+
+
+def plan_capture_steps(model: "onnx.ModelProto", batches: list[list[str]]) -> list[CaptureStep]:
+    """Split a capture into consecutive session runs that never recompute a node.
+
+    Step k runs the ancestors of its batch that earlier steps did not run, fed the graph inputs
+    and the tensors earlier steps computed; so memory holds one batch plus the tensors that
+    cross the cut (for a layer stack, the running activation), and the whole capture costs one
+    forward pass, whatever the number of steps.
+    """
+    g = model.graph
+    nodes = g.node
+    inits = {t.name for t in g.initializer}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    graph_inputs = {vi.name for vi in g.input} - inits
+    all_reads = [list(dict.fromkeys([x for x in n.input if x] + sorted(_subgraph_refs(n)))) for n in nodes]
+    reads = [[x for x in r if x in producer or x in graph_inputs] for r in all_reads]
+    done: set[int] = set()
+    plans: list[list[int]] = []
+    for batch in batches:
+        need: set[int] = set()
+        stack = [producer[t] for t in batch if t in producer]
+        while stack:
+            i = stack.pop()
+            if i in need or i in done:
+                continue
+            need.add(i)
+            stack.extend(producer[x] for x in reads[i] if x in producer)
+        plans.append(sorted(need))
+        done |= need
+    made: dict[str, int] = {}
+    last_read: dict[str, int] = {}
+    for k, plan in enumerate(plans):
+        for i in plan:
+            for o in nodes[i].output:
+                if o:
+                    made[o] = k
+            for x in reads[i]:
+                last_read[x] = max(last_read.get(x, -1), k)
+    for k, batch in enumerate(batches):
+        for t in batch:  # wanted by a later step than the one computing it: hand it on
+            if made.get(t, k) < k:
+                last_read[t] = max(last_read.get(t, -1), k)
+    steps: list[CaptureStep] = []
+    live: set[str] = set(graph_inputs)
+    for k, (batch, plan) in enumerate(zip(batches, plans)):
+        pset = set(plan)
+        inputs = list(dict.fromkeys(x for i in plan for x in reads[i] if x not in producer or producer[x] not in pset))
+        used_inits = list(dict.fromkeys(x for i in plan for x in all_reads[i] if x in inits))
+        own = [t for t in batch if made.get(t) == k]
+        hand_on = [o for i in plan for o in nodes[i].output if o and last_read.get(o, -1) > k]
+        outputs = list(dict.fromkeys(own + hand_on))
+        live |= set(hand_on)
+        release = sorted(x for x in live if last_read.get(x, -1) <= k)
+        live -= set(release)
+        steps.append(CaptureStep(list(batch), plan, inputs, used_inits, outputs, hand_on, release))
+    return steps
+
+
+def step_model(model: "onnx.ModelProto", step: CaptureStep, input_arrays: dict[str, "np.ndarray"]
+               ) -> "onnx.ModelProto":
+    """The model one capture step runs: its nodes, typed inputs from the arrays it is fed, its weights."""
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    new = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(new, f, getattr(model, f))
+    new.opset_import.extend(model.opset_import)
+    new.functions.extend(model.functions)
+    ng = new.graph
+    ng.name = g.name
+    ng.node.extend(g.node[i] for i in step.nodes)
+    for x in step.inputs:
+        a = input_arrays[x]
+        ng.input.append(helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)))
+    wanted = set(step.initializers)
+    ng.initializer.extend(t for t in g.initializer if t.name in wanted)
+    for o in step.outputs:
+        ng.output.add().name = o  # untyped: onnxruntime infers it
     return new

@@ -21,6 +21,8 @@ from parity.source import InputSpec, RunConfig, Source
 from ._util import opt_bool, opt_int, opt_list
 
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
+#: tensors captured per step on graphs with more than twice as many (``ort_output_batch=0``: one session)
+DEFAULT_OUTPUT_BATCH = 64
 _LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -209,10 +211,15 @@ class OrtSource(Source):
     def _session(model: Any, so: Any, providers: list[str], workdir: Path, label: str) -> Any:
         import onnx
         import onnxruntime as ort
+        from google.protobuf.message import EncodeError
 
         try:
-            if model.ByteSize() < 1_900_000_000:
-                return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            try:  # ByteSize() costs as much as serializing; let protobuf refuse > 2 GB instead
+                data: bytes | None = model.SerializeToString()
+            except EncodeError:
+                data = None
+            if data is not None:
+                return ort.InferenceSession(data, so, providers=providers)
             # protobuf cannot serialize >2 GB: go through a file with external weights
             workdir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=workdir) as d:
@@ -270,12 +277,56 @@ class OrtSource(Source):
 
         yield from local_results(self, cfg, feed)
 
+    def _run_whole(self, model: Any, names: list[str], feed: dict[str, np.ndarray], so: Any,
+                   providers: list[str], workdir: Path, label: str) -> Iterator[list[Any]]:
+        """One session with every captured tensor as an output (ONNX Runtime returns them all at once)."""
+        from .graph import with_outputs
+
+        sess = self._session(with_outputs(model, names), so, providers, workdir, label)
+        del model  # with the caller's references gone, the proto and its weights are freed here
+        try:
+            results = sess.run(names, feed)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+        del sess
+        yield results
+
+    def _run_steps(self, model: Any, batches: list[list[str]], feed: dict[str, np.ndarray], so: Any,
+                   providers: list[str], workdir: Path, label: str) -> Iterator[list[Any]]:
+        """``ort_output_batch``: consecutive sessions over the graph cut into steps, none recomputed.
+
+        Each step's session holds only its own nodes and weights and returns its batch plus the
+        tensors later steps read, so peak memory is one batch plus what crosses the cuts.
+        """
+        from .graph import plan_capture_steps, step_model
+
+        live: dict[str, Any] = dict(feed)
+        for step in plan_capture_steps(model, batches):
+            got: dict[str, Any] = {}
+            if step.nodes:
+                sess = self._session(step_model(model, step, live), so, providers, workdir, label)
+                try:
+                    vals = sess.run(step.outputs, {x: live[x] for x in step.inputs})
+                except Exception as e:
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+                del sess
+                got = dict(zip(step.outputs, vals))
+                del vals
+                live.update((o, got[o]) for o in step.hand_on)
+            results = [got[t] if t in got else live.get(t) for t in step.wanted]
+            del got
+            for x in step.release:
+                live.pop(x, None)
+            yield results
+
     # -- run ----------------------------------------------------------------------------
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         import onnx
 
         from .convert import int8_fetch_map
-        from .graph import FLOAT_TYPES, inferred_types, load_model, tensor_sites, with_outputs
+        from .graph import FLOAT_TYPES, inferred_types, load_model, tensor_sites
         from .provenance import _subgraph_refs, module_output_calls, node_scopes
 
         workdir = Path(cfg.workdir)
@@ -328,22 +379,22 @@ class OrtSource(Source):
             items.append((s, fname, quant))
 
         so, providers = self._session_options(cfg)
-        batch = opt_int(opts, "ort_output_batch", 0) or 0
+        # Large graphs are captured in consecutive steps by default, so that ONNX Runtime never holds
+        # every activation at once (it frees an output block only when the last output is released).
+        batch = opt_int(opts, "ort_output_batch", None)
+        if batch is None:
+            batch = DEFAULT_OUTPUT_BATCH if len(items) > 2 * DEFAULT_OUTPUT_BATCH else 0
         chunks = ([items[i:i + batch] for i in range(0, len(items), batch)]
                   if batch > 0 and len(items) > batch else [items])
         feed = {k: np.asarray(v) for k, v in feed.items()}
         label = f"{Path(run_path).name} (from {src.name})" if run_path != src else src.name
-        for chunk in chunks:
-            names = [f for _, f, _ in chunk]
-            model = with_outputs(runnable, names, prune=len(chunks) > 1)
-            sess = self._session(model, so, providers, workdir, label)
-            del model
-            try:
-                results = sess.run(names, feed)
-            except Exception as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
-            del sess
+        if len(chunks) == 1:
+            runs = self._run_whole(runnable, [f for _, f, _ in items], feed, so, providers, workdir, label)
+            del runnable, orig  # the session has its own copy of the weights
+        else:
+            runs = self._run_steps(runnable, [[f for _, f, _ in c] for c in chunks], feed, so, providers,
+                                   workdir, label)
+        for chunk, results in zip(chunks, runs):
             for k, (site, fname, quant) in enumerate(chunk):
                 arr = results[k]
                 results[k] = None  # the caller holds the only reference from here on
