@@ -163,7 +163,7 @@ def _emit(report: Any, args: argparse.Namespace) -> int:
         p = report.primary
         worst = report.worst_value(p.name)
         if worst is None:
-            print(f"parity: --fail-under: no layer was compared", file=sys.stderr)
+            print("parity: --fail-under: no layer was compared", file=sys.stderr)
             return 1
         bad = math.isnan(worst) or (worst < args.fail_under if p.higher_is_better else worst > args.fail_under)
         if bad:

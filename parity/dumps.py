@@ -87,22 +87,14 @@ def _strip_tag(stem: str, tag: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def atomic_write_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_write_path(path: str | os.PathLike[str]) -> Any:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
 
-    On any failure the temporary file is removed and ``path`` is left as it was, so a
-    reader never sees a half-written file. Format plugins use this for their writers.
+    Format plugins use this for their writers (the project's one write-then-rename, parity.atomic).
     """
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    from .atomic import atomic_path
+
+    return atomic_path(path)
 
 
 def _formats() -> dict[str, Any]:

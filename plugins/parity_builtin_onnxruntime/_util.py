@@ -1,32 +1,16 @@
 """Small helpers shared by the export, conversion and source modules (no heavy imports)."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+from parity.atomic import atomic_path  # noqa: F401 - the project's one write-then-rename, used by siblings
 
 #: bump when the layout of cached artifacts changes, so old cache entries are not reused
 CACHE_VERSION = "1"
-
-
-@contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """A temporary path beside ``dest`` that replaces it in one rename on success."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def file_digest(path: str | os.PathLike, h: "hashlib._Hash | None" = None) -> str:
