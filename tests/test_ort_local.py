@@ -240,6 +240,37 @@ def test_local_runs_in_output_batches_agree(hazard, tmp_path):
         np.testing.assert_array_equal(batched[k], whole[k])
 
 
+@pytest.mark.parametrize("model", ["hazard", "outlier"])
+def test_stepped_local_runs_equal_the_single_run(model, hazard, outlier, tmp_path, monkeypatch):
+    """ort_output_batch=2 captures the reference in steps and runs each step's layers as it goes:
+    same keys, order, skips, and bit-identical ref and target arrays as one session."""
+    if model == "hazard":
+        src, feed, calib, precision = hazard["onnx"], hazard["feed"], (), "fp16"
+    else:
+        src, feed, calib, precision = outlier["path"], outlier["feed"], outlier["calibration"], "int8"
+    one = OrtSource(precision)
+    whole = list(one.local_errors(cfg_for(src, tmp_path, calib, ort_output_batch=0), feed))
+    steps_seen = []
+    real = OrtSource._run_steps
+
+    def counting(self, model, batches, *a, **k):
+        steps_seen.append(len(batches))
+        return real(self, model, batches, *a, **k)
+
+    monkeypatch.setattr(OrtSource, "_run_steps", counting)
+    stepped_src = OrtSource(precision)
+    stepped = list(stepped_src.local_errors(cfg_for(src, tmp_path, calib, ort_output_batch=2), feed))
+    assert steps_seen and steps_seen[0] >= 3  # really went in steps
+    assert len(whole) >= 5
+    assert [lr.key for lr in stepped] == [lr.key for lr in whole]
+    assert stepped_src.last_local_skipped == one.last_local_skipped
+    for a, b in zip(whole, stepped):
+        assert a.op_type == b.op_type and a.meta == b.meta
+        np.testing.assert_array_equal(b.ref, a.ref)
+        np.testing.assert_array_equal(b.target, a.target)
+        assert b.target.dtype == a.target.dtype
+
+
 def test_control_flow_node_is_skipped_and_listed(tmp_path):
     """An If node cannot run alone: it is skipped (and named), the others still run."""
     then_g = helper.make_graph([helper.make_node("Neg", ["a"], ["t_out"])], "then", [],

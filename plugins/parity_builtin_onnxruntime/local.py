@@ -24,6 +24,16 @@ How the local runs are built, for one feed:
    in float16 is fed the reference value rounded to float16, exactly as the deployed model
    would store it (an fp32 value beyond 65504 arrives as inf).
 
+On graphs with more than twice ``ort_output_batch`` captured tensors (``DEFAULT_OUTPUT_BATCH``
+of the source unless set; ``0`` forces the single runs above) steps 1 and 3 go in consecutive
+groups instead: the reference run is cut into steps that recompute nothing (the source's
+step capture), and after each step the layers whose inputs and outputs are all captured run
+alone, are yielded, and every reference tensor no later layer reads is dropped. Peak memory
+is then one step's tensors plus those crossing the cut, not the whole model's. Planning
+these groups before the values exist needs each captured tensor's dtype, taken from ONNX
+type inference (checked against every array the steps return); a graph that inference
+leaves partly untyped takes the single runs.
+
 Local results are yielded one at a time in graph order. Layers that cannot be run alone are
 skipped and listed on the source as ``last_local_skipped``: control-flow nodes (If/Loop/Scan),
 layers whose trace reaches a tensor the reference run did not capture, and layers whose trace
@@ -270,14 +280,17 @@ class _Caster:
 
 
 def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
-    """Local runs of every captured float tensor of ``source``'s target model, in graph order."""
+    """Local runs of every captured float tensor of ``source``'s target model, in graph order.
+
+    Small graphs take one reference session run and one local session run. Larger ones (more
+    than twice ``ort_output_batch`` captured tensors, ``DEFAULT_OUTPUT_BATCH`` unless set) go in
+    consecutive steps (see :func:`_stepped`), so memory holds one step's tensors, not the model's.
+    """
     import onnx
 
-    from parity.diagnose import LocalResult
-
-    from .convert import int8_fetch_map
-    from .graph import FLOAT_TYPES, inferred_types, load_model, model_inputs, tensor_sites
+    from .graph import FLOAT_TYPES, load_model, tensor_sites
     from .provenance import _subgraph_refs
+    from .source import DEFAULT_OUTPUT_BATCH
 
     source.last_local_skipped = []
     src, _names = source._fp32_model(cfg, feed)
@@ -291,6 +304,15 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     captured = [s.name for s in tensor_sites(orig) if s.name in consumed or s.name in outputs]
     run_path, _extra = source._target_model(cfg, src, orig, feed)
 
+    batch = opt_int(cfg.options, "ort_output_batch", None)
+    if batch is None:
+        batch = DEFAULT_OUTPUT_BATCH if len(captured) > 2 * DEFAULT_OUTPUT_BATCH else 0
+    if batch > 0 and len(captured) > batch:
+        predicted = _predicted_kinds(orig, captured)
+        if predicted is not None:
+            yield from _stepped(source, cfg, feed, src, orig, captured, run_path, batch, predicted)
+            return
+
     ref = _reference_run(source, cfg, orig, captured, feed, src.name)
     ref.update(feed)
     # local runs only for float tensors: an integer tensor (shape arithmetic) has no rounding.
@@ -298,68 +320,180 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     keys = [k for k in captured if k in ref and str(ref[k].dtype) in FLOAT_TYPES]
 
     target = onnx.load(str(run_path))
+    plans, skipped = _plans(source, orig, target, keys, set(ref))
+    source.last_local_skipped.extend(skipped)
+    del orig
+    fed_dtype = _FedDtypes(target)
+    cast = _Caster(cfg)
+    for group in _split(plans, batch):
+        yield from _run_group(source, cfg, target, run_path, group, ref, fed_dtype, cast)
+
+
+def _plans(source: "OrtSource", orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
+           available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
+    from .convert import int8_fetch_map
+
     if source.precision == "int8":
         fetch = int8_fetch_map(target, keys)
     else:
         produced = {o for n in target.graph.node for o in n.output}
         fetch = {k: (k, False) for k in keys if k in produced}
-    plans, skipped = plan_locals(orig, target, fetch, keys, set(ref))
-    source.last_local_skipped.extend(skipped)
-    del orig
+    return plan_locals(orig, target, fetch, keys, available)
 
-    # feed each fp32 tensor as the target graph holds it (float16 where the fp16 model stores it so)
-    types = inferred_types(target)
-    tin = {vi.name: vi.type.tensor_type.elem_type for vi in model_inputs(target)}
-    fed_np: dict[str, np.dtype] = {}
-    fed_types: dict[str, int] = {}
-    for p in plans:
-        for t in p.fed:
-            if t in fed_types:
-                continue
-            want = types.get(t)
-            if t in tin and tin[t]:
-                fed_types[t] = tin[t]
-                fed_np[t] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tin[t]))
-            elif want and want in {"float16", "float32", "float64"} and str(ref[t].dtype) in FLOAT_TYPES:
-                fed_np[t] = np.dtype(want)
-                fed_types[t] = onnx.helper.np_dtype_to_tensor_dtype(fed_np[t])
-            else:
-                fed_np[t] = ref[t].dtype
-                fed_types[t] = onnx.helper.np_dtype_to_tensor_dtype(ref[t].dtype)
+
+class _FedDtypes:
+    """The dtype each fp32 tensor is fed as: as the target graph holds it (float16 where the fp16
+    model stores it so), from the target's declared inputs, its inferred types, or the reference."""
+
+    def __init__(self, target: "onnx.ModelProto") -> None:
+        from .graph import inferred_types, model_inputs
+
+        self.types = inferred_types(target)
+        self.tin = {vi.name: vi.type.tensor_type.elem_type for vi in model_inputs(target)}
+        self.np: dict[str, np.dtype] = {}
+        self.onnx: dict[str, int] = {}
+
+    def add(self, t: str, ref: np.ndarray) -> None:
+        import onnx
+
+        from .graph import FLOAT_TYPES
+
+        if t in self.onnx:
+            return
+        want = self.types.get(t)
+        if t in self.tin and self.tin[t]:
+            self.onnx[t] = self.tin[t]
+            self.np[t] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.tin[t]))
+        elif want and want in {"float16", "float32", "float64"} and str(ref.dtype) in FLOAT_TYPES:
+            self.np[t] = np.dtype(want)
+            self.onnx[t] = onnx.helper.np_dtype_to_tensor_dtype(self.np[t])
+        else:
+            self.np[t] = ref.dtype
+            self.onnx[t] = onnx.helper.np_dtype_to_tensor_dtype(ref.dtype)
+
+
+def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", run_path: Path,
+               group: list[LocalPlan], ref: dict[str, np.ndarray], fed_dtype: _FedDtypes,
+               cast: _Caster) -> Iterator["LocalResult"]:
+    """One session run of the local subgraphs of ``group``; their results, in plan order."""
+    from parity.diagnose import LocalResult
 
     so, providers = source._session_options(cfg)
-    batch = opt_int(cfg.options, "ort_output_batch", 0) or 0
+    label = f"the local runs of {Path(run_path).name}"
+    fed = sorted({t for p in group for t in p.fed})
+    for t in fed:
+        fed_dtype.add(t, ref[t])
+    model, outs = build_local_model(target, group, fed_dtype.onnx, {t: ref[t].shape for t in fed})
+    sess = source._session(model, so, providers, Path(cfg.workdir), label)
+    del model
+    names = [nm for o in outs for nm in o]
+    inputs = {t: ref[t] if ref[t].dtype == fed_dtype.np[t] else cast(ref[t], fed_dtype.np[t]) for t in fed}
+    try:
+        vals = sess.run(names, inputs)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+    del sess, inputs
+    got = dict(zip(names, vals))
+    del vals
+    for p, o in zip(group, outs):
+        for key, nm in zip(p.keys, o):
+            arr = got.pop(nm, None)
+            if not isinstance(arr, np.ndarray):
+                continue
+            yield LocalResult(key=key, ref=ref[key], target=arr, op_type=p.op_type,
+                              meta={"onnx_node": p.node_name, "local_nodes": len(p.nodes),
+                                    "local_inputs": list(p.fed), "precision": source.precision})
+            del arr
+    del got
+
+
+def _predicted_kinds(orig: "onnx.ModelProto", captured: list[str]) -> tuple[list[str], set[str]] | None:
+    """The keys and the arrays a reference run will return, from ONNX type inference.
+
+    Step-wise local runs plan every layer before the reference values exist, so they need
+    what the single run reads off the arrays: which captured tensors are arrays, and which of
+    those are float. ``None`` when inference leaves any captured tensor untyped or not a plain
+    tensor (the caller then takes the single run).
+    """
+    from .graph import FLOAT_TYPES, inferred_types
+
+    types = inferred_types(orig)
+    keys: list[str] = []
+    for t in captured:
+        d = types.get(t)
+        if d is None or d == "non-tensor":
+            return None
+        if d in FLOAT_TYPES:
+            keys.append(t)
+    return keys, set(captured)
+
+
+def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], src: Path,
+             orig: "onnx.ModelProto", captured: list[str], run_path: Path, batch: int,
+             predicted: tuple[list[str], set[str]]) -> Iterator["LocalResult"]:
+    """Reference capture in consecutive steps (``OrtSource._run_steps``, nothing recomputed); after
+    each step, the local runs of the layers whose inputs and outputs are all captured by then.
+
+    A reference tensor is dropped once the last layer that reads it or reports it has run, so
+    memory holds about one step's tensors plus those that cross the cut, whatever the depth.
+    """
+    import onnx
+
+    from .graph import FLOAT_TYPES
+
+    keys, arrays = predicted
+    key_set = set(keys)
+    target = onnx.load(str(run_path))
+    plans, skipped = _plans(source, orig, target, keys, arrays | set(feed))
+    source.last_local_skipped.extend(skipped)
+    last_use: dict[str, int] = {}
+    for j, p in enumerate(plans):
+        for t in (*p.keys, *p.fed):
+            last_use[t] = j
+    fed_dtype = _FedDtypes(target)
+    cast = _Caster(cfg)
+    so, providers = source._session_options(cfg)
+    batches = [captured[i:i + batch] for i in range(0, len(captured), batch)]
+    label = f"{src.name} for the local reference"
+    ref: dict[str, np.ndarray] = {t: a for t, a in feed.items() if t in last_use}
+    have: set[str] = set(feed)
+    nxt = 0
+    for names, results in zip(batches, source._run_steps(orig, batches, feed, so, providers,
+                                                         Path(cfg.workdir), label)):
+        for k, t in enumerate(names):
+            v = results[k]
+            results[k] = None
+            is_key = isinstance(v, np.ndarray) and str(v.dtype) in FLOAT_TYPES
+            if not isinstance(v, np.ndarray) or is_key != (t in key_set):
+                raise ParityError(f"the local runs of {src.name} expected tensor {t!r} to be "
+                                  f"{'a float' if t in key_set else 'a non-float'} array, as ONNX type "
+                                  f"inference says; the reference run returned "
+                                  f"{getattr(v, 'dtype', type(v).__name__)}. Note: ort_output_batch=0 "
+                                  f"runs the reference in one session, which needs no prediction")
+            have.add(t)
+            if t in last_use:
+                ref[t] = v
+            del v
+        del results
+        start = nxt
+        while nxt < len(plans) and all(t in have for t in (*plans[nxt].keys, *plans[nxt].fed)):
+            nxt += 1
+        for group in _split(plans[start:nxt], batch):
+            yield from _run_group(source, cfg, target, run_path, group, ref, fed_dtype, cast)
+            start += len(group)
+            for t in [t for t in ref if last_use.get(t, -1) < start]:
+                del ref[t]
+    if nxt < len(plans):  # cannot happen: every plan reads and reports captured tensors only
+        raise ParityError(f"the local runs of {src.name} left {len(plans) - nxt} layer(s) unrun. "
+                          f"Note: ort_output_batch=0 runs them in one session")
+
+
+def _split(plans: list[LocalPlan], batch: int) -> list[list[LocalPlan]]:
+    """Consecutive groups of at most ``batch`` local outputs (one plan per group at least)."""
     groups: list[list[LocalPlan]] = [[]]
     for p in plans:
         if batch > 0 and groups[-1] and sum(len(q.keys) for q in groups[-1]) + len(p.keys) > batch:
             groups.append([])
         groups[-1].append(p)
-    label = f"the local runs of {Path(run_path).name}"
-    cast = _Caster(cfg)
-    for group in groups:
-        if not group:
-            continue
-        fed = sorted({t for p in group for t in p.fed})
-        model, outs = build_local_model(target, group, fed_types, {t: ref[t].shape for t in fed})
-        sess = source._session(model, so, providers, Path(cfg.workdir), label)
-        del model
-        names = [nm for o in outs for nm in o]
-        inputs = {t: ref[t] if ref[t].dtype == fed_np[t] else cast(ref[t], fed_np[t]) for t in fed}
-        try:
-            vals = sess.run(names, inputs)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
-        del sess, inputs
-        got = dict(zip(names, vals))
-        del vals
-        for p, o in zip(group, outs):
-            for key, nm in zip(p.keys, o):
-                arr = got.pop(nm, None)
-                if not isinstance(arr, np.ndarray):
-                    continue
-                yield LocalResult(key=key, ref=ref[key], target=arr, op_type=p.op_type,
-                                  meta={"onnx_node": p.node_name, "local_nodes": len(p.nodes),
-                                        "local_inputs": list(p.fed), "precision": source.precision})
-                del arr
-        del got
+    return [g for g in groups if g]

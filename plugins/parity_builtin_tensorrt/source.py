@@ -52,7 +52,7 @@ from parity.errors import ParityError
 from parity.records import Activation
 from parity.source import InputSpec, RunConfig, Source
 
-from .config import EngineConfig, cache_key, engine_config, onnx_digest
+from .config import EngineConfig, cache_key, onnx_digest
 from .marking import (LayerDesc, TensorDesc, mark_control_flow, plan_layer_precisions, propagate_constants,
                       select_tensors, unknown_override_names)
 
@@ -420,6 +420,8 @@ class TrtSource(Source):
     def __init__(self, precision: str = "fp32") -> None:
         self.precision = precision
         self.name = f"trt-{precision}"  # type: ignore[misc]
+        #: layers the last ``local_errors`` call could not run alone: ``{key, onnx_node, reason}``
+        self.last_local_skipped: list[dict[str, str]] = []
 
     # -- capability ---------------------------------------------------------------------
     def check(self) -> str | None:
@@ -493,9 +495,14 @@ class TrtSource(Source):
         from .layer_info import read_layer_info
         from .names import build_map, onnx_named
 
-        ecfg = engine_config(self.precision, cfg.options)
+        from .local import run_engine_config
+
+        # outputs_only / keep_high_precision (parity fix) are applied here; see .local
+        ecfg = run_engine_config(self.precision, cfg.options)
         onnx_path, module_names = self._onnx_model(cfg, feed)
         graph = onnx.load(str(onnx_path), load_external_data=False)
+        if cfg.options.get("keep_high_precision"):
+            ecfg = run_engine_config(self.precision, cfg.options, graph, onnx_path.name)
         has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph.node)
         feed = {k: np.asarray(v) for k, v in feed.items()}
         built = build_engine(trt, onnx_path, ecfg, feed, list(cfg.calibration), Path(cfg.workdir), has_qdq)
@@ -584,6 +591,21 @@ class TrtSource(Source):
                     rec.meta["is_output"] = True
                     rec.meta["output_position"] = out_pos.get(engine_t, out_pos.get(onnx_t or "", 0))
                 yield rec
+
+    # -- diagnosis ------------------------------------------------------------------------
+    def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
+        """Each ONNX node alone as an engine at this precision, fed fp32 reference values (see :mod:`.local`).
+
+        Yields ``parity.diagnose.LocalResult`` keyed by ONNX tensor name, as ``run()`` names the
+        records it maps exactly. ``trt-fp32`` yields nothing: its layer alone on fp32 inputs is the
+        reference. Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
+        """
+        self.last_local_skipped = []
+        if self.precision == "fp32":
+            return
+        from .local import local_results
+
+        yield from local_results(self, cfg, feed)
 
     def _debug_run(self, trt: Any, context: Any, stream: Any, ecfg: EngineConfig, built: BuiltEngine, mapping: Any,
                    outputs: dict[str, Any], raw: Callable[..., Activation], layer_order: Callable[[str], int],
