@@ -62,7 +62,12 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file, width=width or 160, highlight=False, soft_wrap=False)
+    import sys
+
+    out = file or sys.stdout
+    # a terminal gets its own width; a pipe or file gets room for every column, not rich's 80
+    console = Console(file=file, width=width or (None if out.isatty() else 220), highlight=False,
+                      soft_wrap=False)
     first = report.first_divergent
     show_match = any(l.match not in ("exact",) for l in report.layers)
     show_nonfinite = any(l.ref_nan + l.ref_inf + l.target_nan + l.target_inf for l in report.layers)
@@ -114,7 +119,8 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
         if show_nonfinite:
             cells.append(f"{layer.ref_nan + layer.ref_inf}|{layer.target_nan + layer.target_inf}")
         if show_match:
-            cells.append(layer.match if layer.confidence >= 1 else f"{layer.match} ({layer.confidence:.2f})")
+            fuzzy = layer.match in ("order+shape", "value")
+            cells.append(f"{layer.match} ({layer.confidence:.2f})" if fuzzy else layer.match)
         marker = ""
         if layer.culprit_rank is not None:
             marker = f"◀ CULPRIT #{layer.culprit_rank}"

@@ -7,4 +7,4 @@ ex=.parity-cache/examples/lenet
 .venv/bin/parity example lenet --out "$ex"
 .venv/bin/parity compare parity.examples.lenet:build --state-dict "$ex/lenet_state.pt" \
   --ref torch --target ort-fp16 --target ort-int8 --inputs "$ex/digits_test.npz" \
-  --json out/lenet-report.json --csv out/lenet-report.csv "$@"
+  --diagnose --json out/lenet-report.json --csv out/lenet-report.csv "$@"

@@ -112,6 +112,11 @@ def export_onnx(module: Any, example_feed: dict[str, np.ndarray], out_path: str 
         dynamo = False  # torch.export cannot trace TorchScript; skip the doomed attempts
         errors.append("skipped: the model is TorchScript")
     if dynamo:
+        # the exporter logs one warning per torchvision op it cannot register when torchvision is
+        # absent: noise for every model that does not use torchvision
+        import logging
+
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         attempts = [True, False] if dynamic_batch else [False]
         for dyn in attempts:
             try:
