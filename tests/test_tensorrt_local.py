@@ -38,23 +38,17 @@ def _session(model: "onnx.ModelProto") -> "ort.InferenceSession":
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module", params=["resnet", "encoder", "encoder-torchscript"])
-def exported(request, tmp_path_factory):
-    """(kind, model, feed, every tensor of one fp32 run) for a CNN and a transformer from the zoo.
-
-    The TorchScript export of the transformer computes its Reshape shapes from the dynamic
-    batch (Shape -> Gather -> Concat), which the single-node models must fold.
-    """
+def _export_zoo(kind: str, tmp_path_factory):
     from parity_builtin_onnxruntime.export import export_onnx
     from parity_builtin_onnxruntime.graph import with_outputs
 
     from tests.models import zoo
 
-    name, _, exporter = request.param.partition("-")
+    name, _, exporter = kind.partition("-")
     module = getattr(zoo, name)()
     shape = type(module).parity_input_shapes["x"]
     feed = {"x": np.random.default_rng(7).standard_normal(shape).astype(np.float32)}
-    path = export_onnx(module, feed, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx",
+    path = export_onnx(module, feed, tmp_path_factory.mktemp("onnx") / f"{kind}.onnx",
                        dynamo=exporter != "torchscript")
     model = onnx.load(str(path))
     names = [o for n in model.graph.node for o in n.output if o]
@@ -63,7 +57,22 @@ def exported(request, tmp_path_factory):
     with_outputs(full, names)
     vals = dict(zip(names, _session(full).run(names, feed)))
     vals.update(feed)
-    return request.param, model, feed, vals
+    return kind, model, feed, vals
+
+
+@pytest.fixture(scope="module", params=["resnet", "encoder", "encoder-torchscript"])
+def exported(request, tmp_path_factory):
+    """(kind, model, feed, every tensor of one fp32 run) for a CNN and a transformer from the zoo.
+
+    The TorchScript export of the transformer computes its Reshape shapes from the dynamic
+    batch (Shape -> Gather -> Concat), which the single-node models must fold.
+    """
+    return _export_zoo(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def resnet_exported(tmp_path_factory):
+    return _export_zoo("resnet", tmp_path_factory)
 
 
 # --------------------------------------------------------------------------- single-node models
@@ -294,13 +303,11 @@ def test_local_errors_on_a_gpu_join_the_run_records(tmp_path, exported):
     assert all(r.meta["engine_cache"] == "miss" for r in kept)
 
 
-def test_local_cases_feed_each_node_the_reference_values(tmp_path, exported):
+def test_local_cases_feed_each_node_the_reference_values(tmp_path, resnet_exported):
     """The whole pure path of local_errors (reference run, selection, extraction), run with ONNX Runtime."""
     from parity_builtin_onnxruntime.graph import tensor_sites
 
-    kind, model, feed, vals = exported
-    if kind != "resnet":
-        pytest.skip("one model is enough here")
+    _kind, model, feed, vals = resnet_exported
     cfg = RunConfig(model="unused.onnx", workdir=tmp_path, options={"ort_threads": 1})
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -318,3 +325,12 @@ def test_local_cases_feed_each_node_the_reference_values(tmp_path, exported):
     m2 = onnx.ModelProto()
     m2.CopyFrom(model)
     assert [c.layer for c in L.local_cases(m2, cfg, feed, sel)] == [conv.layer]
+
+
+def test_reference_run_refuses_unknown_providers(tmp_path):
+    cfg = RunConfig(model="unused.onnx", workdir=tmp_path, options={"ort_providers": "NopeExecutionProvider"})
+    with pytest.raises(ParityError, match=r"ort_providers asks for \['NopeExecutionProvider'\]"):
+        L.reference_values(_toy(), ["r"], {"x": np.zeros((1, 2, 2), np.float32)}, cfg)
+    got = L.reference_values(_toy(), ["r", "flat"], {"x": -np.ones((1, 2, 2), np.float32)},
+                             RunConfig(model="unused.onnx", workdir=tmp_path))
+    assert got["r"].tolist() == [[[0, 0], [0, 0]]] and got["flat"].shape == (1, 4)
