@@ -253,7 +253,7 @@ def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = N
         order = float(main.order) if main is not None and main.order is not None else float(i)
         if pair.ref is None and pair.target is not None and pair.target.order is not None:
             order = float(pair.target.order) + 0.5  # target-only rows sit near their neighbours
-        rows.append(score(pair, ms, infos, order if pair.ref is not None else order, options))
+        rows.append(score(pair, ms, infos, order, options))
         pair.ref = pair.target = None  # release arrays now, not when the loop variable moves on
     rows.sort(key=lambda l: (l.order,))
     return Report(rows, infos, ref_label, target_label)

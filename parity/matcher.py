@@ -289,7 +289,9 @@ class AutoMatcher(Matcher):
                 found = [(by_key[pinned[t.key]], "pinned")]
             elif t.key in by_key and by_key[t.key] not in claimed and t.key not in rules.pins \
                     and not _provenance_disagrees(refs[by_key[t.key]], t):
-                found = [(by_key[t.key], "exact")]
+                # same name; when the exporter's provenance also names this module, say so
+                agrees = refs[by_key[t.key]].meta.get("module_path") in (t.meta.get("scopes") or ())
+                found = [(by_key[t.key], "provenance" if agrees else "exact")]
             if not found and t.meta.get("is_output"):
                 pos = int(t.meta.get("output_position", t.output_index))
                 if pos in outputs and compatible(outputs[pos], t):
