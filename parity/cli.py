@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target-dump", help="compare against a dump: Polygraphy JSON, trtexec JSON, .npz or a folder")
     g.add_argument("--target-onnx", help="the ONNX model the dump was made from (provenance, op types, outputs)")
     g.add_argument("--layer-info", help="TensorRT layer information JSON (trtexec --exportLayerInfo) for fused names")
+    g = co.add_argument_group("saving activations")
+    g.add_argument("--save-ref", metavar="PATH", help="also write the reference's activations as a dump")
+    g.add_argument("--save-target", metavar="PATH", help="also write the target's activations as a dump "
+                                                         "(with several targets, one per target: PATH.TARGET)")
+    g.add_argument("--save-format", default="npy", help="dump format for --save-*: npy (folder), npz, trt-text")
     co.add_argument("--diagnose", action="store_true",
                     help="also run each layer alone in the target (local error), name the culprit layers, "
                          "and trace value ranges against the target format")
@@ -275,7 +280,10 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
         source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
         calibration=args.calibration, diagnose=diagnose, target_dump=getattr(args, "target_dump", None),
-        target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None))
+        target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None),
+        save_ref=getattr(args, "save_ref", None), save_format=getattr(args, "save_format", "npy"),
+        save_target=_suffixed(getattr(args, "save_target", None), target, len(args.target or []) > 1)
+        if isinstance(args.target, list) else getattr(args, "save_target", None))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

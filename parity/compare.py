@@ -48,6 +48,10 @@ class CompareSettings:
     target_onnx: str | None = None
     #: TensorRT layer information JSON (trtexec --exportLayerInfo) to map engine layer names to ONNX
     layer_info: str | None = None
+    #: also write each side's activations as a dump (folder or archive), for `parity analyze` later
+    save_ref: str | None = None
+    save_target: str | None = None
+    save_format: str = "npy"
 
 
 def _source(name: str, role: str) -> Source:
@@ -94,6 +98,12 @@ def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, t
     return {**peek, **cfg.input_shapes}
 
 
+def _numbered(path: str, suffix: str) -> str:
+    """``dumps/ref`` -> ``dumps/ref-3`` (one dump per input when there are several)."""
+    p = Path(path)
+    return str(p.with_name(p.stem + suffix + p.suffix)) if suffix else path
+
+
 def _free_batch(specs: list[InputSpec]) -> list[InputSpec]:
     """Files may carry any batch size: the leading dimension is not checked."""
     return [InputSpec(s.name, (None, *s.shape[1:]) if s.shape else s.shape, s.dtype) for s in specs]
@@ -105,6 +115,42 @@ def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> list[tuple[str, di
     resolved = resolve_specs(specs, s.input_shapes, s.model)
     return [(f"random seed {s.seed + k}", check_feed(random_feed(resolved, s.seed + k), resolved, "random"))
             for k in range(max(1, s.random_inputs))]
+
+
+def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[Activation]:
+    """Pass records on unchanged while a writer thread saves them as a dump (streaming, atomic)."""
+    import queue
+    import threading
+
+    from .dumps import write_dump
+
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=2)
+    end = object()
+    failure: list[BaseException] = []
+
+    def records() -> Iterator[Activation]:
+        while (item := q.get()) is not end:
+            yield item
+
+    def work() -> None:
+        try:
+            write_dump(records(), path, fmt=fmt, overwrite=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer below
+            failure.append(e)
+            while q.get() is not end:  # drain so the producer never blocks
+                pass
+
+    t = threading.Thread(target=work, name="parity-save-dump", daemon=True)
+    t.start()
+    try:
+        for a in stream:
+            q.put(Activation(a.name, np.array(a.array), a.output_index, a.order, a.op_type, dict(a.meta)))
+            yield a
+    finally:
+        q.put(end)
+        t.join()
+    if failure:
+        raise failure[0]
 
 
 class _OutputTap:
@@ -225,7 +271,7 @@ def compare(s: CompareSettings) -> Report:
     reports: list[Report] = []
     agree = total = 0
     stats_total: dict[str, int] = {}
-    for label, feed in feeds:
+    for k, (label, feed) in enumerate(feeds):
         rtap, ttap = _OutputTap(), _OutputTap()
         if s.matcher == "auto":
             matcher: Any = AutoMatcher(rules, spill_dir=None)
@@ -234,7 +280,13 @@ def compare(s: CompareSettings) -> Report:
 
             matcher = get_matcher(s.matcher)
         mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
-        rep = run_engine(matcher.pairs(rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))),
+        ref_stream, tgt_stream = rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))
+        suffix = f"-{k}" if len(feeds) > 1 else ""
+        if s.save_ref:
+            ref_stream = _tee_to_dump(ref_stream, _numbered(s.save_ref, suffix), s.save_format)
+        if s.save_target:
+            tgt_stream = _tee_to_dump(tgt_stream, _numbered(s.save_target, suffix), s.save_format)
+        rep = run_engine(matcher.pairs(ref_stream, tgt_stream),
                          s.metrics, thresholds=s.thresholds, options=mopts,
                          ref_label=s.ref, target_label=tgt_src.name)
         if s.diagnose:

@@ -120,3 +120,18 @@ def test_torchscript_without_declared_shapes_takes_them_from_the_inputs(scripted
                                   inputs=str(tmp_path / "in.npz"), workdir=str(tmp_path / "cache")))
     conv1 = next(r for r in rep.layers if r.name == "conv1")
     assert conv1.ref_shape == (3, 20, 24, 24) and conv1.values["cosine"] > 0.9999
+
+
+def test_saved_dumps_reanalyze_to_the_same_values(tmp_path):
+    from parity.analyze import analyze
+
+    rep = run("resnet", "ort-fp16", tmp_path, save_ref=str(tmp_path / "d" / "ref"),
+              save_target=str(tmp_path / "d" / "tgt"), save_format="trt-text")
+    again = analyze(tmp_path / "d" / "ref", tmp_path / "d" / "tgt", matcher="auto")
+    a = {(r.ref_name, r.target_name): r.values["cosine"] for r in rep.matched}
+    b = {(r.ref_name, r.target_name): r.values["cosine"] for r in again.matched}
+    assert a.keys() == b.keys() and len(a) >= 10
+    for k in a:  # text dumps hold float32 to 9 digits: the scores agree closely, not bitwise
+        assert b[k] == pytest.approx(a[k], abs=1e-6)
+    first = (tmp_path / "d" / "ref" / "stem.txt").read_text().splitlines()[0]
+    assert first == "[2, 8, 16, 16]"
