@@ -236,8 +236,8 @@ def run_built(trt: Any, built: Any, feed: Mapping[str, np.ndarray], label: str) 
     """
     import torch
 
-    from ._cuda import empty_device, to_device, to_host
-    from .source import _NP_DT, _dtype_name, _logger
+    from ._cuda import empty_device, to_host
+    from .source import _logger, bind_inputs
 
     engine = built.loaded
     if engine is None:
@@ -250,23 +250,7 @@ def run_built(trt: Any, built: Any, feed: Mapping[str, np.ndarray], label: str) 
     stream = torch.cuda.Stream()
     keep: list[Any] = []
     outputs: dict[str, Any] = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
-            continue
-        arr = np.asarray(feed[name])
-        if not context.set_input_shape(name, tuple(arr.shape)):
-            raise ParityError(f"TensorRT refused shape {list(arr.shape)} for input {name!r} of {label}")
-        if engine.get_tensor_location(name) == trt.TensorLocation.HOST:
-            host = np.ascontiguousarray(arr, dtype=_NP_DT[_dtype_name(engine.get_tensor_dtype(name))])
-            keep.append(host)
-            ptr = int(host.ctypes.data)
-        else:
-            dev = to_device(arr, engine.get_tensor_dtype(name))
-            keep.append(dev)
-            ptr = int(dev.data_ptr())
-        if not context.set_tensor_address(name, ptr):
-            raise ParityError(f"TensorRT refused the buffer of input {name!r} of {label}")
+    bind_inputs(trt, engine, context, feed, keep, label)
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:

@@ -412,6 +412,38 @@ def _listener(trt: Any, cap: _Capture) -> Any:
     return _Listener()
 
 
+def bind_inputs(trt: Any, engine: Any, context: Any, feed: dict[str, np.ndarray], keep: list[Any],
+                label: str) -> None:
+    """Set each engine input's shape and buffer from ``feed`` (TensorRT 10 tensor API).
+
+    Buffers are appended to ``keep``: they must outlive the run. Host-located inputs (shape
+    tensors) get a host array, the others a device copy.
+    """
+    from ._cuda import to_device
+
+    for i in range(engine.num_io_tensors):                      # [PY Core/ICudaEngine]
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+            continue
+        if name not in feed:
+            raise ParityError(f"{label}: the feed has no input {name!r}. Note: the engine's inputs are "
+                              f"{[engine.get_tensor_name(k) for k in range(engine.num_io_tensors)]}")
+        arr = np.asarray(feed[name])
+        if not context.set_input_shape(name, tuple(arr.shape)):  # [PY Core/IExecutionContext]
+            raise ParityError(f"{label}: TensorRT refused shape {list(arr.shape)} for input {name!r}. Note: the "
+                              f"engine was built for {list(engine.get_tensor_shape(name))}")
+        if engine.get_tensor_location(name) == trt.TensorLocation.HOST:  # [PY Core/ICudaEngine]
+            host = np.ascontiguousarray(arr, dtype=_NP_DT[_dtype_name(engine.get_tensor_dtype(name))])
+            keep.append(host)
+            ptr = int(host.ctypes.data)
+        else:
+            dev = to_device(arr, engine.get_tensor_dtype(name))
+            keep.append(dev)
+            ptr = int(dev.data_ptr())
+        if not context.set_tensor_address(name, ptr):
+            raise ParityError(f"{label}: TensorRT refused the buffer of input {name!r}. Note: see its log above")
+
+
 class TrtSource(Source):
     """One class for ``trt-fp32``, ``trt-fp16``, ``trt-bf16``, ``trt-int8`` and ``trt-tf32``."""
 
@@ -491,7 +523,7 @@ class TrtSource(Source):
         import onnx
         import torch
 
-        from ._cuda import empty_device, to_device, to_host
+        from ._cuda import empty_device, to_host
         from .layer_info import read_layer_info
         from .names import build_map, onnx_named
 
@@ -522,27 +554,7 @@ class TrtSource(Source):
         stream = torch.cuda.Stream()
         keep: list[Any] = []                                     # buffers stay alive until the run ends
         outputs: dict[str, Any] = {}
-        for i in range(engine.num_io_tensors):                   # [PY Core/ICudaEngine] TRT 10 tensor API
-            name = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
-                continue
-            if name not in feed:
-                raise ParityError(f"the feed has no input {name!r}. Note: the engine's inputs are "
-                                  f"{[engine.get_tensor_name(k) for k in range(engine.num_io_tensors)]}")
-            arr = feed[name]
-            if not context.set_input_shape(name, tuple(arr.shape)):  # [PY Core/IExecutionContext]
-                raise ParityError(f"TensorRT refused shape {list(arr.shape)} for input {name!r}. Note: the "
-                                  f"engine was built for {list(engine.get_tensor_shape(name))}")
-            if engine.get_tensor_location(name) == trt.TensorLocation.HOST:  # [PY Core/ICudaEngine]
-                host = np.ascontiguousarray(arr, dtype=_NP_DT[_dtype_name(engine.get_tensor_dtype(name))])
-                keep.append(host)
-                ptr = int(host.ctypes.data)
-            else:
-                dev = to_device(arr, engine.get_tensor_dtype(name))
-                keep.append(dev)
-                ptr = int(dev.data_ptr())
-            if not context.set_tensor_address(name, ptr):
-                raise ParityError(f"TensorRT refused the buffer of input {name!r}. Note: see its log above")
+        bind_inputs(trt, engine, context, feed, keep, onnx_path.name)   # [PY Core/ICudaEngine] TRT 10 tensor API
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
