@@ -62,8 +62,16 @@ class Source:
         """Run once on ``feed`` and yield every captured activation in execution order.
 
         The final model outputs are yielded too, with ``meta["is_output"] = True``.
+        Options a source should honour when it can: ``outputs_only`` (yield only the outputs:
+        ``parity fix`` re-measures with it) and ``keep_high_precision`` (record keys whose layers
+        stay fp32: the fix being searched).
         """
         raise NotImplementedError
+
+    # Optional, looked up with getattr by the driver:
+    #   input_names(cfg) -> list[str] | None   names when shapes are unknown (a lone .npy input)
+    #   local_errors(cfg, feed) -> Iterator[parity.diagnose.LocalResult]   each layer alone (--diagnose)
+    #   details() -> list[dict] | dict         extra lines for `parity doctor`
 
     def __repr__(self) -> str:
         return f"<source {self.name}>"

@@ -135,3 +135,10 @@ def test_saved_dumps_reanalyze_to_the_same_values(tmp_path):
         assert b[k] == pytest.approx(a[k], abs=1e-6)
     first = (tmp_path / "d" / "ref" / "stem.txt").read_text().splitlines()[0]
     assert first == "[2, 8, 16, 16]"
+
+
+def test_lone_npy_input_names_the_single_input_of_a_shapeless_torchscript(scripted, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32))
+    rep = compare(CompareSettings(model=str(scripted / "lenet.pt"), ref="torch", target="torch-bf16",
+                                  inputs=str(tmp_path / "x.npy"), workdir=str(tmp_path / "cache")))
+    assert next(r for r in rep.layers if r.name == "ip2").ref_shape == (2, 10)

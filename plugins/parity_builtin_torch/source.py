@@ -118,6 +118,14 @@ class TorchSource(Source):
         finally:
             self._release(prepared)
 
+    def input_names(self, cfg: RunConfig) -> list[str] | None:
+        """The forward's input names, when known even though shapes are not (a TorchScript module)."""
+        prepared = self._acquire(cfg)
+        try:
+            return prepared.loaded.input_names
+        finally:
+            self._release(prepared)
+
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         prepared = self._acquire(cfg)
         try:
