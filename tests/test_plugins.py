@@ -115,3 +115,18 @@ def test_broken_plugin_is_skipped_with_a_warning(tmp_path):
     assert "plugin 'broken'" in r.stderr and "needs libfoo" in r.stderr
     d = json.loads(r.stdout)
     assert d["broken"][0]["plugin"] == "broken" and any(m["name"] == "cosine" for m in d["metric"])
+
+
+def test_doctor_says_which_sources_work_and_why_not():
+    import importlib.util
+    import json
+
+    r = _run("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    by = {s["source"]: s for s in d["sources"]}
+    assert {"torch", "ort", "ort-fp16", "ort-int8", "trt-fp16"} <= set(by)
+    if importlib.util.find_spec("tensorrt") is None:
+        assert not by["trt-fp16"]["works"] and "TensorRT" in by["trt-fp16"]["why"]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert by["ort"]["works"] and "CPUExecutionProvider" in d["environment"]["onnxruntime providers"]
