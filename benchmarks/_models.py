@@ -12,6 +12,7 @@ set; ``RUSAGE_CHILDREN`` would report the largest of all children so far).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
 import subprocess
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from parity.atomic import write_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -132,10 +135,7 @@ def write_spec(folder: str | os.PathLike, shape: EncoderShape) -> str:
     """Write a Python-spec model file for ``shape`` into ``folder``; return ``file.py:factory``."""
     p = Path(folder) / f"encoder_d{shape.depth}_w{shape.width}_s{shape.seq}.py"
     text = _SPEC_TEMPLATE.format(bench_dir=str(HERE), **shape.__dict__)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, p)
+    write_text(p, text)
     return f"{p}:factory"
 
 
@@ -201,7 +201,8 @@ def python_env() -> dict[str, str]:
     return env
 
 
-def machine_line() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` says."""
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -210,6 +211,13 @@ def machine_line() -> str:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def machine_line() -> str:
+    import platform
+
+    cpu = cpu_name()
     try:
         load = "load average %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
@@ -223,6 +231,13 @@ def versions() -> str:
             "onnx {onnx.__version__}, numpy {numpy.__version__}')")
     r = run_process([sys.executable, "-c", code], env=python_env())
     return r.stdout.strip()
+
+
+def print_phase_steps(p: dict[str, Any]) -> None:
+    """The per-step lines of a :func:`phases` result, ``[n calls]`` where a step ran more than once."""
+    for k, v in p["phases"].items():
+        n = p["calls"].get(k, 1)
+        print(f"    {v:7.3f}  {k}" + (f"  [{n} calls]" if n > 1 and "stream" not in k else ""))
 
 
 def mib(n: float) -> str:
@@ -386,9 +401,8 @@ class _TimedSession:
 def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[str, Any]) -> dict[str, Any]:
     """One in-process ``compare`` with the main steps timed (wall seconds; steps may nest/overlap)."""
     t = _t0()
-    import numpy as np  # noqa: F401
-    import torch  # noqa: F401
-    import onnxruntime  # noqa: F401
+    for heavy in ("numpy", "torch", "onnxruntime"):  # timed as "imports"
+        importlib.import_module(heavy)
 
     import parity.compare as pc
     import parity.engine as pe

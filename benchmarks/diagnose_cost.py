@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import (EncoderShape, Series, checked, child_json, machine_line, mib, python_env,  # noqa: E402
-                     report_bytes, run_process, versions, write_spec)
+from _models import (EncoderShape, Series, checked, child_json, machine_line, mib, print_phase_steps,  # noqa: E402
+                     python_env, report_bytes, run_process, versions, write_spec)
 
 MODELS_PY = str(Path(__file__).resolve().parent / "_models.py")
 
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
               f"the line above them):")
         print(f"  process {p['wall']:.2f}, imports {p['import']:.2f}, compare() {p['compare']:.2f}, "
               f"peak RSS {mib(p['maxrss'])}")
-        for k, v in p["phases"].items():
-            n = p["calls"].get(k, 1)
-            print(f"    {v:7.3f}  {k}" + (f"  [{n} calls]" if n > 1 and "stream" not in k else ""))
+        print_phase_steps(p)
     print(f"\n(benchmark took {time.perf_counter() - t_all:.0f} s)")
     return 0
 

@@ -37,6 +37,9 @@ import numpy as np
 from parity.metric import CHUNK_ELEMENTS, score_pair
 from parity.plugins import all_of
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _models import cpu_name  # noqa: E402
+
 try:
     from parity.engine import DEFAULT_METRICS as DEFAULT_SET
 except ImportError:  # engine not importable: the same default set, spelled out
@@ -110,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = [[m.strip() for m in args.metrics.split(",") if m.strip()]]
     else:
         sets = [list(DEFAULT_SET), sorted(all_of("metric"))]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
     print(f"pair: 2 x {ref.size:,} float32 = {ref.nbytes + tgt.nbytes:,} bytes; chunk {args.chunk:,} elements")
     for names in sets:

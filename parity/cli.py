@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any, Sequence
@@ -170,8 +169,9 @@ def _emit(report: Any, args: argparse.Namespace) -> int:
         if worst is None:
             print("parity: --fail-under: no layer was compared", file=sys.stderr)
             return 1
-        bad = math.isnan(worst) or (worst < args.fail_under if p.higher_is_better else worst > args.fail_under)
-        if bad:
+        from .metric import fails
+
+        if fails(worst, args.fail_under, p.higher_is_better):
             print(f"parity: FAIL: worst {p.name} {worst:.6g} is {'below' if p.higher_is_better else 'above'} "
                   f"--fail-under {args.fail_under:g}", file=sys.stderr)
             return 1
@@ -281,9 +281,8 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,
         calibration=args.calibration, diagnose=diagnose, target_dump=getattr(args, "target_dump", None),
         target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None),
-        save_ref=getattr(args, "save_ref", None), save_format=getattr(args, "save_format", "npy"),
-        save_target=_suffixed(getattr(args, "save_target", None), target, len(args.target or []) > 1)
-        if isinstance(args.target, list) else getattr(args, "save_target", None))
+        save_ref=getattr(args, "save_ref", None), save_target=getattr(args, "save_target", None),
+        save_format=getattr(args, "save_format", "npy"))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -293,9 +292,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.target_dump and args.target:
         raise UsageError("give either --target or --target-dump, not both")
     rc = 0
-    for tgt in targets:
-        report = compare(_settings(args, tgt, args.diagnose))
-        many = len(targets) > 1
+    many = len(targets) > 1
+    for k, tgt in enumerate(targets):
+        settings = _settings(args, tgt, args.diagnose)
+        settings.save_target = _suffixed(settings.save_target, tgt, many)
+        if k:
+            settings.save_ref = None  # the reference run is the same for every target: saved once
+        report = compare(settings)
         ns = argparse.Namespace(**{**vars(args), "json": _suffixed(args.json, tgt, many),
                                    "csv": _suffixed(args.csv, tgt, many)})
         rc = max(rc, _emit(report, ns))

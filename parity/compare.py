@@ -244,8 +244,18 @@ def _onnx_annotator(onnx_path: str, layer_info: str | None) -> Callable[[Activat
     return annotate
 
 
-def compare(s: CompareSettings) -> Report:
-    """Run the comparison and return the merged report (summary carries agreement and match stats)."""
+@dataclass
+class Prepared:
+    """What every run of one comparison shares: the two sources, the run config and the feeds."""
+
+    ref: Source
+    target: Source
+    cfg: RunConfig
+    feeds: list[tuple[str, dict[str, np.ndarray]]]
+
+
+def prepare(s: CompareSettings) -> Prepared:
+    """Resolve sources, model, input specs, feeds and calibration feeds (used by compare and fix)."""
     ref_src = _source(s.ref, "reference")
     tgt_src = _DumpTarget(s) if s.target_dump else _source(s.target, "target")
     cfg = RunConfig(model=s.model, device=s.device, workdir=Path(s.workdir),
@@ -267,6 +277,13 @@ def compare(s: CompareSettings) -> Report:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
     else:
         cfg.calibration = [f for _, f in feeds]
+    return Prepared(ref_src, tgt_src, cfg, feeds)
+
+
+def compare(s: CompareSettings) -> Report:
+    """Run the comparison and return the merged report (summary carries agreement and match stats)."""
+    prep = prepare(s)
+    ref_src, tgt_src, cfg, feeds = prep.ref, prep.target, prep.cfg, prep.feeds
     rules = MappingRules.load(s.mapping) if s.mapping else MappingRules()
     reports: list[Report] = []
     agree = total = 0

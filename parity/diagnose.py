@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .engine import LayerResult, Report
-from .metric import Metric, score_pair
+from .metric import Metric, fails, score_pair
 
 #: largest finite value and smallest normal value of each low-precision format
 FORMATS: dict[str, dict[str, float]] = {
@@ -120,8 +120,7 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         if row.local.get(NEW_NONFINITE, 0) > 0:
             e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
         e_acc = error_of(acc, p.name, p.higher_is_better)
-        fails_local = p.threshold is not None and (math.isnan(loc) or
-                                                   (loc < p.threshold if p.higher_is_better else loc > p.threshold))
+        fails_local = p.threshold is not None and fails(loc, p.threshold, p.higher_is_better)
         fails_local = fails_local or row.local.get(NEW_NONFINITE, 0) > 0
         fails_acc = row.failing
         explains = e_loc is not None and e_acc is not None and e_acc > 0 and e_loc >= CAUSE_SHARE * e_acc

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import ParityError
-from .metric import Metric, score_pair
+from .metric import Metric, fails, score_pair
 from .records import Activation
 
 # Layer statuses, in report terms.
@@ -236,9 +236,8 @@ def classify(row: LayerResult, infos: list[MetricInfo]) -> None:
         return
     primary = infos[0]
     v = row.worst.get(primary.name, row.values.get(primary.name))
-    if primary.threshold is not None and v is not None:
-        if math.isnan(v) or (v < primary.threshold if primary.higher_is_better else v > primary.threshold):
-            row.status = BELOW
+    if primary.threshold is not None and v is not None and fails(v, primary.threshold, primary.higher_is_better):
+        row.status = BELOW
 
 
 def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = None, *,
@@ -250,9 +249,9 @@ def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = N
     rows: list[LayerResult] = []
     for i, pair in enumerate(pairs):
         main = pair.ref if pair.ref is not None else pair.target
-        order = float(main.order) if main is not None and main.order is not None else float(i)
-        if pair.ref is None and pair.target is not None and pair.target.order is not None:
-            order = float(pair.target.order) + 0.5  # target-only rows sit near their neighbours
+        order = float(i) if main is None or main.order is None else float(main.order)
+        if pair.ref is None and main is not None and main.order is not None:
+            order += 0.5  # target-only rows sit beside their neighbours
         rows.append(score(pair, ms, infos, order, options))
         pair.ref = pair.target = None  # release arrays now, not when the loop variable moves on
     rows.sort(key=lambda l: (l.order,))
@@ -309,8 +308,7 @@ def merge_reports(reports: list[Report]) -> Report:
                 continue
             arr = np.array([v for _, v in vals], dtype=np.float64)
             finite = arr[np.isfinite(arr)]
-            out.values[info.name] = float(finite.mean()) if finite.size == arr.size else (
-                float(arr.mean()) if np.isnan(arr).any() else float(np.mean(arr)))
+            out.values[info.name] = float(arr.mean())  # NaN/Inf on any input shows in the mean
             out.spread[info.name] = float(finite.std()) if finite.size > 1 else 0.0
             if np.isnan(arr).any():
                 wi = int(np.flatnonzero(np.isnan(arr))[0])

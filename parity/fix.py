@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .compare import CompareSettings, _source, _specs, make_feeds
+from .compare import CompareSettings, prepare
 from .diagnose import error_of
 from .engine import LayerResult, Report
 from .errors import ParityError
-from .metric import score_pair
+from .metric import fails, score_pair
 from .plugins import get_metric
 from .source import RunConfig
 
@@ -69,20 +69,16 @@ class FixResult:
 
 
 def _goal_passes(value: float, goal: float, higher: bool) -> bool:
-    return not math.isnan(value) and (value >= goal if higher else value <= goal)
+    return not fails(value, goal, higher)
 
 
 def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", goal: float = 0.999,
         max_steps: int = 24, log: Callable[[str], None] | None = None) -> FixResult:
     """Search and verify a keep-in-fp32 set for ``settings.target``, starting from a diagnosed report."""
     metric = get_metric(goal_metric)
-    ref_src = _source(settings.ref, "reference")
-    tgt_src = _source(settings.target, "target")
-    base_cfg = RunConfig(model=settings.model, device=settings.device, workdir=__import__("pathlib").Path(settings.workdir),
-                         input_shapes=dict(settings.input_shapes), options=dict(settings.source_options))
-    specs = _specs(ref_src, tgt_src, base_cfg)
-    feeds = [f for _, f in make_feeds(settings, specs)]
-    base_cfg.calibration = feeds
+    prep = prepare(settings)
+    ref_src, tgt_src, base_cfg = prep.ref, prep.target, prep.cfg
+    feeds = [f for _, f in prep.feeds]
     say = log or (lambda _m: None)
 
     def outputs(src: Any, cfg: RunConfig, feed: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
@@ -106,7 +102,7 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                 vals, ctx = score_pair(ro[k], to[k], [metric])
                 # NaN/Inf in an output is a failure, however well the finite part agrees
                 v = math.nan if ctx.tgt_new_nonfinite else vals[metric.name]
-                if worst is None or math.isnan(v) or (v < worst if metric.higher_is_better else v > worst):
+                if worst is None or fails(v, worst, metric.higher_is_better):
                     worst = v
         return float("nan") if worst is None else float(worst)
 

@@ -47,6 +47,17 @@ class PairContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def fails(value: float | None, bound: float, higher_is_better: bool) -> bool:
+    """Whether ``value`` is worse than ``bound``: below it for similarities, above it for distances.
+
+    The one definition of "worse" used by thresholds, ``--fail-under``, culprits and ``parity fix``;
+    NaN (and a missing value) is always worse.
+    """
+    if value is None or math.isnan(value):
+        return True
+    return value < bound if higher_is_better else value > bound
+
+
 class Chunk:
     """A float64 slice of both arrays, finite positions only, with shared derived values cached.
 
@@ -129,55 +140,50 @@ class Metric:
     # -- helpers for reports --------------------------------------------------
     def worse(self, value: float, threshold: float) -> bool:
         """True if ``value`` fails ``threshold`` for this metric. NaN always fails."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return True
-        return value < threshold if self.higher_is_better else value > threshold
+        return fails(value, threshold, self.higher_is_better)
 
     def __repr__(self) -> str:
         return f"<metric {self.name}>"
 
 
-def _finite_range(a: np.ndarray) -> tuple[float, float] | None:
-    lo = hi = None
-    flat = a.reshape(-1)
-    for s in range(0, flat.size, CHUNK_ELEMENTS * 16):
-        c = flat[s : s + CHUNK_ELEMENTS * 16]
-        if not np.issubdtype(c.dtype, np.floating):
-            c = c.astype(np.float64)
-        cmin, cmax = c.min(), c.max()
-        if not (np.isfinite(cmin) and np.isfinite(cmax)):
-            c = c[np.isfinite(c)]
-            if c.size == 0:
-                continue
-            cmin, cmax = c.min(), c.max()
-        lo = float(cmin) if lo is None else min(lo, float(cmin))
-        hi = float(cmax) if hi is None else max(hi, float(cmax))
-    return None if lo is None else (lo, hi)
+def value_stats(a: np.ndarray, rms: bool = True) -> dict[str, float] | None:
+    """Range facts of one array over its finite values: min, max, absmax and (if asked) rms.
 
-
-def value_stats(a: np.ndarray) -> dict[str, float] | None:
-    """Range facts of one array over its finite values: min, max, absmax, rms (chunked, float64)."""
+    Chunked: min/max in the array's own dtype, the sum of squares in float64 one chunk at a time.
+    ``None`` when nothing is finite.
+    """
     lo = hi = None
     sumsq = 0.0
     n = 0
     flat = a.reshape(-1)
     step = CHUNK_ELEMENTS * 16
     for s in range(0, flat.size, step):
-        c = np.asarray(flat[s : s + step], dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            all_finite = math.isfinite(float(np.add.reduce(c)))
-        if not all_finite:
+        c = flat[s : s + step]
+        if not np.issubdtype(c.dtype, np.floating):
+            c = c.astype(np.float64)
+        cmin, cmax = c.min(), c.max()
+        if not (np.isfinite(cmin) and np.isfinite(cmax)):  # NaN propagates into min/max, Inf is extreme
             c = c[np.isfinite(c)]
-        if c.size == 0:
-            continue
-        cmin, cmax = float(c.min()), float(c.max())
-        lo = cmin if lo is None else min(lo, cmin)
-        hi = cmax if hi is None else max(hi, cmax)
-        sumsq += float(np.dot(c, c))
-        n += c.size
+            if c.size == 0:
+                continue
+            cmin, cmax = c.min(), c.max()
+        lo = float(cmin) if lo is None else min(lo, float(cmin))
+        hi = float(cmax) if hi is None else max(hi, float(cmax))
+        if rms:
+            c64 = np.asarray(c, dtype=np.float64)
+            sumsq += float(np.dot(c64, c64))
+            n += c64.size
     if lo is None or hi is None:
         return None
-    return {"min": lo, "max": hi, "absmax": max(abs(lo), abs(hi)), "rms": math.sqrt(sumsq / n)}
+    out = {"min": lo, "max": hi, "absmax": max(abs(lo), abs(hi))}
+    if rms:
+        out["rms"] = math.sqrt(sumsq / n)
+    return out
+
+
+def _finite_range(a: np.ndarray) -> tuple[float, float] | None:
+    st = value_stats(a, rms=False)
+    return None if st is None else (st["min"], st["max"])
 
 
 def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,

@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any, TextIO
 
+import numpy as np
+
 from .atomic import write_text
 from .engine import FAILING, LayerResult, MetricInfo, Report
 
@@ -194,13 +196,8 @@ def _clean(obj: Any) -> Any:
         return obj
     if isinstance(obj, float):
         return _num(obj)
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return _clean(obj.item())
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, np.generic):
+        return _clean(obj.item())
     return str(obj)
 
 

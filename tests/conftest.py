@@ -15,3 +15,12 @@ def _fresh_registry():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def only_format_plugins(monkeypatch):
+    """Load only the formats plugin, so other plugins' state cannot affect a test."""
+    monkeypatch.setenv("PARITY_LOAD_PLUGINS", "formats")
+    plugins.reset()
+    yield
+    plugins.reset()

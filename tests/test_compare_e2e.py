@@ -142,3 +142,15 @@ def test_lone_npy_input_names_the_single_input_of_a_shapeless_torchscript(script
     rep = compare(CompareSettings(model=str(scripted / "lenet.pt"), ref="torch", target="torch-bf16",
                                   inputs=str(tmp_path / "x.npy"), workdir=str(tmp_path / "cache")))
     assert next(r for r in rep.layers if r.name == "ip2").ref_shape == (2, 10)
+
+
+def test_several_targets_write_one_report_and_one_target_dump_each(tmp_path):
+    r = parity("compare", f"{ZOO}:lenet", "--ref", "torch", "--target", "ort", "--target", "torch-fp16",
+               "--workdir", tmp_path / "cache", "--json", tmp_path / "r.json", "--save-ref", tmp_path / "ref",
+               "--save-target", tmp_path / "tgt", "-q")
+    assert r.returncode == 0, r.stderr
+    for t in ("ort", "torch-fp16"):
+        rep = json.loads((tmp_path / f"r.{t}.json").read_text())
+        assert rep["target"] == t and rep["layers"]
+        assert (tmp_path / f"tgt.{t}" / "parity-manifest.json").is_file()
+    assert (tmp_path / "ref" / "conv1.npy").is_file() and not (tmp_path / "r.json").exists()

@@ -19,11 +19,8 @@ FORMATS = ["npy", "npz", "trt-text"]
 
 
 @pytest.fixture(autouse=True)
-def only_format_plugins(monkeypatch):
-    monkeypatch.setenv("PARITY_LOAD_PLUGINS", "formats")
-    plugins.reset()
-    yield
-    plugins.reset()
+def _formats_only(only_format_plugins):
+    """These tests see the formats plugin alone (fixture in conftest.py)."""
 
 
 def sample_records() -> list[Activation]:

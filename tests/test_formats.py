@@ -15,12 +15,8 @@ from parity import Activation, ParityError, plugins
 
 
 @pytest.fixture(autouse=True)
-def only_format_plugins(monkeypatch):
-    """Load only the formats plugin, so other plugins' state cannot affect these tests."""
-    monkeypatch.setenv("PARITY_LOAD_PLUGINS", "formats")
-    plugins.reset()
-    yield
-    plugins.reset()
+def _formats_only(only_format_plugins):
+    """These tests see the formats plugin alone (fixture in conftest.py)."""
 
 
 def fmt(name: str):

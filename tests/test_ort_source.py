@@ -431,10 +431,19 @@ def test_int8_without_calibration_warns_in_meta(cnn, tmp_path):
 
 # ----------------------------------------------------------------------------- batching, caching
 
-def test_output_batches_give_the_same_records(encoder, tmp_path):
+def test_output_batches_give_the_same_records(encoder, tmp_path, monkeypatch):
     _module, x, path = encoder
     whole = run("fp32", path, {"x": x}, tmp_path)
+    steps_seen = []
+    real = OrtSource._run_steps
+
+    def counting(self, model, batches, *a, **k):
+        steps_seen.append(len(batches))
+        return real(self, model, batches, *a, **k)
+
+    monkeypatch.setattr(OrtSource, "_run_steps", counting)
     batched = run("fp32", path, {"x": x}, tmp_path, ort_output_batch="4")  # as --option gives it
+    assert steps_seen and steps_seen[0] >= 2  # really went in steps
     assert [r.name for r in batched] == [r.name for r in whole]
     for a, b in zip(whole, batched):
         np.testing.assert_allclose(a.array, b.array, rtol=1e-6, atol=1e-6)

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper  # noqa: E402
 from parity.source import RunConfig  # noqa: E402
 from parity_builtin_tensorrt import local as L  # noqa: E402
 from parity_builtin_tensorrt.config import LayerPrecision, cache_key  # noqa: E402
-from parity_builtin_tensorrt.marking import _SHAPE_INPUTS  # noqa: E402
+from parity_builtin_tensorrt.marking import SHAPE_INPUTS  # noqa: E402
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA = bool(torch.cuda.is_available())
@@ -92,7 +92,7 @@ def test_single_node_models_reproduce_the_full_graph_exactly(exported):
         m = ex.extract(i, vals)
         onnx.checker.check_model(m, full_check=True)
         assert [n.op_type for n in m.graph.node][-1] == node.op_type and m.graph.node[-1].name == node.name
-        shape_pos = {node.input[p] for p in _SHAPE_INPUTS.get(node.op_type, ()) if p < len(node.input)}
+        shape_pos = {node.input[p] for p in SHAPE_INPUTS.get(node.op_type, ()) if p < len(node.input)}
         ins = [vi.name for vi in m.graph.input]
         assert not (set(ins) & shape_pos), f"{node.name}: shape inputs must be constants for TensorRT"
         folded += sum(1 for t in m.graph.initializer if t.name in shape_pos and t.name not in

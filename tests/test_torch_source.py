@@ -539,7 +539,7 @@ def test_forward_errors_reach_the_consumer(monkeypatch):
 # --------------------------------------------------------------------------- bad input
 
 def _write_onnx(path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",

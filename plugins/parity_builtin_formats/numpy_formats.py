@@ -34,10 +34,14 @@ def _read_header(fh: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.d
         raise ParityError(f"{where}: not a valid .npy array ({e}). Note: write it with numpy.save.") from e
 
 
+def _object_array_error(where: str) -> ParityError:
+    return ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity never "
+                       f"unpickles files. Note: save a numeric array (e.g. arr.astype(np.float32)).")
+
+
 def _check_dtype(dtype: np.dtype, where: str) -> None:
     if dtype.hasobject:
-        raise ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity never "
-                          f"unpickles files. Note: save a numeric array (e.g. arr.astype(np.float32)).")
+        raise _object_array_error(where)
     if dtype.kind not in NUMERIC_KINDS:
         raise ParityError(f"{where}: holds dtype {dtype}, not numbers. Note: parity compares numeric arrays "
                           f"(bool, int, float, complex).")
@@ -46,8 +50,7 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
 def _pickle_refusal(e: Exception, where: str) -> ParityError | None:
     msg = str(e)
     if "allow_pickle" in msg or "Python objects" in msg or "Object arrays" in msg:
-        return ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity "
-                           f"never unpickles files. Note: save a numeric array (e.g. arr.astype(np.float32)).")
+        return _object_array_error(where)
     return None
 
 

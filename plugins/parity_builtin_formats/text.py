@@ -7,8 +7,8 @@
     inf, -inf, 3e-05
 
 Values are float32 (the text stores no dtype); a folder manifest restores the original
-dtype on reading. Parsing goes through numpy's C text parser in one call, so a 100 MB
-file takes about a second; the slow token-by-token scan only runs to locate an error.
+dtype on reading. Parsing goes through numpy's C text parser in one call; the slow
+token-by-token scan only runs to locate an error.
 """
 from __future__ import annotations
 

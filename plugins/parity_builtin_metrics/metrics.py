@@ -42,6 +42,21 @@ def fdot(a: np.ndarray, b: np.ndarray) -> float:
     return s
 
 
+def _sumsq(chunk: Chunk, which: str) -> float:
+    """``fdot(x, x)`` of ``chunk.ref`` or ``chunk.diff``, once per chunk however many metrics need it.
+
+    cosine and sqnr both want sum r^2, l2 and sqnr both want sum d^2; the value is kept in the
+    chunk's own cache (a fresh Chunk per step, so it never outlives the chunk).
+    """
+    cache = chunk.__dict__
+    key = "_sumsq_" + which
+    val = cache.get(key)
+    if val is None:
+        x = getattr(chunk, which)
+        val = cache[key] = fdot(x, x)
+    return val
+
+
 def _option(ctx: PairContext, key: str, default: float, *, minimum: float = 0.0,
             maximum: float = math.inf, integer: bool = False) -> float:
     """Read a numeric option, refusing values that would make the metric meaningless."""
@@ -71,8 +86,7 @@ class L2Metric(Metric):
         return [0.0]
 
     def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        d = chunk.diff
-        state[0] += fdot(d, d)
+        state[0] += _sumsq(chunk, "diff")
         return state
 
     def finish(self, state: list[float], ctx: PairContext) -> float:
@@ -96,7 +110,7 @@ class CosineMetric(Metric):
 
     def update(self, state: list[float], chunk: Chunk) -> list[float]:
         r, t = chunk.ref, chunk.tgt
-        state[0] += fdot(r, r)
+        state[0] += _sumsq(chunk, "ref")
         state[1] += fdot(t, t)
         state[2] += fdot(r, t)
         return state
@@ -197,9 +211,8 @@ class SqnrMetric(Metric):
         return [0.0, 0.0]  # signal energy, noise energy
 
     def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        r, d = chunk.ref, chunk.diff
-        state[0] += fdot(r, r)
-        state[1] += fdot(d, d)
+        state[0] += _sumsq(chunk, "ref")
+        state[1] += _sumsq(chunk, "diff")
         return state
 
     def finish(self, state: list[float], ctx: PairContext) -> float:

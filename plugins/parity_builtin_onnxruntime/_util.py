@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from parity.atomic import atomic_path  # noqa: F401 - the project's one write-then-rename, used by siblings
 
 #: bump when the layout of cached artifacts changes, so old cache entries are not reused
 CACHE_VERSION = "1"
@@ -22,8 +21,33 @@ def file_digest(path: str | os.PathLike, h: "hashlib._Hash | None" = None) -> st
     return h.hexdigest()
 
 
+#: resolved path -> (its stat, [(external file, its stat)], digest): the fp16/int8 cache key is
+#: asked for on every run() and local_errors() call; a file whose stats are unchanged is not re-read
+_DIGESTS: dict[str, tuple[tuple[int, int], list[tuple[Path, tuple[int, int]]], str]] = {}
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def model_digest(path: str | os.PathLike) -> str:
     """sha256 of an ONNX file plus any external-data files it references (weights kept beside it)."""
+    key = str(Path(path).resolve())
+    hit = _DIGESTS.get(key)
+    try:
+        if hit is not None and hit[0] == _stat(Path(path)) and all(
+                f.is_file() and _stat(f) == st for f, st in hit[1]):
+            return hit[2]
+    except OSError:
+        pass
+    stat = _stat(Path(path))
+    digest, used = _model_digest(path)
+    _DIGESTS[key] = (stat, [(f, _stat(f)) for f in used], digest)
+    return digest
+
+
+def _model_digest(path: str | os.PathLike) -> tuple[str, list[Path]]:
     h = hashlib.sha256()
     file_digest(path, h)
     try:
@@ -34,12 +58,14 @@ def model_digest(path: str | os.PathLike) -> str:
                             for e in t.external_data if e.key == "location"})
     except Exception:  # not loadable here: the caller reports that with a proper message
         locations = []
+    used: list[Path] = []
     for loc in locations:
         f = Path(path).parent / loc
         if f.is_file():
             h.update(loc.encode())
             file_digest(f, h)
-    return h.hexdigest()
+            used.append(f)
+    return h.hexdigest(), used
 
 
 def feeds_digest(feeds: list[dict[str, np.ndarray]]) -> str:
@@ -103,6 +129,22 @@ def opt_list(options: dict[str, Any], key: str) -> list[str]:
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
     return [str(s) for s in v]
+
+
+def ort_message(e: BaseException) -> str:
+    """The first line of an onnxruntime error (its type when it has no text), for a one-line note."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:400]
+
+
+def run_session(sess: Any, outputs: list[str], feed: dict[str, Any], label: str) -> list[Any]:
+    """``sess.run`` with onnxruntime's failure turned into one ``ParityError`` line naming ``label``."""
+    try:
+        return sess.run(outputs, feed)
+    except Exception as e:
+        from parity.errors import ParityError
+
+        raise ParityError(f"onnxruntime failed running {label}. Note: {ort_message(e)}") from e
 
 
 def sniff(path: Path) -> str:

@@ -16,9 +16,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from parity.atomic import atomic_path
 from parity.errors import ParityError
 
-from ._util import atomic_path, feeds_digest, key_of, model_digest, opt_bool, opt_list
+from ._util import feeds_digest, key_of, model_digest, opt_bool, opt_list
 
 
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit, with margin
@@ -214,6 +215,18 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
                           f"feeds match the model inputs, or exclude the failing nodes with "
                           f"int8_nodes_to_exclude") from e
     return out
+
+
+def fetch_map(model: Any, names: Sequence[str], *, quantized: bool) -> dict[str, tuple[str, bool]]:
+    """For each fp32 tensor name the running model still computes: (tensor to fetch, quantized?).
+
+    fp16 keeps the names, so a tensor is fetched as itself where a node still produces it; a QDQ
+    model is read through :func:`int8_fetch_map`.
+    """
+    if quantized:
+        return int8_fetch_map(model, names)
+    produced = {o for n in model.graph.node for o in n.output}
+    return {t: (t, False) for t in names if t in produced}
 
 
 def int8_fetch_map(qmodel: Any, names: Sequence[str]) -> dict[str, tuple[str, bool]]:

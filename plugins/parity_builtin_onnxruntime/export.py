@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from parity.atomic import atomic_path
 from parity.errors import ParityError
 
-from ._util import atomic_path, file_digest, key_of
+from ._util import file_digest, key_of
 from .provenance import CALLS_KEY
 
 DEFAULT_OPSET = 18

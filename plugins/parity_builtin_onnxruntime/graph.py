@@ -115,22 +115,41 @@ def tensor_sites(model: "onnx.ModelProto") -> list[TensorSite]:
     return sites
 
 
-def _without_weights(model: "onnx.ModelProto", keep_elements: int = 1024) -> "onnx.ModelProto":
+def captured_sites(model: "onnx.ModelProto") -> list[TensorSite]:
+    """The sites worth capturing: tensors some node reads (subgraphs included) or graph outputs."""
+    outputs = {o.name for o in model.graph.output}
+    consumed = {x for n in model.graph.node for x in n.input}
+    for n in model.graph.node:
+        consumed |= _subgraph_refs(n)
+    return [s for s in tensor_sites(model) if s.name in consumed or s.name in outputs]
+
+
+def empty_like(model: "onnx.ModelProto", graph_name: str | None = None) -> "onnx.ModelProto":
+    """A model with ``model``'s header (IR version, producer, opsets, functions) and an empty graph.
+
+    Every derived model (weight-free, pruned, one capture step, the local runs) starts here.
+    """
+    import onnx
+
+    new = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(new, f, getattr(model, f))
+    new.opset_import.extend(model.opset_import)
+    new.functions.extend(model.functions)
+    new.graph.name = model.graph.name if graph_name is None else graph_name
+    return new
+
+
+def without_weights(model: "onnx.ModelProto", keep_elements: int = 1024) -> "onnx.ModelProto":
     """A copy of ``model`` where initializers above ``keep_elements`` become typed graph inputs.
 
     Small initializers (shape constants read by Reshape, Expand...) keep their values.
     """
-    import onnx
     from onnx import helper
 
     g = model.graph
-    light = onnx.ModelProto()
-    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(light, f, getattr(model, f))
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
+    light = empty_like(model)
     lg = light.graph
-    lg.name = g.name
     lg.node.extend(g.node)
     lg.input.extend(g.input)
     lg.output.extend(g.output)
@@ -154,7 +173,7 @@ def inferred_types(model: "onnx.ModelProto") -> dict[str, str | None]:
     try:
         # dtypes do not depend on weight values: infer on a copy whose large initializers are
         # declared inputs, which skips serializing and re-parsing every weight (and the 2 GB limit)
-        inf = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+        inf = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False)
     except Exception:
         inf = model
     out: dict[str, str | None] = {}
@@ -175,8 +194,6 @@ def with_outputs(model: "onnx.ModelProto", names: Iterable[str], *, prune: bool 
     ONNX shape inference could not type. Pruned models serve batched capture, where a
     smaller graph with fewer outputs bounds the memory of each run.
     """
-    import onnx
-
     wanted = list(dict.fromkeys(names))
     g = model.graph
     if not prune:
@@ -186,13 +203,8 @@ def with_outputs(model: "onnx.ModelProto", names: Iterable[str], *, prune: bool 
             if t not in existing:
                 g.output.add().name = t
         return model
-    new = onnx.ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(new, field, getattr(model, field))
-    new.opset_import.extend(model.opset_import)
-    new.functions.extend(model.functions)
+    new = empty_like(model)
     ng = new.graph
-    ng.name = g.name
     producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
     need: set[int] = set()
     stack = [producer[t] for t in wanted if t in producer]
@@ -298,17 +310,11 @@ def plan_capture_steps(model: "onnx.ModelProto", batches: list[list[str]]) -> li
 def step_model(model: "onnx.ModelProto", step: CaptureStep, input_arrays: dict[str, "np.ndarray"]
                ) -> "onnx.ModelProto":
     """The model one capture step runs: its nodes, typed inputs from the arrays it is fed, its weights."""
-    import onnx
     from onnx import helper
 
     g = model.graph
-    new = onnx.ModelProto()
-    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(new, f, getattr(model, f))
-    new.opset_import.extend(model.opset_import)
-    new.functions.extend(model.functions)
+    new = empty_like(model)
     ng = new.graph
-    ng.name = g.name
     ng.node.extend(g.node[i] for i in step.nodes)
     for x in step.inputs:
         a = input_arrays[x]

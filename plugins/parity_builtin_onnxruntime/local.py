@@ -51,7 +51,7 @@ import numpy as np
 from parity.errors import ParityError
 from parity.source import RunConfig
 
-from ._util import opt_int
+from ._util import opt_int, run_session
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -183,14 +183,11 @@ def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_typ
     import onnx
     from onnx import helper
 
+    from .graph import empty_like
+
     tg = target.graph
-    new = onnx.ModelProto()
-    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(new, f, getattr(target, f))
-    new.opset_import.extend(target.opset_import)
-    new.functions.extend(target.functions)
+    new = empty_like(target, "parity_local_runs")
     g = new.graph
-    g.name = "parity_local_runs"
     fed_all: list[str] = []
     init_all: set[str] = set()
     outs: list[list[str]] = []
@@ -234,11 +231,7 @@ def _reference_run(source: "OrtSource", cfg: RunConfig, orig: "onnx.ModelProto",
     for chunk in chunks:
         model = with_outputs(orig, chunk, prune=len(chunks) > 1)
         sess = source._session(model, so, providers, Path(cfg.workdir), label)
-        try:
-            vals = sess.run(chunk, feed)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ParityError(f"onnxruntime failed running {label} for the local reference. Note: {msg[:400]}") from e
+        vals = run_session(sess, chunk, feed, f"{label} for the local reference")
         del sess
         out.update((n, v) for n, v in zip(chunk, vals) if isinstance(v, np.ndarray))
     return out
@@ -288,8 +281,7 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     """
     import onnx
 
-    from .graph import FLOAT_TYPES, load_model, tensor_sites
-    from .provenance import _subgraph_refs
+    from .graph import FLOAT_TYPES, captured_sites, load_model
     from .source import DEFAULT_OUTPUT_BATCH
 
     source.last_local_skipped = []
@@ -297,20 +289,16 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     orig = load_model(src, what="model")
     source._check_feed(orig, feed, src)
     feed = {k: np.asarray(v) for k, v in feed.items()}
-    outputs = {o.name for o in orig.graph.output}
-    consumed = {x for n in orig.graph.node for x in n.input}
-    for n in orig.graph.node:
-        consumed |= _subgraph_refs(n)
-    captured = [s.name for s in tensor_sites(orig) if s.name in consumed or s.name in outputs]
+    captured = [s.name for s in captured_sites(orig)]
     run_path, _extra = source._target_model(cfg, src, orig, feed)
 
     batch = opt_int(cfg.options, "ort_output_batch", None)
     if batch is None:
         batch = DEFAULT_OUTPUT_BATCH if len(captured) > 2 * DEFAULT_OUTPUT_BATCH else 0
     if batch > 0 and len(captured) > batch:
-        predicted = _predicted_kinds(orig, captured)
-        if predicted is not None:
-            yield from _stepped(source, cfg, feed, src, orig, captured, run_path, batch, predicted)
+        keys = _predicted_float_keys(orig, captured)
+        if keys is not None:
+            yield from _stepped(source, cfg, feed, src, orig, captured, run_path, batch, keys)
             return
 
     ref = _reference_run(source, cfg, orig, captured, feed, src.name)
@@ -331,13 +319,9 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
 
 def _plans(source: "OrtSource", orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
            available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
-    from .convert import int8_fetch_map
+    from .convert import fetch_map
 
-    if source.precision == "int8":
-        fetch = int8_fetch_map(target, keys)
-    else:
-        produced = {o for n in target.graph.node for o in n.output}
-        fetch = {k: (k, False) for k in keys if k in produced}
+    fetch = fetch_map(target, keys, quantized=source.precision == "int8")
     return plan_locals(orig, target, fetch, keys, available)
 
 
@@ -388,11 +372,7 @@ def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", r
     del model
     names = [nm for o in outs for nm in o]
     inputs = {t: ref[t] if ref[t].dtype == fed_dtype.np[t] else cast(ref[t], fed_dtype.np[t]) for t in fed}
-    try:
-        vals = sess.run(names, inputs)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+    vals = run_session(sess, names, inputs, label)
     del sess, inputs
     got = dict(zip(names, vals))
     del vals
@@ -408,13 +388,13 @@ def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", r
     del got
 
 
-def _predicted_kinds(orig: "onnx.ModelProto", captured: list[str]) -> tuple[list[str], set[str]] | None:
-    """The keys and the arrays a reference run will return, from ONNX type inference.
+def _predicted_float_keys(orig: "onnx.ModelProto", captured: list[str]) -> list[str] | None:
+    """The captured tensors a reference run will return as float arrays, from ONNX type inference.
 
     Step-wise local runs plan every layer before the reference values exist, so they need
-    what the single run reads off the arrays: which captured tensors are arrays, and which of
-    those are float. ``None`` when inference leaves any captured tensor untyped or not a plain
-    tensor (the caller then takes the single run).
+    what the single run reads off the arrays: which captured tensors are float (every one of
+    them must be an array, which is checked as the steps return them). ``None`` when inference
+    leaves any captured tensor untyped or not a plain tensor (the caller then takes the single run).
     """
     from .graph import FLOAT_TYPES, inferred_types
 
@@ -426,12 +406,12 @@ def _predicted_kinds(orig: "onnx.ModelProto", captured: list[str]) -> tuple[list
             return None
         if d in FLOAT_TYPES:
             keys.append(t)
-    return keys, set(captured)
+    return keys
 
 
 def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], src: Path,
              orig: "onnx.ModelProto", captured: list[str], run_path: Path, batch: int,
-             predicted: tuple[list[str], set[str]]) -> Iterator["LocalResult"]:
+             keys: list[str]) -> Iterator["LocalResult"]:
     """Reference capture in consecutive steps (``OrtSource._run_steps``, nothing recomputed); after
     each step, the local runs of the layers whose inputs and outputs are all captured by then.
 
@@ -442,10 +422,9 @@ def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], s
 
     from .graph import FLOAT_TYPES
 
-    keys, arrays = predicted
     key_set = set(keys)
     target = onnx.load(str(run_path))
-    plans, skipped = _plans(source, orig, target, keys, arrays | set(feed))
+    plans, skipped = _plans(source, orig, target, keys, set(captured) | set(feed))
     source.last_local_skipped.extend(skipped)
     last_use: dict[str, int] = {}
     for j, p in enumerate(plans):

@@ -18,7 +18,7 @@ from parity.errors import ParityError
 from parity.records import Activation
 from parity.source import InputSpec, RunConfig, Source
 
-from ._util import opt_bool, opt_int, opt_list
+from ._util import opt_bool, opt_int, opt_list, ort_message, run_session
 
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
 #: tensors captured per step on graphs with more than twice as many (``ort_output_batch=0``: one session)
@@ -28,8 +28,6 @@ _LEVELS = ("disable", "basic", "extended", "all")
 
 def _fmt_dims(dims: Sequence[int | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
 
 
 class OrtSource(Source):
@@ -227,8 +225,7 @@ class OrtSource(Source):
                 onnx.save(model, str(p), save_as_external_data=True, location="instrumented.onnx.data")
                 return ort.InferenceSession(str(p), so, providers=providers)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ParityError(f"onnxruntime cannot load {label}. Note: {msg[:400]}") from e
+            raise ParityError(f"onnxruntime cannot load {label}. Note: {ort_message(e)}") from e
 
     # -- target model -------------------------------------------------------------------
     def _target_model(self, cfg: RunConfig, src: Path, orig: Any, feed: dict[str, np.ndarray]
@@ -284,11 +281,7 @@ class OrtSource(Source):
 
         sess = self._session(with_outputs(model, names), so, providers, workdir, label)
         del model  # with the caller's references gone, the proto and its weights are freed here
-        try:
-            results = sess.run(names, feed)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+        results = run_session(sess, names, feed, label)
         del sess
         yield results
 
@@ -306,11 +299,7 @@ class OrtSource(Source):
             got: dict[str, Any] = {}
             if step.nodes:
                 sess = self._session(step_model(model, step, live), so, providers, workdir, label)
-                try:
-                    vals = sess.run(step.outputs, {x: live[x] for x in step.inputs})
-                except Exception as e:
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise ParityError(f"onnxruntime failed running {label}. Note: {msg[:400]}") from e
+                vals = run_session(sess, step.outputs, {x: live[x] for x in step.inputs}, label)
                 del sess
                 got = dict(zip(step.outputs, vals))
                 del vals
@@ -325,9 +314,9 @@ class OrtSource(Source):
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         import onnx
 
-        from .convert import int8_fetch_map
-        from .graph import FLOAT_TYPES, inferred_types, load_model, tensor_sites
-        from .provenance import _subgraph_refs, module_output_calls, node_scopes
+        from .convert import fetch_map
+        from .graph import FLOAT_TYPES, captured_sites, inferred_types, load_model
+        from .provenance import module_output_calls, node_scopes
 
         workdir = Path(cfg.workdir)
         opts = cfg.options
@@ -338,10 +327,7 @@ class OrtSource(Source):
         exporter = next((p.value for p in orig.metadata_props if p.key == "parity.exporter"), None)
         graph_outputs = [o.name for o in orig.graph.output]
         out_pos = {n: i for i, n in enumerate(graph_outputs)}
-        consumed = {x for n in orig.graph.node for x in n.input}
-        for n in orig.graph.node:
-            consumed |= _subgraph_refs(n)
-        sites = [s for s in tensor_sites(orig) if s.name in consumed or s.name in out_pos]
+        sites = captured_sites(orig)
         calls = module_output_calls(orig, module_names)
         within = [chain[-1][0] if chain else "" for chain in node_scopes(orig, module_names)]
 
@@ -359,11 +345,7 @@ class OrtSource(Source):
             del orig.graph.node[:]  # provenance is computed; free the fp32 weights early
             del orig.graph.initializer[:]
             runnable = onnx.load(str(run_path))
-            if self.precision == "fp16":
-                produced = {o for n in runnable.graph.node for o in n.output}
-                fetch = {s.name: (s.name, False) for s in sites if s.name in produced}
-            else:
-                fetch = int8_fetch_map(runnable, [s.name for s in sites])
+            fetch = fetch_map(runnable, [s.name for s in sites], quantized=self.precision == "int8")
         common["run_model_file"] = str(run_path)
 
         all_dtypes = opt_bool(opts, "ort_all_dtypes", False)

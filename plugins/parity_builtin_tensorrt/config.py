@@ -22,6 +22,7 @@ Option keys read from ``RunConfig.options`` (the CLI spells them ``--trt-capture
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -47,6 +48,8 @@ LAYER_PRECISIONS = ("fp32", "fp16", "bf16", "int32", "int8")
 _PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16",
                       "bfloat16": "bf16", "int32": "int32", "int8": "int8"}
 CONSTRAINTS = ("obey", "prefer", "none")
+#: trt_precision_constraints value -> the tensorrt.BuilderFlag it sets ("none" sets neither)
+_CONSTRAINT_FLAGS = {"obey": "OBEY_PRECISION_CONSTRAINTS", "prefer": "PREFER_PRECISION_CONSTRAINTS"}
 
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -285,15 +288,21 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
     if queue < 1:
         raise ParityError(f"trt_queue_size {queue} must be at least 1. Note: e.g. 4")
     set_flags, cleared = flags_for(precision, fallback) if not strongly else ((), ())
-    if constraints == "obey":
-        set_flags = set_flags + ("OBEY_PRECISION_CONSTRAINTS",)
-    elif constraints == "prefer":
-        set_flags = set_flags + ("PREFER_PRECISION_CONSTRAINTS",)
+    if constraints in _CONSTRAINT_FLAGS:
+        set_flags = set_flags + (_CONSTRAINT_FLAGS[constraints],)
     return EngineConfig(
         precision=precision, builder_flags=set_flags, cleared_flags=cleared, strongly_typed=strongly,
         workspace_bytes=ws, layer_precisions=overrides, precision_constraints=constraints, capture=capture,
         debug_strategy=strategy, mark_regex=regex, mark_names=names, int8_fallback=fallback,
         use_cache=_as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=queue)
+
+
+def with_constraints(ecfg: EngineConfig, constraints: str, **changes: Any) -> EngineConfig:
+    """``ecfg`` with ``changes`` and ``constraints``, its builder flags kept in step with them."""
+    flags = tuple(f for f in ecfg.builder_flags if f not in _CONSTRAINT_FLAGS.values())
+    if constraints in _CONSTRAINT_FLAGS:
+        flags += (_CONSTRAINT_FLAGS[constraints],)
+    return dataclasses.replace(ecfg, precision_constraints=constraints, builder_flags=flags, **changes)
 
 
 def config_for_target(target: str, options: Mapping[str, Any] | None = None) -> EngineConfig:

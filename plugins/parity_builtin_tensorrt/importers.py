@@ -26,11 +26,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from parity.atomic import atomic_path
+from parity.atomic import atomic_path, write_text
 from parity.errors import ParityError
 from parity.formats import DumpFormat
 from parity.records import Activation
@@ -287,8 +287,7 @@ def save_polygraphy_inputs(feeds: Iterable[dict[str, np.ndarray]], path: str | o
         docs.append(d)
     if not docs:
         raise ParityError(f"no feeds to write to {p}. Note: give at least one {{input name: array}}")
-    with atomic_path(p) as tmp:
-        tmp.write_text(json.dumps(docs), encoding="utf-8")
+    write_text(p, json.dumps(docs))
     return p
 
 
@@ -324,6 +323,41 @@ def _fix_bare(seg: str) -> str:
     return _BARE.sub(sub, seg)
 
 
+def _read_tolerant_json(path: Path, what: str, problem: str, note: str,
+                        rewrite: Callable[[str], str] | None = None) -> Any:
+    """A JSON file trtexec wrote (bare nan/inf allowed), optionally ``rewrite``-n first; one-line errors."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ParityError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if rewrite is not None:
+        text = rewrite(text)
+    try:
+        return tolerant_json(text)
+    except json.JSONDecodeError as e:
+        raise ParityError(f"{path}: {problem} ({e.msg} at line {e.lineno}). Note: {note}") from None
+
+
+def _final_shapes(text: str) -> str:
+    """Outputs with data-dependent shapes: trtexec prints the real shape inside the values list."""
+    if "Final shape is" not in text:
+        return text
+    return _FINAL_SHAPE.sub(lambda m: f'"__final_shape__:{m.group(1)}",', text)
+
+
+class _TrtexecFormat(DumpFormat):
+    """What the two trtexec formats share: read-only JSON, several records per file."""
+
+    extensions = (".json",)
+    multi = True
+    writable = False
+
+    @staticmethod
+    def _json_head(path: Path) -> str | None:
+        """The file's first 4 KiB when it is named ``*.json``, for sniffing; else None."""
+        return _head(path, 4096) if path.name.lower().endswith(".json") else None
+
+
 def _dims(text: Any, where: str) -> tuple[int, ...]:
     s = str(text).strip()
     if s == "":
@@ -334,7 +368,7 @@ def _dims(text: Any, where: str) -> tuple[int, ...]:
         raise ParityError(f"{where}: dimensions {s!r} are not like 1x3x224x224") from None
 
 
-class TrtexecJsonFormat(DumpFormat):
+class TrtexecJsonFormat(_TrtexecFormat):
     """``trtexec --exportOutput=out.json``: the engine's outputs, one entry per output tensor.
 
     Values are printed by trtexec with 6 significant digits, so an imported fp32 output
@@ -344,30 +378,19 @@ class TrtexecJsonFormat(DumpFormat):
 
     name = "trtexec-json"
     description = "trtexec --exportOutput JSON (engine outputs, values printed as text)"
-    extensions = (".json",)
-    multi = True
-    writable = False
 
     def can_read(self, path: Path) -> bool:
-        if not path.name.lower().endswith(".json"):
+        head = self._json_head(path)
+        if head is None:
             return False
-        head = _head(path, 4096).lstrip()
+        head = head.lstrip()
         return re.match(r'^\[\s*\{\s*"name"\s*:', head) is not None and '"dimensions"' in head
 
     def read(self, path: Path) -> Iterator[Activation]:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise ParityError(f"cannot read trtexec output {path}: {e.strerror or e}") from e
-        if "Final shape is" in text:
-            # outputs with data-dependent shapes: trtexec prints the real shape inside the values list
-            text = _FINAL_SHAPE.sub(lambda m: f'"__final_shape__:{m.group(1)}",', text)
-        try:
-            doc = tolerant_json(text)
-        except json.JSONDecodeError as e:
-            raise ParityError(f"{path}: not the JSON trtexec --exportOutput writes ({e.msg} at line {e.lineno}). "
-                              f"Note: expected [{{\"name\": ..., \"dimensions\": \"1x1000\", \"values\": [...]}}]") from None
+        doc = _read_tolerant_json(path, "trtexec output", "not the JSON trtexec --exportOutput writes",
+                                  'expected [{"name": ..., "dimensions": "1x1000", "values": [...]}]',
+                                  rewrite=_final_shapes)
         if not isinstance(doc, list):
             raise ParityError(f"{path}: top level is not a list. Note: expected the trtexec --exportOutput format")
         for order, entry in enumerate(doc):
@@ -398,7 +421,7 @@ _RAW_DTYPES = {"FLOAT": "<f4", "HALF": "<f2", "INT8": "i1", "INT32": "<i4", "INT
                "BOOL": "?", "BF16": "bf16"}
 
 
-class TrtexecDebugFormat(DumpFormat):
+class TrtexecDebugFormat(_TrtexecFormat):
     """``trtexec --saveAllDebugTensors=summary,numpy`` (or ``summary,raw``): ``tensor_summary.json``.
 
     Point parity at the summary file; the arrays are read from the ``.npy`` (preferred) or
@@ -408,26 +431,18 @@ class TrtexecDebugFormat(DumpFormat):
 
     name = "trtexec-debug"
     description = "trtexec --saveAllDebugTensors summary (tensor_summary.json + .npy/.raw files)"
-    extensions = (".json",)
-    multi = True
-    writable = False
 
     def can_read(self, path: Path) -> bool:
-        if not path.name.lower().endswith(".json"):
+        head = self._json_head(path)
+        if head is None:
             return False
-        head = _head(path, 4096)
         return '"Tensor Summary Report"' in head or (re.match(r'^\s*\{\s*"metadata"', head) is not None
                                                      and '"tensors"' in _head(path))
 
     def read(self, path: Path) -> Iterator[Activation]:
         path = Path(path)
-        try:
-            doc = tolerant_json(path.read_text(encoding="utf-8", errors="replace"))
-        except OSError as e:
-            raise ParityError(f"cannot read trtexec debug tensor summary {path}: {e.strerror or e}") from e
-        except json.JSONDecodeError as e:
-            raise ParityError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}). Note: expected the "
-                              f"tensor_summary.json of trtexec --saveAllDebugTensors") from None
+        doc = _read_tolerant_json(path, "trtexec debug tensor summary", "not valid JSON",
+                                  "expected the tensor_summary.json of trtexec --saveAllDebugTensors")
         tensors = doc.get("tensors") if isinstance(doc, dict) else None
         if not isinstance(tensors, list):
             raise ParityError(f"{path}: no \"tensors\" list. Note: expected the tensor_summary.json of "

@@ -30,8 +30,9 @@ from parity.atomic import atomic_path
 from parity.errors import ParityError
 from parity.source import RunConfig
 
-from .config import EngineConfig, LayerPrecision, _as_bool, _as_list, engine_config, parse_layer_precisions
-from .marking import _SHAPE_INPUTS
+from .config import (EngineConfig, LayerPrecision, _as_bool, _as_list, engine_config, parse_layer_precisions,
+                     with_constraints)
+from .marking import SHAPE_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -116,11 +117,8 @@ def run_engine_config(precision: str, options: Mapping[str, Any] | None,
         return ecfg
     merged = keep_to_layer_precisions(model, keep, ecfg.layer_precisions, label)
     constraints = "prefer" if ecfg.precision_constraints == "prefer" else "obey"
-    flags = tuple(f for f in ecfg.builder_flags if f not in ("OBEY_PRECISION_CONSTRAINTS",
-                                                             "PREFER_PRECISION_CONSTRAINTS"))
-    flags += ("PREFER_PRECISION_CONSTRAINTS",) if constraints == "prefer" else ("OBEY_PRECISION_CONSTRAINTS",)
-    return dataclasses.replace(ecfg, layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()),
-                               precision_constraints=constraints, builder_flags=flags)
+    return with_constraints(ecfg, constraints,
+                            layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()))
 
 
 # --------------------------------------------------------------------------- single-node models
@@ -136,7 +134,7 @@ class NodeExtractor:
 
     def __init__(self, model: "onnx.ModelProto") -> None:
         import onnx
-        from parity_builtin_onnxruntime.graph import _without_weights, model_inputs, tensor_sites
+        from parity_builtin_onnxruntime.graph import without_weights, model_inputs, tensor_sites
 
         self.model = model
         g = model.graph
@@ -145,7 +143,7 @@ class NodeExtractor:
         self.constant_node = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.output}
         self.live = {vi.name for vi in model_inputs(model)} | {s.name for s in tensor_sites(model)}
         try:
-            inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False)
         except Exception:  # noqa: BLE001 - typed from the values instead
             inferred = model
         ig = inferred.graph
@@ -186,7 +184,7 @@ class NodeExtractor:
         new.functions.extend(self.model.functions)
         ng = new.graph
         ng.name = f"parity_local_{node_index}"
-        shape_pos = set(_SHAPE_INPUTS.get(node.op_type, ()))
+        shape_pos = set(SHAPE_INPUTS.get(node.op_type, ()))
         seen: set[str] = set()
         for pos, x in enumerate(node.input):
             if not x or x in seen:
@@ -236,31 +234,17 @@ def run_built(trt: Any, built: Any, feed: Mapping[str, np.ndarray], label: str) 
     """
     import torch
 
-    from ._cuda import empty_device, to_host
-    from .source import _logger, bind_inputs
+    from ._cuda import to_host
+    from .source import bind_inputs, bind_outputs, load_engine
 
-    engine = built.loaded
-    if engine is None:
-        built.runtime = trt.Runtime(_logger(trt))
-        engine = built.runtime.deserialize_cuda_engine(built.engine)
-        built.loaded = engine
+    engine = load_engine(trt, built)
     if engine is None:
         raise ParityError(f"TensorRT could not load the engine built for {label}")
     context = engine.create_execution_context()
     stream = torch.cuda.Stream()
     keep: list[Any] = []
-    outputs: dict[str, Any] = {}
     bind_inputs(trt, engine, context, feed, keep, label)
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
-            continue
-        shape = tuple(int(d) for d in context.get_tensor_shape(name))
-        if any(d < 0 for d in shape):
-            raise ParityError(f"output {name!r} of {label} has a data-dependent shape {list(shape)}")
-        outputs[name] = empty_device(shape, engine.get_tensor_dtype(name))
-        if not context.set_tensor_address(name, int(outputs[name].data_ptr())):
-            raise ParityError(f"TensorRT refused the buffer of output {name!r} of {label}")
+    outputs = bind_outputs(trt, engine, context, label)
     if not context.execute_async_v3(stream.cuda_stream):
         raise ParityError(f"TensorRT failed running {label}. Note: see its log above")
     stream.synchronize()
@@ -399,9 +383,7 @@ def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
             ecfg, capture="outputs", mark_regex=None, mark_names=(),
             layer_precisions=tuple(lp for lp in ecfg.layer_precisions if lp.matches(case.layer)))
         if node_ecfg.precision_constraints != "none" and not node_ecfg.layer_precisions:
-            node_ecfg = dataclasses.replace(node_ecfg, precision_constraints="none", builder_flags=tuple(
-                f for f in node_ecfg.builder_flags
-                if f not in ("OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")))
+            node_ecfg = with_constraints(node_ecfg, "none")
         calib = [case.feed] if "INT8" in node_ecfg.builder_flags else []
         try:
             path = _save_model(case.model, Path(cfg.workdir))

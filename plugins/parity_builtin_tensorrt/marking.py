@@ -28,7 +28,7 @@ _BODY_CLOSERS = frozenset({"LOOP_OUTPUT", "CONDITIONAL_OUTPUT"})
 _ONNX_CONTROL_FLOW = frozenset({"Loop", "If", "Scan"})
 #: ONNX ops whose output is a shape, and inputs that are consumed as shapes
 _SHAPE_SOURCES = frozenset({"Shape", "Size"})
-_SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
+SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
                  "Resize": (1, 2, 3), "Upsample": (1,), "Range": (0, 1, 2), "TopK": (1,), "Squeeze": (1,),
                  "Unsqueeze": (1,), "Pad": (1, 3), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
                  "ReduceMin": (1,), "ReduceProd": (1,), "OneHot": (1,)}
@@ -287,7 +287,7 @@ def describe_onnx(model: "onnx.ModelProto") -> list[LayerDesc]:
     shape_t: set[str] = set()
     consts: set[str] = set(inits)
     for n, _ in flat:
-        for pos in _SHAPE_INPUTS.get(n.op_type, ()):
+        for pos in SHAPE_INPUTS.get(n.op_type, ()):
             if pos < len(n.input) and n.input[pos]:
                 shape_t.add(n.input[pos])
     layers: list[LayerDesc] = []

@@ -47,11 +47,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from parity.atomic import atomic_path
+from parity.atomic import atomic_path, write_text
 from parity.errors import ParityError
 from parity.records import Activation
 from parity.source import InputSpec, RunConfig, Source
 
+from ._cuda import dtype_name
 from .config import EngineConfig, cache_key, onnx_digest
 from .marking import (LayerDesc, TensorDesc, mark_control_flow, plan_layer_precisions, propagate_constants,
                       select_tensors, unknown_override_names)
@@ -98,12 +99,6 @@ def _logger(trt: Any) -> Any:
     return _LOGGER
 
 
-def _dtype_name(trt_dtype: Any) -> str:
-    from ._cuda import dtype_name
-
-    return dtype_name(trt_dtype)
-
-
 # --------------------------------------------------------------------------- network description
 
 def describe_network(trt: Any, network: Any) -> list[LayerDesc]:
@@ -117,7 +112,7 @@ def describe_network(trt: Any, network: Any) -> list[LayerDesc]:
     ins = []
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        ins.append(TensorDesc(t.name, _DT_NAMES.get(_dtype_name(t.dtype)), tuple(t.shape),
+        ins.append(TensorDesc(t.name, _DT_NAMES.get(dtype_name(t.dtype)), tuple(t.shape),
                               is_shape_tensor=bool(t.is_shape_tensor), is_network_input=True))
     layers = [LayerDesc("(inputs)", "Input", (), tuple(ins))]
     for i in range(network.num_layers):
@@ -132,7 +127,7 @@ def describe_network(trt: Any, network: Any) -> list[LayerDesc]:
             t = layer.get_output(k)
             if t is None:
                 continue
-            louts.append(TensorDesc(t.name, _DT_NAMES.get(_dtype_name(t.dtype)), tuple(t.shape),
+            louts.append(TensorDesc(t.name, _DT_NAMES.get(dtype_name(t.dtype)), tuple(t.shape),
                                     is_shape_tensor=bool(t.is_shape_tensor), is_network_output=t.name in outputs))
         layers.append(LayerDesc(layer.name, layer.type.name, tuple(lin), tuple(louts)))
     return propagate_constants(mark_control_flow(layers))
@@ -349,10 +344,8 @@ def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, 
     if ecfg.use_cache:
         with atomic_path(eng_p) as tmp:
             tmp.write_bytes(engine_bytes)
-        with atomic_path(info_p) as tmp:
-            tmp.write_text(info, encoding="utf-8")
-        with atomic_path(notes_p) as tmp:
-            tmp.write_text(json.dumps(notes, indent=1, default=str), encoding="utf-8")
+        write_text(info_p, info)
+        write_text(notes_p, json.dumps(notes, indent=1, default=str))
     return BuiltEngine(engine_bytes, info, notes, runtime, engine)
 
 
@@ -394,7 +387,7 @@ class _Capture:
                 arr = host_to_host_copy(addr, dims, dtype)
             else:
                 arr = device_to_host(addr, dims, dtype, int(stream))
-            self.put((name, arr, _dtype_name(dtype)))
+            self.put((name, arr, dtype_name(dtype)))
         except BaseException as e:  # noqa: BLE001 - TensorRT swallows callback errors; keep them for the consumer
             self.errors.append(e)
             self.stop.set()
@@ -433,7 +426,7 @@ def bind_inputs(trt: Any, engine: Any, context: Any, feed: dict[str, np.ndarray]
             raise ParityError(f"{label}: TensorRT refused shape {list(arr.shape)} for input {name!r}. Note: the "
                               f"engine was built for {list(engine.get_tensor_shape(name))}")
         if engine.get_tensor_location(name) == trt.TensorLocation.HOST:  # [PY Core/ICudaEngine]
-            host = np.ascontiguousarray(arr, dtype=_NP_DT[_dtype_name(engine.get_tensor_dtype(name))])
+            host = np.ascontiguousarray(arr, dtype=_NP_DT[dtype_name(engine.get_tensor_dtype(name))])
             keep.append(host)
             ptr = int(host.ctypes.data)
         else:
@@ -442,6 +435,35 @@ def bind_inputs(trt: Any, engine: Any, context: Any, feed: dict[str, np.ndarray]
             ptr = int(dev.data_ptr())
         if not context.set_tensor_address(name, ptr):
             raise ParityError(f"{label}: TensorRT refused the buffer of input {name!r}. Note: see its log above")
+
+
+def load_engine(trt: Any, built: BuiltEngine) -> Any:
+    """The built engine deserialized (once; kept on ``built``), or None when TensorRT cannot load it."""
+    engine = built.loaded
+    if engine is None:
+        built.runtime = trt.Runtime(_logger(trt))                 # [PY Core/Runtime]
+        engine = built.runtime.deserialize_cuda_engine(built.engine)  # [PY Core/Runtime] deserialize_cuda_engine
+        built.loaded = engine
+    return engine
+
+
+def bind_outputs(trt: Any, engine: Any, context: Any, label: str) -> dict[str, Any]:
+    """A device buffer for each engine output, bound to ``context``; call after :func:`bind_inputs`."""
+    from ._cuda import empty_device
+
+    outputs: dict[str, Any] = {}
+    for i in range(engine.num_io_tensors):                      # [PY Core/ICudaEngine]
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
+            continue
+        shape = tuple(int(d) for d in context.get_tensor_shape(name))  # [PY Core/IExecutionContext]
+        if any(d < 0 for d in shape):
+            raise ParityError(f"output {name!r} of {label} has a data-dependent shape {list(shape)}; parity's "
+                              f"TensorRT source binds fixed buffers. Note: use trtexec --exportOutput and import it")
+        outputs[name] = empty_device(shape, engine.get_tensor_dtype(name))
+        if not context.set_tensor_address(name, int(outputs[name].data_ptr())):
+            raise ParityError(f"TensorRT refused the buffer of output {name!r} of {label}. Note: see its log above")
+    return outputs
 
 
 class TrtSource(Source):
@@ -523,7 +545,7 @@ class TrtSource(Source):
         import onnx
         import torch
 
-        from ._cuda import empty_device, to_host
+        from ._cuda import to_host
         from .layer_info import read_layer_info
         from .names import build_map, onnx_named
 
@@ -542,31 +564,15 @@ class TrtSource(Source):
         out_pos = {o.name: i for i, o in enumerate(graph.graph.output)}
         del graph
 
-        engine = built.loaded
-        if engine is None:
-            runtime = trt.Runtime(_logger(trt))               # [PY Core/Runtime]
-            engine = runtime.deserialize_cuda_engine(built.engine)  # [PY Core/Runtime] deserialize_cuda_engine
-            built.runtime = runtime
+        engine = load_engine(trt, built)
         if engine is None:
             raise ParityError(f"TensorRT could not load the engine built for {onnx_path.name}. Note: delete "
                               f"{Path(cfg.workdir) / 'trt'} and run again")
         context = engine.create_execution_context()              # [PY Core/ICudaEngine]
         stream = torch.cuda.Stream()
         keep: list[Any] = []                                     # buffers stay alive until the run ends
-        outputs: dict[str, Any] = {}
         bind_inputs(trt, engine, context, feed, keep, onnx_path.name)   # [PY Core/ICudaEngine] TRT 10 tensor API
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
-                continue
-            shape = tuple(context.get_tensor_shape(name))
-            if any(int(d) < 0 for d in shape):
-                raise ParityError(f"output {name!r} has a data-dependent shape {list(shape)}; parity's TensorRT "
-                                  f"source binds fixed buffers. Note: use trtexec --exportOutput and import it")
-            buf = empty_device(shape, engine.get_tensor_dtype(name))
-            outputs[name] = buf
-            if not context.set_tensor_address(name, int(buf.data_ptr())):
-                raise ParityError(f"TensorRT refused the buffer of output {name!r}. Note: see its log above")
+        outputs = bind_outputs(trt, engine, context, onnx_path.name)
 
         common = {"precision": self.precision, "tensorrt": trt.__version__, "capture": ecfg.capture,
                   "debug_strategy": built.notes.get("debug_strategy"),

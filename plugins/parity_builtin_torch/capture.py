@@ -211,19 +211,21 @@ def run_with_hooks(module: Any, args: tuple, kwargs: dict, rec: Recorder,
     """
     handles = []
 
-    def make_hook(path: str) -> Callable[..., None]:
+    def make_hook(path: str, sub: Any) -> Callable[..., None]:
+        # the names are fixed per submodule: work them out once, not on every call
+        qual = (type_names or {}).get(path) or qualified_type(type(sub))
+        op_type = qual.rsplit(".", 1)[-1]
+
         def hook(mod: Any, inputs: Any, output: Any) -> None:
             name, k = rec.call_name(path)
-            qual = (type_names or {}).get(path) or qualified_type(type(mod))
-            rec.record(name, output, qual.rsplit(".", 1)[-1],
-                       {"module_path": path, "module_type": qual, "call_index": k})
+            rec.record(name, output, op_type, {"module_path": path, "module_type": qual, "call_index": k})
         hook._parity_hook = True  # type: ignore[attr-defined]
         return hook
 
     try:
         for path, sub in module.named_modules():
             if path:
-                handles.append(sub.register_forward_hook(make_hook(path)))
+                handles.append(sub.register_forward_hook(make_hook(path, sub)))
         return module(*args, **kwargs)
     finally:
         for h in handles:

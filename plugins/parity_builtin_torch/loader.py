@@ -364,7 +364,7 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
     applied with ``load_state_dict(strict=True)``, read with ``weights_only=True``).
     """
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")  # only to fail early with a clear line
     except ImportError:
         raise ParityError(f"cannot load {cfg.model}: torch is not installed. Note: pip install torch") from None
     model = str(cfg.model)

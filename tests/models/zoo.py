@@ -4,7 +4,6 @@ Listed in one place so every end-to-end test uses the same models (and a reviewe
 """
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 
 def _init(m: nn.Module, seed: int) -> nn.Module:
