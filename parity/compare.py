@@ -163,7 +163,7 @@ class _OutputTap:
         for a in stream:
             if a.meta.get("is_output") and a.array.ndim >= 2 and a.array.shape[-1] > 1:
                 pos = int(a.meta.get("output_position", a.output_index))
-                self.top1[pos] = np.asarray(a.array, dtype=np.float64).argmax(axis=-1).ravel()
+                self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
             yield a
 
 

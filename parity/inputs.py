@@ -114,6 +114,11 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str) 
     return out
 
 
+def _input_files(p: Path) -> list[Path]:
+    """A folder's .npy/.npz files by name, or the file itself."""
+    return sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+
+
 def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``."""
     p = Path(path)
@@ -130,7 +135,7 @@ def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, 
                 raise ParityError(f"{p}: input set {k} lacks {', '.join(missing)}. Note: it has {', '.join(feed)}.")
             yield f"{p.name}[{k}]", check_feed(feed, specs, f"{p}[{k}]")
         return
-    files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+    files = _input_files(p)
     if not files:
         raise ParityError(f"{p}: no .npy or .npz input files in this folder.")
     for f in files:
@@ -143,7 +148,7 @@ def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     Lets a model that declares no input shapes (a TorchScript module) run on the given inputs.
     """
     p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+    files = _input_files(p)
     if not files or not files[0].exists():
         return {}
     f = files[0]
