@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from parity.atomic import write_text
+from parity.contract.atomic import write_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -404,12 +404,12 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
     for heavy in ("numpy", "torch", "onnxruntime"):  # timed as "imports"
         importlib.import_module(heavy)
 
-    import parity.compare as pc
-    import parity.engine as pe
-    import parity.matcher as pm
-    import parity_builtin_onnxruntime.export as oexp
-    import parity_builtin_onnxruntime.graph as ograph
-    import parity_builtin_onnxruntime.convert as oconv
+    import parity.core.compare as pc
+    import parity.core.engine as pe
+    import parity.core.matcher as pm
+    import parity.lib.onnx.export as oexp
+    import parity.lib.onnx.graph as ograph
+    import parity.lib.onnx.convert as oconv
     import parity_builtin_torch.source as tsrc
     from parity_builtin_onnxruntime.source import OrtSource
 
@@ -436,7 +436,7 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
     ph.wrap(pm.SpillStore, "park", "matcher: park reference on disk (np.save + mmap)")
     ph.wrap(pe, "score", "engine: score pairs (metrics)")
     if diagnose:
-        import parity.diagnose as pd
+        import parity.core.diagnose as pd
 
         local = getattr(OrtSource, "local_errors", None)
         if local is not None:

@@ -1,4 +1,4 @@
-"""Throughput and extra memory of per-layer scoring (parity.metric.score_pair).
+"""Throughput and extra memory of per-layer scoring (parity.contract.metric.score_pair).
 
     python benchmarks/metrics_throughput.py [--gb 1.0] [--metrics cosine,kl] [--repeat 3]
 
@@ -34,14 +34,14 @@ import tracemalloc
 
 import numpy as np
 
-from parity.metric import CHUNK_ELEMENTS, score_pair
-from parity.plugins import all_of
+from parity.contract.metric import CHUNK_ELEMENTS, score_pair
+from parity.core.registry import all_of
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _models import cpu_name  # noqa: E402
 
 try:
-    from parity.engine import DEFAULT_METRICS as DEFAULT_SET
+    from parity.core.engine import DEFAULT_METRICS as DEFAULT_SET
 except ImportError:  # engine not importable: the same default set, spelled out
     DEFAULT_SET = ("cosine", "rel-diff", "max-abs", "nonfinite")
 GEN_CHUNK = 1 << 20

@@ -4,9 +4,9 @@ Import is cheap: no framework (torch, onnxruntime, TensorRT) is imported here.
 """
 from __future__ import annotations
 
-from .errors import ParityError, UsageError
-from .hookspecs import hookimpl
-from .records import Activation
+from parity.contract.errors import ParityError, UsageError
+from parity.contract.hookspecs import hookimpl
+from parity.contract.records import Activation
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .errors import ParityError, UsageError
+from parity.contract.errors import ParityError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +24,7 @@ def _csv_list(s: str | None) -> list[str] | None:
 
 def parse_thresholds(s: str | None, metrics: list[str] | None) -> dict[str, float]:
     """``0.999`` applies to the first (primary) metric; ``cosine=0.999,rel-diff=99`` names them."""
-    from .engine import DEFAULT_METRICS
+    from parity.core.engine import DEFAULT_METRICS
 
     if not s:
         return {}
@@ -95,7 +95,7 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from parity import __version__
 
     p = _Parser(prog="parity", description="Find where a neural network loses accuracy between frameworks "
                                            "and precisions, layer by layer.")
@@ -152,7 +152,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(report: Any, args: argparse.Namespace) -> int:
-    from .report import render_table, summary_lines, write_csv, write_json
+    from parity.core.report import render_table, summary_lines, write_csv, write_json
 
     if args.quiet:
         for line in summary_lines(report):
@@ -169,7 +169,7 @@ def _emit(report: Any, args: argparse.Namespace) -> int:
         if worst is None:
             print("parity: --fail-under: no layer was compared", file=sys.stderr)
             return 1
-        from .metric import fails
+        from parity.contract.metric import fails
 
         if fails(worst, args.fail_under, p.higher_is_better):
             print(f"parity: FAIL: worst {p.name} {worst:.6g} is {'below' if p.higher_is_better else 'above'} "
@@ -179,11 +179,11 @@ def _emit(report: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import registry
+    from parity.core.registry import registry
 
     reg = registry()
     if args.json:
-        from .plugins import broken
+        from parity.core.registry import broken
 
         out: dict[str, Any] = {kind: [{"name": r.name, "plugin": r.plugin, "package": r.package,
                                        "description": getattr(r.obj, "description", "")}
@@ -196,7 +196,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console(width=140, highlight=False)
-    from .plugins import broken
+    from parity.core.registry import broken
 
     for name, why in broken.items():
         console.print(f"broken plugin {name}: {why}")
@@ -212,7 +212,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze
+    from parity.core.analyze import analyze
 
     metrics = _csv_list(args.metrics)
     report = analyze(args.ref, args.target, ref_tag=args.ref_tag, target_tag=args.target_tag, fmt=args.fmt,
@@ -269,8 +269,8 @@ def _suffixed(path: str | None, tag: str, many: bool) -> str | None:
 
 
 def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
-    from .compare import CompareSettings
-    from .inputs import parse_input_shapes
+    from parity.core.compare import CompareSettings
+    from parity.core.inputs import parse_input_shapes
 
     metrics = _csv_list(args.metrics)
     return CompareSettings(
@@ -286,7 +286,7 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from parity.core.compare import compare
 
     targets = args.target or (["dump"] if args.target_dump else ["ort"])
     if args.target_dump and args.target:
@@ -308,9 +308,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
-    from .atomic import write_text
-    from .compare import compare
-    from .fix import fix
+    from parity.contract.atomic import write_text
+    from parity.core.compare import compare
+    from parity.core.fix import fix
 
     name, sep, val = args.goal.rpartition("=")
     try:
@@ -347,7 +347,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import environment, sources
+    from parity.core.doctor import environment, sources
 
     env, srcs = environment(), sources()
     if args.json:
@@ -372,7 +372,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from .examples.lenet import write_example
+    from parity.examples.lenet import write_example
 
     paths = write_example(args.out)
     for k, v in paths.items():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from parity import plugins
+from parity.core import registry as plugins
 
 
 @pytest.fixture(autouse=True)

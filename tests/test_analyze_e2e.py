@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from parity.dumps import write_dump  # noqa: E402
-from parity.plugins import get_source  # noqa: E402
-from parity.source import RunConfig  # noqa: E402
+from parity.core.dumps import write_dump  # noqa: E402
+from parity.core.registry import get_source  # noqa: E402
+from parity.contract.source import RunConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory):
     """FP32 and FP16 runs of the sampleMNIST-shaped LeNet, written as TensorRT-style text dumps."""
-    from parity import plugins
+    from parity.core import registry as plugins
 
     plugins.reset()
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from parity_builtin_onnxruntime.graph import plan_capture_steps, step_model
+from parity.lib.onnx.graph import plan_capture_steps, step_model
 
 
 def _chain(n: int = 6) -> onnx.ModelProto:

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from parity.compare import CompareSettings, compare  # noqa: E402
+from parity.core.compare import CompareSettings, compare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
@@ -123,7 +123,7 @@ def test_torchscript_without_declared_shapes_takes_them_from_the_inputs(scripted
 
 
 def test_saved_dumps_reanalyze_to_the_same_values(tmp_path):
-    from parity.analyze import analyze
+    from parity.core.analyze import analyze
 
     rep = run("resnet", "ort-fp16", tmp_path, save_ref=str(tmp_path / "d" / "ref"),
               save_target=str(tmp_path / "d" / "tgt"), save_format="trt-text")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from parity import Activation
-from parity.diagnose import (FORMATS, LocalResult, attach_local, diagnosis_lines, find_culprits, score_local,
+from parity.core.diagnose import (FORMATS, LocalResult, attach_local, diagnosis_lines, find_culprits, score_local,
                              target_format, trace_ranges)
-from parity.engine import compare_streams, resolve_metrics
+from parity.core.engine import compare_streams, resolve_metrics
 
 
 def _chain(rng):

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import Activation, ParityError, hookimpl, plugins
-from parity.dumps import (MANIFEST_NAME, detect_tags, natural_key, read_dump, safe_filename, split_tag,
+from parity import Activation, ParityError, hookimpl
+from parity.core import registry as plugins
+from parity.core.dumps import (MANIFEST_NAME, detect_tags, natural_key, read_dump, safe_filename, split_tag,
                           write_dump)
-from parity.formats import DumpFormat
+from parity.contract.dumpformat import DumpFormat
 
 FORMATS = ["npy", "npz", "trt-text"]
 

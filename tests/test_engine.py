@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from parity import Activation, ParityError
-from parity.engine import Pair, compare_streams, merge_reports, run_engine
-from parity.matcher import ExactMatcher
+from parity.core.engine import Pair, compare_streams, merge_reports, run_engine
+from parity.core.matcher import ExactMatcher
 
 
 def _acts(arrays, **meta):

@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from parity.compare import CompareSettings, compare  # noqa: E402
-from parity.fix import fix  # noqa: E402
+from parity.core.compare import CompareSettings, compare  # noqa: E402
+from parity.core.fix import fix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "tests" / "models" / "zoo.py"

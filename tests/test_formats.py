@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import Activation, ParityError, plugins
+from parity import Activation, ParityError
+from parity.core import registry as plugins
 
 
 @pytest.fixture(autouse=True)

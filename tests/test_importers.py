@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import Activation, ParityError, plugins
-from parity.dumps import read_dump
+from parity import Activation, ParityError
+from parity.core import registry as plugins
+from parity.core.dumps import read_dump
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from parity import Activation, ParityError
-from parity.matcher import AutoMatcher, MappingRules, SpillStore, normalize_name
+from parity.core.matcher import AutoMatcher, MappingRules, SpillStore, normalize_name
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -119,9 +119,10 @@ def test_spill_store_parks_large_arrays_on_disk(tmp_path, rng):
 
 def test_third_party_matcher_through_register_matchers(rng):
     """A matcher contributed by a plugin's register_matchers(register) hook is used by name."""
-    from parity import hookimpl, plugins
-    from parity.engine import Pair, compare_streams
-    from parity.matcher import Matcher
+    from parity import hookimpl
+    from parity.core import registry as plugins
+    from parity.core.engine import Pair, compare_streams
+    from parity.core.matcher import Matcher
 
     class ByOrder(Matcher):
         name = "by-order"

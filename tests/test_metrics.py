@@ -15,8 +15,9 @@ from scipy.special import log_softmax, rel_entr, softmax
 from scipy.stats import entropy
 
 import parity_builtin_metrics as pbm
-from parity import ParityError, plugins
-from parity.metric import CHUNK_ELEMENTS, score_pair
+from parity import ParityError
+from parity.core import registry as plugins
+from parity.contract.metric import CHUNK_ELEMENTS, score_pair
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}
 NAMES = sorted(M)

@@ -31,10 +31,10 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from parity import ParityError  # noqa: E402
-from parity.diagnose import LocalResult  # noqa: E402
-from parity.metric import score_pair  # noqa: E402
-from parity.plugins import get_metric  # noqa: E402
-from parity.source import RunConfig  # noqa: E402
+from parity.core.diagnose import LocalResult  # noqa: E402
+from parity.contract.metric import score_pair  # noqa: E402
+from parity.core.registry import get_metric  # noqa: E402
+from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_onnxruntime import OrtSource  # noqa: E402
 
 FP16_MAX = 65504.0
@@ -109,7 +109,7 @@ def outputs(precision: str, cfg: RunConfig, feed) -> list[np.ndarray]:
 def hazard(tmp_path_factory):
     """The fp16 hazard model: spec, its parity export (.onnx), a feed, and module -> tensor names."""
     pytest.importorskip("torch")
-    pytest.importorskip("parity_builtin_torch.loader")
+    pytest.importorskip("parity.lib.torch_loader")
     d = tmp_path_factory.mktemp("hazard")
     py = d / "hazard_model.py"
     py.write_text(HAZARD_SRC)

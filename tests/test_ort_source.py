@@ -23,12 +23,13 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 nn = torch.nn
 
-from parity import ParityError, plugins  # noqa: E402
-from parity.source import RunConfig  # noqa: E402
+from parity import ParityError  # noqa: E402
+from parity.core import registry as plugins  # noqa: E402
+from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_onnxruntime import OrtSource  # noqa: E402
-from parity_builtin_onnxruntime import export as export_mod  # noqa: E402
-from parity_builtin_onnxruntime.export import cached_export, export_onnx  # noqa: E402
-from parity_builtin_onnxruntime.provenance import (module_output_calls, module_outputs,  # noqa: E402
+from parity.lib.onnx import export as export_mod  # noqa: E402
+from parity.lib.onnx.export import cached_export, export_onnx  # noqa: E402
+from parity.lib.onnx.provenance import (module_output_calls, module_outputs,  # noqa: E402
                                                    parse_namespace, parse_scope_name)
 
 # ----------------------------------------------------------------------------- models
@@ -218,8 +219,8 @@ def test_register_sources_hook_contributes_three_names():
 
 
 def test_import_is_lazy():
-    code = ("import sys, parity_builtin_onnxruntime, parity_builtin_onnxruntime.provenance, "
-            "parity_builtin_onnxruntime.export, parity_builtin_onnxruntime.convert; "
+    code = ("import sys, parity_builtin_onnxruntime, parity.lib.onnx.provenance, "
+            "parity.lib.onnx.export, parity.lib.onnx.convert; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnxconverter_common') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -511,7 +512,7 @@ def test_fp16_and_int8_conversions_are_cached(cnn, tmp_path):
 # ----------------------------------------------------------------------------- torch models
 
 def test_torch_model_is_exported_and_run(models_py, tmp_path):
-    pytest.importorskip("parity_builtin_torch.loader")
+    pytest.importorskip("parity.lib.torch_loader")
     spec = f"{models_py}:make_cnn"
     cfg = RunConfig(model=spec, workdir=tmp_path, options={"ort_threads": 1})
     src = OrtSource("fp32")

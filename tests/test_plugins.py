@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from parity import ParityError, hookimpl, hookspecs, plugins
-from parity.metric import Metric
+from parity import ParityError, hookimpl
+from parity.contract import hookspecs
+from parity.core import registry as plugins
+from parity.contract.metric import Metric
 
 ROOT = Path(__file__).resolve().parents[1]
 

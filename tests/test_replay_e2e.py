@@ -32,7 +32,7 @@ def test_polygraphy_dump_replayed_against_torch(model, tmp_path):
         import zoo
     finally:
         sys.path.pop(0)
-    from parity_builtin_onnxruntime.export import export_onnx
+    from parity.lib.onnx.export import export_onnx
 
     module = getattr(zoo, model)()
     shape = next(iter(module.parity_input_shapes.values()))

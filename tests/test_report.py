@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from parity import Activation
-from parity.engine import compare_streams
-from parity.report import SCHEMA_VERSION, csv_text, render_table, to_dict, write_json
+from parity.core.engine import compare_streams
+from parity.core.report import SCHEMA_VERSION, csv_text, render_table, to_dict, write_json
 
 
 def _report(rng):
@@ -27,7 +27,7 @@ def test_json_schema_is_stable_and_strict(rng, tmp_path):
     p = tmp_path / "r.json"
     write_json(rep, str(p))
     d = json.loads(p.read_text())  # strict JSON: NaN/Inf are strings, not bare tokens
-    assert d["schema"] == "parity.report" and d["schema_version"] == SCHEMA_VERSION
+    assert d["schema"] == "parity.core.report" and d["schema_version"] == SCHEMA_VERSION
     assert d["passed"] is False and d["first_divergent"] == "conv1"
     assert [m["name"] for m in d["metrics"]] == ["cosine", "rel-diff", "sqnr"]
     layers = {l["name"]: l for l in d["layers"]}

@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from parity.source import RunConfig  # noqa: E402
+from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_tensorrt import local as L  # noqa: E402
 from parity_builtin_tensorrt.config import LayerPrecision, cache_key  # noqa: E402
 from parity_builtin_tensorrt.marking import SHAPE_INPUTS  # noqa: E402
@@ -39,8 +39,8 @@ def _session(model: "onnx.ModelProto") -> "ort.InferenceSession":
 
 
 def _export_zoo(kind: str, tmp_path_factory):
-    from parity_builtin_onnxruntime.export import export_onnx
-    from parity_builtin_onnxruntime.graph import with_outputs
+    from parity.lib.onnx.export import export_onnx
+    from parity.lib.onnx.graph import with_outputs
 
     from tests.models import zoo
 
@@ -78,7 +78,7 @@ def resnet_exported(tmp_path_factory):
 # --------------------------------------------------------------------------- single-node models
 
 def test_single_node_models_reproduce_the_full_graph_exactly(exported):
-    from parity_builtin_onnxruntime.graph import tensor_sites
+    from parity.lib.onnx.graph import tensor_sites
 
     kind, model, _feed, vals = exported
     ex = L.NodeExtractor(model)
@@ -305,7 +305,7 @@ def test_local_errors_on_a_gpu_join_the_run_records(tmp_path, exported):
 
 def test_local_cases_feed_each_node_the_reference_values(tmp_path, resnet_exported):
     """The whole pure path of local_errors (reference run, selection, extraction), run with ONNX Runtime."""
-    from parity_builtin_onnxruntime.graph import tensor_sites
+    from parity.lib.onnx.graph import tensor_sites
 
     _kind, model, feed, vals = resnet_exported
     cfg = RunConfig(model="unused.onnx", workdir=tmp_path, options={"ort_threads": 1})

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 import pytest
 
-from parity import Activation, ParityError, plugins
+from parity import Activation, ParityError
+from parity.core import registry as plugins
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -516,7 +517,7 @@ def test_internal_output_names_map_through_the_covered_nodes(cnn):
 
 
 def _attention_ranges(model):
-    from parity_builtin_onnxruntime.provenance import scope_of_nodes
+    from parity.lib.onnx.provenance import scope_of_nodes
 
     scopes = scope_of_nodes(model)
     out = []
@@ -528,7 +529,7 @@ def _attention_ranges(model):
 
 
 def _attn_output(model, blk):
-    from parity_builtin_onnxruntime.provenance import module_outputs
+    from parity.lib.onnx.provenance import module_outputs
 
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     outs = [t for t, paths in module_outputs(model).items() if blk in paths and t not in consts]
@@ -664,7 +665,7 @@ def test_engine_records_are_named_after_the_onnx_tensor_they_hold(cnn):
 
 
 def test_annotate_adds_onnx_and_module_provenance(cnn):
-    from parity_builtin_onnxruntime.provenance import module_outputs
+    from parity.lib.onnx.provenance import module_outputs
 
     doc, groups = _fuse(cnn, internal_outputs=False)
     mp = N.build_map(cnn, engine_info_from_json(doc))
@@ -781,7 +782,7 @@ def test_plugin_registers_the_five_targets_and_three_formats():
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is missing")
 def test_check_and_run_say_what_to_install_without_tensorrt(tmp_path):
-    from parity.source import RunConfig
+    from parity.contract.source import RunConfig
     from parity_builtin_tensorrt.source import TrtSource
 
     src = TrtSource("fp16")
@@ -806,7 +807,7 @@ def test_doctor_reports_each_piece_with_a_reason():
 
 
 def test_input_specs_come_from_the_onnx_model(tmp_path, cnn):
-    from parity.source import RunConfig
+    from parity.contract.source import RunConfig
     from parity_builtin_tensorrt.source import TrtSource
 
     p = tmp_path / "cnn.onnx"
@@ -877,7 +878,7 @@ def test_device_tensors_are_copied_on_the_given_stream(dtype_name, tdtype):
 def _ort_outputs(path, feed, names):
     import onnxruntime as ort
 
-    from parity_builtin_onnxruntime.graph import with_outputs
+    from parity.lib.onnx.graph import with_outputs
 
     m = with_outputs(onnx.load(str(path)), names)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -887,7 +888,7 @@ def _ort_outputs(path, feed, names):
 @needs_trt
 @pytest.mark.parametrize("capture", ["debug", "mark", "outputs"])
 def test_tensorrt_fp32_matches_onnxruntime_layer_by_layer(tmp_path, cnn, capture):
-    from parity.source import RunConfig
+    from parity.contract.source import RunConfig
     from parity_builtin_tensorrt.source import TrtSource
 
     p = tmp_path / "cnn.onnx"
@@ -908,7 +909,7 @@ def test_tensorrt_fp32_matches_onnxruntime_layer_by_layer(tmp_path, cnn, capture
 
 @needs_trt
 def test_tensorrt_engine_cache_is_reused(tmp_path, cnn):
-    from parity.source import RunConfig
+    from parity.contract.source import RunConfig
     from parity_builtin_tensorrt.source import TrtSource
 
     p = tmp_path / "cnn.onnx"

@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import ParityError, hookimpl, plugins
-from parity.metric import Metric, score_pair
+from parity import ParityError, hookimpl
+from parity.core import registry as plugins
+from parity.contract.metric import Metric, score_pair
 
 EXAMPLE_MODULE = '''\
 """parity-example-metric: the largest relative error, as a parity metric."""
 import numpy as np
 
 from parity import hookimpl
-from parity.metric import Metric
+from parity.contract.metric import Metric
 
 
 class MaxRelMetric(Metric):

@@ -20,10 +20,10 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from parity.compare import CompareSettings, compare  # noqa: E402
-from parity.diagnose import LocalResult  # noqa: E402
-from parity.errors import ParityError  # noqa: E402
-from parity.source import RunConfig  # noqa: E402
+from parity.core.compare import CompareSettings, compare  # noqa: E402
+from parity.core.diagnose import LocalResult  # noqa: E402
+from parity.contract.errors import ParityError  # noqa: E402
+from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_torch.local import module_of_key  # noqa: E402
 from parity_builtin_torch.source import TorchSource  # noqa: E402
 
@@ -122,7 +122,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def fresh_model(spec: str):
     """The same model the sources load: the factory run on a fresh import of the file."""
-    from parity_builtin_torch.loader import load_torch_model
+    from parity.lib.torch_loader import load_torch_model
 
     return load_torch_model(RunConfig(model=spec)).module.eval()
 

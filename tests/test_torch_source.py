@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from parity.errors import ParityError  # noqa: E402
-from parity.source import InputSpec, RunConfig  # noqa: E402
-from parity_builtin_torch.loader import load_torch_model  # noqa: E402
+from parity.contract.errors import ParityError  # noqa: E402
+from parity.contract.source import InputSpec, RunConfig  # noqa: E402
+from parity.lib.torch_loader import load_torch_model  # noqa: E402
 from parity_builtin_torch.source import TorchSource  # noqa: E402
 
 _counter = itertools.count()
@@ -200,7 +200,7 @@ def x_img() -> np.ndarray:
 # --------------------------------------------------------------------------- registration
 
 def test_plugin_registers_three_sources_and_import_is_cheap():
-    from parity.plugins import registry
+    from parity.core.registry import registry
 
     reg = registry()["source"]
     for name, prec in [("torch", "fp32"), ("torch-fp16", "fp16"), ("torch-bf16", "bf16")]:

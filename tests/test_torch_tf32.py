@@ -7,8 +7,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_fp32_reference_disables_tf32_while_running_and_restores_it(tmp_path):
-    from parity.plugins import get_source
-    from parity.source import RunConfig
+    from parity.core.registry import get_source
+    from parity.contract.source import RunConfig
 
     (tmp_path / "m.py").write_text(
         "import torch\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import ParityError
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError
 
 INPUT_SHAPE = (1, 1, 28, 28)
 

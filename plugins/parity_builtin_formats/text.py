@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from parity import Activation, ParityError
-from parity.dumps import atomic_write_path
-from parity.formats import DumpFormat
+from parity.core.dumps import atomic_write_path
+from parity.contract.dumpformat import DumpFormat
 
 _BRACKETS = {"[": "]", "(": ")"}
 _X_FORM = re.compile(r"^\d+(?:\s*[xX]\s*\d+)+$")

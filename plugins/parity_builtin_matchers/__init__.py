@@ -1,6 +1,6 @@
 """Built-in matchers: the core's matchers, offered through the same hook a third-party matcher uses."""
 from parity import hookimpl
-from parity.matcher import AutoMatcher, ExactMatcher
+from parity.core.matcher import AutoMatcher, ExactMatcher
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Built-in metrics plugin for parity.
 
 Registered through the ``parity`` entry-point group exactly like a third-party plugin,
-and written against the public API only (:mod:`parity.metric`).
+and written against the public API only (:mod:`parity.contract.metric`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The built-in metrics.
 
 Every streaming metric folds float64 chunks of the finite-on-both-sides positions
-(see :func:`parity.metric.iter_chunks`) into a few float64 accumulators, so its extra
+(see :func:`parity.contract.metric.iter_chunks`) into a few float64 accumulators, so its extra
 memory does not grow with the activation. Sums of products go through :func:`fdot`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from parity import ParityError
-from parity.metric import Chunk, Metric, PairContext
+from parity.contract.metric import Chunk, Metric, PairContext
 
 #: Elements a whole-pair metric converts to float64 at once (per side).
 BLOCK_ELEMENTS = 1 << 16

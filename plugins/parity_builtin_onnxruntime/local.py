@@ -3,7 +3,7 @@
 A compare run measures *accumulated* error: every layer inherits what the layers before it
 lost. To tell the layer that causes a loss from those that inherit it, each layer is also
 run alone in the target setting on the *reference* inputs and scored against the reference
-output (its *local* error, see ``parity.diagnose``).
+output (its *local* error, see ``parity.core.diagnose``).
 
 How the local runs are built, for one feed:
 
@@ -48,15 +48,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from parity.errors import ParityError
-from parity.source import RunConfig
+from parity.contract.errors import ParityError
+from parity.contract.source import RunConfig
 
-from ._util import opt_int, run_session
+from parity.lib.onnx.util import opt_int, run_session
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from parity.diagnose import LocalResult
+    from parity.core.diagnose import LocalResult
 
     from .source import OrtSource
 
@@ -93,7 +93,7 @@ def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[
     ``fetch`` maps fp32 names to the target tensor read for them (see ``int8_fetch_map``),
     ``keys`` are the tensors to run locally, ``available`` those the reference run captured.
     """
-    from .graph import model_inputs, tensor_sites
+    from parity.lib.onnx.graph import model_inputs, tensor_sites
 
     sites = {s.name: s for s in tensor_sites(orig)}
     boundary = set(sites) | {vi.name for vi in model_inputs(orig)}
@@ -183,7 +183,7 @@ def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_typ
     import onnx
     from onnx import helper
 
-    from .graph import empty_like
+    from parity.lib.onnx.graph import empty_like
 
     tg = target.graph
     new = empty_like(target, "parity_local_runs")
@@ -222,7 +222,7 @@ def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_typ
 def _reference_run(source: "OrtSource", cfg: RunConfig, orig: "onnx.ModelProto", names: list[str],
                    feed: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
     """Every named tensor of the fp32 graph for ``feed`` (non-array values are dropped)."""
-    from .graph import with_outputs
+    from parity.lib.onnx.graph import with_outputs
 
     so, providers = source._session_options(cfg)
     batch = opt_int(cfg.options, "ort_output_batch", 0) or 0
@@ -281,7 +281,7 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     """
     import onnx
 
-    from .graph import FLOAT_TYPES, captured_sites, load_model
+    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, load_model
     from .source import DEFAULT_OUTPUT_BATCH
 
     source.last_local_skipped = []
@@ -319,7 +319,7 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
 
 def _plans(source: "OrtSource", orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
            available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
-    from .convert import fetch_map
+    from parity.lib.onnx.convert import fetch_map
 
     fetch = fetch_map(target, keys, quantized=source.precision == "int8")
     return plan_locals(orig, target, fetch, keys, available)
@@ -330,7 +330,7 @@ class _FedDtypes:
     model stores it so), from the target's declared inputs, its inferred types, or the reference."""
 
     def __init__(self, target: "onnx.ModelProto") -> None:
-        from .graph import inferred_types, model_inputs
+        from parity.lib.onnx.graph import inferred_types, model_inputs
 
         self.types = inferred_types(target)
         self.tin = {vi.name: vi.type.tensor_type.elem_type for vi in model_inputs(target)}
@@ -340,7 +340,7 @@ class _FedDtypes:
     def add(self, t: str, ref: np.ndarray) -> None:
         import onnx
 
-        from .graph import FLOAT_TYPES
+        from parity.lib.onnx.graph import FLOAT_TYPES
 
         if t in self.onnx:
             return
@@ -360,7 +360,7 @@ def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", r
                group: list[LocalPlan], ref: dict[str, np.ndarray], fed_dtype: _FedDtypes,
                cast: _Caster) -> Iterator["LocalResult"]:
     """One session run of the local subgraphs of ``group``; their results, in plan order."""
-    from parity.diagnose import LocalResult
+    from parity.core.diagnose import LocalResult
 
     so, providers = source._session_options(cfg)
     label = f"the local runs of {Path(run_path).name}"
@@ -396,7 +396,7 @@ def _predicted_float_keys(orig: "onnx.ModelProto", captured: list[str]) -> list[
     them must be an array, which is checked as the steps return them). ``None`` when inference
     leaves any captured tensor untyped or not a plain tensor (the caller then takes the single run).
     """
-    from .graph import FLOAT_TYPES, inferred_types
+    from parity.lib.onnx.graph import FLOAT_TYPES, inferred_types
 
     types = inferred_types(orig)
     keys: list[str] = []
@@ -420,7 +420,7 @@ def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], s
     """
     import onnx
 
-    from .graph import FLOAT_TYPES
+    from parity.lib.onnx.graph import FLOAT_TYPES
 
     key_set = set(keys)
     target = onnx.load(str(run_path))

@@ -14,11 +14,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from parity.errors import ParityError
-from parity.records import Activation
-from parity.source import InputSpec, RunConfig, Source
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation
+from parity.contract.source import InputSpec, RunConfig, Source
 
-from ._util import opt_bool, opt_int, opt_list, ort_message, run_session
+from parity.lib.onnx.util import opt_bool, opt_int, opt_list, ort_message, run_session
 
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
 #: tensors captured per step on graphs with more than twice as many (``ort_output_batch=0``: one session)
@@ -38,7 +38,7 @@ class OrtSource(Source):
     ``ort_all_dtypes`` (also capture integer/bool tensors), ``ort_output_batch`` (capture
     at most N tensors per session run), ``opset``, ``export_dynamo``,
     ``export_dynamic_batch``, ``export_optimize``, ``keep_fp32_ops``, ``keep_fp32_nodes``
-    and the ``int8_*`` options of :func:`parity_builtin_onnxruntime.convert.to_int8`.
+    and the ``int8_*`` options of :func:`parity.lib.onnx.convert.to_int8`.
     For ``parity fix``: ``keep_high_precision`` (fp32 tensor names whose producing nodes stay
     fp32 / unquantized) and ``outputs_only`` (capture only the model outputs).
     """
@@ -70,7 +70,7 @@ class OrtSource(Source):
     @staticmethod
     def _load_torch(cfg: RunConfig) -> Any:
         try:
-            from parity_builtin_torch.loader import load_torch_model
+            from parity.lib.torch_loader import load_torch_model
         except ImportError as e:
             raise ParityError(f"model {cfg.model} is not an .onnx file, so it must be exported from torch, "
                               f"which needs the torch plugin (parity_builtin_torch). Note: {e}") from e
@@ -80,7 +80,7 @@ class OrtSource(Source):
         """Path of the fp32 ONNX model to run, plus torch module names when parity exported it."""
         if self._is_onnx(cfg):
             return Path(str(cfg.model)), None
-        from .export import cached_export
+        from parity.lib.onnx.export import cached_export
 
         loaded = self._load_torch(cfg)
         module = loaded.module
@@ -101,7 +101,7 @@ class OrtSource(Source):
     # -- inputs ---------------------------------------------------------------------------
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
         if self._is_onnx(cfg):
-            from .graph import elem_dtype, load_model, model_inputs, value_dims
+            from parity.lib.onnx.graph import elem_dtype, load_model, model_inputs, value_dims
 
             m = load_model(cfg.model, what="model")
             specs = []
@@ -112,7 +112,7 @@ class OrtSource(Source):
             return self._apply_shapes(cfg, specs)
         loaded = self._load_torch(cfg)
         try:
-            from parity_builtin_torch.loader import resolve_input_specs
+            from parity.lib.torch_loader import resolve_input_specs
         except ImportError:
             resolve_input_specs = None
         if resolve_input_specs is not None:
@@ -152,7 +152,7 @@ class OrtSource(Source):
 
     @staticmethod
     def _check_feed(model: Any, feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
-        from .graph import elem_dtype, model_inputs, value_dims
+        from parity.lib.onnx.graph import elem_dtype, model_inputs, value_dims
 
         inputs = model_inputs(model)
         expected = [vi.name for vi in inputs]
@@ -235,7 +235,7 @@ class OrtSource(Source):
         ``keep_high_precision`` (fp32 tensor names, e.g. from ``parity fix``) is checked against
         ``orig`` here, for every precision, so an unknown name fails before any conversion.
         """
-        from .convert import keep_producers, to_fp16, to_int8
+        from parity.lib.onnx.convert import keep_producers, to_fp16, to_int8
 
         workdir = Path(cfg.workdir)
         opts = cfg.options
@@ -263,7 +263,7 @@ class OrtSource(Source):
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each captured layer run alone in this precision on the fp32 activations (see :mod:`.local`).
 
-        Yields ``parity.diagnose.LocalResult`` one at a time, keyed like ``run()``'s records.
+        Yields ``parity.core.diagnose.LocalResult`` one at a time, keyed like ``run()``'s records.
         ``ort`` (fp32) yields nothing: its layer alone on fp32 inputs is the reference itself.
         Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
         """
@@ -277,7 +277,7 @@ class OrtSource(Source):
     def _run_whole(self, model: Any, names: list[str], feed: dict[str, np.ndarray], so: Any,
                    providers: list[str], workdir: Path, label: str) -> Iterator[list[Any]]:
         """One session with every captured tensor as an output (ONNX Runtime returns them all at once)."""
-        from .graph import with_outputs
+        from parity.lib.onnx.graph import with_outputs
 
         sess = self._session(with_outputs(model, names), so, providers, workdir, label)
         del model  # with the caller's references gone, the proto and its weights are freed here
@@ -292,7 +292,7 @@ class OrtSource(Source):
         Each step's session holds only its own nodes and weights and returns its batch plus the
         tensors later steps read, so peak memory is one batch plus what crosses the cuts.
         """
-        from .graph import plan_capture_steps, step_model
+        from parity.lib.onnx.graph import plan_capture_steps, step_model
 
         live: dict[str, Any] = dict(feed)
         for step in plan_capture_steps(model, batches):
@@ -314,9 +314,9 @@ class OrtSource(Source):
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         import onnx
 
-        from .convert import fetch_map
-        from .graph import FLOAT_TYPES, captured_sites, inferred_types, load_model
-        from .provenance import module_output_calls, node_scopes
+        from parity.lib.onnx.convert import fetch_map
+        from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, inferred_types, load_model
+        from parity.lib.onnx.provenance import module_output_calls, node_scopes
 
         workdir = Path(cfg.workdir)
         opts = cfg.options

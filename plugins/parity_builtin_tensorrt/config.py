@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from parity.errors import ParityError
+from parity.contract.errors import ParityError
 
 #: target name -> precision
 TARGETS: dict[str, str] = {

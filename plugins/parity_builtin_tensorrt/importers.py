@@ -30,10 +30,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from parity.atomic import atomic_path, write_text
-from parity.errors import ParityError
-from parity.formats import DumpFormat
-from parity.records import Activation
+from parity.contract.atomic import atomic_path, write_text
+from parity.contract.errors import ParityError
+from parity.contract.dumpformat import DumpFormat
+from parity.contract.records import Activation
 
 _SNIFF_BYTES = 1 << 16
 _TYPE_KEY = "polygraphy_class"

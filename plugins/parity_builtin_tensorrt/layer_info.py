@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parity.errors import ParityError
+from parity.contract.errors import ParityError
 
 _METADATA_ENTRY = re.compile(r"\[ONNX Layer: (.*?)\](?=$|\[ONNX Layer: |[\x1e\x1f])", re.S)
 

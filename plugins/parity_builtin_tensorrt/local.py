@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from parity.atomic import atomic_path
-from parity.errors import ParityError
-from parity.source import RunConfig
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError
+from parity.contract.source import RunConfig
 
 from .config import (EngineConfig, LayerPrecision, _as_bool, _as_list, engine_config, parse_layer_precisions,
                      with_constraints)
@@ -37,7 +37,7 @@ from .marking import SHAPE_INPUTS
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from parity.diagnose import LocalResult
+    from parity.core.diagnose import LocalResult
 
     from .source import TrtSource
 
@@ -134,7 +134,7 @@ class NodeExtractor:
 
     def __init__(self, model: "onnx.ModelProto") -> None:
         import onnx
-        from parity_builtin_onnxruntime.graph import without_weights, model_inputs, tensor_sites
+        from parity.lib.onnx.graph import without_weights, model_inputs, tensor_sites
 
         self.model = model
         g = model.graph
@@ -270,7 +270,7 @@ def reference_values(orig: "onnx.ModelProto", names: list[str], feed: Mapping[st
     import onnx
     import onnxruntime as ort
     from google.protobuf.message import EncodeError
-    from parity_builtin_onnxruntime.graph import with_outputs
+    from parity.lib.onnx.graph import with_outputs
 
     o = cfg.options
     providers = _as_list(o.get("ort_providers")) or ("CPUExecutionProvider",)
@@ -331,7 +331,7 @@ def local_cases(orig: "onnx.ModelProto", cfg: RunConfig, feed: Mapping[str, np.n
     ``trt_mark`` / ``trt_mark_names`` do not select. The reference runs on the CPU unless
     ``ort_providers`` says otherwise (the CUDA provider may compute fp32 in TF32).
     """
-    from parity_builtin_onnxruntime.graph import tensor_sites
+    from parity.lib.onnx.graph import tensor_sites
 
     extractor = NodeExtractor(orig)
     nodes = orig.graph.node
@@ -358,8 +358,8 @@ def local_cases(orig: "onnx.ModelProto", cfg: RunConfig, feed: Mapping[str, np.n
 
 def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
     """Each float-producing ONNX node as its own engine at ``source``'s precision, on fp32 inputs."""
-    from parity.diagnose import LocalResult
-    from parity_builtin_onnxruntime.graph import load_model
+    from parity.core.diagnose import LocalResult
+    from parity.lib.onnx.graph import load_model
 
     from ._cuda import cuda_status
     from .source import build_engine, import_tensorrt

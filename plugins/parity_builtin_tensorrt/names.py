@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-from parity.records import Activation
+from parity.contract.records import Activation
 
 from .layer_info import EngineInfo, LayerInfo
 
@@ -430,7 +430,7 @@ def build_map(model: "onnx.ModelProto | OnnxGraph", engine: EngineInfo | Sequenc
     ``engine`` is the parsed layer information (:func:`.layer_info.read_layer_info`) or a
     list of layer names. ``module_paths`` is ``{onnx tensor: [module path, ...]}``; when
     None and ``provenance``, it is computed with
-    ``parity_builtin_onnxruntime.provenance.module_outputs`` if that plugin is installed
+    ``parity.lib.onnx.provenance.module_outputs`` if that plugin is installed
     (``module_names``: the torch model's ``named_modules()`` names, which sharpen it).
     """
     g = model if isinstance(model, OnnxGraph) else OnnxGraph.from_model(model)
@@ -545,7 +545,7 @@ def _map_outputs(result: TrtOnnxMap, infos: Sequence[LayerInfo], covered_by: lis
 def _module_outputs(model: "onnx.ModelProto", module_names: Iterable[str] | None = None) -> dict[str, list[str]]:
     """Torch module paths of ONNX tensors, from the ONNX Runtime plugin's provenance reader."""
     try:
-        from parity_builtin_onnxruntime.provenance import module_outputs
+        from parity.lib.onnx.provenance import module_outputs
     except ImportError:  # the ONNX Runtime plugin is optional; without it records carry no module path
         return {}
     try:

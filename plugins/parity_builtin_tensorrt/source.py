@@ -47,10 +47,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from parity.atomic import atomic_path, write_text
-from parity.errors import ParityError
-from parity.records import Activation
-from parity.source import InputSpec, RunConfig, Source
+from parity.contract.atomic import atomic_path, write_text
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation
+from parity.contract.source import InputSpec, RunConfig, Source
 
 from ._cuda import dtype_name
 from .config import EngineConfig, cache_key, onnx_digest
@@ -519,8 +519,8 @@ class TrtSource(Source):
         if self._is_onnx(cfg):
             return Path(str(cfg.model)), None
         try:
-            from parity_builtin_onnxruntime.export import cached_export
-            from parity_builtin_torch.loader import load_torch_model
+            from parity.lib.onnx.export import cached_export
+            from parity.lib.torch_loader import load_torch_model
         except ImportError as e:
             raise ParityError(f"model {cfg.model} is not an .onnx file, so it must be exported from torch, "
                               f"which needs the torch and onnxruntime plugins. Note: {e}") from e
@@ -614,7 +614,7 @@ class TrtSource(Source):
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each ONNX node alone as an engine at this precision, fed fp32 reference values (see :mod:`.local`).
 
-        Yields ``parity.diagnose.LocalResult`` keyed by ONNX tensor name, as ``run()`` names the
+        Yields ``parity.core.diagnose.LocalResult`` keyed by ONNX tensor name, as ``run()`` names the
         records it maps exactly. ``trt-fp32`` yields nothing: its layer alone on fp32 inputs is the
         reference. Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
         """

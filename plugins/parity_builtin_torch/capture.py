@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from parity.errors import ParityError
-from parity.records import Activation
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation
 
 Emit = Callable[[Activation], None]
 

@@ -1,6 +1,6 @@
 """Diagnosis support for the torch sources: local runs, keep-in-fp32, output-only runs.
 
-*Local* error is what one layer adds on its own (see ``parity.diagnose``). Here it is measured
+*Local* error is what one layer adds on its own (see ``parity.core.diagnose``). Here it is measured
 inside one fp32 forward: a forward pre-hook on every leaf module casts that call's inputs to
 the target dtype (a copy, taken before the module can change them in place), and the forward
 hook runs the target model's own module at the same path on them and hands the fp32 output
@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Iterable
 
-from parity.errors import ParityError
+from parity.contract.errors import ParityError
 
 from . import capture
 
@@ -206,7 +206,7 @@ Skip = Callable[[str, str], None]
 def _emit_pairs(emit: Callable[[Any], None], name: str, ref: Any, low: Any, op_type: str | None,
                 meta: dict[str, Any], only_indices: set[int] | None = None) -> None:
     """One LocalResult per floating tensor leaf, keyed like the target record of that leaf."""
-    from parity.diagnose import LocalResult
+    from parity.core.diagnose import LocalResult
 
     rl = list(capture.flatten_tensors(ref))
     ll = list(capture.flatten_tensors(low))

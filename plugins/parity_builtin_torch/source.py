@@ -13,12 +13,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.errors import ParityError
-from parity.records import Activation
-from parity.source import InputSpec, RunConfig, Source
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation
+from parity.contract.source import InputSpec, RunConfig, Source
 
 from . import capture, local
-from .loader import LoadedModel, load_torch_model, resolve_input_specs
+from parity.lib.torch_loader import LoadedModel, load_torch_model, resolve_input_specs
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SOURCE_NAMES = {"fp32": "torch", "fp16": "torch-fp16", "bf16": "torch-bf16"}
@@ -140,7 +140,7 @@ class TorchSource(Source):
             self._release(prepared)
 
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
-        """Each layer alone in this source's precision on the fp32 inputs (``parity.diagnose.LocalResult``).
+        """Each layer alone in this source's precision on the fp32 inputs (``parity.core.diagnose.LocalResult``).
 
         Modules mode: every leaf module call; fx mode: every ``call_function`` node. Keys are
         the keys ``run()`` gives that layer's records. ``torch`` (fp32) yields nothing: it is the

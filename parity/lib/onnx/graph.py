@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from parity.errors import ParityError
+from parity.contract.errors import ParityError
 
-from ._util import sniff
+from parity.lib.onnx.util import sniff
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -88,7 +88,7 @@ def value_dims(vi: "onnx.ValueInfoProto") -> tuple[int | None, ...] | None:
 
 
 def _subgraph_refs(node: "onnx.NodeProto") -> set[str]:
-    from .provenance import _subgraph_refs as refs
+    from parity.lib.onnx.provenance import _subgraph_refs as refs
 
     return refs(node)
 

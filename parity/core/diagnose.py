@@ -15,8 +15,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .engine import LayerResult, Report
-from .metric import Metric, fails, score_pair
+from parity.core.engine import LayerResult, Report
+from parity.contract.metric import Metric, fails, score_pair
 
 #: largest finite value and smallest normal value of each low-precision format
 FORMATS: dict[str, dict[str, float]] = {

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from .records import Activation
+from parity.contract.records import Activation
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Source:
 
     # Optional, looked up with getattr by the driver:
     #   input_names(cfg) -> list[str] | None   names when shapes are unknown (a lone .npy input)
-    #   local_errors(cfg, feed) -> Iterator[parity.diagnose.LocalResult]   each layer alone (--diagnose)
+    #   local_errors(cfg, feed) -> Iterator[parity.core.diagnose.LocalResult]   each layer alone (--diagnose)
     #   details() -> list[dict] | dict         extra lines for `parity doctor`
 
     def __repr__(self) -> str:

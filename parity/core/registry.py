@@ -18,8 +18,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import ParityError
+from parity.contract import hookspecs
+from parity.contract.errors import ParityError
 
 GROUP = "parity"
 KINDS = {"register_metrics": "metric", "register_formats": "format",

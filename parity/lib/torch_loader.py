@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parity.errors import ParityError
-from parity.source import InputSpec, RunConfig
+from parity.contract.errors import ParityError
+from parity.contract.source import InputSpec, RunConfig
 
 KINDS = ("torchscript", "exported", "python", "pickle")
 
@@ -298,7 +298,7 @@ def _declared_specs(module: Any, declared: Any, where: str) -> list[InputSpec] |
     if isinstance(declared, (list, tuple)) and all(isinstance(s, InputSpec) for s in declared):
         return list(declared)
     raise ParityError(f"{where}: input declaration {declared!r} is not understood. Note: expected a dict "
-                      f"{{'x': (1, 3, 224, 224)}} or a list of parity.source.InputSpec")
+                      f"{{'x': (1, 3, 224, 224)}} or a list of parity.contract.source.InputSpec")
 
 
 def _load_python(spec: str) -> LoadedModel:

@@ -2,14 +2,14 @@
 
 A format either holds one activation per file (the TensorRT sample text dump, ``.npy``)
 or many per file (``.npz``, Polygraphy JSON). Folder handling, naming rules and the
-manifest live in :mod:`parity.dumps`, so every format gets them for free.
+manifest live in :mod:`parity.core.dumps`, so every format gets them for free.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
 
-from .records import Activation
+from parity.contract.records import Activation
 
 
 class DumpFormat:
@@ -18,7 +18,7 @@ class DumpFormat:
     ``extensions`` (lower case, with the dot) route files to the format when no format is
     named; ``multi`` says whether one file holds several activations. ``read`` yields
     activations lazily; a single-activation format names its record after the file stem,
-    and :mod:`parity.dumps` may rename it (manifest, run tags).
+    and :mod:`parity.core.dumps` may rename it (manifest, run tags).
     Errors are :class:`parity.ParityError` naming the file and what is wrong.
     """
 

@@ -16,10 +16,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from parity.atomic import atomic_path
-from parity.errors import ParityError
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError
 
-from ._util import feeds_digest, key_of, model_digest, opt_bool, opt_list
+from parity.lib.onnx.util import feeds_digest, key_of, model_digest, opt_bool, opt_list
 
 
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit, with margin

@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .engine import Report, merge_reports, run_engine
-from .errors import ParityError, UsageError
-from .inputs import check_feed, load_feeds, random_feed, resolve_specs
-from .matcher import AutoMatcher, MappingRules
-from .records import Activation
-from .source import InputSpec, RunConfig, Source
+from parity.core.engine import Report, merge_reports, run_engine
+from parity.contract.errors import ParityError, UsageError
+from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
+from parity.core.matcher import AutoMatcher, MappingRules
+from parity.contract.records import Activation
+from parity.contract.source import InputSpec, RunConfig, Source
 
 
 @dataclass
@@ -55,7 +55,7 @@ class CompareSettings:
 
 
 def _source(name: str, role: str) -> Source:
-    from .plugins import get_source
+    from parity.core.registry import get_source
 
     src = get_source(name)
     why = src.check()
@@ -80,7 +80,7 @@ def _specs(ref: Source, tgt: Source, cfg: RunConfig) -> list[InputSpec]:
 
 def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
     """Shapes the input files imply, under the user's own --input-shape (which wins)."""
-    from .inputs import peek_shapes
+    from parity.core.inputs import peek_shapes
 
     peek = peek_shapes(path)
     if "" in peek:  # a lone array: it is the model's single input, whatever its name
@@ -122,7 +122,7 @@ def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[
     import queue
     import threading
 
-    from .dumps import write_dump
+    from parity.core.dumps import write_dump
 
     q: "queue.Queue[Any]" = queue.Queue(maxsize=2)
     end = object()
@@ -186,7 +186,7 @@ class _DumpTarget(Source):
         return []
 
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
-        from .dumps import read_dump
+        from parity.core.dumps import read_dump
 
         records = read_dump(self.path)
         if not self.onnx:
@@ -201,7 +201,7 @@ def _onnx_annotator(onnx_path: str, layer_info: str | None) -> Callable[[Activat
     """Give dump records the provenance, op types and output positions of the ONNX graph they came from."""
     try:
         import onnx
-        from parity_builtin_onnxruntime.provenance import module_outputs
+        from parity.lib.onnx.provenance import module_outputs
     except ImportError as e:
         raise ParityError(f"--target-onnx needs onnx and parity's onnxruntime plugin. Note: {e}") from None
     try:
@@ -293,7 +293,7 @@ def compare(s: CompareSettings) -> Report:
         if s.matcher == "auto":
             matcher: Any = AutoMatcher(rules, spill_dir=None)
         else:
-            from .plugins import get_matcher
+            from parity.core.registry import get_matcher
 
             matcher = get_matcher(s.matcher)
         mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
@@ -309,8 +309,8 @@ def compare(s: CompareSettings) -> Report:
         if s.diagnose:
             local_fn = getattr(tgt_src, "local_errors", None)
             if callable(local_fn):
-                from .diagnose import attach_local, score_local
-                from .engine import resolve_metrics
+                from parity.core.diagnose import attach_local, score_local
+                from parity.core.engine import resolve_metrics
 
                 ms = resolve_metrics(s.metrics)
                 try:
@@ -343,7 +343,7 @@ def compare(s: CompareSettings) -> Report:
             summary["provenance_share"] = by.get("provenance", 0) / matched
     report.summary.update(summary)
     if s.diagnose:
-        from .diagnose import find_culprits, target_format, trace_ranges
+        from parity.core.diagnose import find_culprits, target_format, trace_ranges
 
         trace_ranges(report, target_format(s.target, report.layers[0] if report.layers else None))
         find_culprits(report)

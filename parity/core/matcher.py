@@ -1,6 +1,6 @@
 """Matchers: line up reference and target layers before scoring.
 
-A matcher turns two activation streams into a stream of :class:`parity.engine.Pair`.
+A matcher turns two activation streams into a stream of :class:`parity.core.engine.Pair`.
 Every pair says how it was matched and with what confidence; layers found on one side
 only come out as pairs with the other side ``None``, so nothing is silently dropped.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import ClassVar, Iterable, Iterator
 
-from .engine import Pair
-from .records import Activation
+from parity.core.engine import Pair
+from parity.contract.records import Activation
 
 
 class Matcher:
@@ -75,7 +75,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .errors import ParityError  # noqa: E402
+from parity.contract.errors import ParityError  # noqa: E402
 
 #: confidence of each matching method, highest first; the report shows method and confidence
 CONFIDENCE = {"exact": 1.0, "output": 1.0, "pinned": 1.0, "provenance": 0.95, "normalized": 0.8,

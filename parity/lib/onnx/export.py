@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from parity.atomic import atomic_path
-from parity.errors import ParityError
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError
 
-from ._util import file_digest, key_of
-from .provenance import CALLS_KEY
+from parity.lib.onnx.util import file_digest, key_of
+from parity.lib.onnx.provenance import CALLS_KEY
 
 DEFAULT_OPSET = 18
 EXPORTER_KEY = "parity.exporter"
@@ -56,7 +56,7 @@ def _annotate_calls(prog: Any) -> int:
     Returns how many nodes were annotated. A node whose stack does not agree with its
     ``namespace`` is left alone (provenance then falls back to the namespace).
     """
-    from .provenance import parse_namespace
+    from parity.lib.onnx.provenance import parse_namespace
 
     stacks: dict[str, list[tuple[str, int]]] = {}
     for fx in prog.exported_program.graph.nodes:

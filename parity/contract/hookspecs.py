@@ -24,17 +24,17 @@ Register = Callable[..., None]
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Contribute metrics: call ``register(metric, name=None)`` with :class:`parity.metric.Metric` instances."""
+    """Contribute metrics: call ``register(metric, name=None)`` with :class:`parity.contract.metric.Metric` instances."""
 
 
 @hookspec
 def register_formats(register: Register) -> None:
-    """Contribute dump formats: call ``register(fmt, name=None)`` with :class:`parity.formats.DumpFormat` instances."""
+    """Contribute dump formats: call ``register(fmt, name=None)`` with :class:`parity.contract.dumpformat.DumpFormat` instances."""
 
 
 @hookspec
 def register_sources(register: Register) -> None:
-    """Contribute sources: call ``register(source, name=None)`` with :class:`parity.source.Source` instances.
+    """Contribute sources: call ``register(source, name=None)`` with :class:`parity.contract.source.Source` instances.
 
     One source class usually serves several target names (``ort``, ``ort-fp16``, ``ort-int8``).
     """
@@ -42,7 +42,7 @@ def register_sources(register: Register) -> None:
 
 @hookspec
 def register_matchers(register: Register) -> None:
-    """Contribute layer matchers: call ``register(matcher, name=None)`` with :class:`parity.matcher.Matcher` instances."""
+    """Contribute layer matchers: call ``register(matcher, name=None)`` with :class:`parity.core.matcher.Matcher` instances."""
 
 
 HOOKS: tuple[str, ...] = ("register_metrics", "register_formats", "register_sources", "register_matchers")

@@ -12,8 +12,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import ParityError
-from .source import InputSpec
+from parity.contract.errors import ParityError
+from parity.contract.source import InputSpec
 
 _SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:[x,]\d+)*)\s*$")
 

@@ -102,7 +102,7 @@ def opt_bool(options: dict[str, Any], key: str, default: bool) -> bool:
             return True
         if low in _FALSE:
             return False
-        from parity.errors import ParityError
+        from parity.contract.errors import ParityError
 
         raise ParityError(f"option {key}={v!r} is not a boolean. Note: use true or false")
     return bool(v)
@@ -116,7 +116,7 @@ def opt_int(options: dict[str, Any], key: str, default: int | None) -> int | Non
     try:
         return int(v)
     except (TypeError, ValueError):
-        from parity.errors import ParityError
+        from parity.contract.errors import ParityError
 
         raise ParityError(f"option {key}={v!r} is not an integer") from None
 
@@ -142,7 +142,7 @@ def run_session(sess: Any, outputs: list[str], feed: dict[str, Any], label: str)
     try:
         return sess.run(outputs, feed)
     except Exception as e:
-        from parity.errors import ParityError
+        from parity.contract.errors import ParityError
 
         raise ParityError(f"onnxruntime failed running {label}. Note: {ort_message(e)}") from e
 

@@ -1,6 +1,6 @@
 """Reading and writing dump folders and archives, whatever the file format.
 
-Formats (:class:`parity.formats.DumpFormat` plugins) only know how to read or write one
+Formats (:class:`parity.contract.dumpformat.DumpFormat` plugins) only know how to read or write one
 file. Everything that concerns a *set* of files lives here, so a third-party format gets it
 for free: choosing the format of each file, layer names and their order, the
 ``parity-manifest.json`` that keeps names and metadata exact, run tags (two runs in one
@@ -21,8 +21,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import ParityError
-from .records import Activation
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation
 
 MANIFEST_NAME = "parity-manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -90,15 +90,15 @@ def _strip_tag(stem: str, tag: str) -> str | None:
 def atomic_write_path(path: str | os.PathLike[str]) -> Any:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
 
-    Format plugins use this for their writers (the project's one write-then-rename, parity.atomic).
+    Format plugins use this for their writers (the project's one write-then-rename, parity.contract.atomic).
     """
-    from .atomic import atomic_path
+    from parity.contract.atomic import atomic_path
 
     return atomic_path(path)
 
 
 def _formats() -> dict[str, Any]:
-    from . import plugins
+    from parity.core import registry as plugins
     return plugins.all_of("format")
 
 
@@ -200,7 +200,7 @@ def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
 
 
 def make_manifest(entries: list[dict[str, Any]], dump_format: str) -> dict[str, Any]:
-    from . import __version__
+    from parity import __version__
     return {"kind": "parity-dump", "schema_version": MANIFEST_SCHEMA_VERSION,
             "parity_version": __version__, "dump_format": dump_format, "entries": entries}
 
@@ -334,7 +334,7 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
         raise ParityError(f"dump not found: {p}. Note: give a dump folder or a dump file; {_extensions_note()}.")
     fmt_obj = None
     if fmt is not None:
-        from .plugins import get_format
+        from parity.core.registry import get_format
         fmt_obj = get_format(fmt)
     if tag is not None and (tag.strip(".") == "" or any(s in tag for s in "/\\")):
         raise ParityError(f"run tag {tag!r} is not valid. Note: a tag is a plain word such as fp32 or fp16.")
@@ -597,7 +597,7 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
     complete. Only empty folders, parity dump folders and plain files are ever replaced;
     an existing empty folder is used without ``overwrite``.
     """
-    from .plugins import get_format
+    from parity.core.registry import get_format
     f = get_format(fmt)
     if not getattr(f, "writable", True):
         raise ParityError(f"format {fmt!r} can be read but not written. Note: write npy, npz or trt-text.")

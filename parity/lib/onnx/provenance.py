@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-#: node metadata key written by :func:`parity_builtin_onnxruntime.export.export_onnx`
+#: node metadata key written by :func:`parity.lib.onnx.export.export_onnx`
 CALLS_KEY = "parity.module_calls"
 NAMESPACE_KEY = "namespace"
 

@@ -37,7 +37,7 @@ def environment() -> dict[str, str]:
 
 def sources() -> list[dict[str, Any]]:
     """Every registered source with whether it can run here; sources may add ``details()``."""
-    from .plugins import broken, registry
+    from parity.core.registry import broken, registry
 
     out: list[dict[str, Any]] = []
     reg = registry()

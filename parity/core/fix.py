@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .compare import CompareSettings, prepare
-from .diagnose import error_of
-from .engine import LayerResult, Report
-from .errors import ParityError
-from .metric import fails, score_pair
-from .plugins import get_metric
-from .source import RunConfig
+from parity.core.compare import CompareSettings, prepare
+from parity.core.diagnose import error_of
+from parity.core.engine import LayerResult, Report
+from parity.contract.errors import ParityError
+from parity.contract.metric import fails, score_pair
+from parity.core.registry import get_metric
+from parity.contract.source import RunConfig
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .engine import Report, compare_streams
-from .errors import ParityError
+from parity.core.engine import Report, compare_streams
+from parity.contract.errors import ParityError
 
 #: tags taken for the reference run when a single folder holds two runs and none was named
 REF_TAG_HINTS = ("fp32", "ref", "reference", "float32", "torch")
@@ -13,7 +13,7 @@ REF_TAG_HINTS = ("fp32", "ref", "reference", "float32", "torch")
 
 def pick_tags(folder: Path, ref_tag: str | None, target_tag: str | None) -> tuple[str, str]:
     """Choose which run in a single-folder layout is the reference and which the target."""
-    from .dumps import detect_tags
+    from parity.core.dumps import detect_tags
 
     if ref_tag and target_tag:
         return ref_tag, target_tag
@@ -41,7 +41,7 @@ def analyze(ref: str | Path, target: str | Path | None = None, *, ref_tag: str |
             metrics: Sequence[str] | None = None, thresholds: dict[str, float] | None = None,
             options: dict[str, Any] | None = None, matcher: str = "exact") -> Report:
     """Compare two dumps layer by layer; with ``target=None``, ``ref`` is one folder holding both runs."""
-    from .dumps import read_dump
+    from parity.core.dumps import read_dump
 
     ref = Path(ref)
     if target is None:

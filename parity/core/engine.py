@@ -13,9 +13,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ParityError
-from .metric import Metric, fails, score_pair
-from .records import Activation
+from parity.contract.errors import ParityError
+from parity.contract.metric import Metric, fails, score_pair
+from parity.contract.records import Activation
 
 # Layer statuses, in report terms.
 OK = "ok"
@@ -139,7 +139,7 @@ class Report:
 
 def resolve_metrics(names: Sequence[str | Metric] | None) -> list[Metric]:
     """Metric objects from names (via the plugin registry) or objects."""
-    from .plugins import get_metric
+    from parity.core.registry import get_metric
 
     out: list[Metric] = []
     for n in names or DEFAULT_METRICS:
@@ -216,7 +216,7 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         row.meta["dtype_differs"] = True
     values, ctx = score_pair(_as_numeric(r.array), _as_numeric(t.array), metrics, options)
     if options and options.get("ranges"):
-        from .metric import value_stats
+        from parity.contract.metric import value_stats
 
         row.range = {"ref": value_stats(r.array), "target": value_stats(t.array)}
     row.values = values
@@ -263,7 +263,7 @@ def compare_streams(ref: Iterable[Activation], target: Iterable[Activation],
                     thresholds: dict[str, float] | None = None, options: dict[str, Any] | None = None,
                     ref_label: str = "reference", target_label: str = "target") -> Report:
     """Pair two activation streams with ``matcher`` and score them: the core of analyze and compare."""
-    from .plugins import get_matcher
+    from parity.core.registry import get_matcher
 
     m = get_matcher(matcher) if isinstance(matcher, str) else matcher
     return run_engine(m.pairs(ref, target), metrics, thresholds=thresholds, options=options,

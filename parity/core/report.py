@@ -13,10 +13,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .atomic import write_text
-from .engine import FAILING, LayerResult, MetricInfo, Report
+from parity.contract.atomic import write_text
+from parity.core.engine import FAILING, LayerResult, MetricInfo, Report
 
-SCHEMA = "parity.report"
+SCHEMA = "parity.core.report"
 SCHEMA_VERSION = 2
 SORTS = ("order", "worst")
 
@@ -172,7 +172,7 @@ def summary_lines(report: Report) -> list[str]:
         if k in ("inputs", "model") or "_" in k or isinstance(v, (dict, list)):
             continue
         out.append(f"{k}: {v}")
-    from .diagnose import diagnosis_lines
+    from parity.core.diagnose import diagnosis_lines
 
     return out + diagnosis_lines(report)
 
