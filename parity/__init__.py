@@ -7,7 +7,7 @@ from __future__ import annotations
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.hookspecs import hookimpl
 from parity.contract.records import Activation
+from parity.contract.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = ["Activation", "ParityError", "UsageError", "hookimpl", "__version__"]

@@ -1,13 +1,24 @@
 """The dump-format contract: readers and writers of activation files.
 
 A format either holds one activation per file (the TensorRT sample text dump, ``.npy``)
-or many per file (``.npz``, Polygraphy JSON). Folder handling, naming rules and the
-manifest live in :mod:`parity.core.dumps`, so every format gets them for free.
+or many per file (``.npz``, Polygraphy JSON). Folder handling and run tags live in
+:mod:`parity.core.dumps`, so every format gets them for free; the manifest (the file that keeps
+names, order and metadata exact) and safe file names are here, because format plugins write them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import numpy as np
+
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError
 
 from parity.contract.records import Activation
 
@@ -46,3 +57,191 @@ class DumpFormat:
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"
+
+
+@dataclass
+class AnnotationContext:
+    """What is known about a dump made elsewhere: the ONNX model it came from, TensorRT layer info."""
+
+    onnx_path: str | None = None
+    layer_info: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class DumpAnnotator:
+    """Gives records of a dump made elsewhere what parity's own sources attach (ONNX names, module
+    provenance, order, output positions), so the matcher can line them up with a live reference.
+
+    Why a hook: knowing ONNX provenance or TensorRT's fused layer names is a plugin's business;
+    the core only applies, in ``order``, every annotator whose :meth:`wants` says yes.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: lower runs first: a name mapping (fused TensorRT layer -> ONNX tensor) before provenance
+    order: ClassVar[int] = 100
+
+    def wants(self, ctx: AnnotationContext) -> bool:
+        raise NotImplementedError
+
+    def prepare(self, ctx: AnnotationContext) -> Callable[[Activation], Activation]:
+        """Load what is needed once; return the per-record function."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<annotator {self.name}>"
+
+
+MANIFEST_NAME = "parity-manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def atomic_write_path(path: str | os.PathLike[str]) -> Any:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    Format plugins use this for their writers (the project's one write-then-rename, parity.contract.atomic).
+    """
+    return atomic_path(path)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+_MAX_STEM = 100
+
+
+def safe_filename(name: str) -> str:
+    """A file stem that every filesystem accepts, derived from a layer name.
+
+    Not unique by itself (``a/b`` and ``a b`` both give ``a_b``): :func:`write_dump` adds a
+    counter on collisions, and the manifest keeps the real name.
+    """
+    stem = _UNSAFE.sub("_", name)
+    stem = re.sub(r"_{2,}", "_", stem).strip("._-")
+    if not stem:
+        stem = "layer"
+    if len(stem) > _MAX_STEM:
+        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        stem = f"{stem[:_MAX_STEM - 9]}-{digest}"
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = f"{stem}_"
+    return stem
+
+
+def _jsonable_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The part of ``meta`` that survives JSON unchanged, and the keys that were dropped."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for k, v in meta.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        try:
+            kept[str(k)] = json.loads(json.dumps(v))
+        except (TypeError, ValueError):
+            dropped.append(str(k))
+    return kept, dropped
+
+
+def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
+    """The manifest entry describing ``record`` stored as ``file`` (a name, no folders)."""
+    meta, dropped = _jsonable_meta(record.meta or {})
+    entry: dict[str, Any] = {
+        "file": file,
+        "name": record.name,
+        "output_index": int(record.output_index),
+        "order": None if record.order is None else int(record.order),
+        "op_type": record.op_type,
+        "shape": list(record.shape),
+        "dtype": str(record.array.dtype),
+        "meta": meta,
+    }
+    if dropped:
+        entry["meta_dropped"] = dropped
+    return entry
+
+
+def make_manifest(entries: list[dict[str, Any]], dump_format: str) -> dict[str, Any]:
+    from parity.contract.version import __version__
+
+    return {"kind": "parity-dump", "schema_version": MANIFEST_SCHEMA_VERSION,
+            "parity_version": __version__, "dump_format": dump_format, "entries": entries}
+
+
+def manifest_json(entries: list[dict[str, Any]], dump_format: str) -> str:
+    """The manifest as text: one entry per line, so it stays readable and diffable."""
+    doc = make_manifest([], dump_format)
+    head = json.dumps(doc)[:-len('[]}')]
+    lines = ",\n ".join(json.dumps(e) for e in entries)
+    return f"{head}[\n {lines}\n]}}\n" if entries else f"{head}[]}}\n"
+
+
+def parse_manifest(data: bytes | str, where: str) -> list[dict[str, Any]]:
+    """Validate a manifest and return its entries, in order. ``where`` names it in errors."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ParityError(f"{where}: manifest is not valid JSON ({e}). "
+                          f"Note: delete it to read the files by their names.") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise ParityError(f"{where}: manifest has no 'entries' list. Note: delete it to read the files by their names.")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise ParityError(f"{where}: manifest has no valid schema_version (saw {version!r}).")
+    if version > MANIFEST_SCHEMA_VERSION:
+        raise ParityError(f"{where}: manifest schema_version {version} is newer than this parity understands "
+                          f"({MANIFEST_SCHEMA_VERSION}). Note: upgrade parity.")
+    entries = doc["entries"]
+    for i, e in enumerate(entries):
+        problem = _entry_problem(e)
+        if problem:
+            raise ParityError(f"{where}: manifest entry {i} is invalid: {problem}.")
+    return entries
+
+
+def _entry_problem(e: Any) -> str | None:
+    if not isinstance(e, dict):
+        return "not an object"
+    f = e.get("file")
+    if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f:
+        return f"'file' must be a plain file name, saw {f!r}"
+    if not isinstance(e.get("name"), str) or not e["name"]:
+        return "'name' must be a non-empty string"
+    oi = e.get("output_index", 0)
+    if not isinstance(oi, int) or isinstance(oi, bool) or oi < 0:
+        return f"'output_index' must be an integer >= 0, saw {oi!r}"
+    order = e.get("order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool)):
+        return f"'order' must be an integer or null, saw {order!r}"
+    if e.get("op_type") is not None and not isinstance(e["op_type"], str):
+        return "'op_type' must be a string or null"
+    if not isinstance(e.get("meta", {}), dict):
+        return "'meta' must be an object"
+    shape = e.get("shape")
+    if shape is not None and (not isinstance(shape, list) or
+                              not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        return f"'shape' must be a list of integers >= 0, saw {shape!r}"
+    if e.get("dtype") is not None:
+        try:
+            np.dtype(e["dtype"])
+        except TypeError:
+            return f"'dtype' is not a numpy dtype: {e['dtype']!r}"
+    return None
+
+
+def apply_manifest_entry(record: Activation, entry: dict[str, Any], where: str) -> Activation:
+    """``record`` as the manifest describes it: names, order, metadata, original dtype.
+
+    A format that stores less than numpy can (the float32 text dump) gets its dtype back
+    here; a shape that disagrees with the manifest means the file was swapped or damaged.
+    """
+    arr = record.array
+    shape = entry.get("shape")
+    if shape is not None and tuple(shape) != tuple(arr.shape):
+        raise ParityError(f"{where}: holds shape {list(arr.shape)} but the manifest says {shape}. "
+                          f"Note: the file was replaced or damaged; rewrite the dump or delete the manifest.")
+    dtype = entry.get("dtype")
+    if dtype is not None and np.dtype(dtype) != arr.dtype:
+        arr = arr.astype(np.dtype(dtype))
+    return Activation(name=entry["name"], array=arr, output_index=int(entry.get("output_index", 0)),
+                      order=entry.get("order"), op_type=entry.get("op_type"),
+                      meta=dict(entry.get("meta") or {}))

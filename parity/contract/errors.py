@@ -1,6 +1,8 @@
 """The single exception type parity raises for anything a user can fix."""
 from __future__ import annotations
 
+import re
+
 
 class ParityError(Exception):
     """An error with a message meant for the user: what failed, what was seen, what is valid.
@@ -16,3 +18,21 @@ class UsageError(ParityError):
     """Bad command-line usage (exit code 2)."""
 
     exit_code = 2
+
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(e: BaseException, limit: int = 300, *, typed: bool = False) -> str:
+    """The first non-empty line of an exception's text, cut to ``limit``; ``typed`` prefixes its type.
+
+    Why: library errors are often pages long and coloured (ONNX Runtime, TorchScript, the
+    exporter, TensorRT); parity's one-line messages quote only the line that names the fault.
+    An exception without text is named by its type.
+    """
+    for line in _ANSI.sub("", str(e)).strip().splitlines():
+        if line.strip():
+            text = line.strip()[:limit]
+            return f"{type(e).__name__}: {text}" if typed else text
+    return type(e).__name__

@@ -9,6 +9,8 @@ several objects and one class can be registered under several names::
     def register_metrics(register):
         register(MyMetric())                      # name taken from MyMetric.name
         register(MyMetric(tol=0.01), name="my-metric-strict")
+
+Each hook is optional for a plugin; a name claimed by two plugins is an error naming both.
 """
 from __future__ import annotations
 
@@ -24,17 +26,19 @@ Register = Callable[..., None]
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Contribute metrics: call ``register(metric, name=None)`` with :class:`parity.contract.metric.Metric` instances."""
+    """Contribute metrics: ``register(metric, name=None)`` with :class:`parity.contract.metric.Metric` instances."""
 
 
 @hookspec
-def register_formats(register: Register) -> None:
-    """Contribute dump formats: call ``register(fmt, name=None)`` with :class:`parity.contract.dumpformat.DumpFormat` instances."""
+def register_dump_formats(register: Register) -> None:
+    """Contribute activation-dump file formats: ``register(fmt, name=None)`` with
+    :class:`parity.contract.dumpformat.DumpFormat` instances (read by ``analyze``/``--target-dump``,
+    written by ``--save-ref``/``--save-target``)."""
 
 
 @hookspec
 def register_sources(register: Register) -> None:
-    """Contribute sources: call ``register(source, name=None)`` with :class:`parity.contract.source.Source` instances.
+    """Contribute sources: ``register(source, name=None)`` with :class:`parity.contract.source.Source` instances.
 
     One source class usually serves several target names (``ort``, ``ort-fp16``, ``ort-int8``).
     """
@@ -42,9 +46,26 @@ def register_sources(register: Register) -> None:
 
 @hookspec
 def register_matchers(register: Register) -> None:
-    """Contribute layer matchers: call ``register(matcher, name=None)`` with :class:`parity.core.matcher.Matcher` instances."""
+    """Contribute layer matchers: ``register(matcher, name=None)`` with :class:`parity.contract.matcher.Matcher` instances."""
 
 
-HOOKS: tuple[str, ...] = ("register_metrics", "register_formats", "register_sources", "register_matchers")
+@hookspec
+def register_reporters(register: Register) -> None:
+    """Contribute report outputs: ``register(reporter, name=None)`` with
+    :class:`parity.contract.reporter.Reporter` instances (selected by ``--report NAME=PATH``)."""
 
 
+@hookspec
+def register_input_readers(register: Register) -> None:
+    """Contribute input-file readers: ``register(reader, name=None)`` with
+    :class:`parity.contract.source.InputReader` instances (``--inputs`` files other than .npy/.npz)."""
+
+
+@hookspec
+def register_dump_annotators(register: Register) -> None:
+    """Contribute annotators for dumps made elsewhere: ``register(annotator, name=None)`` with
+    :class:`parity.contract.dumpformat.DumpAnnotator` instances (``--target-onnx``, ``--layer-info``)."""
+
+
+HOOKS: tuple[str, ...] = ("register_metrics", "register_dump_formats", "register_sources", "register_matchers",
+                          "register_reporters", "register_input_readers", "register_dump_annotators")

@@ -39,3 +39,29 @@ class Activation:
     @property
     def nbytes(self) -> int:
         return int(self.array.nbytes)
+
+
+@dataclass
+class Pair:
+    """What a matcher hands the engine: one side may be missing (unmatched layer)."""
+
+    ref: Activation | None
+    target: Activation | None
+    how: str = "exact"
+    confidence: float = 1.0
+    note: str = ""
+
+
+@dataclass
+class LocalResult:
+    """One layer run alone by a source: the reference output and the target-alone output.
+
+    ``key`` is the key of the target record this layer's output appears under in ``run()``,
+    so local results join the compare rows by ``target_name``.
+    """
+
+    key: str
+    ref: np.ndarray
+    target: np.ndarray
+    op_type: str | None = None
+    meta: dict[str, Any] | None = None

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from parity.contract.records import Activation
+from parity.contract.errors import ParityError
+from parity.contract.records import Activation, LocalResult
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,48 @@ class Source:
         """
         raise NotImplementedError
 
-    # Optional, looked up with getattr by the driver:
-    #   input_names(cfg) -> list[str] | None   names when shapes are unknown (a lone .npy input)
-    #   local_errors(cfg, feed) -> Iterator[parity.core.diagnose.LocalResult]   each layer alone (--diagnose)
-    #   details() -> list[dict] | dict         extra lines for `parity doctor`
+    # Optional capabilities. The defaults say "not offered"; the driver calls them unconditionally.
+
+    def input_names(self, cfg: RunConfig) -> list[str] | None:
+        """Input names when shapes are unknown (a lone ``.npy`` feeding a shape-less TorchScript model)."""
+        return None
+
+    #: whether :meth:`local_errors` is implemented: ``--diagnose`` says so when it is not
+    supports_local: ClassVar[bool] = False
+
+    def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[LocalResult]:
+        """Each layer alone in this source's setting, fed the reference's inputs to it (``--diagnose``).
+
+        Why: accumulated error says where the loss shows, local error says which layer causes it.
+        Yield :class:`LocalResult` keyed like :meth:`run`'s records; raise :class:`ParityError` when
+        this model cannot be cut into layers.
+        """
+        raise ParityError(f"source {self.name!r} cannot run layers alone")
+
+    def details(self) -> list[dict[str, Any]] | dict[str, Any] | None:
+        """Extra lines for ``parity doctor`` (library versions, devices, what works)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<source {self.name}>"
+
+
+class InputReader:
+    """Reads ``--inputs`` files that are not plain ``.npy``/``.npz`` (Polygraphy's ``--save-inputs`` JSON ...).
+
+    Why a hook: replaying exactly the inputs that ran on another machine needs that tool's
+    file format; the plugin that knows the format reads it, the core only asks who claims a file.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def can_read(self, path: Path) -> bool:
+        raise NotImplementedError
+
+    def read(self, path: Path) -> Iterator[dict[str, np.ndarray]]:
+        """Yield one feed (input name -> array) per input set in the file; errors name the file."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<input reader {self.name}>"

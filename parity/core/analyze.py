@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from parity.core.engine import Report, compare_streams
+from parity.core.engine import compare_streams
+
+from parity.contract.report import Report
 from parity.contract.errors import ParityError
 
 #: tags taken for the reference run when a single folder holds two runs and none was named

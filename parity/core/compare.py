@@ -12,10 +12,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from parity.core.engine import Report, merge_reports, run_engine
+from parity.core.engine import merge_reports, run_engine
+
+from parity.contract.report import Report
 from parity.contract.errors import ParityError, UsageError
 from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
 from parity.core.matcher import AutoMatcher, MappingRules
+from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
@@ -86,14 +89,12 @@ def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, t
     if "" in peek:  # a lone array: it is the model's single input, whatever its name
         names = None
         for src in srcs:
-            fn = getattr(src, "input_names", None)
-            if callable(fn):
-                try:
-                    names = fn(cfg)
-                except ParityError:
-                    names = None
-                if names:
-                    break
+            try:
+                names = src.input_names(cfg)
+            except ParityError:
+                names = None
+            if names:
+                break
         peek = {names[0]: peek[""]} if names and len(names) == 1 else {}
     return {**peek, **cfg.input_shapes}
 
@@ -192,56 +193,22 @@ class _DumpTarget(Source):
         if not self.onnx:
             yield from records
             return
-        annotate = _onnx_annotator(self.onnx, self.layer_info)
+        steps = _annotators(AnnotationContext(onnx_path=self.onnx, layer_info=self.layer_info))
         for a in records:
-            yield annotate(a)
+            for step in steps:
+                a = step(a)
+            yield a
 
 
-def _onnx_annotator(onnx_path: str, layer_info: str | None) -> Callable[[Activation], Activation]:
-    """Give dump records the provenance, op types and output positions of the ONNX graph they came from."""
-    try:
-        import onnx
-        from parity.lib.onnx.provenance import module_outputs
-    except ImportError as e:
-        raise ParityError(f"--target-onnx needs onnx and parity's onnxruntime plugin. Note: {e}") from None
-    try:
-        model = onnx.load(onnx_path, load_external_data=False)
-    except FileNotFoundError:
-        raise ParityError(f"{onnx_path}: ONNX model not found.") from None
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a bad file
-        raise ParityError(f"{onnx_path}: not an ONNX model ({type(e).__name__}).") from None
-    scopes = module_outputs(model)
-    producer = {o: (i, n) for i, n in enumerate(model.graph.node) for o in n.output}
-    outputs = {o.name: k for k, o in enumerate(model.graph.output)}
-    trt_map = None
-    if layer_info:
-        try:
-            from parity_builtin_tensorrt.layer_info import read_layer_info
-            from parity_builtin_tensorrt.names import build_map
-        except ImportError as e:
-            raise ParityError(f"--layer-info needs parity's tensorrt plugin. Note: {e}") from None
-        trt_map = build_map(model, read_layer_info(layer_info))
+def _annotators(ctx: AnnotationContext) -> list[Callable[[Activation], Activation]]:
+    """The registered dump annotators that apply to ``ctx``, prepared, in their order."""
+    from parity.core.registry import all_of
 
-    def annotate(a: Activation) -> Activation:
-        if trt_map is not None:
-            a = trt_map.annotate(a)
-        name = a.meta.get("onnx_tensor") or a.name
-        if name in scopes:
-            a.meta.setdefault("scopes", scopes[name])
-            a.meta.setdefault("module_path", scopes[name][0] if scopes[name] else None)
-        elif trt_map is None:
-            a.meta.setdefault("scopes", [])
-        if name in producer:
-            i, node = producer[name]
-            a.order = i if a.order is None else a.order
-            a.op_type = a.op_type or node.op_type
-            a.meta.setdefault("onnx_node", node.name)
-        if name in outputs:
-            a.meta["is_output"] = True
-            a.meta["output_position"] = outputs[name]
-        return a
-
-    return annotate
+    chosen = sorted((a for a in all_of("dump-annotator").values() if a.wants(ctx)), key=lambda a: (a.order, a.name))
+    if ctx.onnx_path and not chosen:
+        raise ParityError("--target-onnx needs a dump annotator for ONNX models (parity's onnxruntime plugin). "
+                          "Note: run 'parity plugins' to see what is installed.")
+    return [a.prepare(ctx) for a in chosen]
 
 
 @dataclass
@@ -307,14 +274,13 @@ def compare(s: CompareSettings) -> Report:
                          s.metrics, thresholds=s.thresholds, options=mopts,
                          ref_label=s.ref, target_label=tgt_src.name)
         if s.diagnose:
-            local_fn = getattr(tgt_src, "local_errors", None)
-            if callable(local_fn):
+            if tgt_src.supports_local:
                 from parity.core.diagnose import attach_local, score_local
                 from parity.core.engine import resolve_metrics
 
                 ms = resolve_metrics(s.metrics)
                 try:
-                    n_local = attach_local(rep, dict(score_local(local_fn(cfg, feed), ms, s.metric_options)))
+                    n_local = attach_local(rep, dict(score_local(tgt_src.local_errors(cfg, feed), ms, s.metric_options)))
                 except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
                     rep.summary["local_unavailable"] = str(e)
                 else:

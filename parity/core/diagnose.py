@@ -10,12 +10,11 @@ through an optional ``local_errors(cfg, feed)`` method (see docs/diagnosis.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 
-from parity.core.engine import LayerResult, Report
+from parity.contract.records import LocalResult
+from parity.contract.report import LayerResult, Report
 from parity.contract.metric import Metric, fails, score_pair
 
 #: largest finite value and smallest normal value of each low-precision format
@@ -31,21 +30,6 @@ INT8_CREST_RISK = 20.0
 CAUSE_SHARE = 0.5
 #: key under which local results carry their count of new NaN/Inf values
 NEW_NONFINITE = "_new_nonfinite"
-
-
-@dataclass
-class LocalResult:
-    """One layer run alone by a source: the reference output and the target-alone output.
-
-    ``key`` is the key of the target record this layer's output appears under in ``run()``,
-    so local results join the compare rows by ``target_name``.
-    """
-
-    key: str
-    ref: np.ndarray
-    target: np.ndarray
-    op_type: str | None = None
-    meta: dict[str, Any] | None = None
 
 
 def target_format(source_name: str, row: LayerResult | None = None) -> str | None:

@@ -1,6 +1,8 @@
 """`parity doctor`: which sources and targets work on this machine, and why not."""
 from __future__ import annotations
 
+from parity.contract.errors import first_line
+
 import importlib
 import platform
 from typing import Any
@@ -10,7 +12,7 @@ def _version(mod: str) -> str:
     try:
         m = importlib.import_module(mod)
     except Exception as e:  # noqa: BLE001 - any import failure is a "no" with its reason
-        return f"not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"not available ({first_line(e, typed=True)})"
     return str(getattr(m, "__version__", "installed"))
 
 
@@ -50,11 +52,11 @@ def sources() -> list[dict[str, Any]]:
         except Exception as e:  # noqa: BLE001 - a broken check is itself the answer
             why = f"check failed: {type(e).__name__}: {e}"
         row: dict[str, Any] = {"source": name, "package": r.package, "works": why is None, "why": why or ""}
-        details = getattr(src, "details", None)
-        if callable(details):
-            try:
-                row["details"] = details()
-            except Exception as e:  # noqa: BLE001
-                row["details"] = {"error": str(e)}
+        try:
+            details = src.details()
+        except Exception as e:  # noqa: BLE001 - a broken plugin's details are reported, not raised
+            details = {"error": str(e)}
+        if details is not None:
+            row["details"] = details
         out.append(row)
     return out

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -22,19 +20,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from parity.contract.errors import ParityError
+from parity.contract.dumpformat import (MANIFEST_NAME, manifest_json, parse_manifest, apply_manifest_entry,
+                                        manifest_entry, safe_filename)
 from parity.contract.records import Activation
 
-MANIFEST_NAME = "parity-manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
 # A file belongs to run TAG when its stem ends with one of these followed by TAG.
 TAG_SEPARATORS = ("_", "-", ".")
 
-__all__ = [
-    "MANIFEST_NAME", "MANIFEST_SCHEMA_VERSION", "TAG_SEPARATORS",
-    "read_dump", "write_dump", "detect_tags", "atomic_write_path",
-    "manifest_entry", "make_manifest", "manifest_json", "parse_manifest", "apply_manifest_entry",
-    "safe_filename", "natural_key", "split_tag", "understood_extensions",
-]
+__all__ = ["TAG_SEPARATORS", "read_dump", "write_dump", "detect_tags", "natural_key", "split_tag",
+           "understood_extensions"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -45,30 +39,6 @@ def natural_key(name: str) -> tuple:
     parts = re.split(r"(\d+)", name)
     # Parts alternate text, number, text, ... so tuples always compare like with like.
     return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (name,)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                     *(f"LPT{i}" for i in range(1, 10))}
-_MAX_STEM = 100
-
-
-def safe_filename(name: str) -> str:
-    """A file stem that every filesystem accepts, derived from a layer name.
-
-    Not unique by itself (``a/b`` and ``a b`` both give ``a_b``): :func:`write_dump` adds a
-    counter on collisions, and the manifest keeps the real name.
-    """
-    stem = _UNSAFE.sub("_", name)
-    stem = re.sub(r"_{2,}", "_", stem).strip("._-")
-    if not stem:
-        stem = "layer"
-    if len(stem) > _MAX_STEM:
-        digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        stem = f"{stem[:_MAX_STEM - 9]}-{digest}"
-    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
-        stem = f"{stem}_"
-    return stem
 
 
 def split_tag(stem: str) -> tuple[str, str] | None:
@@ -87,19 +57,9 @@ def _strip_tag(stem: str, tag: str) -> str | None:
     return None
 
 
-def atomic_write_path(path: str | os.PathLike[str]) -> Any:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
-
-    Format plugins use this for their writers (the project's one write-then-rename, parity.contract.atomic).
-    """
-    from parity.contract.atomic import atomic_path
-
-    return atomic_path(path)
-
-
 def _formats() -> dict[str, Any]:
     from parity.core import registry as plugins
-    return plugins.all_of("format")
+    return plugins.all_of("dump-format")
 
 
 def understood_extensions() -> dict[str, list[str]]:
@@ -167,124 +127,6 @@ def _dump_subfolders(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- manifest
 
 
-def _jsonable_meta(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The part of ``meta`` that survives JSON unchanged, and the keys that were dropped."""
-    kept: dict[str, Any] = {}
-    dropped: list[str] = []
-    for k, v in meta.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        try:
-            kept[str(k)] = json.loads(json.dumps(v))
-        except (TypeError, ValueError):
-            dropped.append(str(k))
-    return kept, dropped
-
-
-def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
-    """The manifest entry describing ``record`` stored as ``file`` (a name, no folders)."""
-    meta, dropped = _jsonable_meta(record.meta or {})
-    entry: dict[str, Any] = {
-        "file": file,
-        "name": record.name,
-        "output_index": int(record.output_index),
-        "order": None if record.order is None else int(record.order),
-        "op_type": record.op_type,
-        "shape": list(record.shape),
-        "dtype": str(record.array.dtype),
-        "meta": meta,
-    }
-    if dropped:
-        entry["meta_dropped"] = dropped
-    return entry
-
-
-def make_manifest(entries: list[dict[str, Any]], dump_format: str) -> dict[str, Any]:
-    from parity import __version__
-    return {"kind": "parity-dump", "schema_version": MANIFEST_SCHEMA_VERSION,
-            "parity_version": __version__, "dump_format": dump_format, "entries": entries}
-
-
-def manifest_json(entries: list[dict[str, Any]], dump_format: str) -> str:
-    """The manifest as text: one entry per line, so it stays readable and diffable."""
-    doc = make_manifest([], dump_format)
-    head = json.dumps(doc)[:-len('[]}')]
-    lines = ",\n ".join(json.dumps(e) for e in entries)
-    return f"{head}[\n {lines}\n]}}\n" if entries else f"{head}[]}}\n"
-
-
-def parse_manifest(data: bytes | str, where: str) -> list[dict[str, Any]]:
-    """Validate a manifest and return its entries, in order. ``where`` names it in errors."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ParityError(f"{where}: manifest is not valid JSON ({e}). "
-                          f"Note: delete it to read the files by their names.") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
-        raise ParityError(f"{where}: manifest has no 'entries' list. Note: delete it to read the files by their names.")
-    version = doc.get("schema_version")
-    if not isinstance(version, int) or version < 1:
-        raise ParityError(f"{where}: manifest has no valid schema_version (saw {version!r}).")
-    if version > MANIFEST_SCHEMA_VERSION:
-        raise ParityError(f"{where}: manifest schema_version {version} is newer than this parity understands "
-                          f"({MANIFEST_SCHEMA_VERSION}). Note: upgrade parity.")
-    entries = doc["entries"]
-    for i, e in enumerate(entries):
-        problem = _entry_problem(e)
-        if problem:
-            raise ParityError(f"{where}: manifest entry {i} is invalid: {problem}.")
-    return entries
-
-
-def _entry_problem(e: Any) -> str | None:
-    if not isinstance(e, dict):
-        return "not an object"
-    f = e.get("file")
-    if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f:
-        return f"'file' must be a plain file name, saw {f!r}"
-    if not isinstance(e.get("name"), str) or not e["name"]:
-        return "'name' must be a non-empty string"
-    oi = e.get("output_index", 0)
-    if not isinstance(oi, int) or isinstance(oi, bool) or oi < 0:
-        return f"'output_index' must be an integer >= 0, saw {oi!r}"
-    order = e.get("order")
-    if order is not None and (not isinstance(order, int) or isinstance(order, bool)):
-        return f"'order' must be an integer or null, saw {order!r}"
-    if e.get("op_type") is not None and not isinstance(e["op_type"], str):
-        return "'op_type' must be a string or null"
-    if not isinstance(e.get("meta", {}), dict):
-        return "'meta' must be an object"
-    shape = e.get("shape")
-    if shape is not None and (not isinstance(shape, list) or
-                              not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        return f"'shape' must be a list of integers >= 0, saw {shape!r}"
-    if e.get("dtype") is not None:
-        try:
-            np.dtype(e["dtype"])
-        except TypeError:
-            return f"'dtype' is not a numpy dtype: {e['dtype']!r}"
-    return None
-
-
-def apply_manifest_entry(record: Activation, entry: dict[str, Any], where: str) -> Activation:
-    """``record`` as the manifest describes it: names, order, metadata, original dtype.
-
-    A format that stores less than numpy can (the float32 text dump) gets its dtype back
-    here; a shape that disagrees with the manifest means the file was swapped or damaged.
-    """
-    arr = record.array
-    shape = entry.get("shape")
-    if shape is not None and tuple(shape) != tuple(arr.shape):
-        raise ParityError(f"{where}: holds shape {list(arr.shape)} but the manifest says {shape}. "
-                          f"Note: the file was replaced or damaged; rewrite the dump or delete the manifest.")
-    dtype = entry.get("dtype")
-    if dtype is not None and np.dtype(dtype) != arr.dtype:
-        arr = arr.astype(np.dtype(dtype))
-    return Activation(name=entry["name"], array=arr, output_index=int(entry.get("output_index", 0)),
-                      order=entry.get("order"), op_type=entry.get("op_type"),
-                      meta=dict(entry.get("meta") or {}))
-
-
 def _load_manifest(folder: Path) -> list[dict[str, Any]] | None:
     mpath = folder / MANIFEST_NAME
     if not mpath.is_file():
@@ -334,8 +176,8 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
         raise ParityError(f"dump not found: {p}. Note: give a dump folder or a dump file; {_extensions_note()}.")
     fmt_obj = None
     if fmt is not None:
-        from parity.core.registry import get_format
-        fmt_obj = get_format(fmt)
+        from parity.core.registry import get_dump_format
+        fmt_obj = get_dump_format(fmt)
     if tag is not None and (tag.strip(".") == "" or any(s in tag for s in "/\\")):
         raise ParityError(f"run tag {tag!r} is not valid. Note: a tag is a plain word such as fp32 or fp16.")
     if p.is_dir():
@@ -597,8 +439,8 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
     complete. Only empty folders, parity dump folders and plain files are ever replaced;
     an existing empty folder is used without ``overwrite``.
     """
-    from parity.core.registry import get_format
-    f = get_format(fmt)
+    from parity.core.registry import get_dump_format
+    f = get_dump_format(fmt)
     if not getattr(f, "writable", True):
         raise ParityError(f"format {fmt!r} can be read but not written. Note: write npy, npz or trt-text.")
     dest = Path(path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
 from parity.core.diagnose import error_of
-from parity.core.engine import LayerResult, Report
+from parity.contract.report import LayerResult, Report
 from parity.contract.errors import ParityError
 from parity.contract.metric import fails, score_pair
 from parity.core.registry import get_metric

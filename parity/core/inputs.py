@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -119,17 +119,26 @@ def _input_files(p: Path) -> list[Path]:
     return sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
 
 
+def _reader_for(p: Path) -> Any:
+    """The input-reader plugin that claims ``p``, if any (``.npy``/``.npz`` are read here)."""
+    if p.is_dir() or p.suffix in (".npy", ".npz"):
+        return None
+    from parity.core.registry import all_of
+
+    for reader in all_of("input-reader").values():
+        if reader.can_read(p):
+            return reader
+    return None
+
+
 def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``."""
     p = Path(path)
     if not p.exists():
         raise ParityError(f"{p}: input file or folder not found.")
-    if p.suffix == ".json":  # Polygraphy --save-inputs: replay exactly what ran on the other box
-        try:
-            from parity_builtin_tensorrt.importers import load_polygraphy_inputs
-        except ImportError as e:
-            raise ParityError(f"{p}: reading Polygraphy inputs needs parity's tensorrt plugin. Note: {e}") from None
-        for k, feed in enumerate(load_polygraphy_inputs(p)):
+    reader = _reader_for(p)
+    if reader is not None:  # a plugin's format (Polygraphy --save-inputs ...): replay what ran elsewhere
+        for k, feed in enumerate(reader.read(p)):
             missing = [s.name for s in specs if s.name not in feed]
             if missing:
                 raise ParityError(f"{p}: input set {k} lacks {', '.join(missing)}. Note: it has {', '.join(feed)}.")

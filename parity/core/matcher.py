@@ -1,6 +1,6 @@
 """Matchers: line up reference and target layers before scoring.
 
-A matcher turns two activation streams into a stream of :class:`parity.core.engine.Pair`.
+A matcher turns two activation streams into a stream of :class:`parity.contract.records.Pair`.
 Every pair says how it was matched and with what confidence; layers found on one side
 only come out as pairs with the other side ``None``, so nothing is silently dropped.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import ClassVar, Iterable, Iterator
 
-from parity.core.engine import Pair
+from parity.contract.records import Pair
 from parity.contract.records import Activation
 
 

@@ -22,8 +22,10 @@ from parity.contract import hookspecs
 from parity.contract.errors import ParityError
 
 GROUP = "parity"
-KINDS = {"register_metrics": "metric", "register_formats": "format",
-         "register_sources": "source", "register_matchers": "matcher"}
+#: hook -> the kind of object it registers (the keys of :func:`registry`)
+KINDS = {"register_metrics": "metric", "register_dump_formats": "dump-format",
+         "register_sources": "source", "register_matchers": "matcher", "register_reporters": "reporter",
+         "register_input_readers": "input-reader", "register_dump_annotators": "dump-annotator"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def _package_of(plugin_name: str, plugin: Any) -> str:
 
 
 def registry() -> dict[str, dict[str, Registered]]:
-    """Every registered object by kind ("metric", "format", "source", "matcher") and name.
+    """Every registered object by kind (the values of :data:`KINDS`) and name.
 
     Each plugin's hook is called on its own so that every name is attributed to the plugin
     that registered it, and a name claimed twice fails with both claimants named.
@@ -157,7 +159,8 @@ def _lookup(kind: str, name: str) -> Any:
     reg = registry()[kind]
     if name not in reg:
         known = ", ".join(sorted(reg)) or "none"
-        raise ParityError(f"unknown {kind} {name!r}. Known {kind}s: {known}. "
+        what = kind.replace("-", " ")
+        raise ParityError(f"unknown {what} {name!r}. Known {what}s: {known}. "
                           f"Run 'parity plugins' to see what is installed.")
     return reg[name].obj
 
@@ -166,8 +169,12 @@ def get_metric(name: str) -> Any:
     return _lookup("metric", name)
 
 
-def get_format(name: str) -> Any:
-    return _lookup("format", name)
+def get_dump_format(name: str) -> Any:
+    return _lookup("dump-format", name)
+
+
+def get_reporter(name: str) -> Any:
+    return _lookup("reporter", name)
 
 
 def get_source(name: str) -> Any:

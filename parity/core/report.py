@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from parity.contract.atomic import write_text
-from parity.core.engine import FAILING, LayerResult, MetricInfo, Report
+from parity.contract.report import FAILING, LayerResult, MetricInfo, Report
 
 SCHEMA = "parity.core.report"
 SCHEMA_VERSION = 2

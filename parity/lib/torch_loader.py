@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.contract.source import InputSpec, RunConfig
 
 KINDS = ("torchscript", "exported", "python", "pickle")
@@ -87,12 +87,6 @@ def detect_file_kind(path: Path) -> str:
     return "unknown"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 # --------------------------------------------------------------------------- loaders
 
 def _load_torchscript(path: Path) -> LoadedModel:
@@ -104,7 +98,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise ParityError(f"cannot load TorchScript model {path}: it looks like a torch.jit.save archive "
-                          f"but loading failed. Note: {_first_line(e)}; the file may be corrupt or saved "
+                          f"but loading failed. Note: {first_line(e, typed=True)}; the file may be corrupt or saved "
                           f"by a newer torch") from None
     names, optional = _torchscript_inputs(module)
     try:  # a scripted module keeps a typed instance attribute parity_input_shapes
@@ -140,7 +134,7 @@ def _load_exported(path: Path) -> LoadedModel:
             ep = torch.export.load(str(path))
     except Exception as e:
         raise ParityError(f"cannot load ExportedProgram {path}: it looks like a torch.export.save archive "
-                          f"but loading failed. Note: {_first_line(e)}; the file may be corrupt or saved "
+                          f"but loading failed. Note: {first_line(e, typed=True)}; the file may be corrupt or saved "
                           f"by a different torch version") from None
     specs: list[InputSpec] = []
     names: list[str] = []
@@ -171,7 +165,7 @@ def _load_saved(path: Path, trust: bool) -> LoadedModel:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as e:
-            raise ParityError(f"cannot load {path} with torch.load: {_first_line(e)}. Note: the file may be "
+            raise ParityError(f"cannot load {path} with torch.load: {first_line(e, typed=True)}. Note: the file may be "
                               f"corrupt, or its classes may not be importable here (their module must be on "
                               f"the Python path)") from None
     else:
@@ -183,7 +177,7 @@ def _load_saved(path: Path, trust: bool) -> LoadedModel:
                               f"--trust-model if you trust this file, or re-save it with torch.jit.save / "
                               f"torch.export.save") from None
         except Exception as e:
-            raise ParityError(f"cannot read {path} as a torch.save file: {_first_line(e)}. Note: the file "
+            raise ParityError(f"cannot read {path} as a torch.save file: {first_line(e, typed=True)}. Note: the file "
                               f"may be truncated or corrupt") from None
     if isinstance(obj, torch.nn.Module):
         names, optional = _python_inputs(obj)
@@ -223,7 +217,7 @@ def _import_spec(spec: str) -> Any:
                 ispec.loader.exec_module(module)
             except Exception as e:
                 sys.modules.pop(mod_name, None)
-                raise ParityError(f"model spec {spec!r}: importing {file} failed: {_first_line(e)}") from e
+                raise ParityError(f"model spec {spec!r}: importing {file} failed: {first_line(e, typed=True)}") from e
         else:
             cwd = os.getcwd()
             if cwd not in sys.path:  # the console script does not put the working directory on the path
@@ -236,7 +230,7 @@ def _import_spec(spec: str) -> Any:
                                   f"importable from the working directory or installed; a file path also "
                                   f"works (path/to/file.py:factory)") from None
             except Exception as e:
-                raise ParityError(f"model spec {spec!r}: importing {mod_part} failed: {_first_line(e)}") from e
+                raise ParityError(f"model spec {spec!r}: importing {mod_part} failed: {first_line(e, typed=True)}") from e
     finally:
         for p in added:
             try:
@@ -313,7 +307,7 @@ def _load_python(spec: str) -> LoadedModel:
         except ParityError:
             raise
         except Exception as e:
-            raise ParityError(f"model spec {spec!r}: calling the factory raised {_first_line(e)}") from e
+            raise ParityError(f"model spec {spec!r}: calling the factory raised {first_line(e, typed=True)}") from e
     else:
         raise ParityError(f"model spec {spec!r}: {type(factory).__name__} is not callable. Note: the spec must "
                           f"name a function or class returning a torch.nn.Module")
@@ -337,7 +331,7 @@ def _load_state_dict(loaded: LoadedModel, sd_path: str) -> None:
     try:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ParityError(f"cannot read state dict {p} with torch.load(weights_only=True): {_first_line(e)}. "
+        raise ParityError(f"cannot read state dict {p} with torch.load(weights_only=True): {first_line(e, typed=True)}. "
                           f"Note: a state dict is a dict of tensors saved with torch.save(model.state_dict())"
                           ) from None
     if isinstance(sd, dict):

@@ -10,11 +10,11 @@ from parity import hookimpl
 from .numpy_formats import NpyFormat, NpzFormat
 from .text import TrtTextFormat
 
-__all__ = ["NpyFormat", "NpzFormat", "TrtTextFormat", "register_formats"]
+__all__ = ["NpyFormat", "NpzFormat", "TrtTextFormat", "register_dump_formats"]
 
 
 @hookimpl
-def register_formats(register) -> None:
+def register_dump_formats(register) -> None:
     register(TrtTextFormat())
     register(NpyFormat())
     register(NpzFormat())

@@ -14,9 +14,8 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from parity import Activation, ParityError
-from parity.core.dumps import (MANIFEST_NAME, apply_manifest_entry, atomic_write_path, manifest_entry,
-                          manifest_json, parse_manifest, safe_filename)
-from parity.contract.dumpformat import DumpFormat
+from parity.contract.dumpformat import (MANIFEST_NAME, DumpFormat, apply_manifest_entry, atomic_write_path,
+                                        manifest_entry, manifest_json, parse_manifest, safe_filename)
 
 NUMERIC_KINDS = "biufc"
 

@@ -20,8 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from parity import Activation, ParityError
-from parity.core.dumps import atomic_write_path
-from parity.contract.dumpformat import DumpFormat
+from parity.contract.dumpformat import DumpFormat, atomic_write_path
 
 _BRACKETS = {"[": "]", "(": ")"}
 _X_FORM = re.compile(r"^\d+(?:\s*[xX]\s*\d+)+$")

@@ -51,12 +51,13 @@ import numpy as np
 from parity.contract.errors import ParityError
 from parity.contract.source import RunConfig
 
-from parity.lib.onnx.util import opt_int, run_session
+from parity.contract.options import option_int
+from parity.lib.onnx.util import run_session
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from parity.core.diagnose import LocalResult
+    from parity.contract.records import LocalResult
 
     from .source import OrtSource
 
@@ -225,7 +226,7 @@ def _reference_run(source: "OrtSource", cfg: RunConfig, orig: "onnx.ModelProto",
     from parity.lib.onnx.graph import with_outputs
 
     so, providers = source._session_options(cfg)
-    batch = opt_int(cfg.options, "ort_output_batch", 0) or 0
+    batch = option_int(cfg.options, "ort_output_batch", 0) or 0
     chunks = [names[i:i + batch] for i in range(0, len(names), batch)] if 0 < batch < len(names) else [names]
     out: dict[str, np.ndarray] = {}
     for chunk in chunks:
@@ -264,7 +265,7 @@ class _Caster:
                                   [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, None)])
             so = ort.SessionOptions()
             so.log_severity_level = 3
-            threads = opt_int(self._cfg.options, "ort_threads", None)
+            threads = option_int(self._cfg.options, "ort_threads", None)
             if threads:
                 so.intra_op_num_threads = threads
             m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
@@ -292,7 +293,7 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     captured = [s.name for s in captured_sites(orig)]
     run_path, _extra = source._target_model(cfg, src, orig, feed)
 
-    batch = opt_int(cfg.options, "ort_output_batch", None)
+    batch = option_int(cfg.options, "ort_output_batch", None)
     if batch is None:
         batch = DEFAULT_OUTPUT_BATCH if len(captured) > 2 * DEFAULT_OUTPUT_BATCH else 0
     if batch > 0 and len(captured) > batch:
@@ -360,7 +361,7 @@ def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", r
                group: list[LocalPlan], ref: dict[str, np.ndarray], fed_dtype: _FedDtypes,
                cast: _Caster) -> Iterator["LocalResult"]:
     """One session run of the local subgraphs of ``group``; their results, in plan order."""
-    from parity.core.diagnose import LocalResult
+    from parity.contract.records import LocalResult
 
     so, providers = source._session_options(cfg)
     label = f"the local runs of {Path(run_path).name}"

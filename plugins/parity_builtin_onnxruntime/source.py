@@ -18,7 +18,8 @@ from parity.contract.errors import ParityError
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
-from parity.lib.onnx.util import opt_bool, opt_int, opt_list, ort_message, run_session
+from parity.contract.options import option_bool, option_int, option_list
+from parity.lib.onnx.util import ort_message, run_session
 
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
 #: tensors captured per step on graphs with more than twice as many (``ort_output_batch=0``: one session)
@@ -90,10 +91,10 @@ class OrtSource(Source):
             pass
         o = cfg.options
         path = cached_export(module, feed, Path(cfg.workdir), getattr(loaded, "path", None) or cfg.model,
-                             opt_int(o, "opset", None),
-                             dynamic_batch=opt_bool(o, "export_dynamic_batch", True),
-                             optimize=opt_bool(o, "export_optimize", True),
-                             dynamo=opt_bool(o, "export_dynamo", True),
+                             option_int(o, "opset", None),
+                             dynamic_batch=option_bool(o, "export_dynamic_batch", True),
+                             optimize=option_bool(o, "export_optimize", True),
+                             dynamo=option_bool(o, "export_dynamo", True),
                              input_order=getattr(loaded, "input_names", None))
         names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None
         return path, names
@@ -179,7 +180,7 @@ class OrtSource(Source):
         import onnxruntime as ort
 
         o = cfg.options
-        providers = opt_list(o, "ort_providers")
+        providers = option_list(o, "ort_providers")
         available = ort.get_available_providers()
         if not providers:
             providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -200,7 +201,7 @@ class OrtSource(Source):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-        threads = opt_int(o, "ort_threads", None)
+        threads = option_int(o, "ort_threads", None)
         if threads:
             so.intra_op_num_threads = threads
         return so, providers
@@ -239,14 +240,14 @@ class OrtSource(Source):
 
         workdir = Path(cfg.workdir)
         opts = cfg.options
-        keep = opt_list(opts, "keep_high_precision")
+        keep = option_list(opts, "keep_high_precision")
         if keep:
             keep_producers(orig, keep, src.name, name_unnamed=True)  # int8 refuses unnamed ones later
         extra: dict[str, Any] = {}
         if self.precision == "fp32":
             return src, extra
         if self.precision == "fp16":
-            return to_fp16(src, workdir, opt_list(opts, "keep_fp32_ops"), opt_list(opts, "keep_fp32_nodes"),
+            return to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
                            keep_tensors=keep), extra
         calib = list(cfg.calibration)
         if not calib:
@@ -260,10 +261,12 @@ class OrtSource(Source):
         return to_int8(src, workdir, calib, opts), extra
 
     # -- diagnosis ------------------------------------------------------------------------
+    supports_local = True
+
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each captured layer run alone in this precision on the fp32 activations (see :mod:`.local`).
 
-        Yields ``parity.core.diagnose.LocalResult`` one at a time, keyed like ``run()``'s records.
+        Yields ``parity.contract.records.LocalResult`` one at a time, keyed like ``run()``'s records.
         ``ort`` (fp32) yields nothing: its layer alone on fp32 inputs is the reference itself.
         Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
         """
@@ -334,7 +337,7 @@ class OrtSource(Source):
         common: dict[str, Any] = {"precision": self.precision, "model_file": str(src)}
         if exporter:
             common["exporter"] = exporter
-        if opt_bool(opts, "outputs_only", False):
+        if option_bool(opts, "outputs_only", False):
             sites = [s for s in sites if s.name in out_pos]
         run_path, extra = self._target_model(cfg, src, orig, feed)
         common.update(extra)
@@ -348,7 +351,7 @@ class OrtSource(Source):
             fetch = fetch_map(runnable, [s.name for s in sites], quantized=self.precision == "int8")
         common["run_model_file"] = str(run_path)
 
-        all_dtypes = opt_bool(opts, "ort_all_dtypes", False)
+        all_dtypes = option_bool(opts, "ort_all_dtypes", False)
         types = inferred_types(runnable) if not all_dtypes else {}
         items: list[tuple[Any, str, bool]] = []
         for s in sites:
@@ -363,7 +366,7 @@ class OrtSource(Source):
         so, providers = self._session_options(cfg)
         # Large graphs are captured in consecutive steps by default, so that ONNX Runtime never holds
         # every activation at once (it frees an output block only when the last output is released).
-        batch = opt_int(opts, "ort_output_batch", None)
+        batch = option_int(opts, "ort_output_batch", None)
         if batch is None:
             batch = DEFAULT_OUTPUT_BATCH if len(items) > 2 * DEFAULT_OUTPUT_BATCH else 0
         chunks = ([items[i:i + batch] for i in range(0, len(items), batch)]

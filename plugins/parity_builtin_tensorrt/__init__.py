@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from parity import hookimpl
 
+from .annotate import LayerInfoAnnotator, PolygraphyInputReader
 from .config import TARGETS
 from .importers import (PolygraphyJsonFormat, TrtexecDebugFormat, TrtexecJsonFormat, load_polygraphy_inputs,
                         save_polygraphy_inputs)
@@ -28,7 +29,17 @@ def register_sources(register):  # type: ignore[no-untyped-def]
 
 
 @hookimpl
-def register_formats(register):  # type: ignore[no-untyped-def]
+def register_dump_formats(register):  # type: ignore[no-untyped-def]
     register(PolygraphyJsonFormat())
     register(TrtexecJsonFormat())
     register(TrtexecDebugFormat())
+
+
+@hookimpl
+def register_input_readers(register):  # type: ignore[no-untyped-def]
+    register(PolygraphyInputReader())
+
+
+@hookimpl
+def register_dump_annotators(register):  # type: ignore[no-untyped-def]
+    register(LayerInfoAnnotator())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from parity.contract.errors import ParityError
+from parity.contract.options import as_bool, as_list
 
 #: target name -> precision
 TARGETS: dict[str, str] = {
@@ -199,27 +200,6 @@ def resolve_layer_precision(overrides: Iterable[LayerPrecision], layer_name: str
     return exact if exact is not None else wild
 
 
-def _as_list(v: Any) -> tuple[str, ...]:
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        return tuple(s.strip() for s in v.split(",") if s.strip())
-    return tuple(str(s) for s in v)
-
-
-def _as_bool(v: Any, what: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int,)) and v in (0, 1):
-        return bool(v)
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ParityError(f"{what} {v!r} is not a yes/no value. Note: use true or false")
-
-
 def flags_for(precision: str, int8_fallback: str = "fp32") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Builder flags to set and to clear for a precision (``tensorrt.BuilderFlag`` names)."""
     if precision == "fp32":
@@ -255,11 +235,11 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
         except re.error as e:
             raise ParityError(f"trt_mark {regex!r} is not a valid regular expression: {e}. "
                               f"Note: e.g. 'conv|attn' or '^/layer1/'") from None
-    names = _as_list(o.get("trt_mark_names"))
+    names = tuple(as_list(o.get("trt_mark_names")))
     fallback = str(o.get("trt_int8_fallback") or "fp32").lower()
     if fallback not in ("fp32", "fp16"):
         raise ParityError(f"trt_int8_fallback {fallback!r} is not known. Note: use fp32 or fp16")
-    strongly = _as_bool(o.get("trt_strongly_typed", False), "trt_strongly_typed")
+    strongly = as_bool(o.get("trt_strongly_typed", False), "trt_strongly_typed")
     # the CLI's --layer-precisions arrives as "layer_precisions"; --option trt_layer_precisions=... also works
     spec = o.get("trt_layer_precisions", o.get("layer_precisions"))
     overrides = parse_layer_precisions(spec)
@@ -294,7 +274,7 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
         precision=precision, builder_flags=set_flags, cleared_flags=cleared, strongly_typed=strongly,
         workspace_bytes=ws, layer_precisions=overrides, precision_constraints=constraints, capture=capture,
         debug_strategy=strategy, mark_regex=regex, mark_names=names, int8_fallback=fallback,
-        use_cache=_as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=queue)
+        use_cache=as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=queue)
 
 
 def with_constraints(ecfg: EngineConfig, constraints: str, **changes: Any) -> EngineConfig:

@@ -1,6 +1,8 @@
 """What of the TensorRT plugin works on this machine, and why not (``parity doctor``)."""
 from __future__ import annotations
 
+from parity.contract.errors import first_line
+
 import importlib
 import importlib.util
 from typing import Any
@@ -31,7 +33,7 @@ def doctor() -> list[dict[str, Any]]:
             rows.append(_row("tensorrt", major >= 10, version if major >= 10 else
                              f"{version} is too old: parity needs TensorRT 10+"))
         except Exception as e:  # noqa: BLE001 - an installed but broken TensorRT (missing libnvinfer) is common
-            rows.append(_row("tensorrt", False, f"import failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            rows.append(_row("tensorrt", False, f"import failed: {first_line(e, 200, typed=True)}"))
             trt = None
     if trt is not None:
         net = getattr(trt, "INetworkDefinition", None)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from parity.contract.atomic import atomic_path, write_text
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.contract.dumpformat import DumpFormat
 from parity.contract.records import Activation
 
@@ -115,8 +115,8 @@ def _decode_torch(obj: dict[str, Any], where: str) -> np.ndarray:
         data = base64.b64decode(str(obj.get("tensor", "")).encode(), validate=True)
         t = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - weights_only refuses anything but tensors; say so
-        raise ParityError(f"{where}: the torch tensor cannot be loaded safely ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise ParityError(f"{where}: the torch tensor cannot be loaded safely "
+                          f"({first_line(e, 200, typed=True)})") from None
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         t = t.float()

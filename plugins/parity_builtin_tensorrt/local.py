@@ -27,17 +27,18 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from parity.contract.atomic import atomic_path
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
+from parity.contract.options import as_bool, as_list
 from parity.contract.source import RunConfig
 
-from .config import (EngineConfig, LayerPrecision, _as_bool, _as_list, engine_config, parse_layer_precisions,
+from .config import (EngineConfig, LayerPrecision, engine_config, parse_layer_precisions,
                      with_constraints)
 from .marking import SHAPE_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from parity.core.diagnose import LocalResult
+    from parity.contract.records import LocalResult
 
     from .source import TrtSource
 
@@ -99,8 +100,8 @@ def run_engine_config(precision: str, options: Mapping[str, Any] | None,
     fields, so they are part of the engine cache key.
     """
     o = dict(options or {})
-    only = _as_bool(o.pop("outputs_only", False), "outputs_only")
-    keep = _as_list(o.pop("keep_high_precision", None))
+    only = as_bool(o.pop("outputs_only", False), "outputs_only")
+    keep = tuple(as_list(o.pop("keep_high_precision", None)))
     if only:
         o["trt_capture"] = "outputs"
     ecfg = engine_config(precision, o)
@@ -273,7 +274,7 @@ def reference_values(orig: "onnx.ModelProto", names: list[str], feed: Mapping[st
     from parity.lib.onnx.graph import with_outputs
 
     o = cfg.options
-    providers = _as_list(o.get("ort_providers")) or ("CPUExecutionProvider",)
+    providers = tuple(as_list(o.get("ort_providers"))) or ("CPUExecutionProvider",)
     bad = [p for p in providers if p not in ort.get_available_providers()]
     if bad:
         raise ParityError(f"ort_providers asks for {list(bad)}, which this onnxruntime does not have. "
@@ -303,7 +304,7 @@ def reference_values(orig: "onnx.ModelProto", names: list[str], feed: Mapping[st
                 vals = sess.run(names, dict(feed))
                 del sess
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; one line for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ParityError(f"onnxruntime failed running {label} for the fp32 reference of the local runs. "
                           f"Note: {msg[:400]}") from e
     return {n: v for n, v in zip(names, vals) if isinstance(v, np.ndarray)}
@@ -358,7 +359,7 @@ def local_cases(orig: "onnx.ModelProto", cfg: RunConfig, feed: Mapping[str, np.n
 
 def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
     """Each float-producing ONNX node as its own engine at ``source``'s precision, on fp32 inputs."""
-    from parity.core.diagnose import LocalResult
+    from parity.contract.records import LocalResult
     from parity.lib.onnx.graph import load_model
 
     from ._cuda import cuda_status

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from parity.contract.atomic import atomic_path, write_text
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
@@ -75,7 +75,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except Exception as e:  # noqa: BLE001 - ImportError, or OSError when libnvinfer is missing or broken
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        first = first_line(e, 200)
         raise ParityError(f"the TensorRT targets need TensorRT {_MIN_MAJOR}+. Note: import tensorrt failed ({first}); "
                           f"on a machine with an NVIDIA GPU run pip install tensorrt (or use NVIDIA's TensorRT "
                           f"container), or capture there with trtexec/Polygraphy and import the files "
@@ -611,10 +611,12 @@ class TrtSource(Source):
                 yield rec
 
     # -- diagnosis ------------------------------------------------------------------------
+    supports_local = True
+
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each ONNX node alone as an engine at this precision, fed fp32 reference values (see :mod:`.local`).
 
-        Yields ``parity.core.diagnose.LocalResult`` keyed by ONNX tensor name, as ``run()`` names the
+        Yields ``parity.contract.records.LocalResult`` keyed by ONNX tensor name, as ``run()`` names the
         records it maps exactly. ``trt-fp32`` yields nothing: its layer alone on fp32 inputs is the
         reference. Layers that cannot run alone are listed afterwards in ``self.last_local_skipped``.
         """

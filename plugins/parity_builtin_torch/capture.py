@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.contract.records import Activation
 
 Emit = Callable[[Activation], None]
@@ -182,8 +182,7 @@ def stream(work: Callable[[Emit], None], what: str, maxsize: int = 1,
                 e = item.exc
                 if isinstance(e, ParityError):
                     raise e
-                lines = str(e).strip().splitlines()
-                detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+                detail = first_line(e, typed=True)
                 raise ParityError(f"{what} failed. Note: {detail}") from e
             yield item
     finally:

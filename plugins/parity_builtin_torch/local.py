@@ -19,43 +19,15 @@ import re
 from collections import Counter
 from typing import Any, Callable, Iterable
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 
 from . import capture
 
 _INDEX_RE = re.compile(r":\d+$")
 _CALL_RE = re.compile(r"#\d+$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 # --------------------------------------------------------------------------- options
-
-def opt_bool(value: Any, name: str) -> bool:
-    """An option that may arrive as a bool or as text from ``--option KEY=VALUE``."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, (int, float)):
-        return bool(value)
-    s = str(value).strip().lower()
-    if s in _TRUE:
-        return True
-    if s in _FALSE:
-        return False
-    raise ParityError(f"option {name}={value!r} is not a yes/no value. Note: use true or false")
-
-
-def opt_names(value: Any) -> list[str]:
-    """A list option that may arrive as a list or as comma-separated text."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    raise ParityError(f"option keep_high_precision={value!r} is not a list of layer names. Note: give "
-                      f"record keys or module paths, e.g. ['layer1.0.conv1', 'head']")
-
 
 # --------------------------------------------------------------------------- tensors
 
@@ -206,7 +178,7 @@ Skip = Callable[[str, str], None]
 def _emit_pairs(emit: Callable[[Any], None], name: str, ref: Any, low: Any, op_type: str | None,
                 meta: dict[str, Any], only_indices: set[int] | None = None) -> None:
     """One LocalResult per floating tensor leaf, keyed like the target record of that leaf."""
-    from parity.core.diagnose import LocalResult
+    from parity.contract.records import LocalResult
 
     rl = list(capture.flatten_tensors(ref))
     ll = list(capture.flatten_tensors(low))
@@ -249,7 +221,7 @@ def run_local_modules(ref_module: Any, low_module: Any, args: tuple, kwargs: dic
             except capture._Cancelled:
                 raise
             except Exception as e:
-                skip(name, f"running it alone in the target failed: {capture_error(e)}")
+                skip(name, f"running it alone in the target failed: {first_line(e, typed=True)}")
                 return
             del la, lkw
             qual = (type_names or {}).get(path) or capture.qualified_type(type(mod))
@@ -298,7 +270,7 @@ def run_local_fx(gm: Any, args: tuple, kwargs: dict, dtype: Any, emit: Callable[
             try:
                 lout = n.target(*la, **lkw)
             except Exception as e:
-                skip(name, f"running it alone in the target failed: {capture_error(e)}")
+                skip(name, f"running it alone in the target failed: {first_line(e, typed=True)}")
                 return out
             del la, lkw
             _emit_pairs(emit, name, out, lout, meta["op"], meta, only_indices=used)
@@ -314,7 +286,3 @@ def run_local_fx(gm: Any, args: tuple, kwargs: dict, dtype: Any, emit: Callable[
     flat = fx_pytree.tree_flatten_spec((tuple(args), dict(kwargs)), in_spec)
     interp.run(*flat, enable_io_processing=False)
 
-
-def capture_error(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

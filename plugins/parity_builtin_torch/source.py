@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
+from parity.contract.options import as_bool, as_list
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
@@ -62,7 +63,7 @@ def _true_fp32(precision: str, cfg: RunConfig) -> Iterator[None]:
     import torch
 
     if precision != "fp32" or not str(cfg.device).startswith("cuda") or \
-            local.opt_bool(cfg.options.get("torch_allow_tf32"), "torch_allow_tf32"):
+            as_bool(cfg.options.get("torch_allow_tf32"), "torch_allow_tf32"):
         yield
         return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -132,15 +133,17 @@ class TorchSource(Source):
             args, kwargs = self._inputs(prepared, cfg, feed)
             rec_meta = {"source": self.name, "precision": self.precision, "capture": prepared.mode}
             include_int = bool(cfg.options.get("torch_include_integer"))
-            only = local.opt_bool(cfg.options.get("outputs_only"), "outputs_only")
+            only = as_bool(cfg.options.get("outputs_only"), "outputs_only")
             work = self._work(prepared, args, kwargs, rec_meta, include_int, only)
             with _true_fp32(self.precision, cfg):
                 yield from capture.stream(work, f"running {cfg.model} with source {self.name}")
         finally:
             self._release(prepared)
 
+    supports_local = True
+
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
-        """Each layer alone in this source's precision on the fp32 inputs (``parity.core.diagnose.LocalResult``).
+        """Each layer alone in this source's precision on the fp32 inputs (``parity.contract.records.LocalResult``).
 
         Modules mode: every leaf module call; fx mode: every ``call_function`` node. Keys are
         the keys ``run()`` gives that layer's records. ``torch`` (fp32) yields nothing: it is the
@@ -198,7 +201,7 @@ class TorchSource(Source):
     def _keep(self, cfg: RunConfig) -> tuple[str, ...]:
         if self.precision == "fp32":
             return ()  # the reference is all fp32 already
-        return tuple(local.opt_names(cfg.options.get("keep_high_precision")))
+        return tuple(as_list(cfg.options.get("keep_high_precision")))
 
     def _key(self, cfg: RunConfig) -> tuple:
         return (str(cfg.model), _file_key(str(cfg.model)), _file_key(cfg.options.get("state_dict")),
@@ -262,7 +265,7 @@ class TorchSource(Source):
                     module = torch.export.unflatten(loaded.exported)
             except Exception as e:
                 raise ParityError(f"cannot rebuild the module hierarchy of {loaded.path} for "
-                                  f"torch_capture=modules: {capture_error(e)}. Note: use torch_capture=fx "
+                                  f"torch_capture=modules: {first_line(e, typed=True)}. Note: use torch_capture=fx "
                                   f"(the default for .pt2)") from None
             prepared.type_names = _exported_type_names(loaded.exported)
         dtype = getattr(torch, PRECISIONS[self.precision])
@@ -287,7 +290,7 @@ class TorchSource(Source):
             raise
         except Exception as e:
             raise ParityError(f"cannot move model {loaded.path} to {device} as {self.precision}: "
-                              f"{capture_error(e)}") from None
+                              f"{first_line(e, typed=True)}") from None
         try:
             module.eval()
         except Exception:
@@ -379,16 +382,12 @@ class TorchSource(Source):
                 ep = torch.export.export(prepared.module, tuple(args), dict(kwargs))
             except Exception as e:
                 raise ParityError(f"torch.export could not capture {prepared.loaded.path} for "
-                                  f"torch_capture=fx: {capture_error(e)}. Note: use torch_capture=modules "
+                                  f"torch_capture=fx: {first_line(e, typed=True)}. Note: use torch_capture=modules "
                                   f"(forward hooks) for models torch.export cannot trace") from None
             gm = ep.module()
             prepared.exported = {sig: gm}  # one entry: shapes rarely change between runs
         return gm
 
-
-def capture_error(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _exported_type_names(ep: Any) -> dict[str, str]:

@@ -17,9 +17,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from parity.contract.atomic import atomic_path
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 
-from parity.lib.onnx.util import feeds_digest, key_of, model_digest, opt_bool, opt_list
+from parity.contract.options import option_bool, option_list
+from parity.lib.onnx.util import feeds_digest, key_of, model_digest
 
 
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit, with margin
@@ -159,17 +160,17 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
                                           QuantType, quantize_static)
 
     opts = dict(options or {})
-    per_channel = opt_bool(opts, "int8_per_channel", False)
+    per_channel = option_bool(opts, "int8_per_channel", False)
     method_name = str(opts.get("int8_calibrate_method", "minmax")).lower()
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
     if method_name not in methods:
         raise ParityError(f"int8_calibrate_method {method_name!r} is not known. Note: use one of "
                           f"{', '.join(methods)}")
-    op_types = opt_list(opts, "int8_op_types") or None
-    exclude = opt_list(opts, "int8_nodes_to_exclude") or None
-    preprocess = opt_bool(opts, "int8_preprocess", False)
-    keep_tensors = sorted(set(opt_list(opts, "keep_high_precision")))
+    op_types = option_list(opts, "int8_op_types") or None
+    exclude = option_list(opts, "int8_nodes_to_exclude") or None
+    preprocess = option_bool(opts, "int8_preprocess", False)
+    keep_tensors = sorted(set(option_list(opts, "keep_high_precision")))
     key = key_of("int8", onnxruntime.__version__, model_digest(src), feeds_digest(calibration), per_channel,
                  method_name, sorted(op_types or []), sorted(exclude or []), preprocess, keep_tensors)
     out = workdir / "ort" / f"{_stem(src)}-int8-{key}.onnx"
@@ -210,8 +211,7 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     except ParityError:
         raise
     except Exception as e:
-        raise ParityError(f"int8 quantization of {src.name} failed: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300] if str(e) else ''}. Note: check the calibration "
+        raise ParityError(f"int8 quantization of {src.name} failed: {first_line(e, typed=True)}. Note: check the calibration "
                           f"feeds match the model inputs, or exclude the failing nodes with "
                           f"int8_nodes_to_exclude") from e
     return out

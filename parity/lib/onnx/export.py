@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from parity.contract.atomic import atomic_path
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 
 from parity.lib.onnx.util import file_digest, key_of
 from parity.lib.onnx.provenance import CALLS_KEY
@@ -142,7 +142,7 @@ def export_onnx(module: Any, example_feed: dict[str, np.ndarray], out_path: str 
                 return out
             except Exception as e:  # any exporter failure: try the next way
                 errors.append(f"dynamo ({'dynamic' if dyn else 'static'} batch): "
-                              f"{type(e).__name__}: {_first_line(e)}")
+                              f"{first_line(e, typed=True)}")
     try:
         import onnx
 
@@ -172,17 +172,11 @@ def export_onnx(module: Any, example_feed: dict[str, np.ndarray], out_path: str 
                 onnx.save(m, str(tmp))
         return out
     except Exception as e:
-        why = " | ".join(errors + [f"torchscript: {type(e).__name__}: {_first_line(e)}"])
+        why = " | ".join(errors + [f"torchscript: {first_line(e, typed=True)}"])
         raise ParityError(f"cannot export the torch model to ONNX for {out.name}. Note: {why[:800]}; "
                           f"export it yourself with torch.onnx.export and pass the .onnx file") from e
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(e: BaseException) -> str:
-    text = _ANSI.sub("", str(e)).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def _outputs_depend_on_inputs(model: Any) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 
 from parity.lib.onnx.util import sniff
 
@@ -50,7 +50,7 @@ def load_model(path: str | Path, *, what: str = "model") -> "onnx.ModelProto":
         m = onnx.load(str(p))
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise ParityError(f"{what} {p} is not an ONNX model. Note: it looks like {looks} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+                          f"({first_line(e, 200, typed=True)})") from e
     if not m.graph.node and not m.graph.output or not m.opset_import:
         raise ParityError(f"{what} {p} is not an ONNX model. Note: it parsed as a protobuf but has no graph "
                           f"or opset (it looks like {looks})")

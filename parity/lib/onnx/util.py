@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from parity.contract.errors import first_line
+
 #: bump when the layout of cached artifacts changes, so old cache entries are not reused
 CACHE_VERSION = "1"
 
@@ -89,52 +91,10 @@ def key_of(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-_TRUE = {"1", "true", "yes", "on", "y"}
-_FALSE = {"0", "false", "no", "off", "n", ""}
-
-
-def opt_bool(options: dict[str, Any], key: str, default: bool) -> bool:
-    """A boolean option that may arrive as a string from ``--option key=value``."""
-    v = options.get(key, default)
-    if isinstance(v, str):
-        low = v.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        from parity.contract.errors import ParityError
-
-        raise ParityError(f"option {key}={v!r} is not a boolean. Note: use true or false")
-    return bool(v)
-
-
-def opt_int(options: dict[str, Any], key: str, default: int | None) -> int | None:
-    """An integer option that may arrive as a string."""
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        from parity.contract.errors import ParityError
-
-        raise ParityError(f"option {key}={v!r} is not an integer") from None
-
-
-def opt_list(options: dict[str, Any], key: str) -> list[str]:
-    """A list option: a list, or a comma-separated string."""
-    v = options.get(key)
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return [str(s) for s in v]
-
 
 def ort_message(e: BaseException) -> str:
     """The first line of an onnxruntime error (its type when it has no text), for a one-line note."""
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:400]
+    return first_line(e, 400)
 
 
 def run_session(sess: Any, outputs: list[str], feed: dict[str, Any], label: str) -> list[Any]:

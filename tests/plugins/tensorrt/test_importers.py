@@ -10,33 +10,30 @@ the readers, they are not TensorRT results.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import tool_command
+
 from parity import Activation, ParityError
 from parity.core import registry as plugins
 from parity.core.dumps import read_dump
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 from parity_builtin_tensorrt.importers import (PolygraphyJsonFormat, TrtexecDebugFormat,  # noqa: E402
                                                TrtexecJsonFormat, load_polygraphy_inputs,
                                                load_polygraphy_outputs, runner_tags, save_polygraphy_inputs,
                                                tolerant_json)
 
-HAS_POLYGRAPHY = importlib.util.find_spec("polygraphy") is not None
-needs_polygraphy = pytest.mark.skipif(not HAS_POLYGRAPHY, reason="needs polygraphy (pip install polygraphy)")
 
 
 def _tiny_model() -> "onnx.ModelProto":
@@ -59,8 +56,7 @@ def _tiny_model() -> "onnx.ModelProto":
 
 
 def _polygraphy(*args: str, cwd: Path) -> None:
-    exe = shutil.which("polygraphy")
-    cmd = [exe] if exe else [sys.executable, "-m", "polygraphy"]
+    cmd = tool_command("polygraphy")
     r = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
@@ -68,8 +64,6 @@ def _polygraphy(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def poly_run(tmp_path_factory):
     """One real ``polygraphy run`` with every tensor marked, two iterations, inputs saved."""
-    if not HAS_POLYGRAPHY:
-        pytest.skip("needs polygraphy")
     d = tmp_path_factory.mktemp("poly")
     onnx.save(_tiny_model(), str(d / "model.onnx"))
     _polygraphy("run", "model.onnx", "--onnxrt", "--onnx-outputs", "mark", "all", "--iterations", "2",
@@ -79,8 +73,6 @@ def poly_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def poly_two_runners(tmp_path_factory):
-    if not HAS_POLYGRAPHY:
-        pytest.skip("needs polygraphy")
     d = tmp_path_factory.mktemp("poly2")
     onnx.save(_tiny_model(), str(d / "model.onnx"))
     _polygraphy("run", "model.onnx", "--onnxrt", "--onnxrt", "--onnx-outputs", "mark", "all",
@@ -107,7 +99,6 @@ def _no_runner_env(monkeypatch):
 
 # --------------------------------------------------------------------------- Polygraphy
 
-@needs_polygraphy
 def test_polygraphy_outputs_equal_an_independent_run_on_the_saved_inputs(poly_run):
     feeds = load_polygraphy_inputs(poly_run / "in.json")
     assert len(feeds) == 2 and set(feeds[0]) == {"x"} and feeds[0]["x"].shape == (2, 4)
@@ -123,7 +114,6 @@ def test_polygraphy_outputs_equal_an_independent_run_on_the_saved_inputs(poly_ru
         assert [r.order for r in recs] == list(range(len(recs)))
 
 
-@needs_polygraphy
 def test_polygraphy_files_are_recognised_by_content(poly_run):
     out, inp = poly_run / "out.json", poly_run / "in.json"
     assert PolygraphyJsonFormat().can_read(out) and not PolygraphyJsonFormat().can_read(inp)
@@ -136,7 +126,6 @@ def test_polygraphy_files_are_recognised_by_content(poly_run):
         list(read_dump(inp))
 
 
-@needs_polygraphy
 def test_polygraphy_iteration_selection(poly_run, monkeypatch):
     last = load_polygraphy_outputs(poly_run / "out.json", iteration=-1)
     assert last[0].meta["iteration"] == 1
@@ -147,7 +136,6 @@ def test_polygraphy_iteration_selection(poly_run, monkeypatch):
         load_polygraphy_outputs(poly_run / "out.json", iteration=5)
 
 
-@needs_polygraphy
 def test_two_runners_are_told_apart_by_run_tag(poly_two_runners):
     out = poly_two_runners / "out.json"
     raw = json.loads(out.read_text())
@@ -171,7 +159,6 @@ def test_two_runners_are_told_apart_by_run_tag(poly_two_runners):
         load_polygraphy_outputs(out, runner=7)
 
 
-@needs_polygraphy
 def test_written_polygraphy_json_is_read_by_polygraphy_itself(tmp_path):
     from polygraphy.comparator import RunResults
 
@@ -194,7 +181,6 @@ def test_written_polygraphy_json_is_read_by_polygraphy_itself(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed into place
 
 
-@needs_polygraphy
 def test_inputs_written_by_parity_are_replayed_by_polygraphy(tmp_path):
     onnx.save(_tiny_model(), str(tmp_path / "model.onnx"))
     rng = np.random.default_rng(9)
@@ -458,7 +444,7 @@ def test_trtexec_debug_missing_data_is_explained(tmp_path):
 
 
 def test_formats_are_registered_read_only_where_they_should_be():
-    reg = plugins.registry()["format"]
+    reg = plugins.registry()["dump-format"]
     assert reg["polygraphy-json"].obj.writable
     assert not reg["trtexec-json"].obj.writable and not reg["trtexec-debug"].obj.writable
 

@@ -9,29 +9,25 @@ graphs' real node names: they are fixtures for the mapping code, not TensorRT re
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import warnings
 
 import numpy as np
 import pytest
 
+from conftest import HAS_CUDA, HAS_TRT, needs_cuda, needs_trt
+
 from parity import Activation, ParityError
 from parity.core import registry as plugins
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
+import torch
+import onnx
 
 from parity_builtin_tensorrt import config as C  # noqa: E402
 from parity_builtin_tensorrt import marking as M  # noqa: E402
 from parity_builtin_tensorrt import names as N  # noqa: E402
 from parity_builtin_tensorrt.layer_info import engine_info_from_json, parse_metadata, read_layer_info  # noqa: E402
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-HAS_CUDA = bool(torch.cuda.is_available())
-needs_trt = pytest.mark.skipif(not (HAS_TRT and HAS_CUDA),
-                               reason="needs TensorRT 10+ and a CUDA GPU (not installable on this machine)")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU visible to torch")
 
 
 # --------------------------------------------------------------------------- models
@@ -777,7 +773,7 @@ def test_plugin_registers_the_five_targets_and_three_formats():
         src = reg["source"][name]
         assert src.package.startswith("parity") and src.obj.name == name
     for name in ("polygraphy-json", "trtexec-json", "trtexec-debug"):
-        assert reg["format"][name].obj.multi
+        assert reg["dump-format"][name].obj.multi
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is missing")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from parity import Activation, ParityError
-from parity.core.engine import Pair, compare_streams, merge_reports, run_engine
+from parity.core.engine import compare_streams, merge_reports, run_engine
+from parity.contract.records import Pair
 from parity.core.matcher import ExactMatcher
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 nn = torch.nn
 F = torch.nn.functional
 
@@ -539,7 +539,6 @@ def test_forward_errors_reach_the_consumer(monkeypatch):
 # --------------------------------------------------------------------------- bad input
 
 def _write_onnx(path: Path) -> None:
-    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",

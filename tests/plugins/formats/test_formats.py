@@ -21,7 +21,7 @@ def _formats_only(only_format_plugins):
 
 
 def fmt(name: str):
-    return plugins.get_format(name)
+    return plugins.get_dump_format(name)
 
 
 def read_one(name: str, path: Path) -> Activation:
@@ -54,7 +54,7 @@ def no_temp_leftovers(folder: Path) -> bool:
 
 
 def test_builtin_formats_are_registered_by_the_formats_plugin():
-    reg = plugins.registry()["format"]
+    reg = plugins.registry()["dump-format"]
     assert {"trt-text", "npy", "npz"} <= set(reg)
     for name in ("trt-text", "npy", "npz"):
         assert reg[name].plugin == "formats"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 F = torch.nn.functional
 
 from parity.core.compare import CompareSettings, compare  # noqa: E402
@@ -27,7 +27,7 @@ from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_torch.local import module_of_key  # noqa: E402
 from parity_builtin_torch.source import TorchSource  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 HAZARD = textwrap.dedent('''
     import torch

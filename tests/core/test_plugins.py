@@ -11,7 +11,7 @@ from parity.contract import hookspecs
 from parity.core import registry as plugins
 from parity.contract.metric import Metric
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Dup(Metric):
@@ -37,7 +37,7 @@ class _DupPlugin:
 def test_builtins_come_from_entry_points_with_their_package():
     reg = plugins.registry()
     assert {"exact", "auto"} <= set(reg["matcher"])
-    for kind in ("metric", "format", "matcher"):
+    for kind in ("metric", "dump-format", "matcher"):
         assert reg[kind], kind
         for r in reg[kind].values():
             assert r.package.startswith("parity "), r
@@ -86,7 +86,7 @@ def test_every_hook_is_documented_and_tested():
     hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("register_")]
     assert set(hooks) == set(hookspecs.HOOKS)
     docs = "\n".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
-    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != "test_plugins.py")
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py") if p.name != "test_plugins.py")
     for h in hooks:
         assert re.search(rf"{h}\(register\)", docs), f"{h} is not documented in docs/"
         assert h in tests, f"{h} has no test"

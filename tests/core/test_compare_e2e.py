@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
 
 from parity.core.compare import CompareSettings, compare  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
 NAME_BASED = {"provenance", "output", "exact"}
 

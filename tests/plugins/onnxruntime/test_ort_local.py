@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -108,8 +106,6 @@ def outputs(precision: str, cfg: RunConfig, feed) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def hazard(tmp_path_factory):
     """The fp16 hazard model: spec, its parity export (.onnx), a feed, and module -> tensor names."""
-    pytest.importorskip("torch")
-    pytest.importorskip("parity.lib.torch_loader")
     d = tmp_path_factory.mktemp("hazard")
     py = d / "hazard_model.py"
     py.write_text(HAZARD_SRC)

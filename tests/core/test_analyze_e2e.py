@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from parity.core.dumps import write_dump  # noqa: E402
 from parity.core.registry import get_source  # noqa: E402
 from parity.contract.source import RunConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

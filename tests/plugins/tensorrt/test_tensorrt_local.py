@@ -7,16 +7,16 @@ TensorRT's numbers: tests that need TensorRT are skipped where it is missing.
 """
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 
+from conftest import HAS_TRT, needs_trt
+
 from parity import ParityError
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 from onnx import TensorProto, helper  # noqa: E402
 
@@ -25,10 +25,6 @@ from parity_builtin_tensorrt import local as L  # noqa: E402
 from parity_builtin_tensorrt.config import LayerPrecision, cache_key  # noqa: E402
 from parity_builtin_tensorrt.marking import SHAPE_INPUTS  # noqa: E402
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-HAS_CUDA = bool(torch.cuda.is_available())
-needs_trt = pytest.mark.skipif(not (HAS_TRT and HAS_CUDA),
-                               reason="needs TensorRT 10+ and a CUDA GPU (TensorRT is not installable here)")
 
 
 def _session(model: "onnx.ModelProto") -> "ort.InferenceSession":
@@ -245,7 +241,7 @@ def test_run_config_applies_keep_and_outputs_only():
 @pytest.mark.parametrize("opts, match", [
     ({"keep_high_precision": ["y"], "trt_precision_constraints": "none"}, "no effect with trt_precision_constraints"),
     ({"keep_high_precision": ["y"], "trt_strongly_typed": True}, "trt-fp16 cannot be strongly typed"),
-    ({"outputs_only": "maybe"}, "outputs_only 'maybe' is not a yes/no value"),
+    ({"outputs_only": "maybe"}, "outputs_only='maybe' is not a yes/no value"),
     ({"keep_high_precision": ["nope"]}, "names 'nope'"),
 ])
 def test_bad_fix_options_are_one_line_errors(opts, match):

@@ -438,7 +438,7 @@ def test_duplicate_keys_and_empty_input_write_nothing(tmp_path, fmt):
 def test_write_rejects_non_records_and_unknown_formats(tmp_path):
     with pytest.raises(ParityError, match="expects Activation records; item 0 is ndarray"):
         write_dump([np.ones(1)], tmp_path / "d")
-    with pytest.raises(ParityError, match="unknown format 'hdf5'"):
+    with pytest.raises(ParityError, match="unknown dump format 'hdf5'"):
         write_dump([Activation("a", np.ones(1))], tmp_path / "d", fmt="hdf5")
     assert list(tmp_path.iterdir()) == []
 
@@ -486,7 +486,7 @@ class CsvFormat(DumpFormat):
 
 class CsvPlugin:
     @hookimpl
-    def register_formats(self, register):
+    def register_dump_formats(self, register):
         register(CsvFormat())
 
 

@@ -121,7 +121,8 @@ def test_third_party_matcher_through_register_matchers(rng):
     """A matcher contributed by a plugin's register_matchers(register) hook is used by name."""
     from parity import hookimpl
     from parity.core import registry as plugins
-    from parity.core.engine import Pair, compare_streams
+    from parity.core.engine import compare_streams
+    from parity.contract.records import Pair
     from parity.core.matcher import Matcher
 
     class ByOrder(Matcher):

@@ -1,8 +1,6 @@
 """A dump made elsewhere (Polygraphy, ONNX Runtime with every tensor marked) against parity's own torch
 run of the same model on the replayed inputs: matched across the two naming schemes."""
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-if importlib.util.find_spec("polygraphy") is None:
-    pytest.skip("needs polygraphy (pip install polygraphy)", allow_module_level=True)
+from conftest import tool_command
 
-ROOT = Path(__file__).resolve().parents[1]
+
+ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
 
 
@@ -37,8 +33,7 @@ def test_polygraphy_dump_replayed_against_torch(model, tmp_path):
     module = getattr(zoo, model)()
     shape = next(iter(module.parity_input_shapes.values()))
     onnx_path = export_onnx(module, {"x": np.zeros(shape, np.float32)}, tmp_path / "model.onnx")
-    poly = shutil.which("polygraphy")
-    cmd = [poly] if poly else [sys.executable, "-m", "polygraphy"]
+    cmd = tool_command("polygraphy")
     _run(cmd + ["run", str(onnx_path), "--onnxrt", "--onnx-outputs", "mark", "all", "--save-outputs", "out.json",
                 "--save-inputs", "in.json", "--input-shapes", f"x:{list(shape)}"], tmp_path)
     r = _run([sys.executable, "-m", "parity", "compare", f"{ZOO}:{model}", "--ref", "torch",

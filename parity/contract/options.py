@@ -1,0 +1,67 @@
+"""One reading of source options, whatever route they took.
+
+Options reach a source as Python values (the API, a TOML config) or as text
+(``--option key=value``). Every plugin reads them here so that ``false``, ``no`` and ``0``
+mean the same everywhere; ``bool("false")`` is ``True``, which is how a copy of this logic
+once read ``export_dynamic_batch=false`` as on.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from parity.contract.errors import ParityError
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
+
+
+def as_bool(value: Any, what: str) -> bool:
+    """``value`` as a yes/no; text uses one vocabulary (true/yes/on/1/y, false/no/off/0/n)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    s = str(value).strip().lower()
+    if s in TRUE_WORDS:
+        return True
+    if s in FALSE_WORDS:
+        return False
+    raise ParityError(f"option {what}={value!r} is not a yes/no value. Note: use true or false")
+
+
+def as_int(value: Any, what: str, default: int | None = None) -> int | None:
+    """``value`` as an integer; ``None`` or empty text gives ``default``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool):
+        raise ParityError(f"option {what}={value!r} is not an integer")
+    try:
+        as_float = float(value)
+        if as_float != int(as_float):
+            raise ValueError
+        return int(as_float)
+    except (TypeError, ValueError, OverflowError):
+        raise ParityError(f"option {what}={value!r} is not an integer") from None
+
+
+def as_list(value: Any) -> list[str]:
+    """``value`` as a list of names: a list, or comma-separated text; empty items dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return [str(s) for s in value]
+
+
+def option_bool(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    return as_bool(options.get(key, default), key)
+
+
+def option_int(options: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    return as_int(options.get(key), key, default)
+
+
+def option_list(options: Mapping[str, Any], key: str) -> list[str]:
+    return as_list(options.get(key))
