@@ -52,6 +52,7 @@ from parity.contract.errors import ParityError
 from parity.contract.source import RunConfig
 
 from parity.contract.options import option_int
+from parity.lib.onnx.models import onnx_model_for
 from parity.lib.onnx.util import run_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -286,7 +287,7 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     from .source import DEFAULT_OUTPUT_BATCH
 
     source.last_local_skipped = []
-    src, _names = source._fp32_model(cfg, feed)
+    src, _names = onnx_model_for(cfg, feed)
     orig = load_model(src, what="model")
     source._check_feed(orig, feed, src)
     feed = {k: np.asarray(v) for k, v in feed.items()}

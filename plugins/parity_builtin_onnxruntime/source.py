@@ -19,6 +19,7 @@ from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
 from parity.contract.options import option_bool, option_int, option_list
+from parity.lib.onnx.models import onnx_input_specs, onnx_model_for
 from parity.lib.onnx.util import ort_message, run_session
 
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
@@ -63,93 +64,9 @@ class OrtSource(Source):
             return f"needs {', '.join(missing)} (pip install 'parity[onnx]')"
         return None
 
-    # -- model resolution ---------------------------------------------------------------
-    @staticmethod
-    def _is_onnx(cfg: RunConfig) -> bool:
-        return Path(str(cfg.model)).suffix.lower() == ".onnx"
-
-    @staticmethod
-    def _load_torch(cfg: RunConfig) -> Any:
-        try:
-            from parity.lib.torch_loader import load_torch_model
-        except ImportError as e:
-            raise ParityError(f"model {cfg.model} is not an .onnx file, so it must be exported from torch, "
-                              f"which needs the torch plugin (parity_builtin_torch). Note: {e}") from e
-        return load_torch_model(cfg)
-
-    def _fp32_model(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, list[str] | None]:
-        """Path of the fp32 ONNX model to run, plus torch module names when parity exported it."""
-        if self._is_onnx(cfg):
-            return Path(str(cfg.model)), None
-        from parity.lib.onnx.export import cached_export
-
-        loaded = self._load_torch(cfg)
-        module = loaded.module
-        try:
-            module = module.to("cpu")
-        except Exception:
-            pass
-        o = cfg.options
-        path = cached_export(module, feed, Path(cfg.workdir), getattr(loaded, "path", None) or cfg.model,
-                             option_int(o, "opset", None),
-                             dynamic_batch=option_bool(o, "export_dynamic_batch", True),
-                             optimize=option_bool(o, "export_optimize", True),
-                             dynamo=option_bool(o, "export_dynamo", True),
-                             input_order=getattr(loaded, "input_names", None))
-        names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None
-        return path, names
-
-    # -- inputs ---------------------------------------------------------------------------
+    # -- model resolution and inputs: the shared ONNX library does both for every ONNX consumer
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
-        if self._is_onnx(cfg):
-            from parity.lib.onnx.graph import elem_dtype, load_model, model_inputs, value_dims
-
-            m = load_model(cfg.model, what="model")
-            specs = []
-            for vi in model_inputs(m):
-                dims = value_dims(vi)
-                specs.append(InputSpec(vi.name, tuple(dims) if dims is not None else (),
-                                       elem_dtype(vi.type.tensor_type.elem_type) or "float32"))
-            return self._apply_shapes(cfg, specs)
-        loaded = self._load_torch(cfg)
-        try:
-            from parity.lib.torch_loader import resolve_input_specs
-        except ImportError:
-            resolve_input_specs = None
-        if resolve_input_specs is not None:
-            return list(resolve_input_specs(loaded, cfg.input_shapes))
-        specs = list(loaded.input_specs or [])
-        if not specs and cfg.input_shapes:
-            specs = [InputSpec(n, tuple(s), "float32") for n, s in cfg.input_shapes.items()]
-        if not specs:
-            raise ParityError(f"cannot tell the inputs of torch model {cfg.model}. Note: give them with "
-                              f"--input-shape name:1x3x224x224 (one per forward argument)")
-        return self._apply_shapes(cfg, specs)
-
-    @staticmethod
-    def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
-        if not cfg.input_shapes:
-            return specs
-        by = {s.name: s for s in specs}
-        unknown = [n for n in cfg.input_shapes if n not in by]
-        if unknown:
-            raise ParityError(f"--input-shape names {unknown}, which model {cfg.model} does not have. "
-                              f"Note: its inputs are {list(by)}")
-        out = []
-        for s in specs:
-            if s.name not in cfg.input_shapes:
-                out.append(s)
-                continue
-            want = tuple(int(d) for d in cfg.input_shapes[s.name])
-            if s.shape and len(s.shape) != len(want):
-                raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} has rank {len(want)}; "
-                                  f"model {cfg.model} declares {_fmt_dims(s.shape)}")
-            for have, w in zip(s.shape, want):
-                if have is not None and have != w:
-                    raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} conflicts with the "
-                                      f"fixed shape {_fmt_dims(s.shape)} of model {cfg.model}")
-            out.append(InputSpec(s.name, want, s.dtype))
-        return out
+        return onnx_input_specs(cfg)
 
     @staticmethod
     def _check_feed(model: Any, feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
@@ -323,7 +240,7 @@ class OrtSource(Source):
 
         workdir = Path(cfg.workdir)
         opts = cfg.options
-        src, module_names = self._fp32_model(cfg, feed)
+        src, module_names = onnx_model_for(cfg, feed)
         orig = load_model(src, what="model")
         self._check_feed(orig, feed, src)
 

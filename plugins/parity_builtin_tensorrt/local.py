@@ -30,6 +30,7 @@ from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, first_line
 from parity.contract.options import as_bool, as_list
 from parity.contract.source import RunConfig
+from parity.lib.onnx.models import onnx_model_for
 
 from .config import (EngineConfig, LayerPrecision, engine_config, parse_layer_precisions,
                      with_constraints)
@@ -371,7 +372,7 @@ def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     if not ok:
         raise ParityError(f"{source.name} local runs need a CUDA device. Note: {why}")
     run_engine_config(source.precision, cfg.options)  # bad options fail before any work
-    onnx_path, _names = source._onnx_model(cfg, feed)
+    onnx_path, _names = onnx_model_for(cfg, feed)
     orig = load_model(onnx_path, what="model")
     ecfg = run_engine_config(source.precision, cfg.options, orig, onnx_path.name)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in orig.graph.node):

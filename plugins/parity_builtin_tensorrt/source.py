@@ -52,6 +52,8 @@ from parity.contract.errors import ParityError, first_line
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 
+from parity.lib.onnx.models import onnx_input_specs, onnx_model_for
+
 from ._cuda import dtype_name
 from .config import EngineConfig, cache_key, onnx_digest
 from .marking import (LayerDesc, TensorDesc, mark_control_flow, plan_layer_precisions, propagate_constants,
@@ -501,38 +503,9 @@ class TrtSource(Source):
 
         return doctor()
 
-    # -- model --------------------------------------------------------------------------
-    @staticmethod
-    def _is_onnx(cfg: RunConfig) -> bool:
-        return Path(str(cfg.model)).suffix.lower() == ".onnx"
-
+    # -- model: the shared ONNX library resolves and exports it, as for every ONNX consumer
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
-        try:
-            from parity_builtin_onnxruntime.source import OrtSource
-        except ImportError as e:
-            raise ParityError(f"the TensorRT source reads model inputs through the ONNX Runtime plugin, which "
-                              f"is not installed. Note: {e}") from e
-        return OrtSource("fp32").input_specs(cfg)
-
-    def _onnx_model(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, list[str] | None]:
-        """The ONNX file to build from; a torch model is exported with provenance first."""
-        if self._is_onnx(cfg):
-            return Path(str(cfg.model)), None
-        try:
-            from parity.lib.onnx.export import cached_export
-            from parity.lib.torch_loader import load_torch_model
-        except ImportError as e:
-            raise ParityError(f"model {cfg.model} is not an .onnx file, so it must be exported from torch, "
-                              f"which needs the torch and onnxruntime plugins. Note: {e}") from e
-        loaded = load_torch_model(cfg)
-        module = loaded.module
-        o = cfg.options
-        path = cached_export(module, feed, Path(cfg.workdir), getattr(loaded, "path", None) or cfg.model,
-                             o.get("opset"), dynamic_batch=bool(o.get("export_dynamic_batch", True)),
-                             optimize=bool(o.get("export_optimize", True)), dynamo=bool(o.get("export_dynamo", True)),
-                             input_order=getattr(loaded, "input_names", None))
-        names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None
-        return path, names
+        return onnx_input_specs(cfg)
 
     # -- run ----------------------------------------------------------------------------
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
@@ -553,7 +526,7 @@ class TrtSource(Source):
 
         # outputs_only / keep_high_precision (parity fix) are applied here; see .local
         ecfg = run_engine_config(self.precision, cfg.options)
-        onnx_path, module_names = self._onnx_model(cfg, feed)
+        onnx_path, module_names = onnx_model_for(cfg, feed)
         graph = onnx.load(str(onnx_path), load_external_data=False)
         if cfg.options.get("keep_high_precision"):
             ecfg = run_engine_config(self.precision, cfg.options, graph, onnx_path.name)
