@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.contract.errors import first_line
+# the ONNX Runtime session helpers live in .session; importable from here too for older callers
+from parity.lib.onnx.session import ort_message, run_session  # noqa: F401
 
 #: bump when the layout of cached artifacts changes, so old cache entries are not reused
 CACHE_VERSION = "1"
@@ -89,22 +90,6 @@ def key_of(*parts: Any) -> str:
         h.update(repr(p).encode())
         h.update(b"\x1f")
     return h.hexdigest()[:20]
-
-
-
-def ort_message(e: BaseException) -> str:
-    """The first line of an onnxruntime error (its type when it has no text), for a one-line note."""
-    return first_line(e, 400)
-
-
-def run_session(sess: Any, outputs: list[str], feed: dict[str, Any], label: str) -> list[Any]:
-    """``sess.run`` with onnxruntime's failure turned into one ``ParityError`` line naming ``label``."""
-    try:
-        return sess.run(outputs, feed)
-    except Exception as e:
-        from parity.contract.errors import ParityError
-
-        raise ParityError(f"onnxruntime failed running {label}. Note: {ort_message(e)}") from e
 
 
 def sniff(path: Path) -> str:
