@@ -180,8 +180,8 @@ class _DumpTarget(Source):
         self.layer_info = s.layer_info
         if not Path(self.path).exists():  # type: ignore[arg-type]
             raise ParityError(f"{self.path}: target dump not found.")
-        if self.layer_info and not self.onnx:
-            raise UsageError("--layer-info needs --target-onnx (the ONNX model the engine was built from).")
+        # prepared once, before any model runs: a bad --target-onnx/--layer-info fails fast
+        self.steps = _annotators(AnnotationContext(onnx_path=self.onnx, layer_info=self.layer_info))
 
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
         return []
@@ -189,13 +189,8 @@ class _DumpTarget(Source):
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         from parity.core.dumps import read_dump
 
-        records = read_dump(self.path)
-        if not self.onnx:
-            yield from records
-            return
-        steps = _annotators(AnnotationContext(onnx_path=self.onnx, layer_info=self.layer_info))
-        for a in records:
-            for step in steps:
+        for a in read_dump(self.path):
+            for step in self.steps:
                 a = step(a)
             yield a
 
