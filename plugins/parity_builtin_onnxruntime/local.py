@@ -25,20 +25,23 @@ How the local runs are built, for one feed:
    would store it (an fp32 value beyond 65504 arrives as inf).
 
 On graphs with more than twice ``ort_output_batch`` captured tensors (``DEFAULT_OUTPUT_BATCH``
-of the source unless set; ``0`` forces the single runs above) steps 1 and 3 go in consecutive
-groups instead: the reference run is cut into steps that recompute nothing (the source's
-step capture), and after each step the layers whose inputs and outputs are all captured run
-alone, are yielded, and every reference tensor no later layer reads is dropped. Peak memory
+of :mod:`.runner` unless set; ``0`` forces the single runs above) steps 1 and 3 go in consecutive
+groups instead: the reference run is cut into steps that recompute nothing
+(:func:`.runner.run_steps`), and after each step the layers whose inputs and outputs are all
+captured run alone, are yielded, and every reference tensor no later layer reads is dropped. Peak memory
 is then one step's tensors plus those crossing the cut, not the whole model's. Planning
 these groups before the values exist needs each captured tensor's dtype, taken from ONNX
 type inference (checked against every array the steps return); a graph that inference
 leaves partly untyped takes the single runs.
 
 Local results are yielded one at a time in graph order. Layers that cannot be run alone are
-skipped and listed on the source as ``last_local_skipped``: control-flow nodes (If/Loop/Scan),
-layers whose trace reaches a tensor the reference run did not capture, and layers whose trace
-would pull in another captured layer (the target graph no longer has the tensor between
-them).
+skipped and appended to the ``skipped`` list the caller passes (the source's
+``last_local_skipped``): control-flow nodes (If/Loop/Scan), layers whose trace reaches a
+tensor the reference run did not capture, and layers whose trace would pull in another
+captured layer (the target graph no longer has the tensor between them).
+
+This module uses the plugin's loader and runner and the shared session helpers; it knows
+nothing of the source class.
 """
 from __future__ import annotations
 
@@ -52,15 +55,15 @@ from parity.contract.errors import ParityError
 from parity.contract.source import RunConfig
 
 from parity.contract.options import option_int
-from parity.lib.onnx.models import onnx_model_for
-from parity.lib.onnx.util import run_session
+from parity.lib.onnx.session import make_session, run_session, session_options
+
+from . import runner
+from .loader import fetch_for, load_fp32, target_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from parity.contract.records import LocalResult
-
-    from .source import OrtSource
 
 #: a local subgraph larger than this is not one layer: the trace lost the fp32 tensor names
 MAX_LOCAL_NODES = 64
@@ -221,18 +224,18 @@ def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_typ
     return new, outs
 
 
-def _reference_run(source: "OrtSource", cfg: RunConfig, orig: "onnx.ModelProto", names: list[str],
+def _reference_run(cfg: RunConfig, orig: "onnx.ModelProto", names: list[str],
                    feed: dict[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
     """Every named tensor of the fp32 graph for ``feed`` (non-array values are dropped)."""
     from parity.lib.onnx.graph import with_outputs
 
-    so, providers = source._session_options(cfg)
+    so, providers = session_options(cfg.options, cfg.device)
     batch = option_int(cfg.options, "ort_output_batch", 0) or 0
     chunks = [names[i:i + batch] for i in range(0, len(names), batch)] if 0 < batch < len(names) else [names]
     out: dict[str, np.ndarray] = {}
     for chunk in chunks:
         model = with_outputs(orig, chunk, prune=len(chunks) > 1)
-        sess = source._session(model, so, providers, Path(cfg.workdir), label)
+        sess = make_session(model, so, providers, Path(cfg.workdir), label)
         vals = run_session(sess, chunk, feed, f"{label} for the local reference")
         del sess
         out.update((n, v) for n, v in zip(chunk, vals) if isinstance(v, np.ndarray))
@@ -274,8 +277,11 @@ class _Caster:
         return self._sess.run(None, {"x": np.ascontiguousarray(a)})[0]
 
 
-def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
-    """Local runs of every captured float tensor of ``source``'s target model, in graph order.
+def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
+                  skipped: list[dict[str, str]] | None = None) -> Iterator["LocalResult"]:
+    """Local runs of every captured float tensor of ``precision``'s target model, in graph order.
+
+    Layers that cannot run alone are appended to ``skipped`` as ``{key, onnx_node, reason}``.
 
     Small graphs take one reference session run and one local session run. Larger ones (more
     than twice ``ort_output_batch`` captured tensors, ``DEFAULT_OUTPUT_BATCH`` unless set) go in
@@ -283,47 +289,41 @@ def local_results(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
     """
     import onnx
 
-    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, load_model
-    from .source import DEFAULT_OUTPUT_BATCH
+    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites
 
-    source.last_local_skipped = []
-    src, _names = onnx_model_for(cfg, feed)
-    orig = load_model(src, what="model")
-    source._check_feed(orig, feed, src)
+    if skipped is None:
+        skipped = []
+    src, _names, orig = load_fp32(cfg, feed)
     feed = {k: np.asarray(v) for k, v in feed.items()}
     captured = [s.name for s in captured_sites(orig)]
-    run_path, _extra = source._target_model(cfg, src, orig, feed)
+    run_path, _extra = target_model(precision, cfg, src, orig, feed)
 
-    batch = option_int(cfg.options, "ort_output_batch", None)
-    if batch is None:
-        batch = DEFAULT_OUTPUT_BATCH if len(captured) > 2 * DEFAULT_OUTPUT_BATCH else 0
+    batch = runner.output_batch(cfg.options, len(captured))
     if batch > 0 and len(captured) > batch:
         keys = _predicted_float_keys(orig, captured)
         if keys is not None:
-            yield from _stepped(source, cfg, feed, src, orig, captured, run_path, batch, keys)
+            yield from _stepped(precision, cfg, feed, src, orig, captured, run_path, batch, keys, skipped)
             return
 
-    ref = _reference_run(source, cfg, orig, captured, feed, src.name)
+    ref = _reference_run(cfg, orig, captured, feed, src.name)
     ref.update(feed)
     # local runs only for float tensors: an integer tensor (shape arithmetic) has no rounding.
     # A tensor the target graph no longer holds has no record either, so it is not listed.
     keys = [k for k in captured if k in ref and str(ref[k].dtype) in FLOAT_TYPES]
 
     target = onnx.load(str(run_path))
-    plans, skipped = _plans(source, orig, target, keys, set(ref))
-    source.last_local_skipped.extend(skipped)
+    plans, skips = _plans(precision, orig, target, keys, set(ref))
+    skipped.extend(skips)
     del orig
     fed_dtype = _FedDtypes(target)
     cast = _Caster(cfg)
     for group in _split(plans, batch):
-        yield from _run_group(source, cfg, target, run_path, group, ref, fed_dtype, cast)
+        yield from _run_group(precision, cfg, target, run_path, group, ref, fed_dtype, cast)
 
 
-def _plans(source: "OrtSource", orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
+def _plans(precision: str, orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
            available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
-    from parity.lib.onnx.convert import fetch_map
-
-    fetch = fetch_map(target, keys, quantized=source.precision == "int8")
+    fetch = fetch_for(precision, target, keys)
     return plan_locals(orig, target, fetch, keys, available)
 
 
@@ -358,19 +358,19 @@ class _FedDtypes:
             self.onnx[t] = onnx.helper.np_dtype_to_tensor_dtype(ref.dtype)
 
 
-def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", run_path: Path,
+def _run_group(precision: str, cfg: RunConfig, target: "onnx.ModelProto", run_path: Path,
                group: list[LocalPlan], ref: dict[str, np.ndarray], fed_dtype: _FedDtypes,
                cast: _Caster) -> Iterator["LocalResult"]:
     """One session run of the local subgraphs of ``group``; their results, in plan order."""
     from parity.contract.records import LocalResult
 
-    so, providers = source._session_options(cfg)
+    so, providers = session_options(cfg.options, cfg.device)
     label = f"the local runs of {Path(run_path).name}"
     fed = sorted({t for p in group for t in p.fed})
     for t in fed:
         fed_dtype.add(t, ref[t])
     model, outs = build_local_model(target, group, fed_dtype.onnx, {t: ref[t].shape for t in fed})
-    sess = source._session(model, so, providers, Path(cfg.workdir), label)
+    sess = make_session(model, so, providers, Path(cfg.workdir), label)
     del model
     names = [nm for o in outs for nm in o]
     inputs = {t: ref[t] if ref[t].dtype == fed_dtype.np[t] else cast(ref[t], fed_dtype.np[t]) for t in fed}
@@ -385,7 +385,7 @@ def _run_group(source: "OrtSource", cfg: RunConfig, target: "onnx.ModelProto", r
                 continue
             yield LocalResult(key=key, ref=ref[key], target=arr, op_type=p.op_type,
                               meta={"onnx_node": p.node_name, "local_nodes": len(p.nodes),
-                                    "local_inputs": list(p.fed), "precision": source.precision})
+                                    "local_inputs": list(p.fed), "precision": precision})
             del arr
     del got
 
@@ -411,10 +411,10 @@ def _predicted_float_keys(orig: "onnx.ModelProto", captured: list[str]) -> list[
     return keys
 
 
-def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], src: Path,
+def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: Path,
              orig: "onnx.ModelProto", captured: list[str], run_path: Path, batch: int,
-             keys: list[str]) -> Iterator["LocalResult"]:
-    """Reference capture in consecutive steps (``OrtSource._run_steps``, nothing recomputed); after
+             keys: list[str], skipped: list[dict[str, str]]) -> Iterator["LocalResult"]:
+    """Reference capture in consecutive steps (:func:`.runner.run_steps`, nothing recomputed); after
     each step, the local runs of the layers whose inputs and outputs are all captured by then.
 
     A reference tensor is dropped once the last layer that reads it or reports it has run, so
@@ -426,22 +426,22 @@ def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], s
 
     key_set = set(keys)
     target = onnx.load(str(run_path))
-    plans, skipped = _plans(source, orig, target, keys, set(captured) | set(feed))
-    source.last_local_skipped.extend(skipped)
+    plans, skips = _plans(precision, orig, target, keys, set(captured) | set(feed))
+    skipped.extend(skips)
     last_use: dict[str, int] = {}
     for j, p in enumerate(plans):
         for t in (*p.keys, *p.fed):
             last_use[t] = j
     fed_dtype = _FedDtypes(target)
     cast = _Caster(cfg)
-    so, providers = source._session_options(cfg)
+    so, providers = session_options(cfg.options, cfg.device)
     batches = [captured[i:i + batch] for i in range(0, len(captured), batch)]
     label = f"{src.name} for the local reference"
     ref: dict[str, np.ndarray] = {t: a for t, a in feed.items() if t in last_use}
     have: set[str] = set(feed)
     nxt = 0
-    for names, results in zip(batches, source._run_steps(orig, batches, feed, so, providers,
-                                                         Path(cfg.workdir), label)):
+    for names, results in zip(batches, runner.run_steps(orig, batches, feed, so, providers,
+                                                      Path(cfg.workdir), label)):
         for k, t in enumerate(names):
             v = results[k]
             results[k] = None
@@ -461,7 +461,7 @@ def _stepped(source: "OrtSource", cfg: RunConfig, feed: dict[str, np.ndarray], s
         while nxt < len(plans) and all(t in have for t in (*plans[nxt].keys, *plans[nxt].fed)):
             nxt += 1
         for group in _split(plans[start:nxt], batch):
-            yield from _run_group(source, cfg, target, run_path, group, ref, fed_dtype, cast)
+            yield from _run_group(precision, cfg, target, run_path, group, ref, fed_dtype, cast)
             start += len(group)
             for t in [t for t in ref if last_use.get(t, -1) < start]:
                 del ref[t]

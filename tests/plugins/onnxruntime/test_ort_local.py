@@ -34,6 +34,7 @@ from parity.contract.metric import score_pair  # noqa: E402
 from parity.core.registry import get_metric  # noqa: E402
 from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_onnxruntime import OrtSource  # noqa: E402
+from parity_builtin_onnxruntime import runner as ort_runner  # noqa: E402
 
 FP16_MAX = 65504.0
 
@@ -247,13 +248,13 @@ def test_stepped_local_runs_equal_the_single_run(model, hazard, outlier, tmp_pat
     one = OrtSource(precision)
     whole = list(one.local_errors(cfg_for(src, tmp_path, calib, ort_output_batch=0), feed))
     steps_seen = []
-    real = OrtSource._run_steps
+    real = ort_runner.run_steps
 
-    def counting(self, model, batches, *a, **k):
+    def counting(model, batches, *a, **k):
         steps_seen.append(len(batches))
-        return real(self, model, batches, *a, **k)
+        return real(model, batches, *a, **k)
 
-    monkeypatch.setattr(OrtSource, "_run_steps", counting)
+    monkeypatch.setattr(ort_runner, "run_steps", counting)
     stepped_src = OrtSource(precision)
     stepped = list(stepped_src.local_errors(cfg_for(src, tmp_path, calib, ort_output_batch=2), feed))
     assert steps_seen and steps_seen[0] >= 3  # really went in steps

@@ -26,6 +26,7 @@ from parity import ParityError  # noqa: E402
 from parity.core import registry as plugins  # noqa: E402
 from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_onnxruntime import OrtSource  # noqa: E402
+from parity_builtin_onnxruntime import runner as ort_runner  # noqa: E402
 from parity.lib.onnx import export as export_mod  # noqa: E402
 from parity.lib.onnx.export import cached_export, export_onnx  # noqa: E402
 from parity.lib.onnx.provenance import (module_output_calls, module_outputs,  # noqa: E402
@@ -435,13 +436,13 @@ def test_output_batches_give_the_same_records(encoder, tmp_path, monkeypatch):
     _module, x, path = encoder
     whole = run("fp32", path, {"x": x}, tmp_path)
     steps_seen = []
-    real = OrtSource._run_steps
+    real = ort_runner.run_steps
 
-    def counting(self, model, batches, *a, **k):
+    def counting(model, batches, *a, **k):
         steps_seen.append(len(batches))
-        return real(self, model, batches, *a, **k)
+        return real(model, batches, *a, **k)
 
-    monkeypatch.setattr(OrtSource, "_run_steps", counting)
+    monkeypatch.setattr(ort_runner, "run_steps", counting)
     batched = run("fp32", path, {"x": x}, tmp_path, ort_output_batch="4")  # as --option gives it
     assert steps_seen and steps_seen[0] >= 2  # really went in steps
     assert [r.name for r in batched] == [r.name for r in whole]

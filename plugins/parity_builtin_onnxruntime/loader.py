@@ -1,0 +1,134 @@
+"""Build, convert, cache: the model each ``ort*`` precision runs, derived from the fp32 ONNX model.
+
+The fp32 model comes from :func:`parity.lib.onnx.models.onnx_model_for` (an ``.onnx`` file, or
+a torch model exported with provenance); :func:`load_fp32` resolves, loads and checks it.
+:func:`target_model` derives what the target precision runs: the fp32 file itself (``ort``),
+the fp16-converted model with its keep lists (``ort-fp16``) or the QDQ-quantized model
+calibrated on the calibration feeds (``ort-int8``); both conversions are cached under the
+workdir by :mod:`parity.lib.onnx.convert`. :func:`runnable_model` and :func:`fetch_for` give
+the graph to run and, for each fp32 tensor name, the target-graph tensor that stands for it.
+Nothing here runs a session (see :mod:`.runner`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from parity.contract.errors import ParityError
+from parity.contract.options import option_list
+from parity.contract.source import RunConfig
+from parity.lib.onnx.models import onnx_model_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+#: source name per precision
+PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
+
+
+def _fmt_dims(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def check_feed(model: "onnx.ModelProto", feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
+    """A one-line ``ParityError`` unless ``feed`` has exactly the model's inputs, in shape and dtype."""
+    from parity.lib.onnx.graph import elem_dtype, model_inputs, value_dims
+
+    inputs = model_inputs(model)
+    expected = [vi.name for vi in inputs]
+    if set(feed) != set(expected):
+        missing = [n for n in expected if n not in feed]
+        extra = [n for n in feed if n not in expected]
+        raise ParityError(f"{what} does not match the inputs of {path.name}. Note: the model expects "
+                          f"{expected}; missing {missing}, unexpected {extra}")
+    for vi in inputs:
+        a = np.asarray(feed[vi.name])
+        dims = value_dims(vi)
+        if dims is not None and (len(dims) != a.ndim or any(d is not None and d != s
+                                                             for d, s in zip(dims, a.shape))):
+            raise ParityError(f"{what} input {vi.name!r} of {path.name} has shape {list(a.shape)}. "
+                              f"Note: the model expects {_fmt_dims(dims)} (? = any size)")
+        want = elem_dtype(vi.type.tensor_type.elem_type)
+        if want and str(a.dtype) != want:
+            raise ParityError(f"{what} input {vi.name!r} of {path.name} has dtype {a.dtype}. "
+                              f"Note: the model expects {want}")
+
+
+def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelProto",
+                 feed: dict[str, np.ndarray]) -> tuple[Path, dict[str, Any]]:
+    """The file ``precision`` runs (converted and cached), plus record meta about it.
+
+    ``keep_high_precision`` (fp32 tensor names, e.g. from ``parity fix``) is checked against
+    ``orig`` here, for every precision, so an unknown name fails before any conversion.
+    fp16 honours ``keep_fp32_ops`` / ``keep_fp32_nodes``; int8 calibrates on
+    ``cfg.calibration`` (each feed checked like the run feed), or on ``feed`` itself with a
+    warning in the meta when none was given.
+    """
+    from parity.lib.onnx.convert import keep_producers, to_fp16, to_int8
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
+    workdir = Path(cfg.workdir)
+    opts = cfg.options
+    keep = option_list(opts, "keep_high_precision")
+    if keep:
+        keep_producers(orig, keep, src.name, name_unnamed=True)  # int8 refuses unnamed ones later
+    extra: dict[str, Any] = {}
+    if precision == "fp32":
+        return src, extra
+    if precision == "fp16":
+        return to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
+                       keep_tensors=keep), extra
+    calib = list(cfg.calibration)
+    if not calib:
+        calib = [feed]
+        extra["calibration"] = "run feed (no calibration feeds were given)"
+        extra["warning"] = ("int8 calibrated on the compared input itself: scales fit this input "
+                            "and the error is optimistic; pass calibration data")
+    for k, c in enumerate(calib):
+        check_feed(orig, c, src, what=f"calibration feed #{k}")
+    extra["calibration_feeds"] = len(calib)
+    return to_int8(src, workdir, calib, opts), extra
+
+
+def load_fp32(cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, Any, "onnx.ModelProto"]:
+    """``(fp32 ONNX file, torch module names or None, its loaded graph)``, with ``feed`` checked against it.
+
+    Compute what needs the untouched fp32 graph (sites, provenance) before :func:`target_model`,
+    which names unnamed nodes of ``orig`` when ``keep_high_precision`` is given.
+    """
+    from parity.lib.onnx.graph import load_model
+
+    src, module_names = onnx_model_for(cfg, feed)
+    orig = load_model(src, what="model")
+    check_feed(orig, feed, src)
+    return src, module_names, orig
+
+
+def runnable_model(precision: str, run_path: Path, orig: "onnx.ModelProto") -> "onnx.ModelProto":
+    """The graph ``precision`` runs: ``orig`` itself for fp32, else the converted file at ``run_path``."""
+    import onnx
+
+    if precision == "fp32":
+        return orig
+    return onnx.load(str(run_path))
+
+
+def run_label(src: Path, run_path: Path) -> str:
+    """How error messages name the model that runs: ``converted.onnx (from model.onnx)`` or ``model.onnx``."""
+    return f"{Path(run_path).name} (from {src.name})" if Path(run_path) != Path(src) else src.name
+
+
+def fetch_for(precision: str, runnable: "onnx.ModelProto", names: list[str]) -> dict[str, tuple[str, bool]]:
+    """For each fp32 tensor name, ``(tensor of runnable read for it, whether it is quantized)``.
+
+    fp32 reads every name as is; fp16/int8 map through the conversion (see
+    :func:`parity.lib.onnx.convert.fetch_map`); a name the target graph lost is absent.
+    """
+    from parity.lib.onnx.convert import fetch_map
+
+    if precision == "fp32":
+        return {n: (n, False) for n in names}
+    return fetch_map(runnable, names, quantized=precision == "int8")
