@@ -47,3 +47,10 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, where, line, contract)
     broken = [ln for ln in r.stdout.replace("\n", " ").split("KEPT") if "BROKEN" in ln]
     assert any(contract in b for b in broken), r.stdout[-3000:]
     assert line.split()[-1] in r.stdout  # the report names the planted import
+
+
+def test_architecture_picture_matches_the_code():
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_graph.py"), "--check",
+                        str(ROOT / "docs" / "architecture.md")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
