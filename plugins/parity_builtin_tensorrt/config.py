@@ -3,7 +3,9 @@
 No TensorRT here: this module turns ``trt-fp16`` plus ``cfg.options`` into an
 :class:`EngineConfig` (builder flags by *name*, so they can be checked and hashed without
 TensorRT), parses the per-layer precision spelling trtexec and Polygraphy use
-(``--layerPrecisions=name:fp32,other*:fp16``), and derives the engine cache key.
+(``--layerPrecisions=name:fp32,other*:fp16``), applies ``outputs_only`` and ``keep_high_precision``
+(:func:`run_engine_config`), and derives the engine cache key (model digests from
+:mod:`parity.lib.onnx.util`).
 
 Option keys read from ``RunConfig.options`` (the CLI spells them ``--trt-capture`` etc.):
 
@@ -28,10 +30,14 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from parity.contract.errors import ParityError
 from parity.contract.options import as_bool, as_list
+from parity.lib.onnx.util import model_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 #: target name -> precision
 TARGETS: dict[str, str] = {
@@ -289,31 +295,113 @@ def config_for_target(target: str, options: Mapping[str, Any] | None = None) -> 
     return engine_config(parse_target(target), options)
 
 
+# --------------------------------------------------------------------------- outputs only, keeping layers
+
+def layer_name(node: "onnx.NodeProto") -> str:
+    """The network layer TensorRT's ONNX parser makes for ``node`` (``node_of_<out>`` when unnamed)."""
+    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
+
+
+def keep_to_layer_precisions(model: "onnx.ModelProto", keys: Iterable[str],
+                             existing: Mapping[str, str] | Iterable[LayerPrecision] | str | None = None,
+                             label: str = "the model") -> dict[str, str]:
+    """Layer precision overrides (name or pattern -> precision) keeping ``keys``' producers in fp32.
+
+    ``existing`` (a ``layer_precisions`` spec, parsed entries, or a dict) comes first, in its
+    order; each kept node is then set to ``fp32``, overriding an earlier entry for the same name.
+    A key that no top-level node produces is an error naming it.
+    """
+    out: dict[str, str] = {}
+    if isinstance(existing, Mapping):
+        out.update((str(k), str(v)) for k, v in existing.items())
+    elif isinstance(existing, str) or existing is None:
+        out.update((lp.pattern, lp.precision) for lp in parse_layer_precisions(existing))
+    else:
+        for lp in existing:
+            if isinstance(lp, LayerPrecision):
+                out[lp.pattern] = lp.precision
+            else:
+                out.update((p.pattern, p.precision) for p in parse_layer_precisions(str(lp)))
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    keys = list(dict.fromkeys(str(k) for k in keys))
+    unknown = [k for k in keys if k not in producer]
+    if unknown:
+        inputs = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+        why = ("a graph input or weight, not computed by a layer" if all(k in inputs for k in unknown)
+               else "not a tensor computed by a node")
+        example = next(iter(producer), "")
+        raise ParityError(f"keep_high_precision names {', '.join(map(repr, unknown[:5]))}, {why} of {label}. "
+                          f"Note: give record keys named after ONNX tensors (e.g. {example!r}); records "
+                          f"named after engine tensors cannot be kept")
+    for k in keys:
+        name = layer_name(producer[k])
+        out.pop(name, None)  # re-insert so the keep entry comes last
+        out[name] = "fp32"
+    return out
+
+
+def run_engine_config(precision: str, options: Mapping[str, Any] | None,
+                      model: "onnx.ModelProto | None" = None, label: str = "the model") -> EngineConfig:
+    """The :class:`EngineConfig` for a run, with ``outputs_only`` and ``keep_high_precision`` applied.
+
+    *Outputs only* (``outputs_only``): capture mode ``outputs``, no debug tensors, no marking.
+    *Keeping layers* (``keep_high_precision``, what ``parity fix`` searches): record keys are ONNX
+    tensor names; without ``model`` the keep set is only checked for shape; with it, their
+    producing nodes become per-layer ``fp32`` overrides (TensorRT's ONNX parser names network
+    layers after ONNX nodes) merged after ``trt_layer_precisions`` / ``layer_precisions``, and
+    precision constraints are obeyed (``prefer`` when the user asked for it). The overrides are
+    build fields, so they are part of the engine cache key.
+    """
+    o = dict(options or {})
+    only = as_bool(o.pop("outputs_only", False), "outputs_only")
+    keep = tuple(as_list(o.pop("keep_high_precision", None)))
+    if only:
+        o["trt_capture"] = "outputs"
+    ecfg = engine_config(precision, o)
+    if not keep:
+        return ecfg
+    if ecfg.strongly_typed:
+        raise ParityError("keep_high_precision cannot be used with trt_strongly_typed: a strongly typed "
+                          "network takes each layer's precision from its ONNX types. Note: drop one of them")
+    asked = o.get("trt_precision_constraints")
+    if asked is not None and str(asked).lower() == "none":
+        raise ParityError("keep_high_precision has no effect with trt_precision_constraints none. "
+                          "Note: use obey (the default) or prefer")
+    if model is None:
+        return ecfg
+    merged = keep_to_layer_precisions(model, keep, ecfg.layer_precisions, label)
+    constraints = "prefer" if ecfg.precision_constraints == "prefer" else "obey"
+    return with_constraints(ecfg, constraints,
+                            layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()))
+
+
 # --------------------------------------------------------------------------- cache key
 
+#: model digests already checked for missing external-data files (a digest names one set of files)
+_COMPLETE: set[str] = set()
+
+
 def onnx_digest(model: str | Path | bytes) -> str:
-    """sha256 of an ONNX model's bytes, external weight files included when onnx can list them."""
-    h = hashlib.sha256()
+    """The engine cache's model digest: :func:`parity.lib.onnx.util.model_digest` (the file plus its
+    external-data files), or sha256 of the bytes given.
+
+    TensorRT's ONNX parser reads the external weights beside the file, so one that is missing is
+    a ParityError naming it here, before anything is built.
+    """
     if isinstance(model, (bytes, bytearray, memoryview)):
-        h.update(bytes(model))
-        return h.hexdigest()
+        return hashlib.sha256(bytes(model)).hexdigest()
     path = Path(model)
     try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        digest = model_digest(path)
     except OSError as e:
         raise ParityError(f"cannot read ONNX model {path}: {e.strerror or e}") from e
-    for ext in _external_files(path):
-        h.update(ext.name.encode())
-        try:
-            with ext.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except OSError as e:
-            raise ParityError(f"ONNX model {path} names external weights {ext.name}, which cannot be read: "
-                              f"{e.strerror or e}") from e
-    return h.hexdigest()
+    if digest not in _COMPLETE:
+        missing = [p for p in _external_files(path) if not p.is_file()]
+        if missing:
+            raise ParityError(f"ONNX model {path} names external weights {', '.join(p.name for p in missing)}, "
+                              f"which cannot be read. Note: keep the data files beside the model")
+        _COMPLETE.add(digest)
+    return digest
 
 
 def _external_files(path: Path) -> list[Path]:

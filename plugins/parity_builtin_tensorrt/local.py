@@ -1,39 +1,33 @@
-"""Diagnosis support for the TensorRT targets: local runs, keeping layers in fp32, outputs only.
+"""Local runs of the TensorRT targets (``TrtSource.local_errors``): each layer alone, on fp32 inputs.
 
-*Local runs* (``TrtSource.local_errors``): one ONNX Runtime fp32 run of the model captures
-every tensor (the reference values); then each ONNX node producing a float activation is cut
-out into a model of its own (:func:`single_node_model`), built into a TensorRT engine at the
-target precision and fed the fp32 reference values of its inputs. Its output against the
-reference output is that layer's local error. Results are keyed by the ONNX tensor name, as
-``TrtSource.run`` names the records it can map exactly; a tensor fused away inside the full
-engine has no record, so its local result joins no row and is ignored.
+One ONNX Runtime fp32 run of the model captures every tensor (the reference values,
+:func:`parity.lib.onnx.reference.reference_values`); then each ONNX node producing a float
+activation is cut out into a model of its own (:func:`single_node_model`), built into a TensorRT
+engine at the target precision (:mod:`.loader`) and fed the fp32 reference values of its inputs
+(:mod:`.runner`). Its output against the reference output is that layer's local error. Results
+are keyed by the ONNX tensor name, as ``TrtSource.run`` names the records it can map exactly; a
+tensor fused away inside the full engine has no record, so its local result joins no row and is
+ignored.
 
-*Keeping layers* (``keep_high_precision``, what ``parity fix`` searches): record keys are ONNX
-tensor names; their producing nodes become per-layer ``fp32`` overrides (TensorRT's ONNX parser
-names network layers after ONNX nodes) with precision constraints obeyed.
-
-*Outputs only* (``outputs_only``): capture mode ``outputs``, no debug tensors, no marking.
-
-Everything here but :func:`run_built` and :func:`local_results` is plain ONNX and tested
-without TensorRT.
+Everything here but :func:`local_results` is plain ONNX and tested without TensorRT.
+(``keep_high_precision`` and ``outputs_only`` are :func:`.config.run_engine_config`.)
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
 from parity.contract.atomic import atomic_path
-from parity.contract.errors import ParityError, first_line
-from parity.contract.options import as_bool, as_list
+from parity.contract.errors import ParityError
 from parity.contract.source import RunConfig
 from parity.lib.onnx.models import onnx_model_for
+from parity.lib.onnx.reference import reference_values
 
-from .config import (EngineConfig, LayerPrecision, engine_config, parse_layer_precisions,
-                     with_constraints)
+from .config import EngineConfig, layer_name, run_engine_config, with_constraints
 from .marking import SHAPE_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,86 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from parity.contract.records import LocalResult
 
-    from .source import TrtSource
-
 _FLOAT = {"float32", "float16", "float64", "bfloat16"}
-
-
-# --------------------------------------------------------------------------- names
-
-def layer_name(node: "onnx.NodeProto") -> str:
-    """The network layer TensorRT's ONNX parser makes for ``node`` (``node_of_<out>`` when unnamed)."""
-    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
-
-
-def keep_to_layer_precisions(model: "onnx.ModelProto", keys: Iterable[str],
-                             existing: Mapping[str, str] | Iterable[LayerPrecision] | str | None = None,
-                             label: str = "the model") -> dict[str, str]:
-    """Layer precision overrides (name or pattern -> precision) keeping ``keys``' producers in fp32.
-
-    ``existing`` (a ``layer_precisions`` spec, parsed entries, or a dict) comes first, in its
-    order; each kept node is then set to ``fp32``, overriding an earlier entry for the same name.
-    A key that no top-level node produces is an error naming it.
-    """
-    out: dict[str, str] = {}
-    if isinstance(existing, Mapping):
-        out.update((str(k), str(v)) for k, v in existing.items())
-    elif isinstance(existing, str) or existing is None:
-        out.update((lp.pattern, lp.precision) for lp in parse_layer_precisions(existing))
-    else:
-        for lp in existing:
-            if isinstance(lp, LayerPrecision):
-                out[lp.pattern] = lp.precision
-            else:
-                out.update((p.pattern, p.precision) for p in parse_layer_precisions(str(lp)))
-    producer = {o: n for n in model.graph.node for o in n.output if o}
-    keys = list(dict.fromkeys(str(k) for k in keys))
-    unknown = [k for k in keys if k not in producer]
-    if unknown:
-        inputs = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
-        why = ("a graph input or weight, not computed by a layer" if all(k in inputs for k in unknown)
-               else "not a tensor computed by a node")
-        example = next(iter(producer), "")
-        raise ParityError(f"keep_high_precision names {', '.join(map(repr, unknown[:5]))}, {why} of {label}. "
-                          f"Note: give record keys named after ONNX tensors (e.g. {example!r}); records "
-                          f"named after engine tensors cannot be kept")
-    for k in keys:
-        name = layer_name(producer[k])
-        out.pop(name, None)  # re-insert so the keep entry comes last
-        out[name] = "fp32"
-    return out
-
-
-def run_engine_config(precision: str, options: Mapping[str, Any] | None,
-                      model: "onnx.ModelProto | None" = None, label: str = "the model") -> EngineConfig:
-    """The :class:`EngineConfig` for a run, with ``outputs_only`` and ``keep_high_precision`` applied.
-
-    Without ``model`` the keep set is only checked for shape; with it, it becomes per-layer
-    fp32 overrides merged after ``trt_layer_precisions`` / ``layer_precisions``, and precision
-    constraints are obeyed (``prefer`` when the user asked for it). The overrides are build
-    fields, so they are part of the engine cache key.
-    """
-    o = dict(options or {})
-    only = as_bool(o.pop("outputs_only", False), "outputs_only")
-    keep = tuple(as_list(o.pop("keep_high_precision", None)))
-    if only:
-        o["trt_capture"] = "outputs"
-    ecfg = engine_config(precision, o)
-    if not keep:
-        return ecfg
-    if ecfg.strongly_typed:
-        raise ParityError("keep_high_precision cannot be used with trt_strongly_typed: a strongly typed "
-                          "network takes each layer's precision from its ONNX types. Note: drop one of them")
-    asked = o.get("trt_precision_constraints")
-    if asked is not None and str(asked).lower() == "none":
-        raise ParityError("keep_high_precision has no effect with trt_precision_constraints none. "
-                          "Note: use obey (the default) or prefer")
-    if model is None:
-        return ecfg
-    merged = keep_to_layer_precisions(model, keep, ecfg.layer_precisions, label)
-    constraints = "prefer" if ecfg.precision_constraints == "prefer" else "obey"
-    return with_constraints(ecfg, constraints,
-                            layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()))
 
 
 # --------------------------------------------------------------------------- single-node models
@@ -226,32 +141,7 @@ def single_node_model(model: "onnx.ModelProto", node_index: int,
     return NodeExtractor(model).extract(node_index, values)
 
 
-# --------------------------------------------------------------------------- TensorRT (thin)
-
-def run_built(trt: Any, built: Any, feed: Mapping[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
-    """Run a built engine once on ``feed``; every output as a host array.
-
-    The same TensorRT 10 tensor API calls as ``TrtSource.run`` ([PY Core/ICudaEngine],
-    [PY Core/IExecutionContext] in :mod:`.source`).
-    """
-    import torch
-
-    from ._cuda import to_host
-    from .source import bind_inputs, bind_outputs, load_engine
-
-    engine = load_engine(trt, built)
-    if engine is None:
-        raise ParityError(f"TensorRT could not load the engine built for {label}")
-    context = engine.create_execution_context()
-    stream = torch.cuda.Stream()
-    keep: list[Any] = []
-    bind_inputs(trt, engine, context, feed, keep, label)
-    outputs = bind_outputs(trt, engine, context, label)
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ParityError(f"TensorRT failed running {label}. Note: see its log above")
-    stream.synchronize()
-    return {n: to_host(t) for n, t in outputs.items()}
-
+# --------------------------------------------------------------------------- local runs
 
 def _save_model(model: "onnx.ModelProto", workdir: Path) -> Path:
     """The single-node model under ``workdir/trt-local``, named by its content (engines key on it)."""
@@ -261,54 +151,6 @@ def _save_model(model: "onnx.ModelProto", workdir: Path) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     return path
-
-
-def reference_values(orig: "onnx.ModelProto", names: list[str], feed: Mapping[str, np.ndarray], cfg: RunConfig,
-                     label: str = "the model") -> dict[str, np.ndarray]:
-    """``names`` from one ONNX Runtime fp32 run of ``orig`` (which gains them as outputs, in place:
-    a copy would double the weights in memory). CPU unless ``ort_providers`` says otherwise."""
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-    from google.protobuf.message import EncodeError
-    from parity.lib.onnx.graph import with_outputs
-
-    o = cfg.options
-    providers = tuple(as_list(o.get("ort_providers"))) or ("CPUExecutionProvider",)
-    bad = [p for p in providers if p not in ort.get_available_providers()]
-    if bad:
-        raise ParityError(f"ort_providers asks for {list(bad)}, which this onnxruntime does not have. "
-                          f"Note: available providers are {ort.get_available_providers()}")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if o.get("ort_threads"):
-        try:
-            so.intra_op_num_threads = int(o["ort_threads"])
-        except (TypeError, ValueError):
-            raise ParityError(f"ort_threads {o['ort_threads']!r} is not a whole number. Note: e.g. 4") from None
-    model = with_outputs(orig, names)
-    try:
-        try:
-            data: bytes | None = model.SerializeToString()
-        except EncodeError:  # over protobuf's 2 GB: through a file with external weights
-            data = None
-        if data is not None:
-            sess = ort.InferenceSession(data, so, providers=list(providers))
-            vals = sess.run(names, dict(feed))
-        else:
-            Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cfg.workdir) as d:
-                path = Path(d) / "reference.onnx"
-                onnx.save(model, str(path), save_as_external_data=True, location="reference.onnx.data")
-                sess = ort.InferenceSession(str(path), so, providers=list(providers))
-                vals = sess.run(names, dict(feed))
-                del sess
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; one line for the user
-        msg = first_line(e)
-        raise ParityError(f"onnxruntime failed running {label} for the fp32 reference of the local runs. "
-                          f"Note: {msg[:400]}") from e
-    return {n: v for n, v in zip(names, vals) if isinstance(v, np.ndarray)}
 
 
 @dataclasses.dataclass
@@ -346,7 +188,7 @@ def local_cases(orig: "onnx.ModelProto", cfg: RunConfig, feed: Mapping[str, np.n
         need.update(o for o in nodes[i].output if o)
     names = [o for n in nodes for o in n.output if o and o in need]
     feed = {k: np.asarray(v) for k, v in feed.items()}
-    ref = reference_values(orig, names, feed, cfg, label)
+    ref = reference_values(orig, names, feed, cfg.options, cfg.workdir, label)
     ref.update(feed)
     for i in wanted:
         node = nodes[i]
@@ -358,25 +200,25 @@ def local_cases(orig: "onnx.ModelProto", cfg: RunConfig, feed: Mapping[str, np.n
                         {vi.name: ref[vi.name] for vi in model.graph.input}, {k: ref[k] for k in keys})
 
 
-def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator["LocalResult"]:
-    """Each float-producing ONNX node as its own engine at ``source``'s precision, on fp32 inputs."""
+def local_results(target: str, precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
+                  skipped: list[dict[str, str]]) -> Iterator["LocalResult"]:
+    """Each float-producing ONNX node as its own engine at ``precision``, on fp32 inputs.
+
+    Layers that cannot run alone are appended to ``skipped`` as ``{key, onnx_node, reason}``.
+    """
     from parity.contract.records import LocalResult
     from parity.lib.onnx.graph import load_model
 
-    from ._cuda import cuda_status
-    from .source import build_engine, import_tensorrt
+    from .loader import build_engine, tensorrt_with_cuda
+    from .runner import run_built
 
-    source.last_local_skipped = []
-    trt = import_tensorrt()
-    ok, why = cuda_status()
-    if not ok:
-        raise ParityError(f"{source.name} local runs need a CUDA device. Note: {why}")
-    run_engine_config(source.precision, cfg.options)  # bad options fail before any work
+    trt = tensorrt_with_cuda(f"the local runs of {target}")
+    run_engine_config(precision, cfg.options)  # bad options fail before any work
     onnx_path, _names = onnx_model_for(cfg, feed)
     orig = load_model(onnx_path, what="model")
-    ecfg = run_engine_config(source.precision, cfg.options, orig, onnx_path.name)
+    ecfg = run_engine_config(precision, cfg.options, orig, onnx_path.name)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in orig.graph.node):
-        source.last_local_skipped.append({"key": "*", "onnx_node": "*", "reason": (
+        skipped.append({"key": "*", "onnx_node": "*", "reason": (
             "the model is Q/DQ-quantized: a node cut out alone loses its QuantizeLinear/DequantizeLinear "
             "pairs, so no local run would show the engine's int8 arithmetic")})
         return
@@ -392,13 +234,12 @@ def local_results(source: "TrtSource", cfg: RunConfig, feed: dict[str, np.ndarra
             built = build_engine(trt, path, node_ecfg, case.feed, calib, Path(cfg.workdir), False)
             got = run_built(trt, built, case.feed, f"the local engine of {case.layer!r}")
         except ParityError as e:
-            source.last_local_skipped.extend({"key": k, "onnx_node": case.layer, "reason": str(e)}
-                                             for k in case.keys)
+            skipped.extend({"key": k, "onnx_node": case.layer, "reason": str(e)} for k in case.keys)
             continue
         for k in case.keys:
             if k not in got:
                 continue
-            meta = {"onnx_node": case.layer, "precision": source.precision, "local_nodes": 1,
+            meta = {"onnx_node": case.layer, "precision": precision, "local_nodes": 1,
                     "local_inputs": list(case.feed), "engine_cache": built.notes.get("engine_cache")}
             if calib:
                 meta["warning"] = "int8 local run calibrated on its own fp32 inputs: scales differ from the engine's"

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper  # noqa: E402
 
 from parity.contract.source import RunConfig  # noqa: E402
+from parity_builtin_tensorrt import config as C  # noqa: E402
 from parity_builtin_tensorrt import local as L  # noqa: E402
 from parity_builtin_tensorrt.config import LayerPrecision, cache_key  # noqa: E402
 from parity_builtin_tensorrt.marking import SHAPE_INPUTS  # noqa: E402
@@ -144,7 +145,7 @@ def test_inputs_become_graph_inputs_constants_or_initializers_as_tensorrt_needs(
 
     relu = L.single_node_model(model, idx["r"], vals)
     assert [vi.name for vi in relu.graph.input] == ["x"] and not relu.graph.initializer
-    assert relu.graph.node[0].name == "" and L.layer_name(model.graph.node[idx["r"]]) == "node_of_r"
+    assert relu.graph.node[0].name == "" and C.layer_name(model.graph.node[idx["r"]]) == "node_of_r"
     dims = [d.dim_value for d in relu.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [3, 2, 2]
 
@@ -190,12 +191,12 @@ def test_control_flow_nodes_cannot_run_alone():
 
 def test_keep_maps_tensors_to_their_layers_and_merges_with_existing_overrides():
     model = _toy()
-    got = L.keep_to_layer_precisions(model, ["flat", "r", "flat"], "add:fp16,re*:fp16,reshape:fp16")
+    got = C.keep_to_layer_precisions(model, ["flat", "r", "flat"], "add:fp16,re*:fp16,reshape:fp16")
     assert got == {"add": "fp16", "re*": "fp16", "reshape": "fp32", "node_of_r": "fp32"}
     assert list(got)[-2:] == ["reshape", "node_of_r"]  # keep entries come last
-    assert L.keep_to_layer_precisions(model, ["y"], {"x*": "fp16"}) == {"x*": "fp16", "add": "fp32"}
-    assert L.keep_to_layer_precisions(model, ["z"], (LayerPrecision("mul", "fp16"),)) == {"mul": "fp32"}
-    assert L.keep_to_layer_precisions(model, [], None) == {}
+    assert C.keep_to_layer_precisions(model, ["y"], {"x*": "fp16"}) == {"x*": "fp16", "add": "fp32"}
+    assert C.keep_to_layer_precisions(model, ["z"], (LayerPrecision("mul", "fp16"),)) == {"mul": "fp32"}
+    assert C.keep_to_layer_precisions(model, [], None) == {}
 
 
 @pytest.mark.parametrize("keys, match", [
@@ -206,35 +207,35 @@ def test_keep_maps_tensors_to_their_layers_and_merges_with_existing_overrides():
 ])
 def test_unknown_keep_keys_are_named(keys, match):
     with pytest.raises(ParityError, match=match):
-        L.keep_to_layer_precisions(_toy(), keys, None, "toy.onnx")
+        C.keep_to_layer_precisions(_toy(), keys, None, "toy.onnx")
 
 
 def test_run_config_applies_keep_and_outputs_only():
     model = _toy()
-    base = L.run_engine_config("fp16", {})
+    base = C.run_engine_config("fp16", {})
     assert base.capture == "debug" and not base.layer_precisions
-    assert L.run_engine_config("fp16", {"outputs_only": True}).capture == "outputs"
-    assert L.run_engine_config("fp16", {"outputs_only": "false"}).capture == "debug"
+    assert C.run_engine_config("fp16", {"outputs_only": True}).capture == "outputs"
+    assert C.run_engine_config("fp16", {"outputs_only": "false"}).capture == "debug"
 
     opts = {"keep_high_precision": ["flat"], "layer_precisions": "add:fp16"}
-    kept = L.run_engine_config("fp16", opts, model)
+    kept = C.run_engine_config("fp16", opts, model)
     assert kept.layer_precisions == (LayerPrecision("add", "fp16"), LayerPrecision("reshape", "fp32"))
     assert "OBEY_PRECISION_CONSTRAINTS" in kept.builder_flags and "FP16" in kept.builder_flags
     assert kept.builder_flags.count("OBEY_PRECISION_CONSTRAINTS") == 1
     assert kept.precision_constraints == "obey"
     # without the model, the keep set is validated for shape only: nothing applied yet
-    assert L.run_engine_config("fp16", opts).layer_precisions == (LayerPrecision("add", "fp16"),)
+    assert C.run_engine_config("fp16", opts).layer_precisions == (LayerPrecision("add", "fp16"),)
     # a comma string (as --option gives it) works the same
-    assert L.run_engine_config("int8", {"keep_high_precision": "flat,y"}, model).layer_precisions == (
+    assert C.run_engine_config("int8", {"keep_high_precision": "flat,y"}, model).layer_precisions == (
         LayerPrecision("reshape", "fp32"), LayerPrecision("add", "fp32"))
-    prefer = L.run_engine_config("fp16", {"keep_high_precision": ["y"], "trt_precision_constraints": "prefer"},
+    prefer = C.run_engine_config("fp16", {"keep_high_precision": ["y"], "trt_precision_constraints": "prefer"},
                                  model)
     assert prefer.precision_constraints == "prefer" and "PREFER_PRECISION_CONSTRAINTS" in prefer.builder_flags
     assert "OBEY_PRECISION_CONSTRAINTS" not in prefer.builder_flags
 
     # the keep set is part of the engine cache key
-    keys = {cache_key("m", c, "10.0") for c in (base, kept, L.run_engine_config("fp16", {
-        "keep_high_precision": ["y"]}, model), L.run_engine_config("fp16", {"outputs_only": True}))}
+    keys = {cache_key("m", c, "10.0") for c in (base, kept, C.run_engine_config("fp16", {
+        "keep_high_precision": ["y"]}, model), C.run_engine_config("fp16", {"outputs_only": True}))}
     assert len(keys) == 4
 
 
@@ -246,13 +247,13 @@ def test_run_config_applies_keep_and_outputs_only():
 ])
 def test_bad_fix_options_are_one_line_errors(opts, match):
     with pytest.raises(ParityError, match=match) as e:
-        L.run_engine_config("fp16", opts, _toy())
+        C.run_engine_config("fp16", opts, _toy())
     assert "\n" not in str(e.value)
 
 
 def test_keep_with_strongly_typed_fp32_is_refused():
     with pytest.raises(ParityError, match="keep_high_precision cannot be used with trt_strongly_typed"):
-        L.run_engine_config("fp32", {"keep_high_precision": ["y"], "trt_strongly_typed": True}, _toy())
+        C.run_engine_config("fp32", {"keep_high_precision": ["y"], "trt_strongly_typed": True}, _toy())
 
 
 # --------------------------------------------------------------------------- the source
@@ -307,7 +308,7 @@ def test_local_cases_feed_each_node_the_reference_values(tmp_path, resnet_export
     cfg = RunConfig(model="unused.onnx", workdir=tmp_path, options={"ort_threads": 1})
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    cases = list(L.local_cases(m, cfg, feed, L.run_engine_config("fp16", cfg.options)))
+    cases = list(L.local_cases(m, cfg, feed, C.run_engine_config("fp16", cfg.options)))
     floats = [s.name for s in tensor_sites(model) if str(vals[s.name].dtype) == "float32"]
     assert [k for c in cases for k in c.keys] == floats
     for c in cases:
@@ -317,16 +318,17 @@ def test_local_cases_feed_each_node_the_reference_values(tmp_path, resnet_export
             assert np.array_equal(c.ref[k], vals[k]) and np.array_equal(g, c.ref[k])
     # trt_mark narrows the local runs as it narrows the capture
     conv = next(c for c in cases if c.op_type == "Conv")
-    sel = L.run_engine_config("fp16", {"trt_mark": f"^{conv.layer}$"})
+    sel = C.run_engine_config("fp16", {"trt_mark": f"^{conv.layer}$"})
     m2 = onnx.ModelProto()
     m2.CopyFrom(model)
     assert [c.layer for c in L.local_cases(m2, cfg, feed, sel)] == [conv.layer]
 
 
 def test_reference_run_refuses_unknown_providers(tmp_path):
-    cfg = RunConfig(model="unused.onnx", workdir=tmp_path, options={"ort_providers": "NopeExecutionProvider"})
+    from parity.lib.onnx.reference import reference_values
+
+    opts = {"ort_providers": "NopeExecutionProvider"}
     with pytest.raises(ParityError, match=r"ort_providers asks for \['NopeExecutionProvider'\]"):
-        L.reference_values(_toy(), ["r"], {"x": np.zeros((1, 2, 2), np.float32)}, cfg)
-    got = L.reference_values(_toy(), ["r", "flat"], {"x": -np.ones((1, 2, 2), np.float32)},
-                             RunConfig(model="unused.onnx", workdir=tmp_path))
+        reference_values(_toy(), ["r"], {"x": np.zeros((1, 2, 2), np.float32)}, opts, tmp_path)
+    got = reference_values(_toy(), ["r", "flat"], {"x": -np.ones((1, 2, 2), np.float32)}, {}, tmp_path)
     assert got["r"].tolist() == [[[0, 0], [0, 0]]] and got["flat"].shape == (1, 4)
