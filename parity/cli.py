@@ -52,8 +52,11 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
                    help="histogram bins of the kl metric (default 256; use <= 64 for INT8 targets)")
     g.add_argument("--sort", choices=["order", "worst"], default="order", help="table row order")
     g.add_argument("--max-rows", type=int, default=None, help="print at most N table rows")
-    g.add_argument("--json", metavar="PATH", help="write the report as JSON (schema in docs/report-schema.md)")
-    g.add_argument("--csv", metavar="PATH", help="write the report as CSV")
+    g.add_argument("--report", action="append", metavar="NAME[=PATH]",
+                   help="write the report with reporter NAME (table, json, csv, or a plugin's) to PATH; "
+                        "NAME or NAME=- writes to standard output, replacing the table there (repeatable)")
+    g.add_argument("--json", metavar="PATH", help="shorthand for --report json=PATH (schema in docs/report-schema.md)")
+    g.add_argument("--csv", metavar="PATH", help="shorthand for --report csv=PATH")
     g.add_argument("--fail-under", type=float, metavar="X",
                    help="exit 1 if any compared layer's primary metric is worse than X "
                         "(below X for similarities, above X for distances)")
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     fx = sub.add_parser("fix", help="find and verify a small set of layers to keep at higher precision")
     _add_run_args(fx, several_targets=False)
     fx.add_argument("--goal", default="cosine=0.999",
-                    help="output similarity to reach, METRIC=VALUE (default cosine=0.999)")
+                    help="what the model outputs must reach, METRIC=VALUE: at least VALUE for a similarity, at most "
+                         "for a distance (l2=0.01); a bare VALUE names the primary metric (default cosine=0.999)")
     fx.add_argument("--max-steps", type=int, default=24, help="most layers to try adding (default 24)")
     fx.add_argument("--write-config", metavar="PATH", help="write the verified set as a parity TOML config")
     _add_report_args(fx)
@@ -151,28 +155,48 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol, "kl_bins": args.kl_bins}
 
 
-def _emit(report: Any, args: argparse.Namespace) -> int:
-    from parity.core.report import render_table, summary_lines, write_csv, write_json
+def _report_requests(args: argparse.Namespace, tag: str | None = None, many: bool = False) -> list[Any]:
+    """The reports asked for: --report NAME=PATH, --json/--csv shorthands, and the table on stdout
+    unless another report goes there. With several targets, each file path gets the target's name."""
+    from parity.core.report import ReportRequest, parse_report_arg
 
-    if args.quiet:
-        for line in summary_lines(report):
-            print(line)
-    else:
-        render_table(report, sort=args.sort, max_rows=args.max_rows)
-    if args.json:
-        write_json(report, args.json)
-    if args.csv:
-        write_csv(report, args.csv)
+    reqs = [parse_report_arg(r) for r in (getattr(args, "report", None) or [])]
+    if getattr(args, "json", None):
+        reqs.append(ReportRequest("json", args.json))
+    if getattr(args, "csv", None):
+        reqs.append(ReportRequest("csv", args.csv))
+    if not any(r.to_stdout for r in reqs):
+        reqs.insert(0, ReportRequest("table"))
+    if tag is not None:
+        reqs = [r if r.to_stdout else ReportRequest(r.name, _suffixed(r.path, tag, many) or r.path) for r in reqs]
+    return reqs
+
+
+def _check_reports(args: argparse.Namespace) -> None:
+    """Fail on an unknown reporter name before any model runs."""
+    from parity.core.report import get_reporters
+
+    get_reporters(_report_requests(args))
+
+
+def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None) -> int:
+    from parity.core.report import write_reports
+
+    reqs = requests if requests is not None else _report_requests(args)
+    options = {"sort": args.sort, "max_rows": args.max_rows, "quiet": args.quiet}
+    written = write_reports(report, reqs, options)
+    # the paths go where they cannot corrupt a machine-readable report on standard output
+    stream = sys.stderr if any(r.to_stdout and r.name != "table" for r in reqs) else sys.stdout
+    for name, path in written:
+        print(f"{name} report written to {path}", file=stream)
     if args.fail_under is not None:
         p = report.primary
         worst = report.worst_value(p.name)
         if worst is None:
             print("parity: --fail-under: no layer was compared", file=sys.stderr)
             return 1
-        from parity.contract.metric import fails
-
-        if fails(worst, args.fail_under, p.higher_is_better):
-            print(f"parity: FAIL: worst {p.name} {worst:.6g} is {'below' if p.higher_is_better else 'above'} "
+        if p.fails(worst, args.fail_under):
+            print(f"parity: FAIL: worst {p.name} {p.format(worst)} is {'below' if p.higher_is_better else 'above'} "
                   f"--fail-under {args.fail_under:g}", file=sys.stderr)
             return 1
     return 0
@@ -215,6 +239,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from parity.core.analyze import analyze
 
     metrics = _csv_list(args.metrics)
+    _check_reports(args)
     report = analyze(args.ref, args.target, ref_tag=args.ref_tag, target_tag=args.target_tag, fmt=args.fmt,
                      metrics=metrics, thresholds=parse_thresholds(args.threshold, metrics),
                      options=_options(args), matcher=args.matcher)
@@ -293,15 +318,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("give either --target or --target-dump, not both")
     rc = 0
     many = len(targets) > 1
+    _check_reports(args)
     for k, tgt in enumerate(targets):
         settings = _settings(args, tgt, args.diagnose)
         settings.save_target = _suffixed(settings.save_target, tgt, many)
         if k:
             settings.save_ref = None  # the reference run is the same for every target: saved once
         report = compare(settings)
-        ns = argparse.Namespace(**{**vars(args), "json": _suffixed(args.json, tgt, many),
-                                   "csv": _suffixed(args.csv, tgt, many)})
-        rc = max(rc, _emit(report, ns))
+        rc = max(rc, _emit(report, args, _report_requests(args, tgt, many)))
         if many:
             print()
     return rc
@@ -317,7 +341,13 @@ def cmd_fix(args: argparse.Namespace) -> int:
         goal = float(val)
     except ValueError:
         raise UsageError(f"--goal {args.goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
-    goal_metric = name if sep else "cosine"
+    metrics = _csv_list(args.metrics)
+    from parity.core.engine import DEFAULT_METRICS
+    from parity.core.registry import get_metric
+
+    goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
+    gm = get_metric(goal_metric)
+    _check_reports(args)
     settings = _settings(args, args.target, True)
     report = compare(settings)
     _emit(report, argparse.Namespace(**{**vars(args), "fail_under": None, "quiet": True}))
@@ -325,8 +355,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
     print(f"Searching layers to keep in fp32 until the outputs reach {goal_metric} {goal:g} "
           f"(every step re-runs {args.target}):")
     res = fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
+    cmp = ">=" if gm.higher_is_better else "<="
     if res.before == res.after and not res.kept and res.passed:
-        print(f"{args.target} already reaches {goal_metric} {res.before:.6g} >= {goal:g} at the outputs: "
+        print(f"{args.target} already reaches {goal_metric} {gm.format(res.before)} {cmp} {goal:g} at the outputs: "
               f"nothing to keep.")
         if not report:
             print("Note: the diagnosed run above fails inside the model but the outputs pass. Capturing every "
@@ -334,11 +365,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
                   "in fp16 when every tensor is an output), so the layer table may be stricter than deployment.")
         return 0
     if not res.passed:
-        print(f"No verified fix: keeping up to {len(res.kept)} layers reached {goal_metric} {res.after:.6g}, "
-              f"short of {goal:g} (from {res.before:.6g}). Try --max-steps, or a goal nearer the measured values.")
+        print(f"No verified fix: keeping up to {len(res.kept)} layers reached {goal_metric} {gm.format(res.after)}, "
+              f"short of {goal:g} (from {gm.format(res.before)}). Try --max-steps, or a goal nearer the measured "
+              f"values.")
         return 1
     print(f"Verified fix: keep {len(res.kept)} of {res.total_layers} layers in fp32; output {goal_metric} "
-          f"{res.before:.6g} -> {res.after:.6g} (re-measured).")
+          f"{gm.format(res.before)} -> {gm.format(res.after)} {cmp} {goal:g} (re-measured).")
     for label, text in res.forms(args.target).items():
         print(f"\n{label}:\n{text}")
     if args.write_config:

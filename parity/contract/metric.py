@@ -58,6 +58,40 @@ def fails(value: float | None, bound: float, higher_is_better: bool) -> bool:
     return value < bound if higher_is_better else value > bound
 
 
+def default_error(value: float | None, higher_is_better: bool, perfect: float | None = None) -> float:
+    """:meth:`Metric.error` of a metric described only by its direction and perfect value.
+
+    Lower is better: the value itself (clamped at 0). Higher is better: the distance to
+    ``perfect``, relative to it; with no perfect value, ``exp(-value)`` (it ranks, its ratios mean little).
+    """
+    if value is None or math.isnan(value):
+        return math.inf
+    if not higher_is_better:
+        return max(0.0, float(value))
+    if perfect is not None:
+        return max(0.0, perfect - value) / (abs(perfect) or 1.0)
+    return math.exp(-value) if value > -700 else math.inf
+
+
+def special_format(value: float | None) -> str | None:
+    """The spelling of no value and of non-finite values, shared by every :meth:`Metric.format`."""
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return None
+
+
+def default_format(value: float | None, percent: bool = False) -> str:
+    """4 significant digits, or 4 decimals and a ``%`` sign for a percentage."""
+    s = special_format(value)
+    if s is not None:
+        return s
+    return f"{value:.4f}%" if percent else f"{value:.4g}"
+
+
 class Chunk:
     """A float64 slice of both arrays, finite positions only, with shared derived values cached.
 
@@ -101,11 +135,18 @@ class Metric:
     that needs structure (rows of logits, say) overrides :meth:`compute` instead and is
     then responsible for bounding its own memory.
 
-    Class attributes describe the result for reports:
-    ``higher_is_better`` decides what "worse than the threshold" means;
-    ``default_threshold`` is used to mark the first diverging layer when the user gives none
-    (``None``: the metric is scale dependent and has no universal threshold);
-    ``percent`` makes reports print the value with a ``%`` sign.
+    A metric owns its meaning; the core never switches on metric names. It asks the metric:
+
+    * ``higher_is_better`` and :meth:`fails` — what "worse than a bound" means (thresholds,
+      ``--fail-under``, culprits, ``parity fix`` goals);
+    * :meth:`error` — a non-negative badness, 0 for no loss, growing with the loss, whose
+      ratios mean something (diagnosis compares a layer's local error to its accumulated
+      error; ``parity fix`` ranks candidate layers by it). The default is the value itself for
+      a lower-is-better metric and the distance to ``perfect`` for a higher-is-better one;
+      override it when neither fits (``sqnr`` turns decibels into a noise power ratio);
+    * :meth:`format` — how reports print a value (``percent`` adds a ``%`` sign);
+    * ``default_threshold`` — used to mark the first diverging layer when the user gives none
+      (``None``: the metric is scale dependent and has no universal threshold).
     """
 
     name: ClassVar[str] = ""
@@ -114,6 +155,9 @@ class Metric:
     default_threshold: ClassVar[float | None] = None
     percent: ClassVar[bool] = False
     needs_range: ClassVar[bool] = False
+    #: the value of a perfect match, for a higher-is-better metric (cosine 1, rel-diff 100):
+    #: the default :meth:`error` is the distance to it, relative to it
+    perfect: ClassVar[float | None] = None
     #: value when both arrays have no finite element to compare
     empty_value: ClassVar[float] = math.nan
 
@@ -137,10 +181,25 @@ class Metric:
         """Score a pair outside the shared pass. Only metrics that override this use it."""
         raise NotImplementedError
 
-    # -- helpers for reports --------------------------------------------------
+    # -- meaning of a value: direction, error, formatting -----------------------
+    def fails(self, value: float | None, bound: float) -> bool:
+        """True if ``value`` is worse than ``bound`` for this metric. NaN (and no value) always fails."""
+        return fails(value, bound, self.higher_is_better)
+
     def worse(self, value: float, threshold: float) -> bool:
-        """True if ``value`` fails ``threshold`` for this metric. NaN always fails."""
-        return fails(value, threshold, self.higher_is_better)
+        """Alias of :meth:`fails`."""
+        return self.fails(value, threshold)
+
+    def error(self, value: float) -> float:
+        """Non-negative badness of ``value``: 0 for no loss, larger for more, ``inf`` for NaN.
+
+        Comparable across layers of one metric, ratios included (see the class docstring).
+        """
+        return default_error(value, self.higher_is_better, self.perfect)
+
+    def format(self, value: float | None) -> str:
+        """The value as reports print it ("" for no value; "nan", "inf", "-inf" spelled out)."""
+        return default_format(value, self.percent)
 
     def __repr__(self) -> str:
         return f"<metric {self.name}>"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.contract.errors import ParityError
+from parity.contract.metric import Metric, default_error, default_format, fails
 
 # Layer statuses, in report terms.
 OK = "ok"
@@ -19,14 +20,38 @@ SHAPE_MISMATCH = "shape-mismatch"
 REF_ONLY = "ref-only"
 TARGET_ONLY = "target-only"
 FAILING = (BELOW, NONFINITE)
+#: key under which a row's ``local`` values carry the count of NaN/Inf the layer alone produced
+NEW_NONFINITE = "_new_nonfinite"
+
 
 @dataclass
 class MetricInfo:
+    """A metric as a report knows it: name, direction, threshold, and the metric object itself.
+
+    ``fails``, ``error`` and ``format`` ask the metric (it owns its meaning); a report rebuilt
+    without metric objects falls back to what direction and ``percent`` say.
+    """
+
     name: str
     higher_is_better: bool
     percent: bool
     threshold: float | None
     description: str = ""
+    metric: Metric | None = field(default=None, repr=False, compare=False)
+
+    def fails(self, value: float | None, bound: float) -> bool:
+        return self.metric.fails(value, bound) if self.metric is not None else fails(value, bound, self.higher_is_better)
+
+    def error(self, value: float) -> float:
+        return self.metric.error(value) if self.metric is not None else default_error(value, self.higher_is_better)
+
+    def format(self, value: float | None) -> str:
+        return self.metric.format(value) if self.metric is not None else default_format(value, self.percent)
+
+    def schema(self) -> dict[str, Any]:
+        """The fields reports write (the metric object is not one of them)."""
+        return {"name": self.name, "higher_is_better": self.higher_is_better, "percent": self.percent,
+                "threshold": self.threshold, "description": self.description}
 
 
 @dataclass
@@ -115,3 +140,72 @@ class Report:
         if any(v is None or math.isnan(v) for v in vals):
             return math.nan
         return min(vals) if info.higher_is_better else max(vals)
+
+
+# -- the verdict in plain words, shared by every human-readable reporter ---------------------------
+
+def summary_lines(report: Report) -> list[str]:
+    """The verdict under the table, in plain words (also what ``--quiet`` prints)."""
+    out: list[str] = []
+    p = report.primary
+    matched = report.matched
+    out.append(f"{len(matched)} layers compared"
+               + (f", {sum(1 for l in report.layers if l.status == REF_ONLY)} only in {report.ref_label}"
+                  f", {sum(1 for l in report.layers if l.status == TARGET_ONLY)} only in {report.target_label}"
+                  if len(matched) != len(report.layers) else "")
+               + (f", over {report.summary['inputs']} inputs" if report.summary.get("inputs", 1) > 1 else ""))
+    first = report.first_divergent
+    if p is None:
+        return out
+    if first is None:
+        out.append(f"No layer fails {p.name} threshold {p.threshold:g}." if p.threshold is not None
+                   else f"No threshold for {p.name}; pass --threshold to mark the first diverging layer.")
+    elif first.status == NONFINITE:
+        out.append(f"First divergence: {first.name} produces {first.meta.get('target_new_nonfinite', 0)} "
+                   f"NaN/Inf values in {report.target_label} where {report.ref_label} is finite (overflow?).")
+    else:
+        v = first.worst.get(p.name, first.values.get(p.name))
+        out.append(f"First divergence: {first.name} ({first.op_type or first.target_op_type or 'layer'}), "
+                   f"{p.name} {p.format(v)} {'<' if p.higher_is_better else '>'} {p.format(p.threshold)}.")
+    unmatched = [l for l in report.layers if l.status in (REF_ONLY, TARGET_ONLY)]
+    if unmatched:
+        names = ", ".join(f"{l.name} ({l.status})" for l in unmatched[:8])
+        out.append(f"Unmatched: {names}{' …' if len(unmatched) > 8 else ''}")
+    for k, v in report.summary.items():
+        if k in ("inputs", "model") or "_" in k or isinstance(v, (dict, list)):
+            continue
+        out.append(f"{k}: {v}")
+    return out + diagnosis_lines(report)
+
+
+def diagnosis_lines(report: Report) -> list[str]:
+    """Plain-words verdict of a diagnosis (culprits, first NaN/Inf, range risks), from the report alone."""
+    out = []
+    p = report.primary
+    byname = {r.name: r for r in report.layers}
+    fc = report.summary.get("first_culprit")
+    if fc and p is not None:
+        r = byname[fc]
+        where = r.meta.get("ref_module_path") or r.meta.get("target_onnx_node") or r.target_name
+        nf = int(r.local.get(NEW_NONFINITE, 0))
+        alone = (f"produces {nf} NaN/Inf values" if nf else
+                 f"reaches {p.name} {r.local.get(p.name, float('nan')):.6g}")
+        out.append(f"Culprit: {r.name} ({r.op_type or r.target_op_type or 'layer'}; {where}) — run alone in the "
+                   f"target it {alone}; it causes the loss, the layers after it inherit it.")
+        others = [c for c in report.summary.get("culprits", []) if c != fc]
+        if others:
+            out.append("Other culprits by local error: " + ", ".join(others))
+    elif any(r.local for r in report.layers) and not report:
+        out.append("No layer's local error explains the loss: it builds up over many layers.")
+    if report.summary.get("first_nonfinite"):
+        r = byname[report.summary["first_nonfinite"]]
+        out.append(f"First NaN/Inf: {r.name} ({r.op_type or r.target_op_type or 'layer'}).")
+    ov = report.summary.get("overflow_layers") or []
+    if ov:
+        fmt = report.summary.get("target_format")
+        names = ", ".join(f"{n} ({byname[n].op_type or byname[n].target_op_type or 'layer'})" for n in ov[:6])
+        out.append(f"Reference values exceed the {fmt} range in: {names}{' …' if len(ov) > 6 else ''}")
+    risky = [r for r in report.layers if r.range.get("risk") and r.name not in ov]
+    if risky and report.summary.get("target_format") == "int8":
+        out.append("Outlier-heavy for int8: " + ", ".join(r.name for r in risky[:6]))
+    return out

@@ -14,8 +14,11 @@ from typing import Any, Iterable, Iterator
 
 
 from parity.contract.records import LocalResult
-from parity.contract.report import LayerResult, Report
-from parity.contract.metric import Metric, fails, score_pair
+from parity.contract.report import NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
+from parity.contract.metric import Metric, score_pair
+
+__all__ = ["FORMATS", "LocalResult", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "score_local",
+           "target_format", "trace_ranges"]
 
 #: largest finite value and smallest normal value of each low-precision format
 FORMATS: dict[str, dict[str, float]] = {
@@ -28,8 +31,6 @@ FORMATS: dict[str, dict[str, float]] = {
 INT8_CREST_RISK = 20.0
 #: a layer is a culprit when its local error is at least this share of its accumulated error
 CAUSE_SHARE = 0.5
-#: key under which local results carry their count of new NaN/Inf values
-NEW_NONFINITE = "_new_nonfinite"
 
 
 def target_format(source_name: str, row: LayerResult | None = None) -> str | None:
@@ -68,19 +69,9 @@ def attach_local(report: Report, local: dict[str, dict[str, float]]) -> int:
     return n
 
 
-def error_of(value: float | None, metric: str, higher_is_better: bool) -> float | None:
-    """An error that grows from 0 with the loss, for ranking: 1 - similarity, or the distance itself."""
-    if value is None:
-        return None
-    if math.isnan(value):
-        return math.inf
-    if metric == "cosine":
-        return max(0.0, 1.0 - value)
-    if metric == "rel-diff":
-        return max(0.0, 100.0 - value) / 100.0
-    if metric == "sqnr":
-        return 10 ** (-value / 10.0) if math.isfinite(value) else 0.0
-    return value if not higher_is_better else -value
+def error_of(value: float | None, info: MetricInfo) -> float | None:
+    """The metric's own error for ``value`` (0 = no loss, ``inf`` for NaN); ``None`` for no value."""
+    return None if value is None else info.error(value)
 
 
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
@@ -100,16 +91,16 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
             continue
         loc = row.local[p.name]
         acc = row.worst.get(p.name, row.values.get(p.name))
-        e_loc = error_of(loc, p.name, p.higher_is_better)
+        e_loc = error_of(loc, p)
         if row.local.get(NEW_NONFINITE, 0) > 0:
             e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
-        e_acc = error_of(acc, p.name, p.higher_is_better)
-        fails_local = p.threshold is not None and fails(loc, p.threshold, p.higher_is_better)
+        e_acc = error_of(acc, p)
+        fails_local = p.threshold is not None and p.fails(loc, p.threshold)
         fails_local = fails_local or row.local.get(NEW_NONFINITE, 0) > 0
         fails_acc = row.failing
         explains = e_loc is not None and e_acc is not None and e_acc > 0 and e_loc >= CAUSE_SHARE * e_acc
         row.meta["local_share"] = (e_loc / e_acc) if (e_loc is not None and e_acc) else None
-        if fails_local or (fails_acc and explains) or row.status == "nonfinite" and explains:
+        if fails_local or (fails_acc and explains) or row.status == NONFINITE and explains:
             cands.append((e_loc if e_loc is not None else 0.0, row))
     cands.sort(key=lambda x: (-x[0], x[1].order))  # equal local error: the earlier layer first
     ranked = [r for _, r in cands[:top]]
@@ -151,36 +142,3 @@ def trace_ranges(report: Report, fmt: str | None) -> None:
         row.range.update(info)
     report.summary["overflow_layers"] = overflow
     report.summary["first_nonfinite"] = first_nonfinite
-
-
-def diagnosis_lines(report: Report) -> list[str]:
-    """Plain-words verdict of the diagnosis, printed under the table."""
-    out = []
-    p = report.primary
-    byname = {r.name: r for r in report.layers}
-    fc = report.summary.get("first_culprit")
-    if fc and p is not None:
-        r = byname[fc]
-        where = r.meta.get("ref_module_path") or r.meta.get("target_onnx_node") or r.target_name
-        nf = int(r.local.get(NEW_NONFINITE, 0))
-        alone = (f"produces {nf} NaN/Inf values" if nf else
-                 f"reaches {p.name} {r.local.get(p.name, float('nan')):.6g}")
-        out.append(f"Culprit: {r.name} ({r.op_type or r.target_op_type or 'layer'}; {where}) — run alone in the "
-                   f"target it {alone}; it causes the loss, the layers after it inherit it.")
-        others = [c for c in report.summary.get("culprits", []) if c != fc]
-        if others:
-            out.append("Other culprits by local error: " + ", ".join(others))
-    elif any(r.local for r in report.layers) and not report:
-        out.append("No layer's local error explains the loss: it builds up over many layers.")
-    if report.summary.get("first_nonfinite"):
-        r = byname[report.summary["first_nonfinite"]]
-        out.append(f"First NaN/Inf: {r.name} ({r.op_type or r.target_op_type or 'layer'}).")
-    ov = report.summary.get("overflow_layers") or []
-    if ov:
-        fmt = report.summary.get("target_format")
-        names = ", ".join(f"{n} ({byname[n].op_type or byname[n].target_op_type or 'layer'})" for n in ov[:6])
-        out.append(f"Reference values exceed the {fmt} range in: {names}{' …' if len(ov) > 6 else ''}")
-    risky = [r for r in report.layers if r.range.get("risk") and r.name not in ov]
-    if risky and report.summary.get("target_format") == "int8":
-        out.append("Outlier-heavy for int8: " + ", ".join(r.name for r in risky[:6]))
-    return out

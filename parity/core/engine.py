@@ -12,10 +12,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from parity.contract.errors import ParityError
-from parity.contract.metric import Metric, fails, score_pair
+from parity.contract.metric import Metric, score_pair
 from parity.contract.records import Activation, Pair
-from parity.contract.report import (BELOW, NONFINITE, OK, REF_ONLY, SHAPE_MISMATCH, TARGET_ONLY, LayerResult,
-                                    MetricInfo, Report)
+from parity.contract.report import (BELOW, NEW_NONFINITE, NONFINITE, OK, REF_ONLY, SHAPE_MISMATCH, TARGET_ONLY,
+                                    LayerResult, MetricInfo, Report)
 
 DEFAULT_METRICS = ("cosine", "rel-diff", "max-abs", "nonfinite")
 
@@ -42,7 +42,7 @@ def metric_infos(metrics: list[Metric], thresholds: dict[str, float] | None) -> 
         raise ParityError(f"threshold given for metric(s) not selected: {', '.join(sorted(unknown))}. "
                           f"Note: selected metrics are {', '.join(m.name for m in metrics)}.")
     return [MetricInfo(m.name, m.higher_is_better, m.percent,
-                       thresholds.get(m.name, m.default_threshold), m.description) for m in metrics]
+                       thresholds.get(m.name, m.default_threshold), m.description, metric=m) for m in metrics]
 
 
 def _shape_note(r: Activation, t: Activation) -> tuple[bool, str]:
@@ -119,7 +119,7 @@ def classify(row: LayerResult, infos: list[MetricInfo]) -> None:
         return
     primary = infos[0]
     v = row.worst.get(primary.name, row.values.get(primary.name))
-    if primary.threshold is not None and v is not None and fails(v, primary.threshold, primary.higher_is_better):
+    if primary.threshold is not None and v is not None and primary.fails(v, primary.threshold):
         row.status = BELOW
 
 
@@ -221,9 +221,9 @@ def _merge_ranges(out: LayerResult, rows: list[LayerResult]) -> None:
 
 def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricInfo]) -> None:
     """Local errors over several inputs: the worst one, since a culprit on any input is a culprit."""
-    nf = [r.local["_new_nonfinite"] for r in rows if "_new_nonfinite" in r.local]
+    nf = [r.local[NEW_NONFINITE] for r in rows if NEW_NONFINITE in r.local]
     if nf:
-        out.local["_new_nonfinite"] = float(sum(nf))
+        out.local[NEW_NONFINITE] = float(sum(nf))
     for info in infos:
         vals = [r.local[info.name] for r in rows if info.name in r.local]
         if vals:

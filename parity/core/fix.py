@@ -19,9 +19,9 @@ import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
 from parity.core.diagnose import error_of
-from parity.contract.report import LayerResult, Report
+from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 from parity.contract.errors import ParityError
-from parity.contract.metric import fails, score_pair
+from parity.contract.metric import Metric, score_pair
 from parity.core.registry import get_metric
 from parity.contract.source import RunConfig
 
@@ -68,8 +68,8 @@ class FixResult:
         return forms
 
 
-def _goal_passes(value: float, goal: float, higher: bool) -> bool:
-    return not fails(value, goal, higher)
+def _goal_passes(value: float, goal: float, metric: Metric) -> bool:
+    return not metric.fails(value, goal)
 
 
 def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", goal: float = 0.999,
@@ -102,23 +102,27 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                 vals, ctx = score_pair(ro[k], to[k], [metric])
                 # NaN/Inf in an output is a failure, however well the finite part agrees
                 v = math.nan if ctx.tgt_new_nonfinite else vals[metric.name]
-                if worst is None or fails(v, worst, metric.higher_is_better):
+                if worst is None or metric.fails(v, worst):
                     worst = v
         return float("nan") if worst is None else float(worst)
 
     # candidates: overflow first, then local error (accumulated error when no local run exists)
-    p = report.primary.name if report.primary else goal_metric
+    # the primary metric's own error ranks layers: for a distance (l2, max-abs) the value, for a
+    # similarity its distance from perfect; either way 0 = no loss, larger = more
+    pinfo = report.primary or MetricInfo(metric.name, metric.higher_is_better, metric.percent, goal,
+                                         metric.description, metric=metric)
+    p = pinfo.name
     has_local = any(r.local for r in report.layers)
 
     def risk(row: LayerResult) -> tuple:
         # causes, not inheritors: with local runs, NaN/Inf and error are the layer's own; every layer
         # after an overflow also shows NaN end to end, so accumulated NaN ranks only without local runs
-        local_nf = row.local.get("_new_nonfinite", 0) > 0
+        local_nf = row.local.get(NEW_NONFINITE, 0) > 0
         overflow = "overflows" in (row.range.get("risk") or "")
         over = 1 if local_nf or overflow or (not has_local and row.meta.get("target_new_nonfinite", 0) > 0) else 0
-        e = error_of(row.local.get(p), p, True) if row.local else None
+        e = error_of(row.local.get(p), pinfo) if row.local else None
         if e is None:
-            e = error_of(row.worst.get(p, row.values.get(p)), p, True) or 0.0
+            e = error_of(row.worst.get(p, row.values.get(p)), pinfo) or 0.0
         return (bool(row.local) or not has_local, over, e)
 
     rows = [r for r in report.layers if r.target_name is not None and r.ref_name is not None
@@ -130,9 +134,9 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
 
     steps: list[FixStep] = []
     before = measure([])
-    passed = _goal_passes(before, goal, metric.higher_is_better)
+    passed = _goal_passes(before, goal, metric)
     steps.append(FixStep("baseline", None, [], before, passed))
-    say(f"baseline: {goal_metric} {before:.6g}")
+    say(f"baseline: {goal_metric} {metric.format(before)}")
     kept: list[str] = []
     value = before
     for k in cands[:max_steps]:
@@ -140,16 +144,16 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
             break
         kept.append(k)
         value = measure(kept)
-        passed = _goal_passes(value, goal, metric.higher_is_better)
+        passed = _goal_passes(value, goal, metric)
         steps.append(FixStep("add", k, list(kept), value, passed))
-        say(f"keep {k}: {goal_metric} {value:.6g}")
+        say(f"keep {k}: {goal_metric} {metric.format(value)}")
     if passed and kept:
         for k in list(kept):
             trial = [x for x in kept if x != k]
             v = measure(trial)
-            if _goal_passes(v, goal, metric.higher_is_better):
+            if _goal_passes(v, goal, metric):
                 kept, value = trial, v
                 steps.append(FixStep("drop", k, list(kept), v, True))
-                say(f"drop {k}: {goal_metric} {v:.6g} still passes")
+                say(f"drop {k}: {goal_metric} {metric.format(v)} still passes")
     return FixResult(goal_metric, goal, before, value, passed, kept, [by_key[k] for k in kept], steps,
                      total_layers=len(by_key))

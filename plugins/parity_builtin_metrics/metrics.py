@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from parity import ParityError
-from parity.contract.metric import Chunk, Metric, PairContext
+from parity.contract.metric import Chunk, Metric, PairContext, special_format
 
 #: Elements a whole-pair metric converts to float64 at once (per side).
 BLOCK_ELEMENTS = 1 << 16
@@ -104,6 +104,11 @@ class CosineMetric(Metric):
     description = "cosine similarity of the flattened tensors (higher is better; 1 = same direction)"
     higher_is_better = True
     default_threshold = 0.999
+    perfect = 1.0  # error: 1 - cosine
+
+    def format(self, value: float | None) -> str:
+        s = special_format(value)
+        return s if s is not None else f"{value:.7f}"  # 0.9999 vs 0.99999 matters: keep the nines
 
     def start(self, ctx: PairContext) -> list[float]:
         return [0.0, 0.0, 0.0]  # r.r, t.t, r.t
@@ -138,6 +143,7 @@ class RelDiffMetric(Metric):
     higher_is_better = True
     default_threshold = 99.0
     percent = True
+    perfect = 100.0  # error: share of elements out of tolerance
 
     def __init__(self, rel_tol: float = 0.1, abs_tol: float = 0.0):
         self.rel_tol = rel_tol
@@ -206,6 +212,14 @@ class SqnrMetric(Metric):
     description = "signal-to-noise ratio 10*log10(sum r^2 / sum (t-r)^2) in dB (higher is better)"
     higher_is_better = True
     default_threshold = 30.0
+
+    def error(self, value: float) -> float:
+        """Noise power over signal power, 10^(-sqnr/10): dB are a log scale, errors must add up."""
+        if value is None or math.isnan(value):
+            return math.inf
+        if math.isinf(value):
+            return 0.0 if value > 0 else math.inf
+        return 10.0 ** (-value / 10.0) if value > -3000 else math.inf
 
     def start(self, ctx: PairContext) -> list[float]:
         return [0.0, 0.0]  # signal energy, noise energy
@@ -450,6 +464,10 @@ class NonFiniteMetric(Metric):
 
     def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
         return float(ctx.tgt_new_nonfinite)
+
+    def format(self, value: float | None) -> str:
+        s = special_format(value)
+        return s if s is not None else str(int(value))  # a count
 
 
 ALL_METRICS: tuple[type[Metric], ...] = (

@@ -76,3 +76,31 @@ def test_target_format_from_name(name, fmt):
 def test_fp16_range_table():
     assert FORMATS["float16"]["max"] == float(np.finfo(np.float16).max)
     assert FORMATS["float16"]["tiny"] == float(np.finfo(np.float16).tiny)
+
+
+@pytest.mark.parametrize("metric", ["l2", "max-abs", "sqnr", "rel-diff"])
+def test_culprits_with_any_primary_metric(rng, metric):
+    """Local-vs-accumulated shares come from the metric's own error, whatever its direction."""
+    ref, tgt, local = _chain(rng)
+    # distances have no default threshold: one between the local error of c (~0.06 l2, ~0.004 max-abs)
+    # and its accumulated error (~13 l2, ~0.8 max-abs)
+    bound = {"l2": {"l2": 1.0}, "max-abs": {"max-abs": 0.1}}.get(metric)
+    rep = compare_streams(iter(ref), iter(tgt), [metric, "cosine"], thresholds=bound)
+    attach_local(rep, dict(score_local(local, resolve_metrics([metric, "cosine"]))))
+    culprits = find_culprits(rep)
+    assert culprits and culprits[0].name == "b", [(r.name, r.local, r.values) for r in rep.layers]
+    by = {r.name: r for r in rep.layers}
+    assert by["c"].failing and by["c"].culprit_rank is None and by["c"].meta["local_share"] < 0.5
+
+
+def test_core_never_switches_on_metric_names():
+    """A metric owns its meaning: direction, error and formatting come from the metric object."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "parity" / "core"
+    names = ("cosine", "rel-diff", "l2", "kl", "kl-softmax", "sqnr", "max-abs", "mean-abs", "nonfinite")
+    for f in ("report.py", "diagnose.py", "fix.py", "engine.py"):
+        text = (root / f).read_text()
+        for n in names:
+            assert not re.search(rf"""==\s*["']{re.escape(n)}["']|["']{re.escape(n)}["']\s*(==|in\b)""", text), (f, n)

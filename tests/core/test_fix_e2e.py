@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 
 from parity.core.compare import CompareSettings, compare  # noqa: E402
@@ -72,3 +74,44 @@ def test_fix_cli_prints_paste_forms_and_writes_a_config_compare_accepts(tmp_path
     before, after = compare_outputs(), compare_outputs("--config", str(cfg))
     assert before["status"] == "nonfinite"
     assert after["status"] == "ok" and after["values"]["cosine"] >= 0.999
+
+
+# lower-is-better goals: the outputs' worst value must come down to the goal. Measured on this model:
+# l2 ~3e-4 and max-abs ~1.5e-4 once the overflowing layer stays fp32; NaN before.
+DISTANCE_GOALS = [("l2", 1e-3), ("max-abs", 1e-3)]
+
+
+@pytest.mark.parametrize("metric,goal", DISTANCE_GOALS)
+def test_fix_with_a_lower_is_better_primary_metric(tmp_path, metric, goal):
+    s = settings("fp16_hazard", "ort-fp16", tmp_path, metrics=[metric, "cosine"])
+    rep = compare(s)
+    assert rep.primary.name == metric and not rep.primary.higher_is_better
+    res = fix(s, rep, metric, goal)
+    assert res.passed and res.after <= goal
+    assert not (res.before <= goal)  # NaN in the outputs before the fix
+    assert {r.ref_name for r in res.rows} & {"boost", "norm"} and len(res.kept) <= 2
+    assert res.steps[-1].kept == res.kept and res.steps[-1].value == res.after
+
+
+@pytest.mark.parametrize("metric,goal", DISTANCE_GOALS)
+def test_fix_cli_with_a_distance_goal_is_verified_by_compare(tmp_path, metric, goal):
+    cfg = tmp_path / "fix.toml"
+    common = [f"{ZOO}:fp16_hazard", "--ref", "torch", "--target", "ort-fp16", "--workdir", str(tmp_path / "c")]
+    r = subprocess.run([sys.executable, "-m", "parity", "fix", *common, "--metrics", f"{metric},cosine",
+                        "--goal", f"{metric}={goal}", "--write-config", str(cfg)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Verified fix: keep" in r.stdout and f"<= {goal:g} (re-measured)" in r.stdout
+    assert "keep_fp32" in cfg.read_text()
+
+    def output_row(*extra):
+        out = tmp_path / f"r{len(extra)}.json"
+        r = subprocess.run([sys.executable, "-m", "parity", "compare", *common, "--metrics", metric,
+                            "-q", "--json", str(out), *extra], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        return next(l for l in json.loads(out.read_text())["layers"] if l["ref_name"] == "output")
+
+    # independent recomputation: compare with the written config reaches the goal at the output
+    before, after = output_row(), output_row("--config", str(cfg))
+    assert before["status"] == "nonfinite"
+    assert after["status"] == "ok" and after["values"][metric] <= goal

@@ -1,60 +1,87 @@
-import csv
+"""Report dispatch in the core: --report parsing, stdout, atomic files with ordinary permissions."""
 import io
-import json
+import os
+import stat
 
 import numpy as np
+import pytest
 
-from parity import Activation
+from parity import Activation, ParityError, hookimpl
+from parity.contract.errors import UsageError
+from parity.contract.reporter import Reporter
+from parity.core import registry as plugins
 from parity.core.engine import compare_streams
-from parity.core.report import SCHEMA_VERSION, csv_text, render_table, to_dict, write_json
+from parity.core.report import ReportRequest, get_reporters, parse_report_arg, write_report, write_reports
 
 
 def _report(rng):
-    a = rng.standard_normal((1, 20, 6, 6)).astype(np.float32)
-    b = rng.standard_normal((1, 10)).astype(np.float32)
-    ref = [Activation("conv1", a, order=0, op_type="Conv2d"), Activation("prob", b, order=1, op_type="Softmax"),
-           Activation("only_ref", b, order=2)]
-    big = np.array([1.0, 7e4], np.float32)
-    ref.append(Activation("big", big, order=3))
-    tgt = [Activation("conv1", a + 0.5, order=0), Activation("prob", b, order=1),
-           Activation("big", big.astype(np.float16), order=3)]
-    return compare_streams(iter(ref), iter(tgt), ["cosine", "rel-diff", "sqnr"],
-                           thresholds={"cosine": 0.99}, ref_label="fp32", target_label="fp16")
+    a = rng.standard_normal(64).astype(np.float32)
+    return compare_streams(iter([Activation("x", a, order=0)]), iter([Activation("x", a + 0.1, order=0)]),
+                           ["cosine"])
 
 
-def test_json_schema_is_stable_and_strict(rng, tmp_path):
-    rep = _report(rng)
-    p = tmp_path / "r.json"
-    write_json(rep, str(p))
-    d = json.loads(p.read_text())  # strict JSON: NaN/Inf are strings, not bare tokens
-    assert d["schema"] == "parity.core.report" and d["schema_version"] == SCHEMA_VERSION
-    assert d["passed"] is False and d["first_divergent"] == "conv1"
-    assert [m["name"] for m in d["metrics"]] == ["cosine", "rel-diff", "sqnr"]
-    layers = {l["name"]: l for l in d["layers"]}
-    assert layers["prob"]["values"]["sqnr"] == "inf"  # identical arrays
-    assert layers["big"]["nonfinite"]["target_inf"] == 1 and layers["big"]["status"] == "nonfinite"
-    assert layers["only_ref"]["status"] == "ref-only" and layers["only_ref"]["target_name"] is None
-    assert layers["conv1"]["ref_shape"] == [1, 20, 6, 6]
-    assert to_dict(rep) == d
+@pytest.mark.parametrize("text,expected", [
+    ("json=out.json", ReportRequest("json", "out.json")),
+    ("json", ReportRequest("json", "-")),
+    ("table=-", ReportRequest("table", "-")),
+    ("csv=dir/a=b.csv", ReportRequest("csv", "dir/a=b.csv")),
+])
+def test_parse_report_arg(text, expected):
+    assert parse_report_arg(text) == expected
 
 
-def test_csv_has_one_row_per_layer_with_metric_columns(rng):
-    rep = _report(rng)
-    rows = list(csv.DictReader(io.StringIO(csv_text(rep))))
-    assert [r["name"] for r in rows] == ["conv1", "prob", "only_ref", "big"]
-    assert float(rows[0]["cosine"]) == rep.layers[0].values["cosine"]
-    assert rows[1]["sqnr"] == "inf" and rows[3]["target_inf"] == "1"
+@pytest.mark.parametrize("text", ["=x.json", "json="])
+def test_parse_report_arg_refuses_empty_parts(text):
+    with pytest.raises(UsageError):
+        parse_report_arg(text)
 
 
-def test_table_marks_first_divergence_and_sorts_worst(rng):
-    rep = _report(rng)
-    out = io.StringIO()
-    render_table(rep, file=out, width=200)
-    text = out.getvalue()
-    line = next(l for l in text.splitlines() if "conv1" in l)
-    assert "first divergence" in line and "[1, 20, 6, 6]" in line
-    assert "First divergence: conv1" in text
-    out = io.StringIO()
-    render_table(rep, sort="worst", file=out, width=200)
-    body = [l for l in out.getvalue().splitlines() if any(n in l for n in ("conv1", "prob", "big"))]
-    assert "big" in body[0]  # overflow ranks worst
+def test_unknown_reporter_lists_known_ones_and_one_stdout_only():
+    with pytest.raises(ParityError, match=r"unknown reporter 'nope'.*csv, json, table"):
+        get_reporters([ReportRequest("nope", "x")])
+    with pytest.raises(UsageError, match="only one report can go to standard output"):
+        get_reporters([ReportRequest("table"), ReportRequest("json")])
+
+
+def test_file_report_honours_umask_and_leaves_no_temp_file(rng, tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = tmp_path / "sub" / "r.json"
+        written = write_reports(_report(rng), [ReportRequest("json", str(p)), ReportRequest("csv", "-")],
+                                stdout=io.StringIO())
+        assert written == [("json", str(p))]
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644  # like open(p, "w"), not mkstemp's 0600
+        os.chmod(p, 0o640)
+        write_report(_report(rng), "json", str(p))
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640  # a replaced file keeps its mode
+    finally:
+        os.umask(old)
+    assert os.listdir(p.parent) == ["r.json"]
+
+
+class _Broken(Reporter):
+    name = "broken-test"
+    extension = ".txt"
+
+    def write(self, report, out, options):
+        out.write("half a report")
+        raise RuntimeError("reporter bug")
+
+
+class _BrokenPlugin:
+    @hookimpl
+    def register_reporters(self, register):
+        register(_Broken())
+
+
+def test_a_failing_reporter_never_replaces_a_good_file(rng, tmp_path):
+    p = tmp_path / "r.txt"
+    p.write_text("good")
+    plugin = _BrokenPlugin()
+    plugins.register_plugin(plugin, name="broken-reporter-test")
+    try:
+        with pytest.raises(RuntimeError, match="reporter bug"):
+            write_report(_report(rng), "broken-test", str(p))
+    finally:
+        plugins.unregister_plugin(plugin)
+    assert p.read_text() == "good" and os.listdir(tmp_path) == ["r.txt"]

@@ -381,3 +381,64 @@ def test_metrics_are_discovered_through_the_registry(monkeypatch):
         assert plugins.get_metric("rel-diff").percent
     finally:
         plugins.reset()
+
+
+# -- what a metric says about its values: direction, error, formatting ------------------------
+
+def test_error_is_non_negative_zero_when_perfect_and_grows_with_the_loss():
+    perfect = {"cosine": 1.0, "rel-diff": 100.0, "sqnr": math.inf, "l2": 0.0, "max-abs": 0.0, "mean-abs": 0.0,
+               "kl": 0.0, "kl-softmax": 0.0, "nonfinite": 0.0}
+    worse = {"cosine": 0.9, "rel-diff": 90.0, "sqnr": 10.0, "l2": 3.0, "max-abs": 0.5, "mean-abs": 0.1,
+             "kl": 0.2, "kl-softmax": 0.1, "nonfinite": 4.0}
+    assert set(perfect) == set(SPEC)
+    for name in SPEC:
+        m = M[name]
+        assert m.error(perfect[name]) == 0.0, name
+        assert 0.0 < m.error(worse[name]) < math.inf, name
+        assert m.error(math.nan) == math.inf, name
+    assert M["cosine"].error(0.99) == pytest.approx(0.01)
+    assert M["rel-diff"].error(97.0) == pytest.approx(0.03)
+    assert M["sqnr"].error(20.0) == pytest.approx(0.01)  # noise power over signal power
+    assert M["sqnr"].error(-math.inf) == math.inf
+    assert M["l2"].error(2.5) == 2.5
+
+
+def test_error_and_fails_agree_on_the_direction():
+    for name, (hib, *_rest) in SPEC.items():
+        m = M[name]
+        a, b = (0.5, 0.9) if hib else (0.9, 0.5)  # a is worse than b
+        if name == "nonfinite":
+            a, b = 3.0, 1.0
+        assert m.error(a) >= m.error(b), name
+        assert m.fails(a, b) and not m.fails(b, a), name
+        assert m.fails(math.nan, b) and m.fails(None, b), name
+
+
+def test_format_belongs_to_the_metric():
+    assert M["cosine"].format(0.99999) == "0.9999900"
+    assert M["rel-diff"].format(99.5) == "99.5000%"
+    assert M["nonfinite"].format(3.0) == "3"
+    assert M["l2"].format(1234.5678) == "1235"
+    for name in SPEC:
+        assert M[name].format(None) == "" and M[name].format(math.nan) == "nan", name
+        assert M[name].format(math.inf) == "inf" and M[name].format(-math.inf) == "-inf", name
+
+
+def test_third_party_metric_defaults():
+    from parity.contract.metric import Metric
+
+    class Dist(Metric):
+        name = "dist"
+        higher_is_better = False
+
+    class Score(Metric):
+        name = "score"
+        perfect = 10.0
+
+    class Unbounded(Metric):
+        name = "unbounded"
+
+    assert Dist().error(2.0) == 2.0 and Dist().error(-1.0) == 0.0 and Dist().format(2.0) == "2"
+    assert Score().error(10.0) == 0.0 and Score().error(9.0) == pytest.approx(0.1)
+    u = Unbounded()
+    assert u.error(1.0) < u.error(0.0) < u.error(-1.0) and u.error(0.0) > 0

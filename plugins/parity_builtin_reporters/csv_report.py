@@ -1,0 +1,63 @@
+"""The CSV reporter: one row per layer, one column per metric (spreadsheets, pandas)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Mapping, TextIO
+
+from parity.contract.report import Report
+from parity.contract.reporter import Reporter
+
+
+def _num(v: Any) -> Any:
+    """NaN/Inf as "nan", "inf", "-inf", the same spelling as the JSON report."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    return v
+
+
+def csv_text(report: Report) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = [m.name for m in report.metrics]
+    multi = any(l.n_inputs > 1 for l in report.layers)
+    head = ["order", "name", "ref_name", "target_name", "shape", "ref_dtype", "target_dtype", "op_type",
+            "status", "match", "confidence", *names]
+    if multi:
+        head += [f"{n}_worst" for n in names] + [f"{n}_worst_input" for n in names]
+    local = any(l.local for l in report.layers)
+    if local:
+        head += [f"local_{n}" for n in names] + ["culprit_rank"]
+    head += ["ref_absmax", "range_risk"]
+    head += ["ref_nan", "ref_inf", "target_nan", "target_inf", "notes"]
+    w.writerow(head)
+    for l in report.layers:
+        row: list[Any] = [l.order, l.name, l.ref_name or "", l.target_name or "",
+                          "x".join(map(str, l.shape)) if l.shape is not None else "",
+                          l.ref_dtype or "", l.target_dtype or "", l.op_type or l.target_op_type or "",
+                          l.status, l.match, l.confidence]
+        row += [_num(l.values[n]) if n in l.values else "" for n in names]
+        if multi:
+            row += [_num(l.worst[n]) if n in l.worst else "" for n in names]
+            row += [l.worst_input.get(n, "") for n in names]
+        if local:
+            row += [_num(l.local[n]) if n in l.local else "" for n in names]
+            row += [l.culprit_rank if l.culprit_rank is not None else ""]
+        ref = l.range.get("ref") or {}
+        row += [_num(ref["absmax"]) if ref else "", l.range.get("risk", "")]
+        row += [l.ref_nan, l.ref_inf, l.target_nan, l.target_inf, "; ".join(l.notes)]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+class CsvReporter(Reporter):
+    name = "csv"
+    description = "one row per layer, one column per metric (and worst/local columns when present)"
+    extension = ".csv"
+
+    def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
+        out.write(csv_text(report))
