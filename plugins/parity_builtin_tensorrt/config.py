@@ -21,6 +21,8 @@ Option keys read from ``RunConfig.options`` (the CLI spells them ``--trt-capture
 ``trt_int8_fallback``      ``fp32`` (default) | ``fp16``: what int8 layers that cannot be int8 run in
 ``trt_engine_cache``       reuse engines from ``workdir/trt`` (default true)
 ``trt_queue_size``         debug tensors held between TensorRT and the scorer (default 4)
+``outputs_only``           capture the network outputs only (``trt_capture outputs``; what ``parity fix`` runs)
+``keep_high_precision``    ONNX tensor names whose producing layers are built in fp32 (``parity fix``)
 """
 from __future__ import annotations
 
