@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--target-tag", help="run tag of the target in a single-folder layout (e.g. fp16)")
     an.add_argument("--format", dest="fmt", help="dump format name (default: by file extension)")
     an.add_argument("--matcher", default="exact", help="layer matcher (default: exact names)")
+    an.add_argument("--mapping", help="TOML file pinning or excluding layer pairs, for any matcher "
+                                      "(see configs/mapping.example.toml)")
     _add_report_args(an)
 
     co = sub.add_parser("compare", help="run a model in a reference and target(s), compare every layer")
@@ -242,7 +244,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _check_reports(args)
     report = analyze(args.ref, args.target, ref_tag=args.ref_tag, target_tag=args.target_tag, fmt=args.fmt,
                      metrics=metrics, thresholds=parse_thresholds(args.threshold, metrics),
-                     options=_options(args), matcher=args.matcher)
+                     options=_options(args), matcher=args.matcher, mapping=args.mapping)
     return _emit(report, args)
 
 

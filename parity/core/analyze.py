@@ -41,9 +41,15 @@ def pick_tags(folder: Path, ref_tag: str | None, target_tag: str | None) -> tupl
 def analyze(ref: str | Path, target: str | Path | None = None, *, ref_tag: str | None = None,
             target_tag: str | None = None, fmt: str | None = None,
             metrics: Sequence[str] | None = None, thresholds: dict[str, float] | None = None,
-            options: dict[str, Any] | None = None, matcher: str = "exact") -> Report:
-    """Compare two dumps layer by layer; with ``target=None``, ``ref`` is one folder holding both runs."""
+            options: dict[str, Any] | None = None, matcher: str = "exact", mapping: str | None = None) -> Report:
+    """Compare two dumps layer by layer; with ``target=None``, ``ref`` is one folder holding both runs.
+
+    ``mapping``: a TOML mapping file (pins, exclusions), applied around whichever matcher is selected.
+    """
+    from parity.contract.matcher import MappingRules
     from parity.core.dumps import read_dump
+
+    rules = MappingRules.load(mapping) if mapping else None
 
     ref = Path(ref)
     if target is None:
@@ -61,7 +67,7 @@ def analyze(ref: str | Path, target: str | Path | None = None, *, ref_tag: str |
         labels = (str(ref) + (f"[{ref_tag}]" if ref_tag else ""),
                   str(target) + (f"[{target_tag}]" if target_tag else ""))
     report = compare_streams(ref_stream, tgt_stream, metrics, matcher=matcher, thresholds=thresholds,
-                             options=options, ref_label=labels[0], target_label=labels[1])
+                             options=options, ref_label=labels[0], target_label=labels[1], rules=rules)
     if not report.layers:
         raise ParityError(f"{ref}: no activations found to compare.")
     return report

@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from parity.core.engine import merge_reports, run_engine
+from parity.core.engine import match_pairs, merge_reports, run_engine
 
 from parity.contract.report import Report
 from parity.contract.errors import ParityError, UsageError
 from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
-from parity.core.matcher import AutoMatcher, MappingRules
+from parity.contract.matcher import MappingRules
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
@@ -252,12 +252,9 @@ def compare(s: CompareSettings) -> Report:
     stats_total: dict[str, int] = {}
     for k, (label, feed) in enumerate(feeds):
         rtap, ttap = _OutputTap(), _OutputTap()
-        if s.matcher == "auto":
-            matcher: Any = AutoMatcher(rules, spill_dir=None)
-        else:
-            from parity.core.registry import get_matcher
+        from parity.core.registry import get_matcher
 
-            matcher = get_matcher(s.matcher)
+        matcher = get_matcher(s.matcher)
         mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
         ref_stream, tgt_stream = rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))
         suffix = f"-{k}" if len(feeds) > 1 else ""
@@ -265,7 +262,8 @@ def compare(s: CompareSettings) -> Report:
             ref_stream = _tee_to_dump(ref_stream, _numbered(s.save_ref, suffix), s.save_format)
         if s.save_target:
             tgt_stream = _tee_to_dump(tgt_stream, _numbered(s.save_target, suffix), s.save_format)
-        rep = run_engine(matcher.pairs(ref_stream, tgt_stream),
+        pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules)
+        rep = run_engine(pairs,
                          s.metrics, thresholds=s.thresholds, options=mopts,
                          ref_label=s.ref, target_label=tgt_src.name)
         if s.diagnose:
@@ -283,7 +281,7 @@ def compare(s: CompareSettings) -> Report:
                         rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
             else:
                 rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
-        for k, v in getattr(matcher, "stats", {}).items():
+        for k, v in mctx.stats.items():
             stats_total[k] = stats_total.get(k, 0) + v
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
             agree += int((rtap.top1[0] == ttap.top1[0]).sum())

@@ -7,11 +7,12 @@ Results are small objects without arrays.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from parity.contract.errors import ParityError
+from parity.contract.matcher import MappingRules, MatchContext, Matcher, metric_similarity
 from parity.contract.metric import Metric, score_pair
 from parity.contract.records import Activation, Pair
 from parity.contract.report import (BELOW, NEW_NONFINITE, NONFINITE, OK, REF_ONLY, SHAPE_MISMATCH, TARGET_ONLY,
@@ -141,15 +142,42 @@ def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = N
     return Report(rows, infos, ref_label, target_label)
 
 
-def compare_streams(ref: Iterable[Activation], target: Iterable[Activation],
-                    metrics: Sequence[str | Metric] | None = None, *, matcher: Any = "exact",
-                    thresholds: dict[str, float] | None = None, options: dict[str, Any] | None = None,
-                    ref_label: str = "reference", target_label: str = "target") -> Report:
-    """Pair two activation streams with ``matcher`` and score them: the core of analyze and compare."""
+def match_context(matcher: Any, spill_dir: str | None = None) -> MatchContext:
+    """The context the core hands a matcher: the similarity computed by the registered metric it names."""
+    from parity.core.registry import get_metric
+
+    similarity = None
+    name = getattr(matcher, "similarity_metric", None)
+    if name:
+        try:
+            similarity = metric_similarity(get_metric(name))
+        except ParityError:  # not installed (PARITY_LOAD_PLUGINS): the matcher goes without its value step
+            similarity = None
+    return MatchContext(similarity=similarity, spill_dir=spill_dir)
+
+
+def match_pairs(matcher: Any, ref: Iterable[Activation], target: Iterable[Activation],
+                rules: MappingRules | None = None,
+                spill_dir: str | None = None) -> tuple[Iterator[Pair], MatchContext]:
+    """Pair two streams with a matcher (a registered name or an object), mapping ``rules`` applied around it.
+
+    Returns the lazy pair stream and the context whose ``stats`` the matcher fills as it goes.
+    """
     from parity.core.registry import get_matcher
 
     m = get_matcher(matcher) if isinstance(matcher, str) else matcher
-    return run_engine(m.pairs(ref, target), metrics, thresholds=thresholds, options=options,
+    ctx = match_context(m, spill_dir)
+    return Matcher.match(m, ref, target, rules, ctx), ctx
+
+
+def compare_streams(ref: Iterable[Activation], target: Iterable[Activation],
+                    metrics: Sequence[str | Metric] | None = None, *, matcher: Any = "exact",
+                    thresholds: dict[str, float] | None = None, options: dict[str, Any] | None = None,
+                    ref_label: str = "reference", target_label: str = "target",
+                    rules: MappingRules | None = None) -> Report:
+    """Pair two activation streams with ``matcher`` and score them: the core of analyze and compare."""
+    pairs, _ctx = match_pairs(matcher, ref, target, rules)
+    return run_engine(pairs, metrics, thresholds=thresholds, options=options,
                       ref_label=ref_label, target_label=target_label)
 
 

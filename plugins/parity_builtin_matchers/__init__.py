@@ -1,9 +1,20 @@
-"""Built-in matchers: the core's matchers, offered through the same hook a third-party matcher uses."""
+"""Built-in matchers plugin for parity: ``exact`` and ``auto``, offered through the same hook a
+third-party matcher uses and written against the contract only (:mod:`parity.contract.matcher`).
+
+Mapping rules (pins, exclusions) are not theirs to apply: :meth:`parity.contract.matcher.Matcher.match`
+applies them around whichever matcher is selected.
+"""
+from __future__ import annotations
+
 from parity import hookimpl
-from parity.core.matcher import AutoMatcher, ExactMatcher
+
+from .auto import AutoMatcher, SpillStore
+from .exact import ExactMatcher
+
+__all__ = ["AutoMatcher", "ExactMatcher", "SpillStore", "register_matchers"]
 
 
 @hookimpl
-def register_matchers(register):
+def register_matchers(register) -> None:
     register(ExactMatcher())
     register(AutoMatcher())

@@ -6,7 +6,6 @@ import pytest
 from parity import Activation, ParityError
 from parity.core.engine import compare_streams, merge_reports, run_engine
 from parity.contract.records import Pair
-from parity.core.matcher import ExactMatcher
 
 
 def _acts(arrays, **meta):
@@ -36,24 +35,6 @@ def test_exact_pairing_scores_each_layer_and_marks_first_divergence(rng):
     assert by["conv1"].target_dtype == "float16" and by["conv1"].ref_dtype == "float32"
     assert rep.first_divergent is by["ip1"]
     assert not rep
-
-
-def test_exact_matcher_streams_and_reports_unmatched():
-    seen = []
-
-    def stream(side, names):
-        for i, n in enumerate(names):
-            seen.append((side, n))
-            yield Activation(n, np.ones(3, np.float32), order=i)
-
-    pairs = ExactMatcher().pairs(stream("r", ["a", "b", "only_ref"]), stream("t", ["a", "b", "only_tgt"]))
-    first = next(pairs)
-    # the first pair leaves after one record from each side, before the rest is produced
-    assert (first.ref.name, first.target.name) == ("a", "a")
-    assert seen == [("r", "a"), ("t", "a")]
-    rest = list(pairs)
-    assert [(p.ref and p.ref.name, p.target and p.target.name, p.how) for p in rest] == [
-        ("b", "b", "exact"), ("only_ref", None, "unmatched"), (None, "only_tgt", "unmatched")]
 
 
 def test_shape_mismatch_and_flat_comparison_are_reported_not_raised(rng):

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from parity import Activation, ParityError
-from parity.core.matcher import AutoMatcher, MappingRules, SpillStore, normalize_name
+from parity.contract.matcher import MappingRules, MatchContext, metric_similarity, normalize_name
+from parity.core.engine import compare_streams
+from parity.core.registry import get_metric
+from parity_builtin_matchers import AutoMatcher, ExactMatcher, SpillStore
+
+
+def _ctx():
+    """What the core hands a matcher: the registered cosine metric as the similarity."""
+    return MatchContext(similarity=metric_similarity(get_metric("cosine")))
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -21,9 +29,9 @@ def _a(name, arr, order, **meta):
     return Activation(name, arr, order=order, meta=meta)
 
 
-def _pairs(m, ref, tgt):
+def _pairs(m, ref, tgt, rules=None, ctx=None):
     return [(p.ref.key if p.ref else None, p.target.key if p.target else None, p.how)
-            for p in m.pairs(iter(ref), iter(tgt))]
+            for p in m.match(iter(ref), iter(tgt), rules, ctx if ctx is not None else _ctx())]
 
 
 def test_provenance_nested_scopes_repeated_calls_and_outputs(rng):
@@ -58,13 +66,33 @@ def test_normalized_names_then_order_shape_then_values(rng):
     ref = [_a("conv1", a, 0), _a("mystery", b, 1), _a("anchor", c, 2), _a("x", d, 3), _a("y", e, 4)]
     tgt = [_a("/conv1/Conv_output_0", a, 0), _a("t_17", b, 1), _a("anchor", c, 2),
            _a("q", e + 1e-4, 3), _a("p", d + 1e-4, 4)]
-    m = AutoMatcher()
-    got = _pairs(m, ref, tgt)
+    ctx = _ctx()
+    got = _pairs(AutoMatcher(), ref, tgt, ctx=ctx)
     assert ("conv1", "/conv1/Conv_output_0", "normalized") in got
     assert ("mystery", "t_17", "order+shape") in got
     # two layers of the same shape after the last anchor: order+shape cannot decide, values do
     assert ("x", "p", "value") in got and ("y", "q", "value") in got
-    assert m.stats["value"] == 2 and m.stats["order+shape"] == 1
+    assert ctx.stats["value"] == 2 and ctx.stats["order+shape"] == 1
+    # without a similarity (no cosine metric installed) the value step is skipped, never guessed
+    got = _pairs(AutoMatcher(), ref, tgt, ctx=MatchContext())
+    assert ("x", None, "unmatched") in got and not any(h == "value" for *_, h in got)
+
+
+def test_value_step_uses_the_registered_metric_not_its_own(rng):
+    """The similarity the matcher gets is computed by the metric plugin: a stand-in shows it is called."""
+    calls = []
+    cos = metric_similarity(get_metric("cosine"))
+
+    def spy(a, b):
+        calls.append((a.size, b.size))
+        return cos(a, b)
+
+    d, e = rng.standard_normal(7).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    ref = [_a("x", d, 0), _a("y", e, 1)]
+    tgt = [_a("q", e + 1e-4, 0), _a("p", d + 1e-4, 1)]
+    got = _pairs(AutoMatcher(), ref, tgt, ctx=MatchContext(similarity=spy))
+    assert ("x", "p", "value") in got and ("y", "q", "value") in got and len(calls) == 4
+    assert AutoMatcher.similarity_metric == "cosine"
 
 
 def test_value_step_refuses_weak_matches(rng):
@@ -81,10 +109,42 @@ def test_mapping_rules_pin_and_exclude(tmp_path, rng):
     rules = MappingRules.load(f)
     ref = [_a("fc", a, 0), _a("dropout", b, 1)]
     tgt = [_a("weird_name", a, 0), _a("Constant_3", b, 1)]
-    m = AutoMatcher(rules)
-    got = _pairs(m, ref, tgt)
-    assert got == [("fc", "weird_name", "pinned")]
-    assert m.stats["excluded_ref"] == 1 and m.stats["excluded_target"] == 1
+    for m in (AutoMatcher(), ExactMatcher()):  # the rules apply around whichever matcher is selected
+        ctx = _ctx()
+        got = _pairs(m, ref, tgt, rules, ctx)
+        assert got == [("fc", "weird_name", "pinned")], m
+        assert ctx.stats["excluded_ref"] == 1 and ctx.stats["excluded_target"] == 1 and ctx.stats["pinned"] == 1
+
+
+def test_mapping_rules_with_the_exact_matcher_through_the_engine(rng, tmp_path):
+    """Pins rename, exclusions drop, the rest is matched by the exact matcher; pins never reach it."""
+    x = {n: rng.standard_normal(8).astype(np.float32) for n in ("a", "b", "c", "noise")}
+    f = tmp_path / "map.toml"
+    f.write_text('[pin]\n"b" = "b_renamed"\n"c" = "a"\n[exclude]\ntarget = ["noise*"]\n')
+    ref = [_a("a", x["a"], 0), _a("b", x["b"], 1), _a("c", x["c"], 2)]
+    # the target's "a" is pinned to the reference's "c": exact names must not pair a with a
+    tgt = [_a("a", x["c"], 0), _a("b_renamed", x["b"], 1), _a("noise_1", x["noise"], 2), _a("z", x["a"], 3)]
+    rep = compare_streams(iter(ref), iter(tgt), ["cosine"], matcher="exact", rules=MappingRules.load(f))
+    got = {(l.ref_name, l.target_name, l.match) for l in rep.layers}
+    assert got == {("b", "b_renamed", "pinned"), ("c", "a", "pinned"), ("a", None, "unmatched"),
+                   (None, "z", "unmatched")}
+    assert all(l.values["cosine"] == pytest.approx(1.0) for l in rep.layers if l.match == "pinned")
+
+
+def test_rules_keep_the_exact_matcher_streaming():
+    seen = []
+
+    def stream(side, names):
+        for i, n in enumerate(names):
+            seen.append((side, n))
+            yield Activation(n, np.ones(3, np.float32), order=i)
+
+    rules = MappingRules(pins={"p": "q"}, exclude_ref=["x*"])
+    pairs = ExactMatcher().match(stream("r", ["a", "x1", "p", "b"]), stream("t", ["a", "q", "b"]), rules)
+    first = next(pairs)
+    assert (first.ref.name, first.target.name) == ("a", "a") and seen == [("r", "a"), ("t", "a")]
+    rest = [(p.ref and p.ref.name, p.target and p.target.name, p.how) for p in pairs]
+    assert sorted(rest, key=str) == sorted([("p", "q", "pinned"), ("b", "b", "exact")], key=str)
 
 
 @pytest.mark.parametrize("text,msg", [
@@ -103,8 +163,9 @@ def test_mapping_errors_name_the_file(tmp_path, text, msg):
 
 def test_pin_of_unknown_layer_is_an_error(tmp_path, rng):
     rules = MappingRules(pins={"nope": "x"})
-    with pytest.raises(ParityError, match="nope"):
-        list(AutoMatcher(rules).pairs(iter([_a("a", np.ones(2, np.float32), 0)]), iter([])))
+    for m in (AutoMatcher(), ExactMatcher()):
+        with pytest.raises(ParityError, match="nope.*reference layers include a"):
+            list(m.match(iter([_a("a", np.ones(2, np.float32), 0)]), iter([]), rules))
 
 
 def test_spill_store_parks_large_arrays_on_disk(tmp_path, rng):
@@ -122,8 +183,8 @@ def test_third_party_matcher_through_register_matchers(rng):
     from parity import hookimpl
     from parity.core import registry as plugins
     from parity.core.engine import compare_streams
+    from parity.contract.matcher import Matcher
     from parity.contract.records import Pair
-    from parity.core.matcher import Matcher
 
     class ByOrder(Matcher):
         name = "by-order"
@@ -156,3 +217,21 @@ def test_exact_name_yields_to_disagreeing_provenance(rng):
     tgt = [_a("relu", a, 0, scopes=["block.act"]), _a("relu_1", b, 1, scopes=["relu"])]
     got = _pairs(AutoMatcher(), ref, tgt)
     assert ("block.act", "relu", "provenance") in got and ("relu", "relu_1", "provenance") in got
+
+
+def test_exact_matcher_streams_and_reports_unmatched():
+    seen = []
+
+    def stream(side, names):
+        for i, n in enumerate(names):
+            seen.append((side, n))
+            yield Activation(n, np.ones(3, np.float32), order=i)
+
+    pairs = ExactMatcher().match(stream("r", ["a", "b", "only_ref"]), stream("t", ["a", "b", "only_tgt"]))
+    first = next(pairs)
+    # the first pair leaves after one record from each side, before the rest is produced
+    assert (first.ref.name, first.target.name) == ("a", "a")
+    assert seen == [("r", "a"), ("t", "a")]
+    rest = list(pairs)
+    assert [(p.ref and p.ref.name, p.target and p.target.name, p.how) for p in rest] == [
+        ("b", "b", "exact"), ("only_ref", None, "unmatched"), (None, "only_tgt", "unmatched")]

@@ -1,84 +1,28 @@
-"""Matchers: line up reference and target layers before scoring.
+"""The auto matcher: aligns layers across frameworks (exact names, graph outputs, export provenance,
+normalized names, then graph order plus shape, then value similarity).
 
-A matcher turns two activation streams into a stream of :class:`parity.contract.records.Pair`.
-Every pair says how it was matched and with what confidence; layers found on one side
-only come out as pairs with the other side ``None``, so nothing is silently dropped.
+The value step scores candidates with the registered metric named by ``similarity_metric``
+(cosine), which the core hands over as ``ctx.similarity``: no second cosine lives here. Mapping
+rules (pins, exclusions) are applied around this matcher by :meth:`parity.contract.matcher.Matcher.match`.
 """
 from __future__ import annotations
 
-from itertools import zip_longest
-from typing import ClassVar, Iterable, Iterator
+import bisect
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
 
-from parity.contract.records import Pair
-from parity.contract.records import Activation
+import numpy as np
 
-
-class Matcher:
-    """Base class for matcher plugins."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation]) -> Iterator[Pair]:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<matcher {self.name}>"
-
-
-class ExactMatcher(Matcher):
-    """Pairs records with equal keys, streaming: a pair leaves as soon as both sides have arrived.
-
-    Both streams are pulled in turn, so two sources producing layers in the same order keep
-    at most one unpaired activation waiting on each side.
-    """
-
-    name = "exact"
-    description = "pair layers with identical names (same framework, or dumps named alike)"
-
-    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation]) -> Iterator[Pair]:
-        waiting_ref: dict[str, Activation] = {}
-        waiting_tgt: dict[str, Activation] = {}
-        sentinel = object()
-        for r, t in zip_longest(ref, target, fillvalue=sentinel):
-            if r is not sentinel:
-                assert isinstance(r, Activation)
-                other = waiting_tgt.pop(r.key, None)
-                if other is not None:
-                    yield Pair(r, other, "exact", 1.0)
-                else:
-                    waiting_ref[r.key] = r
-            if t is not sentinel:
-                assert isinstance(t, Activation)
-                other = waiting_ref.pop(t.key, None)
-                if other is not None:
-                    yield Pair(other, t, "exact", 1.0)
-                else:
-                    waiting_tgt[t.key] = t
-        for r in waiting_ref.values():
-            yield Pair(r, None, "unmatched", 0.0)
-        for t in waiting_tgt.values():
-            yield Pair(None, t, "unmatched", 0.0)
-
-
-# --------------------------------------------------------------------------------------
-# Cross-framework matching
-# --------------------------------------------------------------------------------------
-
-import fnmatch  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from parity.contract.errors import ParityError  # noqa: E402
+from parity.contract.matcher import MatchContext, Matcher, normalize_name
+from parity.contract.records import Activation, Pair
 
 #: confidence of each matching method, highest first; the report shows method and confidence
-CONFIDENCE = {"exact": 1.0, "output": 1.0, "pinned": 1.0, "provenance": 0.95, "normalized": 0.8,
+#: (pinned pairs, confidence 1.0, come from the mapping rules around the matcher)
+CONFIDENCE = {"exact": 1.0, "output": 1.0, "provenance": 0.95, "normalized": 0.8,
               "order+shape": 0.6, "value": 0.5}
 
 
@@ -100,63 +44,6 @@ class SpillStore:
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def normalize_name(name: str) -> str:
-    """A framework-neutral form of a layer name: the module path a name most likely denotes.
-
-    ``/layer1/layer1.0/conv1/Conv_output_0`` → ``layer1.0.conv1``; ``layer1.0.conv1`` stays;
-    ``features_3_conv`` and ``features.3.conv`` meet at ``features.3.conv``.
-    """
-    n = name.strip()
-    n = re.sub(r"#\d+$", "", n)
-    n = re.sub(r"(_output)?_\d+$", "", n) if "/" in n else n
-    if "/" in n:
-        parts = [p for p in n.split("/") if p]
-        # the last component names the op (Conv, Relu, MatMul_1) when the name is a node/tensor name
-        if len(parts) > 1:
-            parts = parts[:-1]
-        path = ""
-        for p in parts:
-            path = p if (not path or p.startswith(path + ".") or p.startswith(path + "_")) else f"{path}.{p}"
-        n = path
-    n = n.replace("_", ".").replace("::", ".").lower()
-    return re.sub(r"\.+", ".", n).strip(".")
-
-
-@dataclass
-class MappingRules:
-    """User pins and exclusions from a TOML mapping file (``configs/`` has an example)."""
-
-    pins: dict[str, str] = field(default_factory=dict)  # ref name -> target name
-    exclude_ref: list[str] = field(default_factory=list)  # glob patterns
-    exclude_target: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MappingRules":
-        import tomllib
-
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ParityError(f"{p}: mapping file not found.") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ParityError(f"{p}: not valid TOML ({e}).") from None
-        pins = data.get("pin", {})
-        exc = data.get("exclude", {})
-        if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
-            raise ParityError(f"{p}: [pin] must map reference layer names to target layer names (strings).")
-        if not isinstance(exc, dict) or any(k not in ("ref", "target") for k in exc):
-            raise ParityError(f"{p}: [exclude] takes keys 'ref' and 'target', each a list of name patterns.")
-        unknown = set(data) - {"pin", "exclude"}
-        if unknown:
-            raise ParityError(f"{p}: unknown section(s) {', '.join(sorted(unknown))}. Note: valid: [pin], [exclude].")
-        return cls(dict(pins), list(exc.get("ref", [])), list(exc.get("target", [])))
-
-    def excluded(self, name: str, side: str) -> bool:
-        pats = self.exclude_ref if side == "ref" else self.exclude_target
-        return any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 
 def _scopes(a: Activation) -> list[str]:
@@ -208,17 +95,6 @@ def _lis(seq: list[int]) -> list[int]:
     return out[::-1]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    m = np.isfinite(x) & np.isfinite(y)
-    x, y = x[m], y[m]
-    nx, ny = float(np.dot(x, x)), float(np.dot(y, y))
-    if nx == 0 or ny == 0:
-        return 1.0 if nx == ny else 0.0
-    return float(np.dot(x, y) / np.sqrt(nx * ny))
-
-
 class AutoMatcher(Matcher):
     """Aligns layers across frameworks: exact names, graph outputs, export provenance,
     normalized names, then (for what is left) graph order plus shape, then value similarity.
@@ -230,30 +106,24 @@ class AutoMatcher(Matcher):
 
     name = "auto"
     description = "cross-framework: exact, outputs, export provenance, normalized names, order+shape, values"
+    similarity_metric = "cosine"
 
-    def __init__(self, rules: MappingRules | None = None, value_min_cosine: float = 0.99,
-                 spill_dir: str | None = None):
-        self.rules = rules or MappingRules()
-        self.value_min_cosine = value_min_cosine
-        self.spill_dir = spill_dir
-        self.stats: dict[str, int] = {}
+    def __init__(self, value_min_similarity: float = 0.99):
+        #: the value step pairs two layers only when their similarity reaches this
+        self.value_min_similarity = value_min_similarity
 
-    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation]) -> Iterator[Pair]:
-        store = SpillStore(self.spill_dir)
+    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
+              ctx: MatchContext | None = None) -> Iterator[Pair]:
+        ctx = ctx if ctx is not None else MatchContext()
+        store = SpillStore(ctx.spill_dir)
         try:
-            yield from self._pairs(ref, target, store)
+            yield from self._pairs(ref, target, store, ctx)
         finally:
             store.close()
 
-    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], store: SpillStore) -> Iterator[Pair]:
-        rules = self.rules
-        refs: list[Activation] = []
-        excluded = {"ref": 0, "target": 0}
-        for r in ref:
-            if rules.excluded(r.key, "ref"):
-                excluded["ref"] += 1
-                continue
-            refs.append(store.park(r))
+    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], store: SpillStore,
+               ctx: MatchContext) -> Iterator[Pair]:
+        refs: list[Activation] = [store.park(r) for r in ref]
         by_key: dict[str, int] = {}
         by_scope: dict[str, list[int]] = {}
         by_norm: dict[str, list[int]] = {}
@@ -265,11 +135,6 @@ class AutoMatcher(Matcher):
             for s in _scopes(r)[:1]:
                 by_scope.setdefault(s, []).append(i)
             by_norm.setdefault(normalize_name(r.key), []).append(i)
-        pinned = {t: r for r, t in rules.pins.items()}
-        for rname in rules.pins:
-            if rname not in by_key:
-                raise ParityError(f"mapping pins reference layer {rname!r}, which the reference does not have. "
-                                  f"Note: reference layers include {', '.join(list(by_key)[:10])}.")
         claimed: set[int] = set()
         scope_seen: dict[str, int] = {}
         stats = {k: 0 for k in CONFIDENCE}
@@ -281,14 +146,8 @@ class AutoMatcher(Matcher):
             return refs[i].array.size == t.array.size
 
         for ti, t in enumerate(target):
-            if rules.excluded(t.key, "target"):
-                excluded["target"] += 1
-                continue
             found: list[tuple[int, str]] = []
-            if t.key in pinned:
-                found = [(by_key[pinned[t.key]], "pinned")]
-            elif t.key in by_key and by_key[t.key] not in claimed and t.key not in rules.pins \
-                    and not _provenance_disagrees(refs[by_key[t.key]], t):
+            if t.key in by_key and by_key[t.key] not in claimed and not _provenance_disagrees(refs[by_key[t.key]], t):
                 # same name; when the exporter's provenance also names this module, say so
                 agrees = refs[by_key[t.key]].meta.get("module_path") in (t.meta.get("scopes") or ())
                 found = [(by_key[t.key], "provenance" if agrees else "exact")]
@@ -320,7 +179,7 @@ class AutoMatcher(Matcher):
                 claimed.add(i)
                 stats[how] += 1
                 matched_order.append((i, ti))
-                note = "" if compatible(i, t) else "pinned pair differs in size"
+                note = "" if compatible(i, t) else "same name, sizes differ"
                 yield Pair(refs[i], t, how, CONFIDENCE[how], note)
                 refs[i] = _released(refs[i])  # scored: let its pages go (a claimed layer is never read again)
 
@@ -329,8 +188,6 @@ class AutoMatcher(Matcher):
         chain = [matched_order[j] for j in _lis([ti for _, ti in matched_order])]
         anchor_r = [i for i, _ in chain]
         anchor_t = [ti for _, ti in chain]
-        import bisect
-
         gaps_r: dict[int, list[int]] = {}
         for i in range(len(refs)):
             if i not in claimed:
@@ -358,31 +215,33 @@ class AutoMatcher(Matcher):
                                    "fuzzy match: only layer of this shape between its matched neighbours")
             # value similarity over size-compatible candidates, optimal assignment
             rest_t = [(ti, t) for ti, t in tis if ti not in used_t]
-            if ris and rest_t:
+            if ris and rest_t and ctx.similarity is not None:
                 from scipy.optimize import linear_sum_assignment
 
                 cost = np.full((len(ris), len(rest_t)), 2.0)
                 for a, i in enumerate(ris):
                     for b, (_, t) in enumerate(rest_t):
                         if refs[i].array.size == t.array.size:
-                            cost[a, b] = 1.0 - _cosine(refs[i].array, t.array)
+                            sim = ctx.similarity(refs[i].array, t.array)
+                            if not math.isnan(sim):
+                                cost[a, b] = 1.0 - sim
                 rows, cols = linear_sum_assignment(cost)
                 for a, b in zip(rows, cols):
                     cos = 1.0 - cost[a, b]
-                    if cost[a, b] <= 1.0 and cos >= self.value_min_cosine:
+                    if cost[a, b] <= 1.0 and cos >= self.value_min_similarity:
                         i = ris[a]
                         ti, t = rest_t[b]
                         used_t.add(ti)
                         claimed.add(i)
                         stats["value"] += 1
                         yield Pair(refs[i], t, "value", round(CONFIDENCE["value"] * cos, 3),
-                                   f"fuzzy match by values (cosine {cos:.4f}); names did not match")
+                                   f"fuzzy match by values ({self.similarity_metric} {cos:.4f}); "
+                                   f"names did not match")
         for i, r in enumerate(refs):
             if i not in claimed:
                 yield Pair(r, None, "unmatched", 0.0)
         for ti, t in leftover:
             if ti not in used_t:
                 yield Pair(None, t, "unmatched", 0.0)
-        stats["excluded_ref"] = excluded["ref"]
-        stats["excluded_target"] = excluded["target"]
-        self.stats = stats
+        for k, v in stats.items():
+            ctx.stats[k] = ctx.stats.get(k, 0) + v

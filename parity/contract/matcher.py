@@ -1,0 +1,230 @@
+"""The matcher contract: how reference and target layers are lined up before scoring, and the
+user's mapping rules that apply whichever matcher is selected.
+
+A matcher turns two activation streams into a stream of :class:`parity.contract.records.Pair`.
+Every pair says how it was matched and with what confidence; layers found on one side only
+come out as pairs with the other side ``None``, so nothing is silently dropped.
+
+The core calls :meth:`Matcher.match`, which applies :class:`MappingRules` (exclusions and pins)
+around the plugin's own :meth:`Matcher.pairs`: a pinned pair or an excluded layer never reaches
+the matcher, so every matcher honours a mapping file without knowing about it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Iterator
+
+import numpy as np
+
+from parity.contract.errors import ParityError
+from parity.contract.metric import Metric, score_pair
+from parity.contract.records import Activation, Pair
+
+#: confidence of a pair the user pinned in a mapping file
+PINNED_CONFIDENCE = 1.0
+
+Similarity = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass
+class MatchContext:
+    """What the core hands a matcher for one run.
+
+    ``similarity`` scores two equal-size arrays with the metric the matcher asked for by name
+    (:attr:`Matcher.similarity_metric`), computed by that registered metric; ``None`` when the
+    matcher asked for none or it is not installed. ``spill_dir`` is where a matcher may park
+    arrays on disk (``None``: the system's temporary folder). A matcher counts how it matched
+    into ``stats`` (method -> pairs); the core reports the counts.
+    """
+
+    similarity: Similarity | None = None
+    spill_dir: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def metric_similarity(metric: Metric, options: dict | None = None) -> Similarity:
+    """A ``similarity(a, b)`` callable computed by ``metric`` (the one chunked pass of the contract)."""
+
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        return score_pair(np.asarray(a), np.asarray(b), [metric], options)[0][metric.name]
+
+    return similarity
+
+
+class Matcher:
+    """Base class for matcher plugins.
+
+    Implement :meth:`pairs`. It may take a third parameter, ``ctx`` (a :class:`MatchContext`), to
+    use a similarity metric or the spill folder and to report its counts. Set
+    :attr:`similarity_metric` to the name of a registered metric to get ``ctx.similarity``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: name of the registered metric whose value ``ctx.similarity`` computes (None: needs none)
+    similarity_metric: ClassVar[str | None] = None
+
+    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
+              ctx: MatchContext | None = None) -> Iterator[Pair]:
+        raise NotImplementedError
+
+    def match(self, ref: Iterable[Activation], target: Iterable[Activation],
+              rules: MappingRules | None = None, ctx: MatchContext | None = None) -> Iterator[Pair]:
+        """What the core calls: :meth:`pairs` with the mapping ``rules`` applied around it."""
+        ctx = ctx if ctx is not None else MatchContext()
+        if "ctx" in inspect.signature(self.pairs).parameters:
+            def inner(r: Iterable[Activation], t: Iterable[Activation]) -> Iterator[Pair]:
+                return self.pairs(r, t, ctx)
+        else:  # a matcher written against the two-argument form
+            def inner(r: Iterable[Activation], t: Iterable[Activation]) -> Iterator[Pair]:
+                return self.pairs(r, t)
+        if rules is None or rules.empty:
+            return inner(ref, target)
+        return apply_rules(inner, ref, target, rules, ctx)
+
+    def __repr__(self) -> str:
+        return f"<matcher {self.name}>"
+
+
+def normalize_name(name: str) -> str:
+    """A framework-neutral form of a layer name: the module path a name most likely denotes.
+
+    ``/layer1/layer1.0/conv1/Conv_output_0`` → ``layer1.0.conv1``; ``layer1.0.conv1`` stays;
+    ``features_3_conv`` and ``features.3.conv`` meet at ``features.3.conv``.
+    """
+    n = name.strip()
+    n = re.sub(r"#\d+$", "", n)
+    n = re.sub(r"(_output)?_\d+$", "", n) if "/" in n else n
+    if "/" in n:
+        parts = [p for p in n.split("/") if p]
+        # the last component names the op (Conv, Relu, MatMul_1) when the name is a node/tensor name
+        if len(parts) > 1:
+            parts = parts[:-1]
+        path = ""
+        for p in parts:
+            path = p if (not path or p.startswith(path + ".") or p.startswith(path + "_")) else f"{path}.{p}"
+        n = path
+    n = n.replace("_", ".").replace("::", ".").lower()
+    return re.sub(r"\.+", ".", n).strip(".")
+
+
+@dataclass
+class MappingRules:
+    """User pins and exclusions from a TOML mapping file (``configs/`` has an example)."""
+
+    pins: dict[str, str] = field(default_factory=dict)  # ref name -> target name
+    exclude_ref: list[str] = field(default_factory=list)  # glob patterns
+    exclude_target: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MappingRules":
+        import tomllib
+
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ParityError(f"{p}: mapping file not found.") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ParityError(f"{p}: not valid TOML ({e}).") from None
+        pins = data.get("pin", {})
+        exc = data.get("exclude", {})
+        if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
+            raise ParityError(f"{p}: [pin] must map reference layer names to target layer names (strings).")
+        if not isinstance(exc, dict) or any(k not in ("ref", "target") for k in exc):
+            raise ParityError(f"{p}: [exclude] takes keys 'ref' and 'target', each a list of name patterns.")
+        unknown = set(data) - {"pin", "exclude"}
+        if unknown:
+            raise ParityError(f"{p}: unknown section(s) {', '.join(sorted(unknown))}. Note: valid: [pin], [exclude].")
+        return cls(dict(pins), list(exc.get("ref", [])), list(exc.get("target", [])))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.pins or self.exclude_ref or self.exclude_target)
+
+    def excluded(self, name: str, side: str) -> bool:
+        pats = self.exclude_ref if side == "ref" else self.exclude_target
+        return any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+
+def apply_rules(inner: Callable[[Iterable[Activation], Iterable[Activation]], Iterator[Pair]],
+                ref: Iterable[Activation], target: Iterable[Activation], rules: MappingRules,
+                ctx: MatchContext) -> Iterator[Pair]:
+    """Run a matcher on the streams less excluded and pinned layers; yield the pinned pairs beside its own.
+
+    Streaming: a pinned layer waits only until its partner arrives (pins are few), and the pair
+    leaves at the next pair the matcher yields, or at the end. Counts ``pinned``,
+    ``excluded_ref`` and ``excluded_target`` into ``ctx.stats``. A pin naming a reference layer
+    the reference never produced is an error naming the layers it did produce.
+    """
+    pinned_t = {t: r for r, t in rules.pins.items()}
+    held_ref: dict[str, Activation] = {}
+    held_tgt: dict[str, Activation] = {}
+    ready: list[Pair] = []
+    seen_ref: list[str] = []
+    seen_pins: set[str] = set()
+    counts = {"pinned": 0, "excluded_ref": 0, "excluded_target": 0}
+
+    def pin(r: Activation, t: Activation) -> None:
+        note = "" if r.array.size == t.array.size else "pinned pair differs in size"
+        counts["pinned"] += 1
+        ready.append(Pair(r, t, "pinned", PINNED_CONFIDENCE, note))
+
+    def refs() -> Iterator[Activation]:
+        for r in ref:
+            if rules.excluded(r.key, "ref"):
+                counts["excluded_ref"] += 1
+                continue
+            if len(seen_ref) < 10:
+                seen_ref.append(r.key)
+            if r.key in rules.pins:
+                seen_pins.add(r.key)
+                t = held_tgt.pop(rules.pins[r.key], None)
+                if t is not None:
+                    pin(r, t)
+                else:
+                    held_ref[r.key] = r
+                continue
+            yield r
+
+    def targets() -> Iterator[Activation]:
+        for t in target:
+            if rules.excluded(t.key, "target"):
+                counts["excluded_target"] += 1
+                continue
+            if t.key in pinned_t:
+                r = held_ref.pop(pinned_t[t.key], None)
+                if r is not None:
+                    pin(r, t)
+                else:
+                    held_tgt[t.key] = t
+                continue
+            yield t
+
+    r_it, t_it = refs(), targets()
+    for pair in inner(r_it, t_it):
+        yield pair
+        while ready:
+            yield ready.pop(0)
+    # a matcher may stop before a stream ends: what it never took is listed, and pins still meet
+    for r in r_it:
+        yield Pair(r, None, "unmatched", 0.0)
+    for t in t_it:
+        yield Pair(None, t, "unmatched", 0.0)
+    while ready:
+        yield ready.pop(0)
+    missing = [r for r in rules.pins if r not in seen_pins]
+    if missing:
+        raise ParityError(f"mapping pins reference layer {missing[0]!r}, which the reference does not have. "
+                          f"Note: reference layers include {', '.join(seen_ref)}.")
+    for r in held_ref.values():
+        yield Pair(r, None, "unmatched", 0.0, f"pinned to {rules.pins[r.key]!r}, which the target does not have")
+    for t in held_tgt.values():
+        yield Pair(None, t, "unmatched", 0.0)
+    for k, v in counts.items():
+        ctx.stats[k] = ctx.stats.get(k, 0) + v

@@ -1,0 +1,49 @@
+"""The exact matcher: pairs records with equal keys."""
+from __future__ import annotations
+
+from itertools import zip_longest
+from typing import Iterable, Iterator
+
+from parity.contract.matcher import MatchContext, Matcher
+from parity.contract.records import Activation, Pair
+
+
+class ExactMatcher(Matcher):
+    """Pairs records with equal keys, streaming: a pair leaves as soon as both sides have arrived.
+
+    Both streams are pulled in turn, so two sources producing layers in the same order keep
+    at most one unpaired activation waiting on each side.
+    """
+
+    name = "exact"
+    description = "pair layers with identical names (same framework, or dumps named alike)"
+
+    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
+              ctx: MatchContext | None = None) -> Iterator[Pair]:
+        waiting_ref: dict[str, Activation] = {}
+        waiting_tgt: dict[str, Activation] = {}
+        sentinel = object()
+        n = 0
+        for r, t in zip_longest(ref, target, fillvalue=sentinel):
+            if r is not sentinel:
+                assert isinstance(r, Activation)
+                other = waiting_tgt.pop(r.key, None)
+                if other is not None:
+                    n += 1
+                    yield Pair(r, other, "exact", 1.0)
+                else:
+                    waiting_ref[r.key] = r
+            if t is not sentinel:
+                assert isinstance(t, Activation)
+                other = waiting_ref.pop(t.key, None)
+                if other is not None:
+                    n += 1
+                    yield Pair(other, t, "exact", 1.0)
+                else:
+                    waiting_tgt[t.key] = t
+        for r in waiting_ref.values():
+            yield Pair(r, None, "unmatched", 0.0)
+        for t in waiting_tgt.values():
+            yield Pair(None, t, "unmatched", 0.0)
+        if ctx is not None:
+            ctx.stats["exact"] = ctx.stats.get("exact", 0) + n
