@@ -330,7 +330,7 @@ def _setup_manifest_escaping_path(tmp: Path) -> Path:
     (_setup_manifest_newer, {}, r"{p}/parity-manifest\.json: manifest schema_version 99 is newer"),
     (_setup_manifest_escaping_path, {}, r"{p}/parity-manifest\.json: manifest entry 0 is invalid: 'file' must be a plain file name"),
     (_setup_manifest_bad_json, {"tag": "fp32"}, r"{p}: holds a single run written by parity"),
-    (_setup_duplicate, {"fmt": "nosuch"}, r"unknown format 'nosuch'\. Known formats: npy, npz, trt-text"),
+    (_setup_duplicate, {"fmt": "nosuch"}, r"unknown dump format 'nosuch'\. Known dump formats: npy, npz, trt-text"),
 ])
 def test_read_errors_are_eager_and_name_the_path(tmp_path, setup, kwargs, pattern):
     p = setup(tmp_path)
