@@ -406,10 +406,12 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
 
     import parity.core.compare as pc
     import parity.core.engine as pe
-    import parity.core.matcher as pm
+    import parity.lib.onnx.convert as oconv
     import parity.lib.onnx.export as oexp
     import parity.lib.onnx.graph as ograph
-    import parity.lib.onnx.convert as oconv
+    import parity.lib.onnx.models as omodels
+    import parity_builtin_matchers.auto as pm
+    import parity_builtin_onnxruntime.runner as orun
     import parity_builtin_torch.source as tsrc
     from parity_builtin_onnxruntime.source import OrtSource
 
@@ -418,13 +420,13 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
     ph.wrap(tsrc.TorchSource, "run", "torch source: stream (load, forward, copies; main-thread wait)")
     ph.wrap(tsrc, "load_torch_model", "  torch source: load model (factory)")
     ph.wrap(OrtSource, "run", "ort source: stream (everything below)")
-    ph.wrap(OrtSource, "_load_torch", "  ort: load torch model again (factory)")
+    ph.wrap(omodels, "_load_torch", "  ort: load torch model again (factory)")
     ph.wrap(oexp, "_module_digest", "  ort: export cache key (hash of weights)")
     ph.wrap(oexp, "export_onnx", "  ort: export to ONNX (cold only)")
     ph.wrap(ograph, "load_model", "  ort: onnx.load")
     ph.wrap(oconv, "to_fp16", "  ort: fp16 conversion (cached after the first)")
     ph.wrap(ograph, "with_outputs", "  ort: mark outputs")
-    orig_session = OrtSource.__dict__["_session"].__func__
+    orig_session = orun.make_session
 
     def timed_session(*a: Any, **k: Any) -> Any:
         t0 = time.perf_counter()
@@ -432,7 +434,7 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
         ph.add("  ort: create session(s) (serialize + optimize)", time.perf_counter() - t0)
         return _TimedSession(s, ph)
 
-    OrtSource._session = staticmethod(timed_session)  # type: ignore[method-assign]
+    orun.make_session = timed_session  # the runner's own name for it: every capture session
     ph.wrap(pm.SpillStore, "park", "matcher: park reference on disk (np.save + mmap)")
     ph.wrap(pe, "score", "engine: score pairs (metrics)")
     if diagnose:

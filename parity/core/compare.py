@@ -15,7 +15,7 @@ import numpy as np
 from parity.core.engine import match_pairs, merge_reports, run_engine
 
 from parity.contract.report import Report
-from parity.contract.errors import ParityError, UsageError
+from parity.contract.errors import ParityError
 from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
 from parity.contract.matcher import MappingRules
 from parity.contract.dumpformat import AnnotationContext

@@ -8,15 +8,11 @@ half-written file, and never replaces a good one).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import stat
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, TextIO
 
+from parity.contract.atomic import atomic_text
 from parity.contract.errors import UsageError
 from parity.contract.report import Report, summary_lines
 from parity.contract.reporter import Reporter
@@ -63,34 +59,6 @@ def get_reporters(requests: Iterable[ReportRequest]) -> list[Reporter]:
     return [get_reporter(r.name) for r in reqs]
 
 
-@contextlib.contextmanager
-def _replacing(path: str | os.PathLike) -> Any:
-    """A text stream to a temporary file beside ``path``, renamed onto it if the block succeeds.
-
-    The file is created like an ordinary ``open(path, "w")`` would: mode 0666 less the umask, or
-    the mode of the file it replaces (not ``mkstemp``'s 0600).
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(dest.stat().st_mode))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(report: Report, name: str | Reporter, path: str = STDOUT,
                  options: Mapping[str, Any] | None = None, stdout: TextIO | None = None) -> str | None:
     """Write ``report`` with one reporter (a name or an object) to ``path``; returns the path, or None for stdout."""
@@ -103,7 +71,7 @@ def write_report(report: Report, name: str | Reporter, path: str = STDOUT,
         reporter.write(report, out, opts)
         out.flush()
         return None
-    with _replacing(path) as f:
+    with atomic_text(path) as f:
         reporter.write(report, f, opts)
     return str(path)
 
