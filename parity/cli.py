@@ -11,6 +11,7 @@ import sys
 from typing import Any, Sequence
 
 from parity.contract.errors import ParityError, UsageError
+from parity.contract.options import as_list
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv_list(s: str | None) -> list[str] | None:
-    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+    return as_list(s) or None
 
 
 def parse_thresholds(s: str | None, metrics: list[str] | None) -> dict[str, float]:

@@ -3,21 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from typing import Any, Mapping, TextIO
 
 from parity.contract.report import Report
 from parity.contract.reporter import Reporter
 
-
-def _num(v: Any) -> Any:
-    """NaN/Inf as "nan", "inf", "-inf", the same spelling as the JSON report."""
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-    return v
+from .json_report import number as _num
 
 
 def csv_text(report: Report) -> str:

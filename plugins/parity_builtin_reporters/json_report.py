@@ -14,13 +14,13 @@ import numpy as np
 from parity.contract.report import Report
 from parity.contract.reporter import Reporter
 
-#: the schema identifier (a name, kept from when the writer lived in parity.core.report)
-SCHEMA = "parity.core.report"
+#: the schema identifier of the JSON report (unchanged since schema version 1)
+SCHEMA = "parity.report"
 SCHEMA_VERSION = 2
 
 
-def _num(v: Any) -> Any:
-    """JSON has no NaN/Inf: they are written as the strings "nan", "inf", "-inf"."""
+def number(v: Any) -> Any:
+    """JSON has no NaN/Inf: they are written as the strings "nan", "inf", "-inf" (the CSV report too)."""
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
@@ -37,7 +37,7 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     if isinstance(obj, float):
-        return _num(obj)
+        return number(obj)
     if isinstance(obj, np.generic):
         return _clean(obj.item())
     return str(obj)

@@ -174,12 +174,7 @@ def parse_layer_precisions(spec: str | Iterable[str] | None, where: str = "trt_l
     """
     if spec is None:
         return ()
-    items: list[str] = []
-    if isinstance(spec, str):
-        items = [s for s in (p.strip() for p in spec.split(",")) if s]
-    else:
-        for s in spec:
-            items.extend(p.strip() for p in str(s).split(",") if p.strip())
+    items = [item for part in as_list(spec) for item in as_list(part)]  # a list of "a:fp32,b:fp16" strings too
     out: list[LayerPrecision] = []
     for item in items:
         name, prec = _split_name_value(item, where)

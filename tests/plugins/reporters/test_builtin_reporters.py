@@ -30,7 +30,7 @@ def test_json_schema_is_stable_and_strict(rng, tmp_path):
     p = tmp_path / "r.json"
     assert write_report(rep, "json", str(p)) == str(p)
     d = json.loads(p.read_text())  # strict JSON: NaN/Inf are strings, not bare tokens
-    assert d["schema"] == "parity.core.report" and d["schema_version"] == SCHEMA_VERSION
+    assert d["schema"] == "parity.report" and d["schema_version"] == SCHEMA_VERSION
     assert d["passed"] is False and d["first_divergent"] == "conv1"
     assert [m["name"] for m in d["metrics"]] == ["cosine", "rel-diff", "sqnr"]
     layers = {l["name"]: l for l in d["layers"]}
