@@ -1,4 +1,4 @@
-"""Diagnosis support for the torch sources: local runs, keep-in-fp32, output-only runs.
+"""Local runs for ``--diagnose``: each leaf module (or fx node) alone in the target precision.
 
 *Local* error is what one layer adds on its own (see ``parity.core.diagnose``). Here it is measured
 inside one fp32 forward: a forward pre-hook on every leaf module casts that call's inputs to
@@ -7,53 +7,61 @@ hook runs the target model's own module at the same path on them and hands the f
 and the low-precision output out at once, through the same bounded queue ``run()`` uses. So
 only one leaf call's inputs and outputs exist at a time, whatever the model's size.
 
-``keep_high_precision`` is the torch-autocast-style fix that ``parity fix`` searches: the named
-modules keep their fp32 weights (cast from the loaded model, never from the rounded fp16 ones)
-and cast their float inputs to fp32 on entry; they pass fp32 outputs on, and the next
-low-precision module with weights casts them down on entry (as autocast does).
+:func:`local_results` is what ``TorchSource.local_errors`` does. ``keep_high_precision`` (the
+fix ``parity fix`` searches) is applied when the model is prepared, in :mod:`.loader`.
 """
 from __future__ import annotations
 
 import operator
-import re
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from parity.contract.errors import ParityError, first_line
+from parity.contract.source import RunConfig
 
 from . import capture
+from .loader import PreparedCache, module_of_key, torch_dtype
+from .runner import graph_module, inputs
 
-_INDEX_RE = re.compile(r":\d+$")
-_CALL_RE = re.compile(r"#\d+$")
+__all__ = ["local_results", "module_of_key", "run_local_fx", "run_local_modules"]
 
 
-# --------------------------------------------------------------------------- options
+def local_results(target: PreparedCache, reference: PreparedCache, cfg: RunConfig,
+                  feed: dict[str, np.ndarray], skipped: list[dict[str, str]]) -> Iterator[Any]:
+    """Each layer of ``target``'s model alone in its precision on the fp32 (``reference``) inputs.
 
-# --------------------------------------------------------------------------- tensors
-
-def cast_tree(value: Any, to: Any, only: tuple = ()) -> Any:
-    """``value`` with its floating tensors cast to ``to`` (those of dtype in ``only`` when given).
-
-    Tuples, named tuples, lists and dicts are rebuilt; other objects pass through as they are.
+    Yields ``parity.contract.records.LocalResult`` keyed like ``run()``'s records; layers that
+    fail alone are appended to ``skipped`` as ``{"key", "why"}``.
     """
     import torch
 
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point() and (not only or value.dtype in only):
-            return value.to(to)
-        return value
-    if isinstance(value, tuple):
-        items = [cast_tree(v, to, only) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [cast_tree(v, to, only) for v in value]
-    if isinstance(value, dict):
-        items = {k: cast_tree(v, to, only) for k, v in value.items()}
-        try:
-            return type(value)(items)
-        except Exception:
-            return items
-    return value
+    with target.hold(cfg) as tgt:
+        if tgt.loaded.kind == "torchscript":
+            raise ParityError(f"local runs (--diagnose) of {target.name} need forward hooks, which TorchScript "
+                              f"model {tgt.loaded.path} does not run. Note: give the model as a Python spec "
+                              f"(file.py:factory) or an ExportedProgram (.pt2)")
+        opts = {k: v for k, v in cfg.options.items() if k not in ("keep_high_precision", "outputs_only")}
+        ref_cfg = RunConfig(**{**cfg.__dict__, "options": opts})
+        with reference.hold(ref_cfg) as ref:
+            args, kwargs = inputs(reference.precision, ref, ref_cfg, feed)
+            dtype = torch_dtype(target.precision)
+
+            def skip(key: str, why: str) -> None:
+                skipped.append({"key": key, "why": why})
+
+            def work(emit: capture.Emit) -> None:
+                with torch.no_grad():
+                    if ref.mode == "modules":
+                        run_local_modules(ref.module, tgt.module, args, kwargs, dtype, emit, skip,
+                                          ref.type_names)
+                    else:
+                        gm = graph_module(ref, args, kwargs)
+                        run_local_fx(gm, args, kwargs, dtype, emit, skip, tgt.keep)
+
+            yield from capture.stream(work, f"local runs of {cfg.model} with source {target.name}",
+                                      thread_name="parity-torch-local")
 
 
 def _fresh_tree(value: Any, to: Any) -> Any:
@@ -77,97 +85,6 @@ def _fresh_tree(value: Any, to: Any) -> Any:
         except Exception:
             return items
     return value
-
-
-# --------------------------------------------------------------------------- keep_high_precision
-
-def module_of_key(key: str, fx: bool = False) -> str:
-    """The module path a record key names: ``block#1:2`` -> ``block``; fx ``a.b#1/linear#2`` -> ``a.b``."""
-    k = _INDEX_RE.sub("", key.strip())
-    if fx:
-        if "/" not in k:
-            return ""
-        k = k.split("/", 1)[0]
-    return _CALL_RE.sub("", k)
-
-
-def resolve_keep(module: Any, names: Iterable[str], where: str, fx: bool = False) -> list[str]:
-    """Module paths to keep in fp32 for record keys / module paths; the outermost of nested ones."""
-    paths = {p for p, _ in module.named_modules() if p}
-    wanted: list[str] = []
-    unknown: list[str] = []
-    for n in names:
-        p = n if n in paths else module_of_key(n, fx)
-        if p in paths:
-            if p not in wanted:
-                wanted.append(p)
-        else:
-            unknown.append(n)
-    if unknown:
-        valid = sorted(paths, key=lambda s: (s.count("."), s))
-        more = f", … ({len(valid)} in all)" if len(valid) > 12 else ""
-        why = (" 'output' is the model's output record, not a layer;" if "output" in unknown else "")
-        if fx and any("/" not in _INDEX_RE.sub("", u) and u != "output" for u in unknown):
-            why += " ops in the model's own forward (no submodule) cannot be kept;"
-        raise ParityError(f"keep_high_precision names {', '.join(map(repr, unknown))}, which are not modules of "
-                          f"{where}.{why} Note: give module paths or record keys (a '#k' call suffix and ':N' "
-                          f"output index are accepted); modules there: {', '.join(valid[:12]) or 'none'}{more}")
-    wanted.sort(key=lambda s: s.count("."))
-    outer: list[str] = []
-    for p in wanted:
-        if not any(p.startswith(o + ".") for o in outer):
-            outer.append(p)
-    return outer
-
-
-def cast_keeping(module: Any, device: Any, dtype: Any, keep: list[str], where: str) -> None:
-    """Move ``module`` to ``device`` and cast it to ``dtype``, except the ``keep`` subtrees (fp32).
-
-    Each module's own tensors are cast once from their loaded values, so kept weights are the
-    original fp32 ones. A parameter shared across the boundary cannot be both: refused.
-    """
-    import torch
-
-    kept = {id(m) for p in keep for m in module.get_submodule(p).modules()}
-    side: dict[int, tuple[bool, str]] = {}
-    for path, sub in module.named_modules(remove_duplicate=False):
-        k = id(sub) in kept
-        for tname, t in list(sub._parameters.items()) + list(sub._buffers.items()):
-            if t is None or not t.is_floating_point():
-                continue
-            prev = side.setdefault(id(t), (k, f"{path}.{tname}" if path else tname))
-            if prev[0] != k:
-                raise ParityError(f"keep_high_precision: {where} shares the tensor {prev[1]} with "
-                                  f"{path + '.' + tname if path else tname}, one inside a kept module and one "
-                                  f"outside. Note: keep both modules in fp32, or neither")
-    module.to(device=device)
-    for sub in module.modules():
-        want = torch.float32 if id(sub) in kept else dtype
-        sub._apply(lambda t, w=want: t.to(w) if t.is_floating_point() else t, recurse=False)
-    low = (torch.float16, torch.bfloat16)
-    for p in keep:
-        top = module.get_submodule(p)
-        for sub in top.modules():  # inner ones too, in case something outside calls them directly
-            def enter(_m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                return cast_tree(args, torch.float32, low), cast_tree(kwargs, torch.float32, low)
-            enter._parity_hook = True  # type: ignore[attr-defined]
-            sub.register_forward_pre_hook(enter, with_kwargs=True)
-    # Kept modules hand their outputs on in fp32, as autocast does: casting them back on exit would
-    # re-create the very overflow they are kept for (an output beyond 65504 becomes inf in fp16).
-    # Each low-precision module with weights instead casts fp32 inputs to its own dtype on entry.
-    if keep:
-        for sub in module.modules():
-            if id(sub) in kept:
-                continue
-            own = [t for t in list(sub._parameters.values()) + list(sub._buffers.values())
-                   if t is not None and t.is_floating_point()]
-            if not own:
-                continue
-
-            def to_low(_m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                return cast_tree(args, dtype, (torch.float32,)), cast_tree(kwargs, dtype, (torch.float32,))
-            to_low._parity_hook = True  # type: ignore[attr-defined]
-            sub.register_forward_pre_hook(to_low, with_kwargs=True)
 
 
 # --------------------------------------------------------------------------- local runs
