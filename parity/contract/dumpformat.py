@@ -160,16 +160,22 @@ def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
     return entry
 
 
-def make_manifest(entries: list[dict[str, Any]], dump_format: str) -> dict[str, Any]:
+def make_manifest(entries: list[dict[str, Any]], dump_format: str, complete: bool = True) -> dict[str, Any]:
+    """The manifest document. ``complete`` is true only in the manifest written after the last record."""
     from parity.contract.version import __version__
 
     return {"kind": "parity-dump", "schema_version": MANIFEST_SCHEMA_VERSION,
-            "parity_version": __version__, "dump_format": dump_format, "entries": entries}
+            "parity_version": __version__, "dump_format": dump_format, "complete": bool(complete),
+            "entries": entries}
 
 
-def manifest_json(entries: list[dict[str, Any]], dump_format: str) -> str:
-    """The manifest as text: one entry per line, so it stays readable and diffable."""
-    doc = make_manifest([], dump_format)
+def manifest_json(entries: list[dict[str, Any]], dump_format: str, complete: bool = True) -> str:
+    """The manifest as text: one entry per line, so it stays readable and diffable.
+
+    Writers put a ``complete=False`` manifest down before the first record and replace it with
+    the ``complete=True`` one after the last, so a dump cut short says so (see :func:`parse_manifest`).
+    """
+    doc = make_manifest([], dump_format, complete)
     head = json.dumps(doc)[:-len('[]}')]
     lines = ",\n ".join(json.dumps(e) for e in entries)
     return f"{head}[\n {lines}\n]}}\n" if entries else f"{head}[]}}\n"
@@ -190,6 +196,11 @@ def parse_manifest(data: bytes | str, where: str) -> list[dict[str, Any]]:
     if version > MANIFEST_SCHEMA_VERSION:
         raise ParityError(f"{where}: manifest schema_version {version} is newer than this parity understands "
                           f"({MANIFEST_SCHEMA_VERSION}). Note: upgrade parity.")
+    complete = doc.get("complete", True)  # absent: written before completeness was recorded
+    if complete is not True:
+        raise ParityError(f"{where}: the dump is incomplete (manifest says complete={json.dumps(complete)[:40]}): "
+                          f"its writer was interrupted or failed before the last layer. Note: an incomplete "
+                          f"dump is never compared; write it again.")
     entries = doc["entries"]
     for i, e in enumerate(entries):
         problem = _entry_problem(e)

@@ -118,37 +118,52 @@ def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> list[tuple[str, di
             for k in range(max(1, s.random_inputs))]
 
 
+class _StreamAborted(Exception):
+    """The tee's consumer stopped before the stream ended (Ctrl-C, an error): the dump must not appear."""
+
+
 def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[Activation]:
-    """Pass records on unchanged while a writer thread saves them as a dump (streaming, atomic)."""
+    """Pass records on unchanged while a writer thread saves them as a dump (streaming, atomic).
+
+    The dump is finished only when the stream is exhausted; if the consumer stops early
+    (KeyboardInterrupt, an error, the generator closed) the writer is told to abort, so
+    write_dump removes its temporary and nothing partial is moved into place.
+    """
     import queue
     import threading
 
     from parity.core.dumps import write_dump
 
     q: "queue.Queue[Any]" = queue.Queue(maxsize=2)
-    end = object()
+    end, abort = object(), object()
     failure: list[BaseException] = []
 
     def records() -> Iterator[Activation]:
         while (item := q.get()) is not end:
+            if item is abort:
+                raise _StreamAborted(path)
             yield item
 
     def work() -> None:
         try:
             write_dump(records(), path, fmt=fmt, overwrite=True)
+        except _StreamAborted:
+            return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer below
             failure.append(e)
-            while q.get() is not end:  # drain so the producer never blocks
+            while q.get() not in (end, abort):  # drain so the producer never blocks
                 pass
 
     t = threading.Thread(target=work, name="parity-save-dump", daemon=True)
     t.start()
+    done = False
     try:
         for a in stream:
             q.put(Activation(a.name, np.array(a.array), a.output_index, a.order, a.op_type, dict(a.meta)))
             yield a
+        done = True
     finally:
-        q.put(end)
+        q.put(end if done else abort)
         t.join()
     if failure:
         raise failure[0]

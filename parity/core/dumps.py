@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -173,6 +174,9 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
     """
     p = Path(path)
     if not p.exists():
+        if _unfinished_beside(p):
+            raise ParityError(f"dump not found: {p}; only an unfinished one lies beside it (its writer was "
+                              f"interrupted). Note: write the dump again.")
         raise ParityError(f"dump not found: {p}. Note: give a dump folder or a dump file; {_extensions_note()}.")
     fmt_obj = None
     if fmt is not None:
@@ -186,6 +190,16 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
         items = _plan_file(p, tag, fmt_obj)
     _check_duplicates(items)
     return _iterate(items)
+
+
+def _unfinished_beside(p: Path) -> bool:
+    """Whether a writer's temporary for ``p`` (or ``p`` plus an extension) lies in its folder."""
+    try:
+        names = [q.name for q in p.parent.iterdir()]
+    except OSError:
+        return False
+    prefix = re.compile(r"^\.\.?" + re.escape(p.name) + r"(?:\.[A-Za-z0-9]+)?\.tmp-")
+    return any(prefix.match(n) for n in names)
 
 
 def _plan_file(p: Path, tag: str | None, fmt: Any | None) -> list[_Item]:
@@ -390,8 +404,55 @@ def detect_tags(folder: str | os.PathLike[str]) -> list[str]:
 # --------------------------------------------------------------------------- writing
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+
+
 def _temp_sibling(dest: Path, what: str) -> Path:
-    return dest.with_name(f".{dest.name}.{what}-{uuid.uuid4().hex[:8]}")
+    """A hidden sibling naming its writer (host, pid), so a later write can tell a hard-killed one's leftovers."""
+    return dest.with_name(f".{dest.name}.{what}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _stale_pattern(dest: Path) -> re.Pattern[str]:
+    # also matches the write-then-rename temporaries that a multi format makes of our own temporary
+    return re.compile(r"^\.\.?" + re.escape(dest.name) + r"\.(?P<what>tmp|old)-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-"
+                      r"[0-9a-f]{8}(?:\..*)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _clear_stale(dest: Path) -> None:
+    """Remove temporaries that a hard-killed writer of ``dest`` on this host left (SIGKILL cannot clean up).
+
+    Only siblings named by :func:`_temp_sibling` whose writing process is gone are touched;
+    an ``old`` folder (the previous dump, set aside during the swap) only once ``dest`` exists again.
+    """
+    if os.name == "nt":  # os.kill(pid, 0) is not a liveness probe there
+        return
+    pat, host, me = _stale_pattern(dest), _host(), os.getpid()
+    try:
+        siblings = list(dest.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pat.match(p.name)
+        if m is None or m["host"] != host or int(m["pid"]) == me or _pid_alive(int(m["pid"])):
+            continue
+        if m["what"] == "old" and not dest.exists():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _check_destination(dest: Path, multi: bool, overwrite: bool) -> None:
@@ -451,6 +512,7 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ParityError(f"cannot create folder {dest.parent}: {e.strerror or e}") from e
+    _clear_stale(dest)
 
     recs = (_as_record(r, i) for i, r in enumerate(records))
     if f.multi:
@@ -470,6 +532,8 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
     tmpdir = _temp_sibling(dest, "tmp")
     try:
         tmpdir.mkdir()
+        # first: a folder cut short (a hard kill, a copy of the temporary) says it is incomplete
+        (tmpdir / MANIFEST_NAME).write_text(manifest_json([], f.name, complete=False), encoding="utf-8")
         entries: list[dict[str, Any]] = []
         used: set[str] = set()
         ext = f.extensions[0] if f.extensions else ""
@@ -485,7 +549,9 @@ def write_dump(records: Iterable[Activation], path: str | os.PathLike[str], *, f
             entries.append(manifest_entry(rec, fname))  # the array itself is not kept
         if not entries:
             raise ParityError(f"no activations to write to {dest}. Note: the records iterable was empty.")
-        (tmpdir / MANIFEST_NAME).write_text(manifest_json(entries, f.name), encoding="utf-8")
+        final = tmpdir / f".{MANIFEST_NAME}.tmp"
+        final.write_text(manifest_json(entries, f.name, complete=True), encoding="utf-8")
+        os.replace(final, tmpdir / MANIFEST_NAME)
         _swap_in(tmpdir, dest)
     except BaseException as e:
         shutil.rmtree(tmpdir, ignore_errors=True)
