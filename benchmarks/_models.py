@@ -355,29 +355,27 @@ class _Phases:
         fn = getattr(owner, attr)
         ph = self
 
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen_wrapper(*a: Any, **k: Any) -> Any:
-                it = fn(*a, **k)
-                while True:
-                    t = time.perf_counter()
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        ph.add(label, time.perf_counter() - t)
-                        return
-                    ph.add(label, time.perf_counter() - t)
-                    yield item
-            wrapper: Any = gen_wrapper
-        else:
-            @functools.wraps(fn)
-            def fn_wrapper(*a: Any, **k: Any) -> Any:
+        def timed_iteration(it: Any) -> Any:
+            while True:
                 t = time.perf_counter()
                 try:
-                    return fn(*a, **k)
-                finally:
+                    item = next(it)
+                except StopIteration:
                     ph.add(label, time.perf_counter() - t)
-            wrapper = fn_wrapper
+                    return
+                ph.add(label, time.perf_counter() - t)
+                yield item
+
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                out = fn(*a, **k)
+            finally:
+                ph.add(label, time.perf_counter() - t)
+            # a method that returns a generator (not only a generator function) is timed while iterated
+            return timed_iteration(out) if inspect.isgenerator(out) else out
+
         setattr(owner, attr, staticmethod(wrapper) if is_static else wrapper)
 
 
@@ -412,13 +410,14 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
     import parity.lib.onnx.models as omodels
     import parity_builtin_matchers.auto as pm
     import parity_builtin_onnxruntime.runner as orun
+    import parity_builtin_torch.loader as tload
     import parity_builtin_torch.source as tsrc
     from parity_builtin_onnxruntime.source import OrtSource
 
     t_import = _t0() - t
     ph = _Phases()
     ph.wrap(tsrc.TorchSource, "run", "torch source: stream (load, forward, copies; main-thread wait)")
-    ph.wrap(tsrc, "load_torch_model", "  torch source: load model (factory)")
+    ph.wrap(tload, "load_torch_model", "  torch source: load model (factory)")
     ph.wrap(OrtSource, "run", "ort source: stream (everything below)")
     ph.wrap(omodels, "_load_torch", "  ort: load torch model again (factory)")
     ph.wrap(oexp, "_module_digest", "  ort: export cache key (hash of weights)")

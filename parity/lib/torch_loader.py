@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.contract.errors import ParityError, first_line
+from parity.contract.options import option_bool
 from parity.contract.source import InputSpec, RunConfig
 
 KINDS = ("torchscript", "exported", "python", "pickle")
@@ -362,7 +363,7 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
     except ImportError:
         raise ParityError(f"cannot load {cfg.model}: torch is not installed. Note: pip install torch") from None
     model = str(cfg.model)
-    trust = bool(cfg.options.get("trust_model"))
+    trust = option_bool(cfg.options, "trust_model", False)  # text "false" must not mean yes: it gates unpickling
     path = Path(model)
     if path.is_file():
         kind = detect_file_kind(path)

@@ -94,7 +94,7 @@ def file_key(p: str | None) -> tuple:
 def cache_key(precision: str, cfg: RunConfig) -> tuple:
     # trust_model is read as torch_loader reads it, so the key matches what was loaded
     return (str(cfg.model), file_key(str(cfg.model)), file_key(cfg.options.get("state_dict")),
-            bool(cfg.options.get("trust_model")), str(cfg.device), capture_mode(cfg.options),
+            option_bool(cfg.options, "trust_model", False), str(cfg.device), capture_mode(cfg.options),
             tuple(sorted(set(keep_names(precision, cfg.options)))))
 
 
