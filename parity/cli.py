@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -24,20 +25,112 @@ def _csv_list(s: str | None) -> list[str] | None:
 
 
 def parse_thresholds(s: str | None, metrics: list[str] | None) -> dict[str, float]:
-    """``0.999`` applies to the first (primary) metric; ``cosine=0.999,rel-diff=99`` names them."""
-    from parity.core.engine import DEFAULT_METRICS
+    """``0.999`` applies to the first (primary) metric; ``cosine=0.999,rel-diff=99`` names them.
 
-    if not s:
+    Each must name a selected metric and lie in the values that metric takes (usage errors).
+    """
+    from parity.core.engine import DEFAULT_METRICS
+    from parity.core.preflight import check_metric_value
+
+    if s is None:
         return {}
+    selected = metrics or list(DEFAULT_METRICS)
     out: dict[str, float] = {}
-    primary = (metrics or list(DEFAULT_METRICS))[0]
-    for part in s.split(","):
+    parts = [p for p in s.split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"--threshold {s!r} gives no value. Note: use 0.999 or cosine=0.999,rel-diff=99.")
+    for part in parts:
         name, _, val = part.rpartition("=")
+        name = name.strip() or selected[0]
         try:
-            out[name.strip() or primary] = float(val)
+            value = float(val)
         except ValueError:
             raise UsageError(f"--threshold: {part!r} is not a number. Note: use 0.999 or cosine=0.999,rel-diff=99.")
+        if name not in selected:
+            raise UsageError(f"--threshold {part!r}: metric {name!r} is not selected. "
+                             f"Note: selected metrics are {', '.join(selected)} (--metrics).")
+        out[name] = check_metric_value(_known("metric", name, "--threshold"), value, f"--threshold {part.strip()}")
     return out
+
+
+def _known(kind: str, name: str, option: str) -> Any:
+    """A registered plugin object; an unknown name on the command line is a usage error (exit 2)."""
+    from parity.core import registry as r
+
+    get = {"metric": r.get_metric, "reporter": r.get_reporter, "source": r.get_source, "matcher": r.get_matcher,
+           "dump-format": r.get_dump_format}[kind]
+    try:
+        return get(name)
+    except UsageError:
+        raise
+    except ParityError as e:
+        raise UsageError(f"{option}: {e}") from None
+
+
+def _at_least(args: argparse.Namespace, key: str, low: float, what: str = "") -> None:
+    value = getattr(args, key, None)
+    if value is None:
+        return
+    option = "--" + key.replace("_", "-")
+    if not math.isfinite(value) or value < low:
+        raise UsageError(f"{option} {value:g}: must be {what or f'at least {low:g}'}.")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Every option of analyze/compare/fix checked against its meaning before anything runs.
+
+    The one rule: a wrong command line (unknown name, malformed or out-of-range value, conflicting
+    options) is a usage error, exit 2; what it names being bad (files, models) is found later, exit 1.
+    """
+    from parity.core.engine import DEFAULT_METRICS
+    from parity.core.preflight import check_metric_value
+
+    if args.command not in ("analyze", "compare", "fix"):
+        return
+    if args.metrics is not None and not as_list(args.metrics):
+        raise UsageError(f"--metrics {args.metrics!r} names no metric. Note: use names from 'parity plugins', "
+                         f"e.g. cosine,rel-diff (the default is {','.join(DEFAULT_METRICS)}).")
+    metrics = _csv_list(args.metrics) or list(DEFAULT_METRICS)
+    for m in metrics:
+        _known("metric", m, "--metrics")
+    parse_thresholds(args.threshold, metrics)
+    if args.fail_under is not None:
+        check_metric_value(_known("metric", metrics[0], "--metrics"), args.fail_under, f"--fail-under {args.fail_under}")
+    _at_least(args, "rel_tol", 0, "a finite number >= 0")
+    _at_least(args, "abs_tol", 0, "a finite number >= 0")
+    _at_least(args, "kl_bins", 2)
+    _at_least(args, "max_rows", 0)
+    for req in _report_requests(args):
+        _known("reporter", req.name, "--report")
+    if args.command == "analyze":
+        if args.fmt:
+            _known("dump-format", args.fmt, "--format")
+        _known("matcher", args.matcher, "--matcher")
+        return
+    from parity.core.inputs import parse_input_shapes
+
+    parse_input_shapes(args.input_shape)
+    _at_least(args, "seed", 0)
+    _at_least(args, "random_inputs", 1)
+    _at_least(args, "opset", 1)
+    if args.device != "cpu" and not (args.device == "cuda" or (args.device.startswith("cuda:")
+                                                                and args.device[5:].isdigit())):
+        raise UsageError(f"--device {args.device!r}: expected cpu, cuda or cuda:N.")
+    _known("source", args.ref, "--ref")
+    targets = args.target if isinstance(args.target, list) else [args.target] if args.target else []
+    for t in targets:
+        _known("source", t, "--target")
+    _known("matcher", args.matcher, "--matcher")
+    if getattr(args, "save_format", None):
+        _known("dump-format", args.save_format, "--save-format")
+    if args.command == "fix":
+        _at_least(args, "max_steps", 1)
+        name, sep, val = args.goal.rpartition("=")
+        try:
+            goal = float(val)
+        except ValueError:
+            raise UsageError(f"--goal {args.goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
+        check_metric_value(_known("metric", name if sep else metrics[0], "--goal"), goal, f"--goal {args.goal}")
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +182,8 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     g.add_argument("--keep-fp32-nodes", help="ONNX node names kept fp32 by ort-fp16")
     g.add_argument("--trt-capture", choices=["debug", "mark", "outputs"], help="TensorRT capture mode")
     g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
-    g.add_argument("--workdir", default=".parity-cache", help="cache of exported/converted models and engines")
+    g.add_argument("--workdir", help="cache of exported/converted models and engines "
+                                     "(default: the user cache folder, e.g. ~/.cache/parity)")
     g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
     g.add_argument("--config", help="parity TOML config: [precision] keep_fp32 = [...] (as 'parity fix' writes), "
                                     "[options] source options")
@@ -175,11 +269,22 @@ def _report_requests(args: argparse.Namespace, tag: str | None = None, many: boo
     return reqs
 
 
-def _check_reports(args: argparse.Namespace) -> None:
-    """Fail on an unknown reporter name before any model runs."""
+def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves: Sequence[tuple[str, str]] = ()) -> None:
+    """Fail on an unknown reporter name, or an output path that cannot be written, before any model runs.
+
+    With several targets, every target's report paths are checked; ``saves`` are further outputs
+    (option, path) such as --save-ref and --write-config.
+    """
+    from parity.core.preflight import check_distinct_outputs, check_output_path
     from parity.core.report import get_reporters
 
     get_reporters(_report_requests(args))
+    many = len(targets) > 1
+    reqs = [r for t in targets for r in _report_requests(args, t, many)] if many else _report_requests(args)
+    outputs = [(f"{r.name} report", r.path) for r in reqs if not r.to_stdout] + list(saves)
+    for option, path in outputs:
+        check_output_path(path, option, folder_ok=option.startswith("--save"))
+    check_distinct_outputs(outputs)
 
 
 def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None) -> int:
@@ -319,14 +424,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     targets = args.target or (["dump"] if args.target_dump else ["ort"])
     if args.target_dump and args.target:
         raise UsageError("give either --target or --target-dump, not both")
+    from parity.core.compare import check_settings
+
     rc = 0
     many = len(targets) > 1
-    _check_reports(args)
+    runs = []
     for k, tgt in enumerate(targets):
         settings = _settings(args, tgt, args.diagnose)
         settings.save_target = _suffixed(settings.save_target, tgt, many)
         if k:
             settings.save_ref = None  # the reference run is the same for every target: saved once
+        runs.append((tgt, settings))
+    saves = [(o, p) for _, st in runs for o, p in (("--save-ref", st.save_ref), ("--save-target", st.save_target)) if p]
+    _check_reports(args, targets, saves)
+    for _, settings in runs:  # every source must be able to run before any runs
+        check_settings(settings, create_parents=False)
+    for tgt, settings in runs:
         report = compare(settings)
         rc = max(rc, _emit(report, args, _report_requests(args, tgt, many)))
         if many:
@@ -350,7 +463,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
     gm = get_metric(goal_metric)
-    _check_reports(args)
+    _check_reports(args, saves=[("--write-config", args.write_config)] if args.write_config else [])
     settings = _settings(args, args.target, True)
     report = compare(settings)
     _emit(report, argparse.Namespace(**{**vars(args), "fail_under": None, "quiet": True}))
@@ -368,11 +481,11 @@ def cmd_fix(args: argparse.Namespace) -> int:
                   "in fp16 when every tensor is an output), so the layer table may be stricter than deployment.")
         return 0
     if not res.passed:
-        print(f"No verified fix: keeping up to {len(res.kept)} layers reached {goal_metric} {gm.format(res.after)}, "
-              f"short of {goal:g} (from {gm.format(res.before)}). Try --max-steps, or a goal nearer the measured "
-              f"values.")
+        print(f"No verified fix: keeping {len(res.kept)} of {res.total_layers} target nodes reached {goal_metric} "
+              f"{gm.format(res.after)}, short of {goal:g} (from {gm.format(res.before)}; best measured "
+              f"{gm.format(res.best)}). Stopped because {res.stopped}.")
         return 1
-    print(f"Verified fix: keep {len(res.kept)} of {res.total_layers} layers in fp32; output {goal_metric} "
+    print(f"Verified fix: keep {len(res.kept)} of {res.total_layers} target nodes in fp32; output {goal_metric} "
           f"{gm.format(res.before)} -> {gm.format(res.after)} {cmp} {goal:g} (re-measured).")
     for label, text in res.forms(args.target).items():
         print(f"\n{label}:\n{text}")
@@ -427,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
+        validate(args)
         return COMMANDS[args.command](args)
     except ParityError as e:
         print(f"parity: error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ is matched and scored as it arrives. Per-input reports are merged (mean, worst, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -15,8 +15,9 @@ import numpy as np
 from parity.core.engine import match_pairs, merge_reports, run_engine
 
 from parity.contract.report import Report
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
+from parity.core.preflight import check_memory, check_output_path, check_workdir, estimate_memory
 from parity.contract.matcher import MappingRules
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
@@ -35,7 +36,8 @@ class CompareSettings:
     seed: int = 0
     random_inputs: int = 1
     device: str = "cpu"
-    workdir: str = ".parity-cache"
+    #: cache of exported/converted models and engines; None: the user cache folder (platformdirs)
+    workdir: str | None = None
     metrics: Sequence[str] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     metric_options: dict[str, Any] = field(default_factory=dict)
@@ -81,22 +83,53 @@ def _specs(ref: Source, tgt: Source, cfg: RunConfig) -> list[InputSpec]:
     raise ParityError(errors[0] if errors else f"{cfg.model}: the model declares no inputs.")
 
 
-def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
-    """Shapes the input files imply, under the user's own --input-shape (which wins)."""
-    from parity.core.inputs import peek_shapes
-
-    peek = peek_shapes(path)
-    if "" in peek:  # a lone array: it is the model's single input, whatever its name
-        names = None
-        for src in srcs:
+def _input_names(cfg: RunConfig, *srcs: Source) -> list[str] | None:
+    """The model's input names: declared names (a TorchScript forward), else the names of its specs."""
+    for src in srcs:
+        for ask in (src.input_names, lambda c, src=src: [x.name for x in src.input_specs(c)]):
             try:
-                names = src.input_names(cfg)
+                names = ask(cfg)
             except ParityError:
                 names = None
             if names:
-                break
-        peek = {names[0]: peek[""]} if names and len(names) == 1 else {}
+                return list(names)
+    return None
+
+
+def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
+    """Shapes the input files imply, under the user's own --input-shape (which wins).
+
+    A lone array (a ``.npy``, or an ``.npz`` holding one data array under another name) is the
+    shape of the model's single input, as :func:`parity.core.inputs.load_feeds` will feed it.
+    """
+    from parity.core.inputs import peek_shapes
+
+    peek = peek_shapes(path)
+    if len(peek) == 1:
+        names = _input_names(cfg, *srcs)
+        if names and len(names) == 1 and names[0] not in peek:
+            peek = {names[0]: next(iter(peek.values()))}
+        elif "" in peek:
+            peek = {}
     return {**peek, **cfg.input_shapes}
+
+
+def _name_lone_shape(cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
+    """``--input-shape 1x3x32x32`` (no name) as the shape of the model's single input."""
+    shapes = dict(cfg.input_shapes)
+    dims = shapes.pop("")
+    text = "x".join(map(str, dims))
+    names = _input_names(replace(cfg, input_shapes=shapes), *srcs)
+    if not names:
+        raise ParityError(f"{cfg.model}: --input-shape {text} names no input and the model's input names are "
+                          f"unknown. Note: use --input-shape NAME:{text}.")
+    if len(names) != 1:
+        raise ParityError(f"{cfg.model}: --input-shape {text} names no input but the model has {len(names)}: "
+                          f"{', '.join(names)}. Note: use --input-shape NAME:{text} for each.")
+    if names[0] in shapes:
+        raise ParityError(f"{cfg.model}: --input-shape gives input {names[0]!r} twice (with and without its name).")
+    shapes[names[0]] = dims
+    return shapes
 
 
 def _numbered(path: str, suffix: str) -> str:
@@ -110,10 +143,35 @@ def _free_batch(specs: list[InputSpec]) -> list[InputSpec]:
     return [InputSpec(s.name, (None, *s.shape[1:]) if s.shape else s.shape, s.dtype) for s in specs]
 
 
+def _model_bytes(s: CompareSettings) -> int:
+    """Size of the weights on disk where known (the model file, or --state-dict), for the memory estimate."""
+    for path in (s.model, s.source_options.get("state_dict")):
+        if path and Path(str(path)).is_file():
+            return Path(str(path)).stat().st_size
+    return 0
+
+
+def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
+    """Refuse (or warn about) a run too large for this machine, before any input is made or read."""
+    if specs is None:  # input files: their bytes on disk stand for the arrays
+        from parity.core.inputs import input_files
+
+        sizes = [f.stat().st_size for f in input_files(Path(str(s.inputs))) if f.is_file()]
+        parts = {"inputs": sum(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes, default=0)}
+        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "fewer or smaller input files")
+        return
+    parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
+    shapes = " ".join(f"{x.name}:{'x'.join(map(str, x.shape))}" for x in specs)
+    check_memory(parts, f"{s.model} on random inputs {shapes}",
+                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs")
+
+
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> list[tuple[str, dict[str, np.ndarray]]]:
     if s.inputs:
+        _check_size(s, None)
         return list(load_feeds(s.inputs, _free_batch(specs)))
     resolved = resolve_specs(specs, s.input_shapes, s.model)
+    _check_size(s, resolved)
     return [(f"random seed {s.seed + k}", check_feed(random_feed(resolved, s.seed + k), resolved, "random"))
             for k in range(max(1, s.random_inputs))]
 
@@ -231,14 +289,30 @@ class Prepared:
     feeds: list[tuple[str, dict[str, np.ndarray]]]
 
 
-def prepare(s: CompareSettings) -> Prepared:
-    """Resolve sources, model, input specs, feeds and calibration feeds (used by compare and fix)."""
+def check_settings(s: CompareSettings, *, create_parents: bool = True) -> tuple[Source, Source]:
+    """Everything about ``s`` that can be known before a model runs: sources that can run here, files
+    that exist, outputs that can be written. The CLI calls it for every target before running any."""
     ref_src = _source(s.ref, "reference")
     tgt_src = _DumpTarget(s) if s.target_dump else _source(s.target, "target")
-    cfg = RunConfig(model=s.model, device=s.device, workdir=Path(s.workdir),
-                    input_shapes=dict(s.input_shapes), options=dict(s.source_options))
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
+    for option, path in (("--inputs", s.inputs), ("--calibration", s.calibration), ("--mapping", s.mapping)):
+        if path and not Path(path).exists():
+            raise ParityError(f"{option} {path}: file or folder not found.")
+    for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
+        if path:
+            check_output_path(path, option, folder_ok=True, create_parents=create_parents)
+    return ref_src, tgt_src
+
+
+def prepare(s: CompareSettings) -> Prepared:
+    """Resolve sources, model, input specs, feeds and calibration feeds (used by compare and fix)."""
+    ref_src, tgt_src = check_settings(s)
+    cfg = RunConfig(model=s.model, device=s.device, workdir=check_workdir(s.workdir),
+                    input_shapes=dict(s.input_shapes), options=dict(s.source_options))
+    if "" in cfg.input_shapes:
+        cfg.input_shapes = _name_lone_shape(cfg, ref_src, tgt_src)
+        s = replace(s, input_shapes=dict(cfg.input_shapes))
     try:
         specs = _specs(ref_src, tgt_src, cfg)
     except ParityError:
@@ -255,6 +329,31 @@ def prepare(s: CompareSettings) -> Prepared:
     else:
         cfg.calibration = [f for _, f in feeds]
     return Prepared(ref_src, tgt_src, cfg, feeds)
+
+
+_TORCHSCRIPT_HEAD = "The following operation failed in the TorchScript interpreter"
+
+
+def _run_failure(e: ParityError, feed: dict[str, np.ndarray], label: str) -> ParityError:
+    """A framework's failure on a feed, with the feed's shapes and the line that names the fault.
+
+    A TorchScript error's first line only says that an operation failed; its last line says which
+    and why (``mat1 and mat2 shapes cannot be multiplied``), so that line replaces it.
+    """
+    cause = e.__cause__
+    if cause is None or isinstance(cause, ParityError):
+        return e
+    msg = str(e).rstrip(".")
+    if _TORCHSCRIPT_HEAD in msg:
+        lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
+        if lines:
+            head = first_line(cause, typed=True)
+            last = lines[-1] if ":" in lines[-1] else f"{type(cause).__name__}: {lines[-1]}"
+            msg = msg.replace(head.rstrip("."), last) if head.rstrip(".") in msg else f"{msg}: {last}"
+    fed = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
+    out = ParityError(f"{msg}; inputs were {fed} ({label}).")
+    out.exit_code = e.exit_code
+    return out
 
 
 def compare(s: CompareSettings) -> Report:
@@ -277,10 +376,16 @@ def compare(s: CompareSettings) -> Report:
             ref_stream = _tee_to_dump(ref_stream, _numbered(s.save_ref, suffix), s.save_format)
         if s.save_target:
             tgt_stream = _tee_to_dump(tgt_stream, _numbered(s.save_target, suffix), s.save_format)
-        pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules)
-        rep = run_engine(pairs,
-                         s.metrics, thresholds=s.thresholds, options=mopts,
-                         ref_label=s.ref, target_label=tgt_src.name)
+        try:
+            pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules)
+            rep = run_engine(pairs,
+                             s.metrics, thresholds=s.thresholds, options=mopts,
+                             ref_label=s.ref, target_label=tgt_src.name)
+        except ParityError as e:
+            failure = _run_failure(e, feed, label)
+            if failure is e:
+                raise
+            raise failure from e.__cause__
         if s.diagnose:
             if tgt_src.supports_local:
                 from parity.core.diagnose import attach_local, score_local

@@ -12,21 +12,29 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, UsageError
 from parity.contract.source import InputSpec
+from parity.core.preflight import notice
 
 _SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:[x,]\d+)*)\s*$")
 
 
 def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``--input-shape name:1x3x224x224`` (name optional for a single-input model)."""
+    """Parse ``--input-shape name:1x3x224x224`` (name optional for a single-input model); usage errors exit 2."""
     out: dict[str, tuple[int, ...]] = {}
     for item in items or []:
         m = _SHAPE_RE.match(item)
         if not m:
-            raise ParityError(f"--input-shape {item!r} is not understood. Note: use NAME:1x3x224x224 "
-                              f"(or 1x3x224x224 for a model with one input).")
-        out[m.group("name") or ""] = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
+            raise UsageError(f"--input-shape {item!r} is not understood. Note: use NAME:1x3x224x224 "
+                             f"(or 1x3x224x224 for a model with one input).")
+        dims = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
+        if 0 in dims:
+            raise UsageError(f"--input-shape {item!r} has a dimension of 0, an empty input. "
+                             f"Note: every size must be at least 1.")
+        name = (m.group("name") or "").strip()
+        if name in out:
+            raise UsageError(f"--input-shape gives input {name or '(unnamed)'!r} twice. Note: give each input once.")
+        out[name] = dims
     return out
 
 
@@ -69,7 +77,16 @@ def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
-def _load_file(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+#: arrays of an ``.npz`` that are labels, not model inputs
+LABEL_KEYS = ("labels", "label", "y")
+
+
+def data_arrays(keys: Sequence[str]) -> list[str]:
+    """The keys of an ``.npz`` that may be model inputs (labels left out)."""
+    return [k for k in keys if k not in LABEL_KEYS]
+
+
+def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> dict[str, np.ndarray]:
     names = [s.name for s in specs]
     try:
         if path.suffix == ".npy":
@@ -84,8 +101,12 @@ def _load_file(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
                 if all(n in keys for n in names):
                     return {n: z[n] for n in names}
                 if len(names) == 1 and len(keys) >= 1 and names[0] not in keys:
-                    data_keys = [k for k in keys if k not in ("labels", "label", "y")]
+                    data_keys = data_arrays(keys)
                     if len(data_keys) == 1:
+                        if seen is not None and ("key", data_keys[0]) not in seen:
+                            seen.add(("key", data_keys[0]))
+                            notice(f"{path}: array {data_keys[0]!r} is fed to the model's only input {names[0]!r} "
+                                   f"(the names differ).")
                         return {names[0]: z[data_keys[0]]}
                 raise ParityError(f"{path}: arrays {', '.join(keys)} do not name the model inputs "
                                   f"{', '.join(names)}. Note: save one array per input name.")
@@ -101,8 +122,39 @@ def _load_file(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     raise ParityError(f"{path}: unsupported input file. Note: use .npy, .npz or a folder of them.")
 
 
-def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
-    """Shapes must fit the declared ones (dynamic dims free); dtypes are cast to the declared ones."""
+def _nonfinite(a: np.ndarray) -> int:
+    """NaN/Inf elements of a float array, counted in blocks (no full-size mask)."""
+    if a.dtype.kind not in "fc":
+        return 0
+    flat = a.reshape(-1)
+    step = 1 << 20
+    return sum(int(flat[i:i + step].size - np.count_nonzero(np.isfinite(flat[i:i + step])))
+               for i in range(0, flat.size, step))
+
+
+def _cast(a: np.ndarray, dtype: np.dtype, name: str, where: str, seen: set | None) -> np.ndarray:
+    """``a`` as the model's dtype. Float to float is cast (float64 to float32 silently, as numpy
+    saves float64 by default); any other cast only when every value survives it, with a note."""
+    out = a.astype(dtype)
+    if not (a.dtype.kind == "f" and dtype.kind == "f"):
+        back = out.astype(a.dtype)
+        changed = int(a.size - np.count_nonzero((back == a) | (np.isnan(a) if a.dtype.kind == "f" else False)))
+        if changed:
+            raise ParityError(f"{where}: input {name!r} is {a.dtype} but the model takes {dtype}; the cast would "
+                              f"change {changed} of {a.size} values. Note: save the array as {dtype}.")
+    if (a.dtype, dtype) != (np.dtype(np.float64), np.dtype(np.float32)):
+        key = ("cast", name, str(a.dtype), str(dtype))
+        if seen is None or key not in seen:
+            if seen is not None:
+                seen.add(key)
+            notice(f"{where}: input {name!r} is {a.dtype}, cast to {dtype} (the dtype the model takes).")
+    return out
+
+
+def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str,
+               seen: set | None = None) -> dict[str, np.ndarray]:
+    """Shapes must fit the declared ones (dynamic dims free) and be non-empty, values finite;
+    other dtypes are cast to the declared ones (see :func:`_cast`). ``seen`` keeps notes to once per run."""
     out = {}
     for s in specs:
         a = feed[s.name]
@@ -110,11 +162,18 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str) 
         if decl is not None and (len(decl) != a.ndim or any(d is not None and d != n for d, n in zip(decl, a.shape))):
             raise ParityError(f"{where}: input {s.name!r} has shape {list(a.shape)} but the model expects "
                               f"{['?' if d is None else d for d in decl]}.")
-        out[s.name] = a.astype(s.dtype, copy=False) if a.dtype != np.dtype(s.dtype) else a
+        if a.size == 0:
+            raise ParityError(f"{where}: input {s.name!r} is empty (shape {list(a.shape)}). "
+                              f"Note: every dimension, the batch included, must be at least 1.")
+        bad = _nonfinite(a)
+        if bad:
+            raise ParityError(f"{where}: input {s.name!r} holds {bad} NaN/Inf of {a.size} values. Note: both runs "
+                              f"would carry them through every layer and blame the first; feed finite values.")
+        out[s.name] = _cast(a, np.dtype(s.dtype), s.name, where, seen) if a.dtype != np.dtype(s.dtype) else a
     return out
 
 
-def _input_files(p: Path) -> list[Path]:
+def input_files(p: Path) -> list[Path]:
     """A folder's .npy/.npz files by name, or the file itself."""
     return sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
 
@@ -137,18 +196,19 @@ def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, 
     if not p.exists():
         raise ParityError(f"{p}: input file or folder not found.")
     reader = _reader_for(p)
+    seen: set = set()
     if reader is not None:  # a plugin's format (Polygraphy --save-inputs ...): replay what ran elsewhere
         for k, feed in enumerate(reader.read(p)):
             missing = [s.name for s in specs if s.name not in feed]
             if missing:
                 raise ParityError(f"{p}: input set {k} lacks {', '.join(missing)}. Note: it has {', '.join(feed)}.")
-            yield f"{p.name}[{k}]", check_feed(feed, specs, f"{p}[{k}]")
+            yield f"{p.name}[{k}]", check_feed(feed, specs, f"{p}[{k}]", seen)
         return
-    files = _input_files(p)
+    files = input_files(p)
     if not files:
         raise ParityError(f"{p}: no .npy or .npz input files in this folder.")
     for f in files:
-        yield f.name, check_feed(_load_file(f, specs), specs, str(f))
+        yield f.name, check_feed(_load_file(f, specs, seen), specs, str(f), seen)
 
 
 def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -157,7 +217,7 @@ def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     Lets a model that declares no input shapes (a TorchScript module) run on the given inputs.
     """
     p = Path(path)
-    files = _input_files(p)
+    files = input_files(p)
     if not files or not files[0].exists():
         return {}
     f = files[0]
@@ -165,6 +225,6 @@ def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         if f.suffix == ".npy":
             return {"": tuple(np.load(f, mmap_mode="r", allow_pickle=False).shape)}
         with np.load(f, allow_pickle=False) as z:
-            return {k: tuple(z[k].shape) for k in z.keys() if k not in ("labels", "label", "y")}
+            return {k: tuple(z[k].shape) for k in data_arrays(list(z.keys()))}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return {}  # load_feeds reports the problem with the file's name

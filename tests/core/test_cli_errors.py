@@ -59,7 +59,8 @@ def test_usage_errors_exit_2(tmp_path):
 def test_unknown_metric_lists_known_ones(tmp_path):
     ref = _good(tmp_path / "ref")
     r = parity("analyze", ref, ref, "--metrics", "cosin")
-    assert r.returncode == 1 and "unknown metric 'cosin'" in r.stderr and "cosine" in r.stderr
+    # an unknown name on the command line is a usage error (README "Exit codes")
+    assert r.returncode == 2 and "unknown metric 'cosin'" in r.stderr and "cosine" in r.stderr
 
 
 def test_report_is_not_half_written_on_failure(tmp_path):
