@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Iterator
 
-
+import numpy as np
 from parity.contract.records import LocalResult
 from parity.contract.report import NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
 from parity.contract.metric import Metric, score_pair
 
-__all__ = ["FORMATS", "LocalResult", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "score_local",
+__all__ = ["FORMATS", "LocalResult", "LocalValues", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "score_local",
            "target_format", "trace_ranges"]
 
 #: largest finite value and smallest normal value of each low-precision format
@@ -47,25 +47,145 @@ def target_format(source_name: str, row: LayerResult | None = None) -> str | Non
     return None
 
 
+#: a magnitude gap at least this wide, above the median magnitude, separates a tensor's useful
+#: values from a huge-magnitude minority above it (a mask constant such as float32's minimum or -1e9)
+SENTINEL_GAP = 1e3
+#: local-value key: target elements that are the same-signed infinity where the reference holds a
+#: finite value beyond the target format's range (saturation; harmless when the consumers match)
+SATURATED = "_saturated"
+#: local-value key: reference elements left out of the useful part (above ``useful_bound``)
+MASKED = "_masked"
+#: an output quantizer that gives the useful values fewer levels than this destroys them
+QUANT_MIN_LEVELS = 8.0
+
+
+class LocalValues(dict):
+    """A layer's local values by metric name, with what the scoring learned on the way (``meta``)."""
+
+    def __init__(self, values: dict[str, float], meta: dict[str, Any] | None = None) -> None:
+        super().__init__(values)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+
+def useful_bound(ref: np.ndarray) -> float | None:
+    """Largest magnitude of the tensor's useful part, when a huge-magnitude minority sits above it.
+
+    Sorted finite magnitudes above the median are searched for a gap of ``SENTINEL_GAP``; what
+    lies above the widest such gap is a minority of sentinels (a mask constant added to scores),
+    not data. ``None`` when there is no such gap (the common case costs one partition).
+    """
+    a = np.abs(np.asarray(ref, dtype=np.float64).ravel())
+    a = a[np.isfinite(a)]
+    if a.size < 8:
+        return None
+    mid = a.size // 2
+    med = float(np.partition(a, mid)[mid])
+    top = float(a.max())
+    if top == 0.0 or top < SENTINEL_GAP * max(med, np.finfo(np.float64).tiny):
+        return None
+    upper = np.sort(a[a >= med])
+    upper = upper[upper > 0]
+    if upper.size < 2:
+        return None
+    ratios = upper[1:] / upper[:-1]
+    j = int(np.argmax(ratios))
+    return float(upper[j]) if ratios[j] >= SENTINEL_GAP else None
+
+
+def _local_format(lr: LocalResult) -> str | None:
+    """The float format the local run computed in: from its meta (``precision``/``dtype``) or its dtype."""
+    meta = lr.meta or {}
+    fmt = target_format(str(meta.get("precision") or meta.get("dtype") or ""))
+    if fmt in FORMATS:
+        return fmt
+    dt = str(lr.target.dtype)
+    return dt if dt in FORMATS and dt != "float32" else None
+
+
+def _saturated(ref: np.ndarray, tgt: np.ndarray, fmt: str | None) -> int:
+    """Elements the target saturates: reference finite beyond the format's max, target the same-signed inf."""
+    if fmt not in FORMATS or ref.shape != tgt.shape and ref.size != tgt.size:
+        return 0
+    r = np.asarray(ref).reshape(-1)
+    t = np.asarray(tgt).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        beyond = np.isfinite(r) & (np.abs(r.astype(np.float64)) > FORMATS[fmt]["max"])
+        return int(np.count_nonzero(beyond & np.isinf(t) & (np.sign(t) == np.sign(r))))
+
+
 def score_local(results: Iterable[LocalResult], metrics: list[Metric],
-                options: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, float]]]:
-    """Score each local run with the same metrics as the compare run, one at a time."""
+                options: dict[str, Any] | None = None) -> Iterator[tuple[Any, LocalValues]]:
+    """Score each local run with the same metrics as the compare run, one at a time.
+
+    Robust local error: when the reference has a huge-magnitude minority (see :func:`useful_bound`),
+    every metric is also computed on the useful part alone and the *worse* of the two (by the
+    metric's own :meth:`~parity.contract.metric.Metric.error`) is the local value, so a mask
+    constant that dominates a cosine or an SQNR cannot hide that every real value was lost.
+    Saturations (reference beyond the target format, target the same-signed infinity) are counted
+    apart from new NaN/Inf (``SATURATED``); :func:`find_culprits` decides whether they matter.
+    The key is the target record's key, or ``(key, module path)`` for a module run as a whole.
+    """
     for lr in results:
         if lr.ref.size != lr.target.size:
             continue
         values, ctx = score_pair(lr.ref, lr.target, metrics, options)
+        meta = dict(lr.meta or {})
+        sat = _saturated(lr.ref, lr.target, _local_format(lr)) if ctx.tgt_new_nonfinite else 0
         # new NaN/Inf in the local run is local error too, even when the finite part still agrees
-        values[NEW_NONFINITE] = float(ctx.tgt_new_nonfinite)
-        yield lr.key, values
+        values[NEW_NONFINITE] = float(ctx.tgt_new_nonfinite - sat)
+        if sat:
+            values[SATURATED] = float(sat)
+        bound = useful_bound(lr.ref)
+        ref_flat = np.asarray(lr.ref).reshape(-1)
+        if bound is not None:
+            keep = np.abs(ref_flat) <= bound
+            tgt_flat = np.asarray(lr.target).reshape(-1)
+            useful, _ = score_pair(ref_flat[keep], tgt_flat[keep], metrics, options)
+            meta["local_whole"] = {m.name: values[m.name] for m in metrics}
+            meta["local_useful"] = useful
+            meta["useful_bound"] = bound
+            values[MASKED] = float(ref_flat.size - int(np.count_nonzero(keep)))
+            for m in metrics:
+                if m.error(useful[m.name]) > m.error(values[m.name]):
+                    values[m.name] = useful[m.name]
+        q = meta.get("quantizer")
+        if isinstance(q, dict) and q.get("scale"):
+            fin = ref_flat[np.isfinite(ref_flat)]
+            if fin.size:
+                mag = np.abs(fin.astype(np.float64))
+                useful_max = float(mag[mag <= bound].max()) if bound is not None else float(mag.max())
+                q = dict(q, useful_absmax=useful_max, levels=useful_max / float(q["scale"]),
+                         ref_min=float(fin.min()), ref_max=float(fin.max()))
+                meta["quantizer"] = q
+        key = (lr.key, meta["module_run"]) if meta.get("module_run") else lr.key
+        yield key, LocalValues(values, meta)
 
 
-def attach_local(report: Report, local: dict[str, dict[str, float]]) -> int:
-    """Put local values on the rows whose target record they belong to; returns how many rows got one."""
+def attach_local(report: Report, local: dict[Any, dict[str, float]]) -> int:
+    """Put local values on the rows whose target record they belong to; returns how many rows got one.
+
+    A module run as a whole (key ``(target key, module path)``) goes to the row pairing that module
+    with that target record; any other local run to every row of its target record that has no
+    module run of its own.
+    """
     n = 0
+    by_module = {k: v for k, v in local.items() if isinstance(k, tuple)}
     for row in report.layers:
-        if row.target_name is not None and row.target_name in local:
-            row.local = dict(local[row.target_name])
-            n += 1
+        if row.target_name is None:
+            continue
+        mod = row.meta.get("ref_module_path")
+        v = by_module.get((row.target_name, mod)) if mod else None
+        if v is None:
+            v = local.get(row.target_name)
+        if v is None:
+            continue
+        row.local = dict(v)
+        meta = getattr(v, "meta", None) or {}
+        for k in ("consumers", "quantizer", "useful_bound", "local_whole", "local_useful", "module_run",
+                  "local_nodes"):
+            if k in meta:
+                row.meta[f"local_{k}" if not k.startswith("local_") else k] = meta[k]
+        n += 1
     return n
 
 
@@ -74,17 +194,65 @@ def error_of(value: float | None, info: MetricInfo) -> float | None:
     return None if value is None else info.error(value)
 
 
+def _matches(row: LayerResult, p: MetricInfo) -> bool:
+    """Whether a layer's output agrees with the reference: end to end where it was compared, else alone."""
+    if row.meta.get("target_new_nonfinite", 0) > 0 or row.local.get(NEW_NONFINITE, 0) > 0:
+        return False
+    v = row.worst.get(p.name, row.values.get(p.name))
+    if v is None:
+        v = row.local.get(p.name)
+    return v is not None and p.threshold is not None and not p.fails(v, p.threshold)
+
+
+def _saturation_harmless(row: LayerResult, by_target: dict[str, list[LayerResult]], p: MetricInfo) -> bool:
+    """Saturation to the same-signed infinity is harmless when every consumer's output still matches.
+
+    The consumers are the layers reading this tensor (``local_consumers``, from the source's graph);
+    without that knowledge, the next layer in execution order stands in for them.
+    """
+    names = row.meta.get("local_consumers")
+    if names:
+        rows = [r for n in names for r in by_target.get(n, [])]
+    else:
+        later = [r for r in by_target.get("\0order", []) if r.order > row.order]
+        rows = later[:1]
+    if not rows:
+        return False
+    return all(_matches(r, p) for r in rows)
+
+
+def _quantizer_cause(row: LayerResult) -> str | None:
+    """The output quantizer of ``row`` in words, when it leaves the useful values too few levels."""
+    q = row.meta.get("local_quantizer")
+    if not isinstance(q, dict) or q.get("levels") is None or q["levels"] >= QUANT_MIN_LEVELS:
+        return None
+    masked = ""
+    if row.meta.get("local_useful_bound") is not None:
+        masked = (f"; calibration saw {q['ref_min']:.4g}..{q['ref_max']:.4g} including "
+                  f"{int(row.local.get(MASKED, 0))} masked values")
+    return (f"quantizer {q.get('node') or '?'} has scale {q['scale']:.4g}, but {row.name}'s useful values lie "
+            f"within ±{q['useful_absmax']:.4g}: {q['levels']:.3g} of 127 levels, so they quantize to "
+            f"{'0' if q['levels'] < 0.5 else 'a few levels'}{masked}")
+
+
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
     """Rank the layers that cause the loss: high local error, and enough of it to explain the drop.
 
     A layer qualifies when its local value fails the primary threshold, or when its local
     error is at least ``CAUSE_SHARE`` of its accumulated error while the accumulated value
-    fails. The first culprit in execution order is the one to fix first; the ranking is by
+    fails. A layer whose only fault alone is saturation (reference beyond the target format,
+    target the same-signed infinity) qualifies only when a consumer's output no longer matches.
+    The first culprit in execution order is the one to fix first; the ranking is by
     local error, worst first.
     """
     p = report.primary
     if p is None:
         return []
+    by_target: dict[str, list[LayerResult]] = {"\0order": sorted(
+        (r for r in report.layers if r.local or r.values), key=lambda r: r.order)}
+    for row in report.layers:
+        if row.target_name is not None:
+            by_target.setdefault(row.target_name, []).append(row)
     cands = []
     for row in report.layers:
         if p.name not in row.local:
@@ -92,11 +260,20 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         loc = row.local[p.name]
         acc = row.worst.get(p.name, row.values.get(p.name))
         e_loc = error_of(loc, p)
-        if row.local.get(NEW_NONFINITE, 0) > 0:
+        new_nf = row.local.get(NEW_NONFINITE, 0) > 0
+        if row.local.get(SATURATED, 0) > 0:
+            if _saturation_harmless(row, by_target, p):
+                row.meta["saturation"] = (f"{int(row.local[SATURATED])} values beyond the target format "
+                                          f"become the same-signed infinity; the consumers still match")
+            else:
+                new_nf = True
+                row.meta["saturation"] = (f"{int(row.local[SATURATED])} values beyond the target format "
+                                          f"become infinite and a consumer no longer matches")
+        if new_nf:
             e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
         e_acc = error_of(acc, p)
         fails_local = p.threshold is not None and p.fails(loc, p.threshold)
-        fails_local = fails_local or row.local.get(NEW_NONFINITE, 0) > 0
+        fails_local = fails_local or new_nf
         fails_acc = row.failing
         explains = e_loc is not None and e_acc is not None and e_acc > 0 and e_loc >= CAUSE_SHARE * e_acc
         row.meta["local_share"] = (e_loc / e_acc) if (e_loc is not None and e_acc) else None
@@ -110,6 +287,14 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         first = min(ranked, key=lambda r: r.order)
         report.summary["first_culprit"] = first.name
         report.summary["culprits"] = [r.name for r in ranked]
+        cause = _quantizer_cause(first)
+        if cause is None and first.meta.get("local_useful_bound") is not None:
+            cause = (f"{first.name}'s useful values (|x| <= {first.meta['local_useful_bound']:.4g}) are lost while "
+                     f"{int(first.local.get(MASKED, 0))} masked values still agree")
+        if cause:
+            first.meta["culprit_cause"] = cause
+            report.summary["first_culprit_cause"] = cause
+            report.summary["cause"] = cause  # printed under the table
     return ranked
 
 

@@ -7,6 +7,7 @@ Results are small objects without arrays.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -81,11 +82,16 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         row.notes.append(pair.note)
     for rec, prefix in ((r, "ref"), (t, "target")):
         if rec is not None:
-            for k in ("module_path", "onnx_node", "fused", "covers", "is_output"):
+            for k in ("module_path", "onnx_node", "fused", "covers", "is_output", "within"):
                 if k in rec.meta:
                     row.meta[f"{prefix}_{k}"] = rec.meta[k]
     if r is None:
         row.status = TARGET_ONLY
+        # the module the node sits in (its export namespace), though no module returns this tensor
+        within = (t.meta.get("within") or t.meta.get("module_path")) if t is not None else None
+        if within:
+            row.meta["module"] = within
+            row.notes.append(f"inside {within}")
         return row
     if t is None:
         row.status = REF_ONLY
@@ -102,7 +108,8 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
     if options and options.get("ranges"):
         from parity.contract.metric import value_stats
 
-        row.range = {"ref": value_stats(r.array), "target": value_stats(t.array)}
+        row.range = {"ref": value_stats(r.array), "target": value_stats(t.array),
+                     "error_vs_magnitude": error_vs_magnitude(_as_numeric(r.array), _as_numeric(t.array))}
     row.values = values
     row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
     row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
@@ -131,15 +138,42 @@ def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = N
     ms = resolve_metrics(metrics)
     infos = metric_infos(ms, thresholds)
     rows: list[LayerResult] = []
+    tpos: list[float | None] = []  # each row's position in the target's own order
     for i, pair in enumerate(pairs):
         main = pair.ref if pair.ref is not None else pair.target
         order = float(i) if main is None or main.order is None else float(main.order)
-        if pair.ref is None and main is not None and main.order is not None:
-            order += 0.5  # target-only rows sit beside their neighbours
+        t = pair.target
+        tpos.append(None if t is None or t.order is None else float(t.order))
         rows.append(score(pair, ms, infos, order, options))
         pair.ref = pair.target = None  # release arrays now, not when the loop variable moves on
+    _place_target_only(rows, tpos)
     rows.sort(key=lambda l: (l.order,))
     return Report(rows, infos, ref_label, target_label)
+
+
+def _place_target_only(rows: list[LayerResult], tpos: list[float | None]) -> None:
+    """Give target-only rows a place in the reference's order: right after the (last) matched row of
+    the target record before them in the target's order (the two sides number their layers apart)."""
+    import bisect
+
+    last_of: dict[float, float] = {}  # target position -> latest reference order matched to it
+    for r, tp in zip(rows, tpos):
+        if tp is not None and r.status != TARGET_ONLY:
+            last_of[tp] = max(r.order, last_of.get(tp, -math.inf))
+    anchors = sorted(last_of)
+    matched = sorted(r.order for r in rows if r.status != TARGET_ONLY)
+    groups: dict[float, list[tuple[float, LayerResult]]] = {}
+    for r, tp in zip(rows, tpos):
+        if r.status == TARGET_ONLY and tp is not None:
+            j = bisect.bisect_left(anchors, tp) - 1
+            base = last_of[anchors[j]] if j >= 0 else (matched[0] - 1.0 if matched else 0.0)
+            groups.setdefault(base, []).append((tp, r))
+    for base, members in groups.items():
+        k = bisect.bisect_right(matched, base)
+        gap = (matched[k] - base) if k < len(matched) else 1.0
+        members.sort(key=lambda m: m[0])
+        for n, (_, r) in enumerate(members, 1):
+            r.order = base + gap * n / (len(members) + 1)
 
 
 def match_context(matcher: Any, spill_dir: str | None = None) -> MatchContext:
@@ -245,6 +279,76 @@ def _merge_ranges(out: LayerResult, rows: list[LayerResult]) -> None:
             out.range[side] = {"min": min(x["min"] for x in st), "max": max(x["max"] for x in st),
                                "absmax": max(x["absmax"] for x in st),
                                "rms": float(np.sqrt(np.mean([x["rms"] ** 2 for x in st])))}
+    hists = [r.range["error_vs_magnitude"] for r in rows if r.range.get("error_vs_magnitude")]
+    if hists:
+        out.range["error_vs_magnitude"] = merge_error_vs_magnitude(hists)
+
+
+#: bin k of the error-vs-magnitude summary holds magnitudes in [4**(k-1), 4**k): two octaves of the
+#: exponent a float format stores; k is clipped to float32's whole range (0 goes to the lowest bin)
+MAG_BASE, MAG_BIN_LO, MAG_BIN_HI = 4, -74, 65
+
+
+def _bin(a: np.ndarray) -> np.ndarray:
+    _, e = np.frexp(a)  # a in [2**(e-1), 2**e)
+    return np.where(a > 0, np.clip((e + 1) // 2, MAG_BIN_LO, MAG_BIN_HI), MAG_BIN_LO)
+
+
+def error_vs_magnitude(ref: np.ndarray, tgt: np.ndarray, chunk_elements: int = 1 << 20) -> dict[str, Any]:
+    """A small, array-free picture of where a layer's error sits: |target - ref| against |ref|.
+
+    Why: an overflow shows as non-finite target values at the largest magnitudes, a blown int8
+    scale as one error level over every magnitude, rounding as error proportional to magnitude;
+    the report keeps no arrays, so the picture is summarised as it is scored. A sparse 2-D
+    histogram over powers of ``MAG_BASE`` counts every element, so a handful of overflowing values
+    is never sampled away: ``cells`` are ``[x, y, count]`` with x the bin of |ref| and y that of
+    the error; ``exact`` ``[x, count]`` the elements without error; ``nonfinite`` ``[x, count]``
+    the elements where the target is NaN/Inf and the reference finite (docs/reports.md).
+    """
+    r = ref.reshape(-1)
+    t = tgt.reshape(-1)
+    cells: dict[tuple[int, int], int] = {}
+    exact: dict[int, int] = {}
+    bad: dict[int, int] = {}
+    for s in range(0, r.size, chunk_elements):
+        rc = np.asarray(r[s : s + chunk_elements], dtype=np.float64)
+        tc = np.asarray(t[s : s + chunk_elements], dtype=np.float64)
+        fin = np.isfinite(rc)
+        rc, tc = rc[fin], tc[fin]
+        x = _bin(np.abs(rc))
+        tfin = np.isfinite(tc)
+        for k, n in zip(*np.unique(x[~tfin], return_counts=True)):
+            bad[int(k)] = bad.get(int(k), 0) + int(n)
+        err = np.abs(tc[tfin] - rc[tfin])
+        x = x[tfin]
+        zero = err == 0
+        for k, n in zip(*np.unique(x[zero], return_counts=True)):
+            exact[int(k)] = exact.get(int(k), 0) + int(n)
+        y = _bin(err[~zero])
+        span = MAG_BIN_HI - MAG_BIN_LO + 1
+        keys, counts = np.unique((x[~zero] - MAG_BIN_LO) * span + (y - MAG_BIN_LO), return_counts=True)
+        for key, n in zip(keys.tolist(), counts.tolist()):
+            xy = (key // span + MAG_BIN_LO, key % span + MAG_BIN_LO)
+            cells[xy] = cells.get(xy, 0) + n
+    return {"base": MAG_BASE, "cells": [[x, y, n] for (x, y), n in sorted(cells.items())],
+            "exact": [[x, n] for x, n in sorted(exact.items())],
+            "nonfinite": [[x, n] for x, n in sorted(bad.items())]}
+
+
+def merge_error_vs_magnitude(hists: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several inputs' summaries of one layer as one: the counts add up (the bins are fixed)."""
+    cells: dict[tuple[int, int], int] = {}
+    exact: dict[int, int] = {}
+    bad: dict[int, int] = {}
+    for h in hists:
+        for x, y, n in h["cells"]:
+            cells[(x, y)] = cells.get((x, y), 0) + n
+        for into, key in ((exact, "exact"), (bad, "nonfinite")):
+            for x, n in h[key]:
+                into[x] = into.get(x, 0) + n
+    return {"base": MAG_BASE, "cells": [[x, y, n] for (x, y), n in sorted(cells.items())],
+            "exact": [[x, n] for x, n in sorted(exact.items())],
+            "nonfinite": [[x, n] for x, n in sorted(bad.items())]}
 
 
 def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricInfo]) -> None:
@@ -252,6 +356,8 @@ def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricIn
     nf = [r.local[NEW_NONFINITE] for r in rows if NEW_NONFINITE in r.local]
     if nf:
         out.local[NEW_NONFINITE] = float(sum(nf))
+    for k in {k for r in rows for k in r.local if k.startswith("_") and k != NEW_NONFINITE}:
+        out.local[k] = float(max(r.local[k] for r in rows if k in r.local))  # counts beside the metrics
     for info in infos:
         vals = [r.local[info.name] for r in rows if info.name in r.local]
         if vals:

@@ -67,6 +67,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: a local subgraph larger than this is not one layer: the trace lost the fp32 tensor names
 MAX_LOCAL_NODES = 64
+#: a module run (all of a module's nodes together) larger than this is skipped
+MAX_MODULE_NODES = 4096
 _PREFIX = "parity.local{}::"
 
 
@@ -82,6 +84,10 @@ class LocalPlan:
     nodes: list[int] = field(default_factory=list)  # target-graph node indices, topological
     fed: list[str] = field(default_factory=list)  # fp32 tensors read, fed with reference values
     inits: set[str] = field(default_factory=set)
+    module: str | None = None  # a module run as a whole: its dotted path (node_name is then the path)
+    module_nodes: set[str] = field(default_factory=set)  # fp32 node names the module run may include
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # key -> keys of the layers reading it
+    quantizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> its output QuantizeLinear
 
 
 def _has_subgraph(node: "onnx.NodeProto") -> bool:
@@ -91,12 +97,14 @@ def _has_subgraph(node: "onnx.NodeProto") -> bool:
 
 
 def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[str, tuple[str, bool]],
-                keys: list[str], available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
+                keys: list[str], available: set[str],
+                with_modules: bool = False) -> tuple[list[LocalPlan], list[dict[str, str]]]:
     """Trace each captured key's fetch tensor back to fp32 tensors; returns plans and skips.
 
     ``orig`` is the fp32 graph (node structure only is used), ``target`` the graph that runs,
     ``fetch`` maps fp32 names to the target tensor read for them (see ``int8_fetch_map``),
     ``keys`` are the tensors to run locally, ``available`` those the reference run captured.
+    ``with_modules`` adds one plan per module call (see :func:`module_plans`), after its layers.
     """
     from parity.lib.onnx.graph import model_inputs, tensor_sites
 
@@ -119,6 +127,7 @@ def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[
         p.keys.append(k)
         p.fetches.append(fetch[k][0])
     homes = {p.node_name: i for i, p in by_node.items() if p.node_name}
+    modules = module_plans(orig, fetch, keys) if with_modules else []
 
     plans: list[LocalPlan] = []
     skipped: list[dict[str, str]] = []
@@ -126,9 +135,15 @@ def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[
     def skip(p: LocalPlan, why: str) -> None:
         skipped.extend({"key": k, "onnx_node": p.node_name, "reason": why} for k in p.keys)
 
-    for idx in sorted(by_node):
-        p = by_node[idx]
-        own = set(fp32_nodes[idx].output)
+    work = [(idx, by_node[idx]) for idx in sorted(by_node)] + [(-1, m) for m in modules]
+    for idx, p in work:
+        if p.module is not None:
+            member = {i for i, n in enumerate(fp32_nodes) if n.name in p.module_nodes}
+            own = {o for i in member for o in fp32_nodes[i].output}
+            limit = MAX_MODULE_NODES
+        else:
+            own = set(fp32_nodes[idx].output)
+            limit = MAX_LOCAL_NODES
         need: set[int] = set()
         fed: set[str] = set()
         seen: set[str] = set()
@@ -156,13 +171,13 @@ def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[
                 why = f"it runs through control flow ({node.op_type} {node.name!r})"
                 break
             other = homes.get(node.name) if node.name else None
-            if other is not None and other != idx:
+            if other is not None and other != idx and node.name not in p.module_nodes:
                 why = (f"the target graph has no tensor between it and node {node.name!r}, "
                        f"so it cannot run without that node")
                 break
             need.add(i)
-            if len(need) > MAX_LOCAL_NODES:
-                why = f"its trace through the target graph exceeds {MAX_LOCAL_NODES} nodes"
+            if len(need) > limit:
+                why = f"its trace through the target graph exceeds {limit} nodes"
                 break
             stack.extend(node.input)
         if why is None:
@@ -175,7 +190,43 @@ def plan_locals(orig: "onnx.ModelProto", target: "onnx.ModelProto", fetch: dict[
         p.nodes = sorted(need)
         p.fed = sorted(fed)
         plans.append(p)
+    # a module run goes where its last output is computed, after the layers inside it
+    pos = {s.name: s.node_index for s in sites.values()}
+    plans.sort(key=lambda q: (max(pos[k] for k in q.keys), q.module is not None, -len(q.nodes)))
     return plans, skipped
+
+
+def module_plans(orig: "onnx.ModelProto", fetch: dict[str, tuple[str, bool]], keys: list[str]) -> list[LocalPlan]:
+    """One plan per module call whose output is a captured key and that holds more than one node.
+
+    The module's nodes are the fp32 nodes whose scope chain (export provenance) holds that call;
+    its run is all of them in the target, fed the reference values of what enters the module.
+    """
+    from parity.lib.onnx.provenance import module_output_calls, node_scopes
+
+    calls = module_output_calls(orig)
+    if not calls:
+        return []
+    chains = node_scopes(orig)
+    names = [n.name for n in orig.graph.node]
+    members: dict[tuple[str, Any], set[str]] = {}
+    for name, chain in zip(names, chains):
+        for scope in chain:
+            members.setdefault(scope, set()).add(name)
+    by_scope: dict[tuple[str, Any], list[str]] = {}
+    for k in keys:
+        if k in fetch:
+            for scope in calls.get(k, []):
+                by_scope.setdefault(tuple(scope), []).append(k)
+    out: list[LocalPlan] = []
+    for (path, call), ks in by_scope.items():
+        nodes = members.get((path, call), set())
+        if len(nodes) < 2 or not all(nodes_named for nodes_named in nodes):
+            continue  # one node: its own run is the module's; unnamed nodes cannot be told apart
+        label = path if call in (None, 0) else f"{path}#{call}"
+        out.append(LocalPlan(-1, label, "module", ks, [fetch[k][0] for k in ks], module=label,
+                             module_nodes=nodes))
+    return out
 
 
 def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_types: dict[str, int],
@@ -312,7 +363,7 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
     keys = [k for k in captured if k in ref and str(ref[k].dtype) in FLOAT_TYPES]
 
     target = onnx.load(str(run_path))
-    plans, skips = _plans(precision, orig, target, keys, set(ref))
+    plans, skips = _plans(precision, orig, target, keys, set(ref), cfg.options)
     skipped.extend(skips)
     del orig
     fed_dtype = _FedDtypes(target)
@@ -322,9 +373,47 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
 
 
 def _plans(precision: str, orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
-           available: set[str]) -> tuple[list[LocalPlan], list[dict[str, str]]]:
+           available: set[str], options: dict[str, Any] | None = None
+           ) -> tuple[list[LocalPlan], list[dict[str, str]]]:
+    """Node plans (and module plans unless ``local_modules`` is false), each with the layers that read
+    its outputs and, for int8, the QuantizeLinear that rounds each output."""
+    from parity.contract.options import option_bool
+
     fetch = fetch_for(precision, target, keys)
-    return plan_locals(orig, target, fetch, keys, available)
+    plans, skips = plan_locals(orig, target, fetch, keys, available,
+                               with_modules=option_bool(options or {}, "local_modules", True))
+    key_set = set(keys)
+    readers: dict[str, list[str]] = {}
+    for n in orig.graph.node:
+        first = next((o for o in n.output if o in key_set), None)
+        if first is None:
+            continue
+        for t in n.input:
+            if t and first not in readers.setdefault(t, []):
+                readers[t].append(first)
+    quant = _output_quantizers(target) if precision == "int8" else {}
+    for pl in plans:
+        pl.consumers = {k: readers.get(k, []) for k in pl.keys}
+        pl.quantizers = {k: quant[k] for k in pl.keys if k in quant}
+    return plans, skips
+
+
+def _output_quantizers(target: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
+    """Tensor -> its per-tensor QuantizeLinear in a QDQ model: node name, scale and zero point."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in target.graph.initializer}
+    out: dict[str, dict[str, Any]] = {}
+    for n in target.graph.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 2 or n.input[0] in out or n.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[n.input[1]])
+        if scale.size != 1:
+            continue  # per-channel: no single step to report
+        zp = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] in inits else None
+        out[n.input[0]] = {"node": n.name, "scale": float(scale.reshape(-1)[0]),
+                           "zero_point": int(zp.reshape(-1)[0]) if zp is not None and zp.size == 1 else 0}
+    return out
 
 
 class _FedDtypes:
@@ -383,9 +472,15 @@ def _run_group(precision: str, cfg: RunConfig, target: "onnx.ModelProto", run_pa
             arr = got.pop(nm, None)
             if not isinstance(arr, np.ndarray):
                 continue
-            yield LocalResult(key=key, ref=ref[key], target=arr, op_type=p.op_type,
-                              meta={"onnx_node": p.node_name, "local_nodes": len(p.nodes),
-                                    "local_inputs": list(p.fed), "precision": precision})
+            meta: dict[str, Any] = {"onnx_node": p.node_name, "local_nodes": len(p.nodes),
+                                    "local_inputs": list(p.fed), "precision": precision,
+                                    "consumers": p.consumers.get(key, [])}
+            if p.module is not None:
+                meta.update(onnx_node=None, module_run=p.module)
+            elif key in p.quantizers:
+                meta["quantizer"] = dict(p.quantizers[key])
+            yield LocalResult(key=key, ref=ref[key], target=arr, op_type=None if p.module else p.op_type,
+                              meta=meta)
             del arr
     del got
 
@@ -426,7 +521,7 @@ def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: P
 
     key_set = set(keys)
     target = onnx.load(str(run_path))
-    plans, skips = _plans(precision, orig, target, keys, set(captured) | set(feed))
+    plans, skips = _plans(precision, orig, target, keys, set(captured) | set(feed), cfg.options)
     skipped.extend(skips)
     last_use: dict[str, int] = {}
     for j, p in enumerate(plans):
