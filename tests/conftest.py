@@ -57,3 +57,10 @@ needs_trt = pytest.mark.skipif(not (HAS_TRT and HAS_CUDA),
                                reason="needs TensorRT 10+ and a CUDA GPU (TensorRT is not installable on this "
                                       "project's machines: its PyPI libs download from an unreachable host)")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU visible to torch")
+HAS_TRT_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+#: tests that drive real bindings of either library (TensorRT 10 or TensorRT for RTX) on a CUDA GPU
+needs_trt_bindings = pytest.mark.skipif(
+    not ((HAS_TRT or HAS_TRT_RTX) and HAS_CUDA),
+    reason="needs TensorRT or TensorRT-RTX bindings and a CUDA GPU (here: "
+           f"tensorrt {'importable' if HAS_TRT else 'absent'}, tensorrt_rtx_bindings "
+           f"{'importable' if HAS_TRT_RTX else 'absent'}, CUDA {'present' if HAS_CUDA else 'absent'})")

@@ -1,4 +1,5 @@
-"""Built-in TensorRT plugin for parity: sources ``trt-fp32/-fp16/-bf16/-int8/-tf32`` and importers.
+"""Built-in TensorRT plugin for parity: sources ``trt-fp32/-fp16/-bf16/-int8/-tf32``, ``trt-rtx-fp32/-fp16/-bf16``
+(TensorRT for RTX) and importers.
 
 Registered through the ``parity`` entry-point group like any third-party plugin. Importing
 it is cheap and works without TensorRT: TensorRT, torch and onnx are imported only when an
@@ -13,7 +14,7 @@ from __future__ import annotations
 from parity import hookimpl
 
 from .annotate import LayerInfoAnnotator, PolygraphyInputReader
-from .config import TARGETS
+from .config import TARGET_LIBRARY, TARGETS
 from .importers import (PolygraphyJsonFormat, TrtexecDebugFormat, TrtexecJsonFormat, load_polygraphy_inputs,
                         save_polygraphy_inputs)
 from .source import TrtSource
@@ -25,7 +26,7 @@ __all__ = ["PolygraphyJsonFormat", "TrtSource", "TrtexecDebugFormat", "TrtexecJs
 @hookimpl
 def register_sources(register):  # type: ignore[no-untyped-def]
     for name, precision in TARGETS.items():
-        register(TrtSource(precision), name=name)
+        register(TrtSource(precision, TARGET_LIBRARY[name]), name=name)
 
 
 @hookimpl

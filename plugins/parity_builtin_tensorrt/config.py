@@ -1,11 +1,18 @@
 """What a TensorRT engine is built with, parsed from a target name and plain options.
 
-No TensorRT here: this module turns ``trt-fp16`` plus ``cfg.options`` into an
+No TensorRT here: this module turns ``trt-fp16`` (or ``trt-rtx-fp16``) plus ``cfg.options`` into an
 :class:`EngineConfig` (builder flags by *name*, so they can be checked and hashed without
 TensorRT), parses the per-layer precision spelling trtexec and Polygraphy use
 (``--layerPrecisions=name:fp32,other*:fp16``), applies ``outputs_only`` and ``keep_high_precision``
 (:func:`run_engine_config`), and derives the engine cache key (model digests from
 :mod:`parity.lib.onnx.util`).
+
+Two libraries go through this one code path; what differs is named in :class:`Library`:
+TensorRT 10 (``trt-*``: builder flags choose precisions, layers can be pinned with
+``ILayer.precision``) and TensorRT for RTX (``trt-rtx-*``: every network is strongly typed and
+there is no FP16/BF16/INT8 builder flag, so the ONNX model is cast to the target's type first
+(:attr:`EngineConfig.cast`) and layers kept in fp32 are nodes the cast leaves in fp32,
+:func:`fp32_nodes`).
 
 Option keys read from ``RunConfig.options`` (the CLI spells them ``--trt-capture`` etc.):
 
@@ -41,14 +48,34 @@ from parity.lib.onnx.util import model_digest
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
+@dataclass(frozen=True)
+class Library:
+    """One TensorRT library parity drives, and its small named differences from the others."""
+
+    module: str                  # what ``import`` names
+    label: str                   # the library in messages, build notes and the engine cache key
+    prefix: str                  # target names are ``<prefix>-<precision>``
+    precisions: tuple[str, ...]  # the targets it offers
+    #: every network is strongly typed: precision comes from the ONNX types (the model is cast
+    #: first), there are no precision builder flags and no ``ILayer.precision``
+    strongly_typed: bool
+    min_major: int               # oldest major version parity drives
+    install: str                 # how to get it
+
+
+TENSORRT = Library("tensorrt", "TensorRT", "trt", ("fp32", "fp16", "bf16", "int8", "tf32"), False, 10,
+                   "pip install tensorrt on a machine with an NVIDIA GPU, or use NVIDIA's TensorRT container")
+TENSORRT_RTX = Library("tensorrt_rtx_bindings", "TensorRT-RTX", "trt-rtx", ("fp32", "fp16", "bf16"), True, 1,
+                       "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings (engines run on "
+                       "compute capability 8.0, 8.6, 8.9 and 12.0+: RTX, Ampere, Ada, Blackwell)")
+#: module name -> library
+LIBRARIES: dict[str, Library] = {lib.module: lib for lib in (TENSORRT, TENSORRT_RTX)}
+
 #: target name -> precision
-TARGETS: dict[str, str] = {
-    "trt-fp32": "fp32",
-    "trt-fp16": "fp16",
-    "trt-bf16": "bf16",
-    "trt-int8": "int8",
-    "trt-tf32": "tf32",
-}
+TARGETS: dict[str, str] = {f"{lib.prefix}-{p}": p for lib in (TENSORRT, TENSORRT_RTX) for p in lib.precisions}
+#: target name -> the library that builds it
+TARGET_LIBRARY: dict[str, Library] = {f"{lib.prefix}-{p}": lib for lib in (TENSORRT, TENSORRT_RTX)
+                                      for p in lib.precisions}
 CAPTURE_MODES = ("debug", "mark", "outputs")
 DEBUG_STRATEGIES = ("auto", "unfused", "marked")
 #: precisions trtexec accepts in --layerPrecisions (samples/common/sampleOptions.cpp, TensorRT 10)
@@ -85,10 +112,13 @@ class EngineConfig:
 
     ``builder_flags`` are ``tensorrt.BuilderFlag`` member names to set and
     ``cleared_flags`` names to clear (TF32 is on by default in TensorRT, so an honest
-    fp32 engine clears it).
+    fp32 engine clears it). ``library`` is the module that builds it (:data:`LIBRARIES`);
+    ``cast`` the type the ONNX model is cast to before a strongly typed build (TensorRT-RTX).
     """
 
     precision: str = "fp32"
+    library: str = "tensorrt"
+    cast: str | None = None
     builder_flags: tuple[str, ...] = ()
     cleared_flags: tuple[str, ...] = ()
     strongly_typed: bool = False
@@ -114,6 +144,11 @@ class EngineConfig:
         d["extra"] = dict(self.extra)
         return d
 
+    @property
+    def target(self) -> str:
+        """The target name, e.g. ``trt-fp16`` or ``trt-rtx-bf16``."""
+        return f"{LIBRARIES[self.library].prefix}-{self.precision}"
+
     def selects(self, *names: str | None) -> bool:
         """Whether the user's ``trt_mark`` / ``trt_mark_names`` keep a tensor known by these names."""
         given = [n for n in names if n]
@@ -127,7 +162,7 @@ class EngineConfig:
 
 
 def parse_target(name: str) -> str:
-    """Precision of a ``trt-*`` target name."""
+    """Precision of a ``trt-*`` or ``trt-rtx-*`` target name."""
     if name not in TARGETS:
         raise ParityError(f"unknown TensorRT target {name!r}. Note: use one of {', '.join(TARGETS)}")
     return TARGETS[name]
@@ -218,11 +253,13 @@ def flags_for(precision: str, int8_fallback: str = "fp32") -> tuple[tuple[str, .
     raise ParityError(f"unknown TensorRT precision {precision!r}. Note: use one of {', '.join(TARGETS.values())}")
 
 
-def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> EngineConfig:
-    """Build the :class:`EngineConfig` for a precision from ``RunConfig.options``."""
+def engine_config(precision: str, options: Mapping[str, Any] | None = None,
+                  library: Library = TENSORRT) -> EngineConfig:
+    """Build the :class:`EngineConfig` for a precision of ``library`` from ``RunConfig.options``."""
     o = dict(options or {})
-    if precision not in TARGETS.values():
-        raise ParityError(f"unknown TensorRT precision {precision!r}. Note: use one of {', '.join(TARGETS.values())}")
+    if precision not in library.precisions:
+        raise ParityError(f"unknown {library.label} precision {precision!r}. Note: use one of "
+                          f"{', '.join(f'{library.prefix}-{p}' for p in library.precisions)}")
     capture = str(o.get("trt_capture") or "debug").lower()
     if capture not in CAPTURE_MODES:
         raise ParityError(f"trt_capture {capture!r} is not known. Note: use one of {', '.join(CAPTURE_MODES)}")
@@ -246,6 +283,9 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
     # the CLI's --layer-precisions arrives as "layer_precisions"; --option trt_layer_precisions=... also works
     spec = o.get("trt_layer_precisions", o.get("layer_precisions"))
     overrides = parse_layer_precisions(spec)
+    if library.strongly_typed:
+        return _strongly_typed_config(precision, o, library, overrides, capture=capture, debug_strategy=strategy,
+                                      mark_regex=regex, mark_names=names)
     constraints = o.get("trt_precision_constraints")
     constraints = str(constraints).lower() if constraints is not None else ("obey" if overrides else "none")
     if constraints not in CONSTRAINTS:
@@ -263,13 +303,7 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
                           "network takes each layer's precision from its ONNX types. Note: drop one of them")
     workspace = o.get("trt_workspace")
     ws = parse_size(workspace) if workspace not in (None, "") else None
-    queue = o.get("trt_queue_size", 4)
-    try:
-        queue = int(queue)
-    except (TypeError, ValueError):
-        raise ParityError(f"trt_queue_size {queue!r} is not a whole number. Note: e.g. 4") from None
-    if queue < 1:
-        raise ParityError(f"trt_queue_size {queue} must be at least 1. Note: e.g. 4")
+    queue = _queue_size(o)
     set_flags, cleared = flags_for(precision, fallback) if not strongly else ((), ())
     if constraints in _CONSTRAINT_FLAGS:
         set_flags = set_flags + (_CONSTRAINT_FLAGS[constraints],)
@@ -278,6 +312,49 @@ def engine_config(precision: str, options: Mapping[str, Any] | None = None) -> E
         workspace_bytes=ws, layer_precisions=overrides, precision_constraints=constraints, capture=capture,
         debug_strategy=strategy, mark_regex=regex, mark_names=names, int8_fallback=fallback,
         use_cache=as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=queue)
+
+
+def _queue_size(o: Mapping[str, Any]) -> int:
+    queue = o.get("trt_queue_size", 4)
+    try:
+        queue = int(queue)
+    except (TypeError, ValueError):
+        raise ParityError(f"trt_queue_size {queue!r} is not a whole number. Note: e.g. 4") from None
+    if queue < 1:
+        raise ParityError(f"trt_queue_size {queue} must be at least 1. Note: e.g. 4")
+    return queue
+
+
+def _strongly_typed_config(precision: str, o: Mapping[str, Any], library: Library,
+                           overrides: tuple[LayerPrecision, ...], **capture: Any) -> EngineConfig:
+    """The config of a library whose networks are always strongly typed (TensorRT-RTX).
+
+    Its differences, by name: no precision builder flags (the cast ONNX model carries the
+    precision, ``cast``); ``trt_strongly_typed`` cannot be turned off; layer precision overrides
+    may only keep layers in fp32 (the cast leaves those nodes in fp32); precision constraints and
+    int8 do not exist. TF32 is cleared, as for ``trt-fp32``, so fp32 layers compute in fp32.
+    """
+    target = f"{library.prefix}-{precision}"
+    if "trt_strongly_typed" in o and not as_bool(o["trt_strongly_typed"], "trt_strongly_typed"):
+        raise ParityError(f"trt_strongly_typed false is not possible with {target}: {library.label} networks "
+                          f"are always strongly typed. Note: drop the option")
+    if o.get("trt_precision_constraints") is not None:
+        raise ParityError(f"trt_precision_constraints does not apply to {target}: {library.label} networks are "
+                          f"strongly typed, each layer runs in its ONNX type. Note: drop the option; keep layers "
+                          f"in fp32 with --layer-precisions NAME:fp32")
+    wrong = [f"{lp.pattern}:{lp.precision}" for lp in overrides if lp.precision != "fp32"]
+    if wrong:
+        raise ParityError(f"trt_layer_precisions asks {', '.join(wrong[:3])} of {target}, whose layers run in "
+                          f"their ONNX type ({precision}, or fp32 for layers kept). Note: only NAME:fp32 "
+                          f"entries are possible (nodes the cast leaves in fp32)")
+    workspace = o.get("trt_workspace")
+    return EngineConfig(
+        precision=precision, library=library.module, cast=precision if precision in ("fp16", "bf16") else None,
+        builder_flags=(), cleared_flags=("TF32",), strongly_typed=True,
+        workspace_bytes=parse_size(workspace) if workspace not in (None, "") else None,
+        layer_precisions=overrides, precision_constraints="none",
+        use_cache=as_bool(o.get("trt_engine_cache", True), "trt_engine_cache"), queue_size=_queue_size(o),
+        **capture)
 
 
 def with_constraints(ecfg: EngineConfig, constraints: str, **changes: Any) -> EngineConfig:
@@ -289,7 +366,7 @@ def with_constraints(ecfg: EngineConfig, constraints: str, **changes: Any) -> En
 
 
 def config_for_target(target: str, options: Mapping[str, Any] | None = None) -> EngineConfig:
-    return engine_config(parse_target(target), options)
+    return engine_config(parse_target(target), options, TARGET_LIBRARY[target])
 
 
 # --------------------------------------------------------------------------- outputs only, keeping layers
@@ -338,7 +415,8 @@ def keep_to_layer_precisions(model: "onnx.ModelProto", keys: Iterable[str],
 
 
 def run_engine_config(precision: str, options: Mapping[str, Any] | None,
-                      model: "onnx.ModelProto | None" = None, label: str = "the model") -> EngineConfig:
+                      model: "onnx.ModelProto | None" = None, label: str = "the model",
+                      library: Library = TENSORRT) -> EngineConfig:
     """The :class:`EngineConfig` for a run, with ``outputs_only`` and ``keep_high_precision`` applied.
 
     *Outputs only* (``outputs_only``): capture mode ``outputs``, no debug tensors, no marking.
@@ -347,16 +425,23 @@ def run_engine_config(precision: str, options: Mapping[str, Any] | None,
     producing nodes become per-layer ``fp32`` overrides (TensorRT's ONNX parser names network
     layers after ONNX nodes) merged after ``trt_layer_precisions`` / ``layer_precisions``, and
     precision constraints are obeyed (``prefer`` when the user asked for it). The overrides are
-    build fields, so they are part of the engine cache key.
+    build fields, so they are part of the engine cache key. For a library whose networks are always
+    strongly typed (TensorRT-RTX) the overrides are fp32 entries only, applied by the cast
+    (:func:`fp32_nodes`), with no constraints.
     """
     o = dict(options or {})
     only = as_bool(o.pop("outputs_only", False), "outputs_only")
     keep = tuple(as_list(o.pop("keep_high_precision", None)))
     if only:
         o["trt_capture"] = "outputs"
-    ecfg = engine_config(precision, o)
+    ecfg = engine_config(precision, o, library)
     if not keep:
         return ecfg
+    if library.strongly_typed:
+        if model is None:
+            return ecfg
+        merged = keep_to_layer_precisions(model, keep, ecfg.layer_precisions, label)
+        return dataclasses.replace(ecfg, layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()))
     if ecfg.strongly_typed:
         raise ParityError("keep_high_precision cannot be used with trt_strongly_typed: a strongly typed "
                           "network takes each layer's precision from its ONNX types. Note: drop one of them")
@@ -370,6 +455,38 @@ def run_engine_config(precision: str, options: Mapping[str, Any] | None,
     constraints = "prefer" if ecfg.precision_constraints == "prefer" else "obey"
     return with_constraints(ecfg, constraints,
                             layer_precisions=tuple(LayerPrecision(n, p) for n, p in merged.items()))
+
+
+def fp32_nodes(model: "onnx.ModelProto", ecfg: EngineConfig, label: str = "the model"
+               ) -> tuple[list[str], list[str]]:
+    """What the cast of a strongly typed build leaves in fp32: (node names, output tensors of unnamed nodes).
+
+    Each top-level node whose network layer name (:func:`layer_name`) the overrides resolve to
+    ``fp32`` is kept; unnamed nodes are given by their outputs (the converter names them). An
+    override that matches no node is an error listing real names, as for ``ILayer.precision``.
+    """
+    overrides = ecfg.layer_precisions
+    if not overrides:
+        return [], []
+    nodes, tensors = [], []
+    used: set[str] = set()
+    for n in model.graph.node:
+        name = layer_name(n)
+        for lp in overrides:
+            if lp.matches(name):
+                used.add(lp.pattern)
+        if resolve_layer_precision(overrides, name) != "fp32":
+            continue
+        if n.name:
+            nodes.append(n.name)
+        else:
+            tensors.extend(o for o in n.output if o)
+    unknown = [lp.pattern for lp in overrides if lp.pattern not in used]
+    if unknown:
+        sample = ", ".join(repr(layer_name(n)) for n in list(model.graph.node)[:3])
+        raise ParityError(f"trt_layer_precisions names {', '.join(map(repr, unknown[:5]))}, which match no node "
+                          f"of {label}. Note: use ONNX node names, e.g. {sample}")
+    return nodes, tensors
 
 
 # --------------------------------------------------------------------------- cache key

@@ -14,8 +14,15 @@ parameter and raises one ``ParityError`` line naming the model, the step and the
 own message (recorded by :class:`ErrorLog` from the logger TensorRT reports through); those
 functions are tested without TensorRT on small fakes of the library's API surface.
 
-TensorRT cannot be installed on the machines parity is developed on, so the TensorRT calls
-were written against the TensorRT 10 Python API reference and checked call by call against it;
+The same code builds TensorRT-RTX engines (module ``tensorrt_rtx_bindings``); what differs is
+named in :class:`~.config.Library` and shows here in three places: the model is cast to the
+target's type first (:func:`typed_model`: its networks are always strongly typed, it has no
+FP16/BF16/INT8 builder flag and no ``ILayer.precision``), no int8 calibrator, and the library's
+name in messages and the cache key. Its 1.7 bindings were exercised on an H200 (docs/runs/):
+parsing, marking and ``build_serialized_network`` run; deserializing refuses that GPU.
+
+TensorRT 10 cannot be installed on the machines parity is developed on, so its calls were
+written against the TensorRT 10 Python API reference and checked call by call against it;
 each call cites its page. References:
 
 [PY]   TensorRT Python API: https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/index.html
@@ -48,7 +55,7 @@ from parity.contract.errors import ParityError, first_line
 from parity.lib.onnx.util import feeds_digest
 
 from ._cuda import dtype_name
-from .config import EngineConfig, cache_key, onnx_digest
+from .config import LIBRARIES, TENSORRT, EngineConfig, Library, cache_key, fp32_nodes, onnx_digest
 from .marking import (LayerDesc, TensorDesc, mark_control_flow, plan_layer_precisions, propagate_constants,
                       select_tensors, unknown_override_names)
 
@@ -59,38 +66,39 @@ _DT_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": 
 #: --layerPrecisions spelling -> tensorrt.DataType member name
 _PREC_DT = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "int32": "INT32"}
 #: Python module name -> the library's name in messages and in the engine cache key
-_LIBRARIES = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX"}
-MIN_MAJOR = 10
+_LIBRARIES = {"tensorrt_rtx": "TensorRT-RTX", **{m: lib.label for m, lib in LIBRARIES.items()}}
+MIN_MAJOR = TENSORRT.min_major
 
 
 # --------------------------------------------------------------------------- the library
 
-def import_tensorrt() -> Any:
-    """``import tensorrt`` or a one-line ParityError saying what to install."""
+def import_tensorrt(library: Library = TENSORRT) -> Any:
+    """``import tensorrt`` (or the library's module) or a one-line ParityError saying what to install."""
+    import importlib
+
     try:
-        import tensorrt as trt
+        trt = importlib.import_module(library.module)
     except Exception as e:  # noqa: BLE001 - ImportError, or OSError when libnvinfer is missing or broken
         first = first_line(e, 200)
-        raise ParityError(f"the TensorRT targets need TensorRT {MIN_MAJOR}+. Note: import tensorrt failed ({first}); "
-                          f"on a machine with an NVIDIA GPU run pip install tensorrt (or use NVIDIA's TensorRT "
-                          f"container), or capture there with trtexec/Polygraphy and import the files "
-                          f"(docs/tensorrt.md)") from None
+        raise ParityError(f"the {library.prefix}-* targets need {library.label} {library.min_major}+. Note: import "
+                          f"{library.module} failed ({first}); {library.install}, or capture on a GPU machine with "
+                          f"trtexec/Polygraphy and import the files (docs/tensorrt.md)") from None
     head = re.match(r"\d+", str(getattr(trt, "__version__", "")))
     major = int(head.group(0)) if head else 0
-    if major < MIN_MAJOR:
-        raise ParityError(f"TensorRT {trt.__version__} is too old. Note: parity needs TensorRT {MIN_MAJOR}+ "
-                          f"(execute_async_v3, debug tensors, engine inspector metadata)")
+    if major < library.min_major:
+        raise ParityError(f"{library.label} {trt.__version__} is too old. Note: parity needs {library.label} "
+                          f"{library.min_major}+ (execute_async_v3, debug tensors, engine inspector metadata)")
     return trt
 
 
-def tensorrt_with_cuda(what: str) -> Any:
-    """The TensorRT module, after checking a CUDA device is visible; one-line errors otherwise."""
-    trt = import_tensorrt()
+def tensorrt_with_cuda(what: str, library: Library = TENSORRT) -> Any:
+    """The library's module, after checking a CUDA device is visible; one-line errors otherwise."""
+    trt = import_tensorrt(library)
     from ._cuda import cuda_status
 
     ok, why = cuda_status()
     if not ok:
-        raise ParityError(f"{what}: TensorRT needs a CUDA device. Note: {why}")
+        raise ParityError(f"{what}: {library.label} needs a CUDA device. Note: {why}")
     return trt
 
 
@@ -98,6 +106,12 @@ def library_name(trt: Any) -> str:
     """``TensorRT`` or ``TensorRT-RTX`` (from the module's name), for messages and the cache key."""
     mod = str(getattr(trt, "__name__", "tensorrt")).split(".")[0]
     return _LIBRARIES.get(mod, mod)
+
+
+def library_of(trt: Any) -> Library:
+    """The :class:`~.config.Library` a module is (TensorRT when unknown)."""
+    mod = str(getattr(trt, "__name__", "tensorrt")).split(".")[0]
+    return LIBRARIES.get(mod, TENSORRT)
 
 
 def library_label(trt: Any) -> str:
@@ -166,9 +180,16 @@ def _logger(trt: Any) -> Any:
 
 
 def _said(errors: Iterable[str]) -> str:
-    """The library's own last error message, as a clause (empty when it logged none)."""
-    msgs = [m for m in errors if str(m).strip()]
-    return f": {first_line(msgs[-1], 300)}" if msgs else ""
+    """The library's own error message for a step, as a clause (empty when it logged none).
+
+    The last one the step logged (TensorRT ends a failed build with its summary), except that a
+    message naming the GPU's compute capability wins wherever it comes.
+    """
+    msgs = [str(m) for m in errors if str(m).strip()]
+    if not msgs:
+        return ""
+    pick = next((m for m in msgs if "compute capability" in m), msgs[-1])
+    return f": {first_line(pick, 300)}"
 
 
 # --------------------------------------------------------------------------- failure checks (plain, tested with fakes)
@@ -229,6 +250,9 @@ def deserialize_engine(runtime: Any, data: bytes, model: str, target: str, libra
         said = _said(log.since(mark)) if log is not None else ""
     if engine is None:
         hint = f"delete {cache_dir} and run again" if cache_dir is not None else "see the library's log above"
+        if "compute capability" in said:
+            hint = (f"the engine was built; this GPU's compute capability is not supported by {library}: run "
+                    f"on a GPU it supports, or use another target")
         raise ParityError(f"{library} failed deserializing the engine built for {target} from {model}{said}. "
                           f"Note: {hint}")
     return engine
@@ -346,15 +370,42 @@ class BuiltEngine:
 def _gpu_identity() -> str:
     import torch
 
+    if not torch.cuda.is_available():  # a plan built without a GPU (TensorRT-RTX builds ahead of time)
+        return "no CUDA device"
     p = torch.cuda.get_device_properties(0)
     return f"{p.name} sm{p.major}{p.minor}"
 
 
+def typed_model(onnx_path: Path, ecfg: EngineConfig, workdir: Path) -> Path:
+    """The ONNX model a strongly typed build parses: ``onnx_path`` cast to ``ecfg.cast``, fp32 I/O kept.
+
+    TensorRT-RTX takes each layer's precision from the ONNX types, so ``trt-rtx-fp16`` builds
+    from the model cast by :func:`parity.lib.onnx.convert.to_fp16` (``-bf16``: ``to_bf16``), the
+    nodes that layer precision overrides or ``keep_high_precision`` keep (:func:`.config.fp32_nodes`)
+    left in fp32. Without a cast the model is returned as it is.
+    """
+    if ecfg.cast is None:
+        return onnx_path
+    import onnx
+
+    from parity.lib.onnx.convert import to_bf16, to_fp16
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes, tensors = fp32_nodes(model, ecfg, onnx_path.name)
+    del model
+    cast = {"fp16": to_fp16, "bf16": to_bf16}[ecfg.cast]
+    return cast(onnx_path, Path(workdir), keep_nodes=nodes, keep_tensors=tensors)
+
+
 def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, np.ndarray],
                  calibration: list[dict[str, np.ndarray]], workdir: Path, has_qdq: bool) -> BuiltEngine:
-    """Parse ONNX, configure, mark tensors, build; reuse ``workdir/trt/<key>`` when cached."""
+    """Parse ONNX, configure, mark tensors, build, deserialize; reuse ``workdir/trt/<key>`` when cached.
+
+    ``onnx_path`` is what the network is parsed from: for a strongly typed library, the cast
+    model (:func:`typed_model`). The build itself is :func:`build_plan`.
+    """
     library = library_name(trt)
-    target = f"trt-{ecfg.precision}"
+    target = ecfg.target
     model = onnx_path.name
     shapes = {k: (tuple(int(d) for d in np.shape(v)), str(np.asarray(v).dtype)) for k, v in feed.items()}
     calib_digest = feeds_digest(calibration) if ("INT8" in ecfg.builder_flags and not has_qdq) else None
@@ -367,7 +418,34 @@ def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, 
         notes["engine_cache"] = "hit"
         return BuiltEngine(eng_p.read_bytes(), info_p.read_text(encoding="utf-8"), notes, model=model,
                            target=target, cache_dir=cdir)
+    built = build_plan(trt, onnx_path, ecfg, feed, calibration, cdir, has_qdq, key)
+    logger = _logger(trt)
+    built.runtime = trt.Runtime(logger)                          # [PY Core/Runtime]
+    engine = deserialize_engine(built.runtime, built.engine, model, target, library, logger.errors)
+    built.loaded = engine
+    inspector = engine.create_engine_inspector()                 # [PY Core/EngineInspector]
+    built.layer_info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    cdir.mkdir(parents=True, exist_ok=True)
+    if ecfg.use_cache:
+        with atomic_path(eng_p) as tmp:
+            tmp.write_bytes(built.engine)
+        write_text(info_p, built.layer_info)
+        write_text(notes_p, json.dumps(built.notes, indent=1, default=str))
+    return built
 
+
+def build_plan(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, np.ndarray],
+               calibration: list[dict[str, np.ndarray]], cdir: Path, has_qdq: bool, key: str = "plan"
+               ) -> BuiltEngine:
+    """Parse ``onnx_path``, configure the builder from ``ecfg``, mark the tensors to capture, build.
+
+    Returns the serialized engine (no layer information: that needs a deserialized engine);
+    every failing step is one ParityError naming the model, the step and the library's message.
+    """
+    library = library_name(trt)
+    target = ecfg.target
+    model = onnx_path.name
+    shapes = {k: (tuple(int(d) for d in np.shape(v)), str(np.asarray(v).dtype)) for k, v in feed.items()}
     logger = _logger(trt)
     mark = logger.errors.mark()
     builder = trt.Builder(logger)                                # [PY Core/Builder] Builder(logger)
@@ -409,11 +487,15 @@ def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, 
 
     desc = describe_network(trt, network)
     notes: dict[str, Any] = {"engine_cache": "miss", "tensorrt": trt.__version__, "library": library,
-                             "capture": ecfg.capture}
+                             "capture": ecfg.capture, "strongly_typed": bool(ecfg.strongly_typed)}
+    if ecfg.cast:
+        notes["onnx_cast"] = ecfg.cast
+    if ecfg.strongly_typed and ecfg.layer_precisions:   # applied by the cast (typed_model), not per layer
+        notes["layers_kept_fp32"] = [lp.pattern for lp in ecfg.layer_precisions]
     if absent:
         notes["warning"] = (f"{library_label(trt)} has no BuilderFlag {', '.join(absent)}; parity could not "
                             f"clear it, so the library decides")
-    if ecfg.layer_precisions:
+    if ecfg.layer_precisions and not ecfg.strongly_typed:
         applied, skipped = plan_layer_precisions(desc, ecfg.layer_precisions)
         unknown = unknown_override_names(desc, ecfg.layer_precisions)
         if unknown:
@@ -427,7 +509,7 @@ def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, 
         notes["layer_precisions_applied"] = applied
         notes["layer_precisions_skipped"] = skipped
 
-    if "INT8" in ecfg.builder_flags and not has_qdq:
+    if "INT8" in ecfg.builder_flags and not has_qdq:            # TensorRT only: TensorRT-RTX has no int8 target
         feeds = calibration or [feed]
         for k, c in enumerate(feeds):
             bad = {n: np.shape(c.get(n)) for n in shapes if np.shape(c.get(n)) != shapes[n][0]}
@@ -479,17 +561,7 @@ def build_engine(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, 
     # [PY Core/Builder] build_serialized_network -> IHostMemory, or None on failure
     engine_bytes = check_serialized(builder.build_serialized_network(network, config), model, target, library,
                                     logger.errors.since(mark))
-    runtime = trt.Runtime(logger)                                # [PY Core/Runtime]
-    engine = deserialize_engine(runtime, engine_bytes, model, target, library, logger.errors)
-    inspector = engine.create_engine_inspector()                 # [PY Core/EngineInspector]
-    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    cdir.mkdir(parents=True, exist_ok=True)
-    if ecfg.use_cache:
-        with atomic_path(eng_p) as tmp:
-            tmp.write_bytes(engine_bytes)
-        write_text(info_p, info)
-        write_text(notes_p, json.dumps(notes, indent=1, default=str))
-    return BuiltEngine(engine_bytes, info, notes, runtime, engine, model=model, target=target, cache_dir=cdir)
+    return BuiltEngine(engine_bytes, "", notes, model=model, target=target, cache_dir=cdir)
 
 
 def load_engine(trt: Any, built: BuiltEngine) -> Any:

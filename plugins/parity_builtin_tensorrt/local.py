@@ -209,14 +209,16 @@ def local_results(target: str, precision: str, cfg: RunConfig, feed: dict[str, n
     from parity.contract.records import LocalResult
     from parity.lib.onnx.graph import load_model
 
-    from .loader import build_engine, tensorrt_with_cuda
+    from .config import TARGET_LIBRARY
+    from .loader import build_engine, tensorrt_with_cuda, typed_model
     from .runner import run_built
 
-    trt = tensorrt_with_cuda(f"the local runs of {target}")
-    run_engine_config(precision, cfg.options)  # bad options fail before any work
+    lib = TARGET_LIBRARY[target]
+    trt = tensorrt_with_cuda(f"the local runs of {target}", lib)
+    run_engine_config(precision, cfg.options, library=lib)  # bad options fail before any work
     onnx_path, _names = onnx_model_for(cfg, feed)
     orig = load_model(onnx_path, what="model")
-    ecfg = run_engine_config(precision, cfg.options, orig, onnx_path.name)
+    ecfg = run_engine_config(precision, cfg.options, orig, onnx_path.name, library=lib)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in orig.graph.node):
         skipped.append({"key": "*", "onnx_node": "*", "reason": (
             "the model is Q/DQ-quantized: a node cut out alone loses its QuantizeLinear/DequantizeLinear "
@@ -230,7 +232,7 @@ def local_results(target: str, precision: str, cfg: RunConfig, feed: dict[str, n
             node_ecfg = with_constraints(node_ecfg, "none")
         calib = [case.feed] if "INT8" in node_ecfg.builder_flags else []
         try:
-            path = _save_model(case.model, Path(cfg.workdir))
+            path = typed_model(_save_model(case.model, Path(cfg.workdir)), node_ecfg, Path(cfg.workdir))
             built = build_engine(trt, path, node_ecfg, case.feed, calib, Path(cfg.workdir), False)
             got = run_built(trt, built, case.feed, f"the local engine of {case.layer!r}")
         except ParityError as e:

@@ -35,7 +35,7 @@ from parity.lib.onnx.models import onnx_model_for
 
 from ._cuda import dtype_name
 from .config import EngineConfig, run_engine_config
-from .loader import BuiltEngine, build_engine, check_context, library_name, load_engine
+from .loader import BuiltEngine, build_engine, check_context, library_name, library_of, load_engine, typed_model
 
 #: tensorrt.DataType member name -> numpy dtype for host-resident (shape) inputs
 _NP_DT = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
@@ -263,11 +263,16 @@ def capture(trt: Any, target: str, precision: str, cfg: RunConfig, feed: dict[st
     from .names import build_map, onnx_named
 
     # outputs_only / keep_high_precision (parity fix) are applied here; see .config.run_engine_config
-    ecfg = run_engine_config(precision, cfg.options)
+    lib = library_of(trt)
+    ecfg = run_engine_config(precision, cfg.options, library=lib)
     onnx_path, module_names = onnx_model_for(cfg, feed)
     graph = onnx.load(str(onnx_path), load_external_data=False)
     if cfg.options.get("keep_high_precision"):
-        ecfg = run_engine_config(precision, cfg.options, graph, onnx_path.name)
+        ecfg = run_engine_config(precision, cfg.options, graph, onnx_path.name, library=lib)
+    typed = typed_model(onnx_path, ecfg, Path(cfg.workdir))     # TensorRT-RTX: cast to the target's type first
+    if typed != onnx_path:
+        onnx_path = typed
+        graph = onnx.load(str(onnx_path), load_external_data=False)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph.node)
     feed = {k: np.asarray(v) for k, v in feed.items()}
     built = build_engine(trt, onnx_path, ecfg, feed, list(cfg.calibration), Path(cfg.workdir), has_qdq)
@@ -281,7 +286,8 @@ def capture(trt: Any, target: str, precision: str, cfg: RunConfig, feed: dict[st
     bind_inputs(trt, engine, context, feed, keep, onnx_path.name)   # [PY Core/ICudaEngine] TRT 10 tensor API
     outputs = bind_outputs(trt, engine, context, onnx_path.name)
 
-    common = {"precision": precision, "tensorrt": trt.__version__, "capture": ecfg.capture,
+    common = {"precision": precision, "tensorrt": trt.__version__, "library": library_name(trt),
+              "capture": ecfg.capture,
               "debug_strategy": built.notes.get("debug_strategy"),
               "fusion_altered": bool(built.notes.get("fusion_altered")),
               "engine_cache": built.notes.get("engine_cache"), "model_file": str(onnx_path)}

@@ -1,8 +1,9 @@
-"""fp16 conversion and int8 (QDQ) quantization of an fp32 ONNX model, cached on disk.
+"""fp16/bf16 casts and int8 (QDQ) quantization of an fp32 ONNX model, cached on disk.
 
-Both keep the original tensor names wherever the tool keeps them, which is what lets an
+All keep the original tensor names wherever the tool keeps them, which is what lets an
 fp16 or int8 record carry the same name as its fp32 counterpart (see :func:`int8_fetch_map`
-for how QDQ tensors are read back).
+for how QDQ tensors are read back). Every model written here is saved at an IR version the
+installed ONNX Runtime accepts (:func:`clamp_ir_version`).
 """
 from __future__ import annotations
 
@@ -99,6 +100,60 @@ FP16_MAX = 65504.0
 FP16_MIN_POSITIVE = 5.960464477539063e-08
 
 
+# --------------------------------------------------------------------------- IR version
+
+_MAX_IR: list[int] = []
+
+
+def max_ir_version() -> int:
+    """The highest ONNX IR version the installed onnxruntime loads (``onnx.IR_VERSION`` without it).
+
+    Asked of onnxruntime itself: a one-node model at an absurd IR version is refused with
+    "max supported IR version: N". onnx's own default can be newer than what onnxruntime
+    reads (onnx 1.23 writes IR 14; onnxruntime 1.30 reads up to 13). Probed once per process.
+    """
+    if _MAX_IR:
+        return _MAX_IR[0]
+    import onnx
+    from onnx import TensorProto, helper
+
+    found = int(onnx.IR_VERSION)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    if ort is not None:
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+        probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                                    [vi[0]], [vi[1]]),
+                                  opset_imports=[helper.make_opsetid("", 13)])
+        probe.ir_version = 10_000
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - the refusal carries the number
+            m = re.search(r"max supported IR version:\s*(\d+)", str(e))
+            if m:
+                found = int(m.group(1))
+    _MAX_IR.append(found)
+    return found
+
+
+def clamp_ir_version(model: Any) -> Any:
+    """``model`` (an ``onnx.ModelProto`` or ``onnx_ir.Model``) with its IR version lowered, in place, to
+    :func:`max_ir_version` when it is above it; returned for chaining.
+
+    Lowering the number changes no node: the opsets a model imports are what its operators mean,
+    and onnxruntime accepts every opset it implements at the IR versions it reads.
+    """
+    top = max_ir_version()
+    if int(model.ir_version) > top:
+        model.ir_version = top
+    return model
+
+
+# --------------------------------------------------------------------------- fp16 / bf16
+
+
 def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = (),
             keep_tensors: Sequence[str] = ()) -> Path:
     """``src`` converted to float16 with fp32 inputs/outputs, cached under ``workdir/ort``.
@@ -107,15 +162,33 @@ def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: 
     converter's own default block list (ops without fp16 kernels); so do the nodes producing
     ``keep_tensors`` (fp32 tensor names, the ``keep_high_precision`` option of ``parity fix``).
     """
+    return _to_half(src, workdir, "fp16", keep_ops, keep_nodes, keep_tensors)
+
+
+def to_bf16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: Sequence[str] = (),
+            keep_tensors: Sequence[str] = ()) -> Path:
+    """``src`` cast to bfloat16 with fp32 inputs/outputs, cached under ``workdir/ort``: as :func:`to_fp16`.
+
+    onnxconverter-common has no bf16 pass, so the fp16 pass decides what is cast and where the
+    Cast nodes go, and :func:`_retype_bf16` then turns each float16 in the result into bfloat16,
+    taking weights and constants from the fp32 originals (bf16 keeps fp32's range: nothing is
+    clamped at fp16's 65504). For consumers with bf16 kernels (TensorRT's parser); onnxruntime's
+    CPU provider lacks bf16 kernels for most ops.
+    """
+    return _to_half(src, workdir, "bf16", keep_ops, keep_nodes, keep_tensors)
+
+
+def _to_half(src: Path, workdir: Path, kind: str, keep_ops: Sequence[str], keep_nodes: Sequence[str],
+             keep_tensors: Sequence[str]) -> Path:
     import onnx
     import onnxconverter_common
     from onnxconverter_common import float16
 
     keep_ops, keep_nodes = sorted(set(keep_ops)), sorted(set(keep_nodes))
     keep_tensors = sorted(set(keep_tensors))
-    key = key_of("fp16", onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors,
-                 FP16_MAX, FP16_MIN_POSITIVE)
-    out = workdir / "ort" / f"{_stem(src)}-fp16-{key}.onnx"
+    key = key_of(kind, onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors,
+                 FP16_MAX, FP16_MIN_POSITIVE, max_ir_version())
+    out = workdir / "ort" / f"{_stem(src)}-{kind}-{key}.onnx"
     if out.is_file():
         return out
     model = onnx.load(str(src))
@@ -134,14 +207,97 @@ def to_fp16(src: Path, workdir: Path, keep_ops: Sequence[str] = (), keep_nodes: 
                                                    node_block_list=keep_nodes or None,
                                                    max_finite_val=FP16_MAX, min_positive_val=FP16_MIN_POSITIVE)
     except Exception as e:
-        raise ParityError(f"fp16 conversion of {src.name} failed: {type(e).__name__}: {e}. Note: try keeping "
+        raise ParityError(f"{kind} conversion of {src.name} failed: {type(e).__name__}: {e}. Note: try keeping "
                           f"the failing op in fp32 with the keep_fp32_ops option") from e
+    if kind == "bf16":
+        _retype_bf16(m16, onnx.load(str(src)))
+    clamp_ir_version(m16)
     with atomic_path(out) as tmp:
         if m16.ByteSize() > _LARGE:
             onnx.save(m16, str(tmp), save_as_external_data=True, location=out.name + ".data")
         else:
             onnx.save(m16, str(tmp))
     return out
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    bits = a.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(a), np.uint16(0x7FC0), rounded).astype(np.uint16)
+
+
+def _bf16_tensor(values: np.ndarray, name: str) -> Any:
+    from onnx import TensorProto
+
+    t = TensorProto()
+    t.name = name
+    t.data_type = TensorProto.BFLOAT16
+    t.dims.extend(int(d) for d in np.shape(values))
+    t.raw_data = bf16_bits(np.asarray(values)).tobytes()
+    return t
+
+
+def _retype_bf16(model: Any, original: Any) -> None:
+    """Every float16 of ``model`` (the fp16 pass's result) made bfloat16, in place.
+
+    Weights and Constant values come from ``original`` (the fp32 model) where it has them by
+    the same name, so no value passes through fp16; the rest (values the converter made) are
+    widened from fp16, which bf16 holds without overflow.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    f16, b16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
+    fp32: dict[str, Any] = {}
+    for g in _graphs(original.graph):
+        fp32.update((t.name, t) for t in g.initializer)
+        for n in g.node:
+            if n.op_type == "Constant" and n.output:
+                for a in n.attribute:
+                    if a.type == onnx.AttributeProto.TENSOR:
+                        fp32[n.output[0]] = a.t
+
+    def as_bf16(t: Any, key: str) -> Any:
+        src = fp32.get(key)
+        if src is not None and src.data_type == TensorProto.FLOAT and list(src.dims) == list(t.dims):
+            vals = numpy_helper.to_array(src)
+        else:
+            vals = numpy_helper.to_array(t).astype(np.float32)
+        return _bf16_tensor(vals, t.name)
+
+    def retype(vi: Any) -> None:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.elem_type == f16:
+            tt.elem_type = b16
+
+    for g in _graphs(model.graph):
+        for k, t in enumerate(g.initializer):
+            if t.data_type == f16:
+                g.initializer[k].CopyFrom(as_bf16(t, t.name))
+        for vi in [*g.input, *g.output, *g.value_info]:
+            retype(vi)
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f16:
+                    a.t.CopyFrom(as_bf16(a.t, n.output[0] if n.op_type == "Constant" and n.output else ""))
+                elif a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i == f16:
+                    a.i = b16
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and every body graph inside it (If/Loop/Scan), depth first."""
+    import onnx
+
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _graphs(sub)
 
 
 def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],

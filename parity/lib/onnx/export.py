@@ -6,7 +6,8 @@ belongs to (``parity.module_calls``, from ``torch.export``'s module stack), so t
 module run twice yields two distinguishable outputs. When dynamo export fails, the
 TorchScript exporter is used; its node names (``/layer1/layer1.0/conv1/Conv``) still carry
 the module scope. Both paths write through a temporary file, so a crash never leaves a
-half-written model in the cache.
+half-written model in the cache, and both save the model at an IR version the installed
+onnxruntime reads (:func:`parity.lib.onnx.convert.clamp_ir_version`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, first_line
 
+from parity.lib.onnx.convert import clamp_ir_version, max_ir_version
 from parity.lib.onnx.util import file_digest, key_of
 from parity.lib.onnx.provenance import CALLS_KEY
 
@@ -137,6 +139,7 @@ def export_onnx(module: Any, example_feed: dict[str, np.ndarray], out_path: str 
                 prog.model.metadata_props[EXPORTER_KEY] = (
                     f"torch.onnx dynamo (torch {torch.__version__}, opset {opset}, "
                     f"{'dynamic' if dyn else 'static'} batch)")
+                clamp_ir_version(prog.model)  # an IR version the installed onnxruntime reads
                 with atomic_path(out) as tmp:
                     prog.save(str(tmp))
                 return out
@@ -169,6 +172,7 @@ def export_onnx(module: Any, example_feed: dict[str, np.ndarray], out_path: str 
                     desc += f"; tracer warnings: {' | '.join(tracer)[:500]}"
                 entry = m.metadata_props.add()
                 entry.key, entry.value = EXPORTER_KEY, desc
+                clamp_ir_version(m)
                 onnx.save(m, str(tmp))
         return out
     except Exception as e:
@@ -231,7 +235,7 @@ def cached_export(module: Any, example_feed: dict[str, np.ndarray], workdir: str
     sig = [(n, str(np.asarray(a).dtype), tuple(np.shape(a)))
            for n, a in ((n, example_feed[n]) for n in _ordered_args(module, example_feed, input_order))]
     key = key_of("export", torch.__version__, fdig, _module_digest(module), sig,
-                  int(opset or DEFAULT_OPSET), dynamic_batch, optimize, dynamo)
+                  int(opset or DEFAULT_OPSET), dynamic_batch, optimize, dynamo, max_ir_version())
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.stem if src is not None else type(module).__name__)[:60]
     out = Path(workdir) / "onnx" / f"{stem}-{key}.onnx"
     if out.is_file():

@@ -86,10 +86,25 @@ def test_engine_that_fails_to_deserialize_error_handling(tmp_path, fresh_loggers
     msg = str(e.value)
     assert "\n" not in msg and "NoneType" not in msg
     assert msg.startswith("TensorRT-RTX failed deserializing the engine built for trt-fp16 from cnn.onnx: ")
-    assert "does not support this compute capability" in msg and str(tmp_path / "trt") in msg
+    assert "does not support this compute capability" in msg
+    # an unsupported GPU is named as such: deleting the cache would not help
+    assert msg.endswith("Note: the engine was built; this GPU's compute capability is not supported by "
+                        "TensorRT-RTX: run on a GPU it supports, or use another target")
     assert built.loaded is None
     # the library's message was also shown as the library logged it
     assert "[TensorRT-RTX] [E] " + said in capsys.readouterr().err
+
+
+def test_a_stale_cached_engine_names_the_cache_to_delete_error_handling(tmp_path, fresh_loggers):
+    """Exercises parity's handling of ``deserialize_cuda_engine`` returning None for another reason (a plan
+    from another library version): the note names the engine cache to delete."""
+    trt = _library("tensorrt", "10.16.0", deserialize_logs="version tag mismatch")
+    built = LD.BuiltEngine(b"plan", "{}", {}, model="cnn.onnx", target="trt-fp16", cache_dir=tmp_path / "trt")
+    with pytest.raises(ParityError) as e:
+        LD.load_engine(trt, built)
+    msg = str(e.value)
+    assert msg == (f"TensorRT failed deserializing the engine built for trt-fp16 from cnn.onnx: version tag "
+                   f"mismatch. Note: delete {tmp_path / 'trt'} and run again")
 
 
 def test_deserialize_without_a_logged_reason_or_raising_error_handling():
