@@ -438,7 +438,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     saves = [(o, p) for _, st in runs for o, p in (("--save-ref", st.save_ref), ("--save-target", st.save_target)) if p]
     _check_reports(args, targets, saves)
     for _, settings in runs:  # every source must be able to run before any runs
-        check_settings(settings, create_parents=False)
+        check_settings(settings)
     for tgt, settings in runs:
         report = compare(settings)
         rc = max(rc, _emit(report, args, _report_requests(args, tgt, many)))

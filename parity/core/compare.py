@@ -289,7 +289,7 @@ class Prepared:
     feeds: list[tuple[str, dict[str, np.ndarray]]]
 
 
-def check_settings(s: CompareSettings, *, create_parents: bool = True) -> tuple[Source, Source]:
+def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     """Everything about ``s`` that can be known before a model runs: sources that can run here, files
     that exist, outputs that can be written. The CLI calls it for every target before running any."""
     ref_src = _source(s.ref, "reference")
@@ -301,7 +301,7 @@ def check_settings(s: CompareSettings, *, create_parents: bool = True) -> tuple[
             raise ParityError(f"{option} {path}: file or folder not found.")
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
         if path:
-            check_output_path(path, option, folder_ok=True, create_parents=create_parents)
+            check_output_path(path, option, folder_ok=True)
     return ref_src, tgt_src
 
 

@@ -50,13 +50,17 @@ def _probe(folder: Path) -> str | None:
     return None
 
 
+#: folders already announced as to be created (one note each)
+_NEW_FOLDERS: set[Path] = set()
+
+
 def check_output_path(path: str | os.PathLike, option: str, *, folder_ok: bool = False,
-                      create_parents: bool = False) -> None:
+                      create_parents: bool = True) -> None:
     """Fail now if ``path`` cannot be written later.
 
     ``folder_ok``: the output may be a folder (a dump); otherwise an existing path must be a regular
-    file. ``create_parents``: missing parent folders may be created (the API); the command line
-    refuses them, so a typo never creates folders (as root, anywhere).
+    file. Missing parent folders are created when the output is written, never silently: a note
+    names them now (``create_parents=False`` refuses them instead).
     """
     p = Path(os.path.abspath(path))
     where = f"{option} {path}"
@@ -73,11 +77,13 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder_ok: bool =
     if not existing.is_dir():
         raise ParityError(f"{where}: {existing} is a file, not a directory. Note: choose a path in a directory.")
     if existing != parent and not create_parents:
-        raise ParityError(f"{where}: directory {parent} does not exist. Note: create it first; parity does not "
-                          f"create folders for its outputs.")
+        raise ParityError(f"{where}: directory {parent} does not exist. Note: create it first.")
     why = _probe(existing)
     if why:
         raise ParityError(f"{where}: cannot write in {existing} ({why}). Note: choose a writable location.")
+    if existing != parent and parent not in _NEW_FOLDERS:
+        _NEW_FOLDERS.add(parent)
+        notice(f"{where}: folder {parent} does not exist; parity creates it.")
 
 
 def check_distinct_outputs(paths: Iterable[tuple[str, str]]) -> None:

@@ -6,12 +6,14 @@ way; two copies of this once disagreed on ``export_dynamic_batch=false``.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError
 from parity.contract.options import option_bool, option_int
 from parity.contract.source import InputSpec, RunConfig
@@ -53,7 +55,7 @@ def _load_torch(cfg: RunConfig) -> Any:
 def onnx_model_for(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
     """The fp32 ONNX model for ``cfg``: the file itself, or a cached export (with provenance) of the torch model."""
     if is_onnx_file(cfg.model):
-        return OnnxModel(Path(str(cfg.model)))
+        return OnnxModel(runnable_onnx(Path(str(cfg.model)), Path(cfg.workdir)))
     from parity.lib.onnx.export import cached_export
 
     loaded = _load_torch(cfg)
@@ -68,6 +70,78 @@ def onnx_model_for(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
                          input_order=getattr(loaded, "input_names", None))
     names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None
     return OnnxModel(Path(path), names)
+
+
+def _ir_version(path: Path) -> int | None:
+    """The IR version of an ONNX file from its first bytes (field 1, written first), else from the proto."""
+    with open(path, "rb") as f:
+        head = f.read(11)
+    if head[:1] == b"\x08":  # field 1 (ir_version), varint
+        value = shift = 0
+        for b in head[1:]:
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+    import onnx
+
+    try:
+        return int(onnx.load(str(path), load_external_data=False).ir_version)
+    except Exception:  # noqa: BLE001 - not a model: the loaders that follow say so, naming the file
+        return None
+
+
+#: user models already announced as run from a lowered copy (one note per model and process)
+_NOTED: set[Path] = set()
+
+
+def runnable_onnx(path: Path, workdir: Path) -> Path:
+    """The user's ``.onnx`` as the installed onnxruntime reads it: the file itself, or a copy at a lower IR version.
+
+    Why: a model saved by a newer ``onnx`` carries an IR version the runtime refuses ("Unsupported
+    model IR version: 14, max supported IR version: 13") although its operators are ones the runtime
+    implements. The IR version is lowered only as far as the model's opsets allow
+    (``onnx.helper.find_min_ir_version_for``); the copy lives in ``workdir/onnx``, never beside
+    the user's file, and a note says so.
+    """
+    try:
+        ir = _ir_version(path)
+    except OSError:
+        return path  # missing or unreadable: the loaders that follow name the problem
+    if ir is None:
+        return path
+    from parity.lib.onnx.convert import max_ir_version
+
+    top = max_ir_version()
+    if ir <= top:
+        return path
+    import onnx
+    from onnx import helper
+
+    from parity.lib.onnx.util import model_digest
+
+    m = onnx.load(str(path), load_external_data=False)
+    ops = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in m.opset_import)
+    need = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
+    if need > top:
+        raise ParityError(f"model {path} is at ONNX IR version {ir} and its opsets ({ops}) need IR {need}, but the "
+                          f"installed onnxruntime reads up to IR {top}. Note: upgrade onnxruntime, or export the "
+                          f"model at a lower opset.")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer):
+        raise ParityError(f"model {path} is at ONNX IR version {ir}; the installed onnxruntime reads up to IR {top} "
+                          f"and parity cannot copy a model with external data to lower it. Note: lower it yourself: "
+                          f"m = onnx.load(path); m.ir_version = {top}; onnx.save(m, ...).")
+    out = Path(workdir) / "onnx" / f"{path.stem[:60]}-ir{top}-{model_digest(path)[:16]}.onnx"
+    if not out.is_file():
+        m.ir_version = top
+        with atomic_path(out) as tmp:
+            onnx.save(m, str(tmp))
+    if path not in _NOTED:
+        _NOTED.add(path)
+        sys.stderr.write(f"parity: note: model {path} is at ONNX IR version {ir}, newer than the IR {top} the installed "
+                         f"onnxruntime reads; its opsets ({ops}) allow IR {top}, so parity runs a copy at IR {top}: "
+                         f"{out}\n")
+    return out
 
 
 def _fmt_dims(dims: Sequence[int | None]) -> str:
