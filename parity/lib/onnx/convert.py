@@ -209,6 +209,7 @@ def _to_half(src: Path, workdir: Path, kind: str, keep_ops: Sequence[str], keep_
     except Exception as e:
         raise ParityError(f"{kind} conversion of {src.name} failed: {type(e).__name__}: {e}. Note: try keeping "
                           f"the failing op in fp32 with the keep_fp32_ops option") from e
+    _keep_float_outputs(m16, model)
     if kind == "bf16":
         _retype_bf16(m16, onnx.load(str(src)))
     clamp_ir_version(m16)
@@ -218,6 +219,35 @@ def _to_half(src: Path, workdir: Path, kind: str, keep_ops: Sequence[str], keep_
         else:
             onnx.save(m16, str(tmp))
     return out
+
+
+def _keep_float_outputs(converted: Any, original: Any) -> None:
+    """Graph outputs that were float32 stay float32, in place.
+
+    onnxconverter-common 1.16 with ``keep_io_types`` turns a graph output produced by a node on
+    its block list into float16 (it casts the kept node's fp32 result *to* fp16 before the output):
+    the kept layer's exact values would be rounded after all. Such a Cast is made a cast to
+    float32; any other float16 output gets one appended.
+    """
+    from onnx import TensorProto, helper
+
+    was_float = {o.name for o in original.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
+    producer = {o: n for n in converted.graph.node for o in n.output if o}
+    for out in converted.graph.output:
+        tt = out.type.tensor_type
+        if out.name not in was_float or tt.elem_type != TensorProto.FLOAT16:
+            continue
+        node = producer.get(out.name)
+        to = [a for a in node.attribute if a.name == "to"] if node is not None and node.op_type == "Cast" else []
+        if to:
+            to[0].i = TensorProto.FLOAT
+        else:
+            inner = f"{out.name}_parity_fp16"
+            if node is not None:
+                node.output[list(node.output).index(out.name)] = inner
+            converted.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=TensorProto.FLOAT,
+                                                         name=f"{out.name}_parity_cast_fp32"))
+        tt.elem_type = TensorProto.FLOAT
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
