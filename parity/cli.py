@@ -98,6 +98,10 @@ def validate(args: argparse.Namespace) -> None:
         check_metric_value(_known("metric", metrics[0], "--metrics"), args.fail_under, f"--fail-under {args.fail_under}")
     _at_least(args, "rel_tol", 0, "a finite number >= 0")
     _at_least(args, "abs_tol", 0, "a finite number >= 0")
+    _at_least(args, "rms_tol", 0, "a finite number >= 0")
+    if args.exit_zero and args.fail_under is not None:
+        raise UsageError("--exit-zero and --fail-under contradict each other: one asks never to fail, the other "
+                         "sets when to fail. Note: give one of them.")
     _at_least(args, "kl_bins", 2)
     _at_least(args, "max_rows", 0)
     for req in _report_requests(args):
@@ -151,9 +155,19 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
                         "NAME or NAME=- writes to standard output, replacing the table there (repeatable)")
     g.add_argument("--json", metavar="PATH", help="shorthand for --report json=PATH (schema in docs/report-schema.md)")
     g.add_argument("--csv", metavar="PATH", help="shorthand for --report csv=PATH")
+    g.add_argument("--html", metavar="PATH", help="shorthand for --report html=PATH: one self-contained page "
+                                                  "with the verdict, plots and a sortable table (docs/reports.md)")
     g.add_argument("--fail-under", type=float, metavar="X",
-                   help="exit 1 if any compared layer's primary metric is worse than X "
-                        "(below X for similarities, above X for distances)")
+                   help="the bound of the exit rule instead of the primary threshold: exit 1 if any compared "
+                        "layer's primary metric is worse than X (below X for similarities, above for distances)")
+    g.add_argument("--exit-zero", action="store_true",
+                   help="exit 0 even when the comparison fails (a layer below the threshold or --fail-under, NaN/Inf "
+                        "gained, shapes differing; for fix, no verified fix); errors still exit 1 or 2")
+    g.add_argument("--rms-tol", type=float, default=0.1,
+                   help="rel-diff's floor as a share of the reference's rms (default 0.1; 0 for the purely "
+                        "relative test of the TensorRT recipe)")
+    g.add_argument("--top1", action="store_true",
+                   help="top-1 agreement over the last axis of any output (default: only [batch, classes] outputs)")
     g.add_argument("--quiet", "-q", action="store_true", help="no table, only the verdict lines")
 
 
@@ -249,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol, "kl_bins": args.kl_bins}
+    return {"rel_tol": args.rel_tol, "abs_tol": args.abs_tol, "kl_bins": args.kl_bins, "rms_tol": args.rms_tol,
+            "top1": args.top1}
 
 
 def _report_requests(args: argparse.Namespace, tag: str | None = None, many: bool = False) -> list[Any]:
@@ -262,6 +277,8 @@ def _report_requests(args: argparse.Namespace, tag: str | None = None, many: boo
         reqs.append(ReportRequest("json", args.json))
     if getattr(args, "csv", None):
         reqs.append(ReportRequest("csv", args.csv))
+    if getattr(args, "html", None):
+        reqs.append(ReportRequest("html", args.html))
     if not any(r.to_stdout for r in reqs):
         reqs.insert(0, ReportRequest("table"))
     if tag is not None:
@@ -288,6 +305,7 @@ def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves:
 
 
 def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None) -> int:
+    from parity.core.compare import gate
     from parity.core.report import write_reports
 
     reqs = requests if requests is not None else _report_requests(args)
@@ -297,17 +315,19 @@ def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = No
     stream = sys.stderr if any(r.to_stdout and r.name != "table" for r in reqs) else sys.stdout
     for name, path in written:
         print(f"{name} report written to {path}", file=stream)
-    if args.fail_under is not None:
-        p = report.primary
-        worst = report.worst_value(p.name)
-        if worst is None:
-            print("parity: --fail-under: no layer was compared", file=sys.stderr)
-            return 1
-        if p.fails(worst, args.fail_under):
-            print(f"parity: FAIL: worst {p.name} {p.format(worst)} is {'below' if p.higher_is_better else 'above'} "
-                  f"--fail-under {args.fail_under:g}", file=sys.stderr)
-            return 1
-    return 0
+    return _verdict(gate(report, args.fail_under), args)
+
+
+def _verdict(reasons: list[str], args: argparse.Namespace) -> int:
+    """The exit rule: a failing comparison (or fix) exits 1 and says why, unless --exit-zero."""
+    if not reasons:
+        return 0
+    for why in reasons:
+        print(f"parity: FAIL: {why}", file=sys.stderr)
+    if getattr(args, "exit_zero", False):
+        print("parity: --exit-zero: exiting 0 anyway", file=sys.stderr)
+        return 0
+    return 1
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -447,6 +467,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return rc
 
 
+def _record_fix(report: Any, res: Any, gm: Any, args: argparse.Namespace) -> None:
+    """Put the searched fix into the report's summary and rewrite the report files (the HTML page shows it)."""
+    from parity.core.report import write_reports
+
+    report.summary["fix"] = {
+        "goal_metric": gm.name, "goal": res.goal, "before": res.before, "after": res.after,
+        "before_text": gm.format(res.before), "after_text": gm.format(res.after), "passed": res.passed,
+        "kept": list(res.kept), "total_layers": res.total_layers,
+        "forms": res.forms(args.target) if res.passed and res.kept else {}}
+    files = [r for r in _report_requests(args) if not r.to_stdout]
+    if files:
+        write_reports(report, files, {"sort": args.sort, "max_rows": args.max_rows, "quiet": True})
+
+
 def cmd_fix(args: argparse.Namespace) -> int:
     from parity.contract.atomic import write_text
     from parity.core.compare import compare
@@ -471,6 +505,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     print(f"Searching layers to keep in fp32 until the outputs reach {goal_metric} {goal:g} "
           f"(every step re-runs {args.target}):")
     res = fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
+    _record_fix(report, res, gm, args)
     cmp = ">=" if gm.higher_is_better else "<="
     if res.before == res.after and not res.kept and res.passed:
         print(f"{args.target} already reaches {goal_metric} {gm.format(res.before)} {cmp} {goal:g} at the outputs: "
@@ -484,7 +519,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         print(f"No verified fix: keeping {len(res.kept)} of {res.total_layers} target nodes reached {goal_metric} "
               f"{gm.format(res.after)}, short of {goal:g} (from {gm.format(res.before)}; best measured "
               f"{gm.format(res.best)}). Stopped because {res.stopped}.")
-        return 1
+        return _verdict([f"no verified fix reaches {goal_metric} {goal:g}"], args)
     print(f"Verified fix: keep {len(res.kept)} of {res.total_layers} target nodes in fp32; output {goal_metric} "
           f"{gm.format(res.before)} -> {gm.format(res.after)} {cmp} {goal:g} (re-measured).")
     for label, text in res.forms(args.target).items():

@@ -69,7 +69,7 @@ def test_reporters_register_through_the_entry_point(monkeypatch):
     monkeypatch.setenv("PARITY_LOAD_PLUGINS", "reporters")  # only this entry point
     plugins.reset()
     reg = plugins.registry()["reporter"]
-    assert set(reg) == {"table", "json", "csv"}
+    assert set(reg) == {"table", "json", "csv", "html", "junit"}
     for entry in reg.values():
         assert entry.plugin == "reporters" and entry.package.split()[0] == "parity"
         assert type(entry.obj).__module__.startswith("parity_builtin_reporters")
