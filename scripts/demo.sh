@@ -7,4 +7,8 @@ ex=.parity-cache/examples/lenet
 .venv/bin/parity example lenet --out "$ex"
 .venv/bin/parity compare parity.examples.lenet:build --state-dict "$ex/lenet_state.pt" \
   --ref torch --target ort-fp16 --target ort-int8 --inputs "$ex/digits_test.npz" \
-  --diagnose --json out/lenet-report.json --csv out/lenet-report.csv "$@"
+  --diagnose --json out/lenet-report.json --csv out/lenet-report.csv \
+  --html out/lenet-report.html "$@"
+echo
+echo "HTML reports (one self-contained page per target; open in any browser, offline; docs/reports.md):"
+for t in ort-fp16 ort-int8; do echo "  $PWD/out/lenet-report.$t.html"; done

@@ -63,7 +63,7 @@ def open_page(browser, path):
     page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
     page.on("request", lambda r: None if r.url.startswith("file://") else page.problems.append(f"request {r.url}"))
-    page.goto(Path(path).as_uri())
+    page.goto(Path(path).resolve().as_uri())
     page.wait_for_selector("body[data-rendered='1']", timeout=15000)
     return page
 
