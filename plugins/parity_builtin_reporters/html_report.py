@@ -19,7 +19,7 @@ from parity.contract.report import FAILING, NEW_NONFINITE, LayerResult, MetricIn
 from parity.contract.reporter import Reporter
 
 from .html_assets import CSS, JS
-from .json_report import number
+from .json_report import _clean, number
 
 #: at most this many layers carry their error-vs-magnitude histogram into the page
 MAX_HISTOGRAMS = 12
@@ -108,7 +108,8 @@ def page_data(report: Report) -> dict[str, Any]:
 
 def _json_for_script(obj: Any) -> str:
     """JSON that cannot end its <script> element early (no '</' and no HTML comment openers)."""
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    # NaN/Inf anywhere (a fix's baseline of nan) spelled as in the JSON report
+    text = json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

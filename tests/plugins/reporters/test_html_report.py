@@ -76,8 +76,18 @@ def test_without_diagnosis_the_page_says_what_is_missing(rng):
 def test_html_shorthand_writes_the_page(tmp_path, rng, capsys):
     a = rng.standard_normal(256).astype(np.float32)
     np.savez(tmp_path / "ref.npz", x=a)
-    np.savez(tmp_path / "tgt.npz", x=a + 1)
+    np.savez(tmp_path / "tgt.npz", x=a * 1.0001)
     out = tmp_path / "r.html"
     assert main(["analyze", str(tmp_path / "ref.npz"), str(tmp_path / "tgt.npz"), "--html", str(out)]) == 0
     assert f"html report written to {out}" in capsys.readouterr().out
     assert [r["name"] for r in _embedded(out.read_text())["rows"]] == ["x"]
+
+
+def test_a_fix_with_a_nan_baseline_is_carried(rng):
+    """`parity fix` records its result in the summary; a baseline of NaN (an overflowing target) must not break the page."""
+    rep = _report(rng)
+    rep.summary["fix"] = {"goal_metric": "cosine", "goal": 0.999, "before": float("nan"), "after": 0.9999,
+                          "before_text": "nan", "after_text": "0.9999000", "passed": True, "kept": ["big"],
+                          "total_layers": 3, "forms": {}}
+    fix = _embedded(html_text(rep))["fix"]
+    assert fix["before"] == "nan" and fix["after"] == 0.9999 and fix["kept"] == ["big"]
