@@ -8,7 +8,9 @@ names, order and metadata exact) and safe file names are here, because format pl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -102,6 +104,72 @@ def atomic_write_path(path: str | os.PathLike[str]) -> Any:
     Format plugins use this for their writers (the project's one write-then-rename, parity.contract.atomic).
     """
     return atomic_path(path)
+
+
+#: dtype kinds a dump may hold: bool, int, uint, float, complex
+NUMERIC_KINDS = "biufc"
+
+
+def check_npy_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuse object arrays (numpy stores them as pickles) and non-numeric dtypes, naming ``where``."""
+    if dtype.hasobject:
+        raise ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity never "
+                          f"unpickles files (unpickling can run code). Note: save a numeric array (e.g. arr.astype(np.float32)).")
+    if dtype.kind not in NUMERIC_KINDS:
+        raise ParityError(f"{where}: holds dtype {dtype}, not numbers. Note: parity compares numeric arrays "
+                          f"(bool, int, float, complex).")
+
+
+def check_npy_header(fh: Any, size: int, where: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of the .npy stream ``fh`` (``size`` bytes in all), checked before numpy reads the data.
+
+    Why: ``numpy.load`` allocates what the header announces before reading, so a damaged or
+    hostile header costs gigabytes or a MemoryError; and an object dtype means a pickle.
+    Returns None for header versions numpy itself parses (numpy then raises a ValueError).
+    """
+    import numpy.lib.format as npformat
+
+    try:
+        version = npformat.read_magic(fh)
+        if version == (1, 0):
+            shape, _fortran, dtype = npformat.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _fortran, dtype = npformat.read_array_header_2_0(fh)
+        else:
+            return None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+        raise ParityError(f"{where}: not a valid .npy array ({type(e).__name__}: {e}). "
+                          f"Note: write it with numpy.save.") from e
+    check_npy_dtype(dtype, where)
+    need, have = math.prod(shape) * dtype.itemsize, size - fh.tell()
+    if any(d < 0 for d in shape):
+        raise ParityError(f"{where}: header gives a negative dimension {list(shape)}. Note: rewrite the file.")
+    if have < need:
+        raise ParityError(f"{where}: data is truncated: header says shape {list(shape)} of {dtype} ({need} bytes) "
+                          f"but only {have} bytes follow. Note: rewrite the file.")
+    return tuple(shape), dtype
+
+
+def read_npy(src: bytes | str | os.PathLike[str], where: str, *, mmap: bool = False) -> np.ndarray:
+    """A numeric array from .npy bytes or a .npy file, header checked first (:func:`check_npy_header`), never unpickled."""
+    import numpy.lib.format as npformat
+
+    try:
+        if isinstance(src, (bytes, bytearray)):
+            check_npy_header(io.BytesIO(src), len(src), where)
+            arr = npformat.read_array(io.BytesIO(src), allow_pickle=False)
+        else:
+            with open(src, "rb") as fh:
+                check_npy_header(fh, os.fstat(fh.fileno()).st_size, where)
+            arr = np.load(src, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ParityError:
+        raise
+    except OSError as e:
+        raise ParityError(f"{where}: cannot read: {e.strerror or e}") from e
+    except (ValueError, EOFError) as e:
+        raise ParityError(f"{where}: not a valid .npy array ({e}). Note: write it with numpy.save.") from e
+    check_npy_dtype(arr.dtype, where)
+    return arr
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

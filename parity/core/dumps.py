@@ -162,6 +162,17 @@ class _Item:
         return self.name
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(e: ParityError) -> ParityError:
+    """``e`` with control characters escaped: layer names and file names may hold newlines, a message may not."""
+    msg = str(e)
+    if _CONTROL.search(msg):
+        e.args = (_CONTROL.sub(lambda m: repr(m.group())[1:-1], msg),)
+    return e
+
+
 def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
               fmt: str | None = None) -> Iterator[Activation]:
     """Activations stored at ``path``: a dump folder, a multi-activation file, or one file.
@@ -172,7 +183,14 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
     ``tag`` selects one run of a folder holding two (subfolder ``TAG/`` or files named
     ``NAME_TAG.ext``); ``fmt`` names the format instead of going by file extensions.
     """
-    p = Path(path)
+    try:
+        items = _plan(Path(path), tag, fmt)
+    except ParityError as e:
+        raise _one_line(e) from e.__cause__
+    return _iterate(items)
+
+
+def _plan(p: Path, tag: str | None, fmt: str | None) -> list[_Item]:
     if not p.exists():
         if _unfinished_beside(p):
             raise ParityError(f"dump not found: {p}; only an unfinished one lies beside it (its writer was "
@@ -189,7 +207,7 @@ def read_dump(path: str | os.PathLike[str], *, tag: str | None = None,
     else:
         items = _plan_file(p, tag, fmt_obj)
     _check_duplicates(items)
-    return _iterate(items)
+    return items
 
 
 def _unfinished_beside(p: Path) -> bool:
@@ -328,6 +346,13 @@ def _read_records(item: _Item) -> Iterator[Activation]:
 
 
 def _iterate(items: list[_Item]) -> Iterator[Activation]:
+    try:
+        yield from _iterate_items(items)
+    except ParityError as e:
+        raise _one_line(e) from e.__cause__
+
+
+def _iterate_items(items: list[_Item]) -> Iterator[Activation]:
     seen: dict[str, str] = {}
     for item in items:
         if item.fmt.multi:

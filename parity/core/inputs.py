@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from parity.contract.dumpformat import check_npy_header, read_npy
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.source import InputSpec
 from parity.core.preflight import notice
@@ -86,11 +87,25 @@ def data_arrays(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k not in LABEL_KEYS]
 
 
+def _npz_shape(z: Any, key: str, path: Path) -> tuple[int, ...]:
+    """A member's shape from its header, checked before numpy allocates what a damaged header announces."""
+    zf = z.zip
+    info = zf.getinfo(key + ".npy") if key + ".npy" in zf.namelist() else zf.getinfo(key)
+    with zf.open(info) as fh:
+        header = check_npy_header(fh, info.file_size, f"{path} [{key}]")
+    return header[0] if header else ()
+
+
+def _npz_member(z: Any, key: str, path: Path) -> np.ndarray:
+    _npz_shape(z, key, path)
+    return z[key]
+
+
 def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> dict[str, np.ndarray]:
     names = [s.name for s in specs]
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = read_npy(path, str(path))
             if len(names) != 1:
                 raise ParityError(f"{path}: one array given but the model has inputs {', '.join(names)}. "
                                   f"Note: use a .npz with one array per input name.")
@@ -99,7 +114,7 @@ def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> d
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
                 if all(n in keys for n in names):
-                    return {n: z[n] for n in names}
+                    return {n: _npz_member(z, n, path) for n in names}
                 if len(names) == 1 and len(keys) >= 1 and names[0] not in keys:
                     data_keys = data_arrays(keys)
                     if len(data_keys) == 1:
@@ -107,7 +122,7 @@ def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> d
                             seen.add(("key", data_keys[0]))
                             notice(f"{path}: array {data_keys[0]!r} is fed to the model's only input {names[0]!r} "
                                    f"(the names differ).")
-                        return {names[0]: z[data_keys[0]]}
+                        return {names[0]: _npz_member(z, data_keys[0], path)}
                 raise ParityError(f"{path}: arrays {', '.join(keys)} do not name the model inputs "
                                   f"{', '.join(names)}. Note: save one array per input name.")
     except ParityError:
@@ -225,6 +240,6 @@ def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         if f.suffix == ".npy":
             return {"": tuple(np.load(f, mmap_mode="r", allow_pickle=False).shape)}
         with np.load(f, allow_pickle=False) as z:
-            return {k: tuple(z[k].shape) for k in data_arrays(list(z.keys()))}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            return {k: _npz_shape(z, k, f) for k in data_arrays(list(z.keys()))}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, ParityError):
         return {}  # load_feeds reports the problem with the file's name

@@ -5,78 +5,32 @@ object arrays (the only ones that carry pickles) are refused with a clear messag
 """
 from __future__ import annotations
 
-import math
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import numpy.lib.format as npformat
 
 from parity import Activation, ParityError
 from parity.contract.dumpformat import (MANIFEST_NAME, DumpFormat, apply_manifest_entry, atomic_write_path,
-                                        manifest_entry, manifest_json, parse_manifest, safe_filename)
+                                        check_npy_dtype, check_npy_header, manifest_entry, manifest_json,
+                                        parse_manifest, read_npy, safe_filename)
 
-NUMERIC_KINDS = "biufc"
-
-
-def _read_header(fh: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype] | None:
-    """Shape, Fortran order and dtype from a .npy header; None for header versions we do not parse."""
-    try:
-        version = npformat.read_magic(fh)
-        if version == (1, 0):
-            return npformat.read_array_header_1_0(fh)
-        if version in ((2, 0), (3, 0)):
-            return npformat.read_array_header_2_0(fh)
-        return None
-    except (ValueError, EOFError, SyntaxError, OSError) as e:
-        raise ParityError(f"{where}: not a valid .npy array ({e}). Note: write it with numpy.save.") from e
-
-
-def _object_array_error(where: str) -> ParityError:
-    return ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity never "
-                       f"unpickles files. Note: save a numeric array (e.g. arr.astype(np.float32)).")
-
-
-def _check_dtype(dtype: np.dtype, where: str) -> None:
-    if dtype.hasobject:
-        raise _object_array_error(where)
-    if dtype.kind not in NUMERIC_KINDS:
-        raise ParityError(f"{where}: holds dtype {dtype}, not numbers. Note: parity compares numeric arrays "
-                          f"(bool, int, float, complex).")
+_check_dtype = check_npy_dtype
 
 
 def _pickle_refusal(e: Exception, where: str) -> ParityError | None:
     msg = str(e)
     if "allow_pickle" in msg or "Python objects" in msg or "Object arrays" in msg:
-        return _object_array_error(where)
+        return ParityError(f"{where}: holds a Python object array, which numpy stores as a pickle; parity never "
+                           f"unpickles files (unpickling can run code). Note: save a numeric array (e.g. arr.astype(np.float32)).")
     return None
 
 
 def load_npy(path: Path) -> np.ndarray:
     """Memory-map a .npy file read-only after checking its header (no pickles, not truncated)."""
-    where = str(path)
-    try:
-        with open(path, "rb") as fh:
-            header = _read_header(fh, where)
-            data_start = fh.tell()
-            size = path.stat().st_size
-    except OSError as e:
-        raise ParityError(f"{where}: cannot read: {e.strerror or e}") from e
-    if header is not None:
-        shape, _fortran, dtype = header
-        _check_dtype(dtype, where)
-        need = math.prod(shape) * dtype.itemsize
-        if size - data_start < need:
-            raise ParityError(f"{where}: file is truncated: header says shape {list(shape)} of {dtype} "
-                              f"({need} bytes) but only {size - data_start} bytes follow. Note: rewrite the file.")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        refusal = _pickle_refusal(e, where)
-        raise (refusal or ParityError(f"{where}: cannot load the array: {e}")) from e
-    _check_dtype(arr.dtype, where)
-    return arr
+    return read_npy(path, str(path), mmap=True)
 
 
 def save_npy(arr: np.ndarray, path: Path, where: str) -> None:
@@ -165,10 +119,8 @@ class NpzFormat(DumpFormat):
     @staticmethod
     def _load_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
         try:
-            with zf.open(info) as fh:
-                header = _read_header(fh, where)
-            if header is not None:
-                _check_dtype(header[2], where)
+            with zf.open(info) as fh:  # before numpy allocates what the header announces
+                check_npy_header(fh, info.file_size, where)
             with zf.open(info) as fh:
                 arr = npformat.read_array(fh, allow_pickle=False)
         except ParityError:

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from parity.contract.atomic import atomic_path, write_text
 from parity.contract.errors import ParityError, first_line
-from parity.contract.dumpformat import DumpFormat
+from parity.contract.dumpformat import DumpFormat, check_npy_dtype, read_npy
 from parity.contract.records import Activation
 
 _SNIFF_BYTES = 1 << 16
@@ -85,17 +86,21 @@ def decode_polygraphy_array(obj: Any, where: str) -> np.ndarray:
                 data = base64.b64decode(raw.encode(), validate=True)
             except (binascii.Error, ValueError):
                 data = raw.encode("latin-1")  # Polygraphy's older latin-1 encoding
-            try:
-                arr = np.load(io.BytesIO(data), allow_pickle=False)
-            except ValueError as e:
-                raise ParityError(f"{where}: the array cannot be read without unpickling ({e}). Note: parity "
-                                  f"never unpickles dump files; save numeric arrays") from None
-            if isinstance(arr, np.lib.npyio.NpzFile):  # Polygraphy's oldest encoding: an .npz
-                names = list(arr.files)
-                if not names:
-                    raise ParityError(f"{where}: the encoded .npz archive holds no array")
-                arr = arr[names[0]]
-            return np.asarray(arr)
+            if not data.startswith(b"PK"):
+                return read_npy(data, where)  # header checked first: never unpickled, never over-allocated
+            try:  # Polygraphy's oldest encoding: an .npz
+                with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                    names = list(z.files)
+                    if not names:
+                        raise ParityError(f"{where}: the encoded .npz archive holds no array")
+                    arr = z[names[0]]
+            except ParityError:
+                raise
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                raise ParityError(f"{where}: the encoded .npz archive cannot be read ({first_line(e, 200)}). "
+                                  f"Note: parity never unpickles dump files; save numeric arrays") from None
+            check_npy_dtype(arr.dtype, where)
+            return arr
         if kind == "Tensor":
             return _decode_torch(obj, where)
         raise ParityError(f"{where}: value of type {kind or 'unknown'} is not an array. Note: expected a "
@@ -462,10 +467,7 @@ class TrtexecDebugFormat(_TrtexecFormat):
             if npy:
                 f = path.parent / str(npy)
                 if f.is_file():
-                    try:
-                        arr = np.load(f, allow_pickle=False)
-                    except ValueError as e:
-                        raise ParityError(f"{f}: cannot be read without unpickling ({e})") from None
+                    arr = read_npy(f, f"{where} ({f.name})")
                 else:
                     missing_files.append(str(npy))
             if arr is None and raw:
