@@ -1,10 +1,19 @@
 """`parity fix`: find a small set of layers to keep at higher precision, and verify it.
 
-Candidates come from a diagnosed compare run: layers whose reference values overflow the
-target format first, then layers by local error. They are added greedily, re-running the
-target after each addition and measuring the model outputs against the reference; then each
-kept layer is dropped again if the outputs still pass without it. Every similarity printed
-was measured; a set that never reached the goal is reported as such, never as a fix.
+Candidates are every target node of a diagnosed compare run, target-only ones included (a
+Transpose or Cast the reference never names can be the node that must stay fp32):
+
+1. out-of-range groups: a node whose reference values exceed the target format, with the nodes
+   that pass the value on still out of range and the nodes that consume it (keeping only the
+   producer hands an fp32 value to an fp16 consumer, which overflows all the same);
+2. nodes producing NaN/Inf alone;
+3. nodes by local error (accumulated error where no local run exists), skipping those that add
+   less than ``NEGLIGIBLE_SHARE`` of the error the goal allows.
+
+They are added greedily, a group at a time, re-running the target after each addition and
+measuring the model outputs against the reference; then each kept node is dropped again if the
+outputs still pass without it. Every similarity printed was measured; a set that never reached
+the goal is reported as such, never as a fix, with why the search stopped.
 
 Sources support this through ``cfg.options["keep_high_precision"]`` (target record keys to
 keep at fp32) and ``cfg.options["outputs_only"]`` (capture only the model outputs).
@@ -18,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
-from parity.core.diagnose import error_of
+from parity.core.diagnose import SATURATED, error_of
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric, score_pair
 from parity.core.registry import get_metric
 from parity.contract.source import RunConfig
@@ -45,7 +54,14 @@ class FixResult:
     kept: list[str]  # target record keys
     rows: list[LayerResult] = field(default_factory=list)  # rows of the kept layers (names for paste forms)
     steps: list[FixStep] = field(default_factory=list)
-    total_layers: int = 0
+    total_layers: int = 0  # target nodes searched over
+    #: why the search ended, in words (goal met, --max-steps reached, candidates exhausted)
+    stopped: str = ""
+    candidates: int = 0  # candidate steps (a group of nodes counts once)
+    tried: int = 0
+    #: the best value measured on the way, and its set (``after`` is the last set's value)
+    best: float = math.nan
+    best_kept: list[str] = field(default_factory=list)
 
     def forms(self, target: str) -> dict[str, str]:
         """The kept set in the spellings users paste into other tools."""
@@ -66,6 +82,10 @@ class FixResult:
         forms["torch autocast: run these modules in fp32"] = repr(modules)
         forms["parity config (TOML)"] = "\n".join(toml)
         return forms
+
+
+#: a node whose local error is below this share of the error the goal allows is not a candidate
+NEGLIGIBLE_SHARE = 0.01
 
 
 def _goal_passes(value: float, goal: float, metric: Metric) -> bool:
@@ -106,31 +126,71 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                     worst = v
         return float("nan") if worst is None else float(worst)
 
-    # candidates: overflow first, then local error (accumulated error when no local run exists)
-    # the primary metric's own error ranks layers: for a distance (l2, max-abs) the value, for a
-    # similarity its distance from perfect; either way 0 = no loss, larger = more
+    # ---------------------------------------------------------------- candidates
+    # Every target node is a candidate, target-only ones (a Transpose the reference never names)
+    # included. The primary metric's own error ranks them (0 = no loss, larger = more).
     pinfo = report.primary or MetricInfo(metric.name, metric.higher_is_better, metric.percent, goal,
                                          metric.description, metric=metric)
     p = pinfo.name
     has_local = any(r.local for r in report.layers)
+    nodes: dict[str, LayerResult] = {}
+    for r in sorted(report.layers, key=lambda r: r.order):
+        if r.target_name is None or r.meta.get("ref_is_output"):
+            continue  # the model-output record repeats its producer's row
+        nodes.setdefault(r.target_name, r)
+        if r.ref_name is not None and nodes[r.target_name].ref_name is None:
+            nodes[r.target_name] = r  # a matched row names the layer in the paste forms
+    order = list(nodes)
 
-    def risk(row: LayerResult) -> tuple:
-        # causes, not inheritors: with local runs, NaN/Inf and error are the layer's own; every layer
-        # after an overflow also shows NaN end to end, so accumulated NaN ranks only without local runs
-        local_nf = row.local.get(NEW_NONFINITE, 0) > 0
-        overflow = "overflows" in (row.range.get("risk") or "")
-        over = 1 if local_nf or overflow or (not has_local and row.meta.get("target_new_nonfinite", 0) > 0) else 0
+    def error(row: LayerResult) -> float:
         e = error_of(row.local.get(p), pinfo) if row.local else None
-        if e is None:
-            e = error_of(row.worst.get(p, row.values.get(p)), pinfo) or 0.0
-        return (bool(row.local) or not has_local, over, e)
+        if e is None and not has_local:
+            e = error_of(row.worst.get(p, row.values.get(p)), pinfo)
+        return 0.0 if e is None else float(e)
 
-    rows = [r for r in report.layers if r.target_name is not None and r.ref_name is not None
-            and not r.meta.get("ref_is_output")]  # the model-output record is not a layer to keep
-    by_key: dict[str, LayerResult] = {}
-    for r in sorted(rows, key=risk, reverse=True):
-        by_key.setdefault(r.target_name, r)  # one candidate per target layer, its riskiest row
-    cands = [k for k, r in by_key.items() if risk(r)[1:] > (0, 0.0)]
+    def out_of_range(row: LayerResult) -> bool:
+        """Its reference output exceeds the target format (range trace, or saturation when run alone)."""
+        return "overflows" in (row.range.get("risk") or "") or row.local.get(SATURATED, 0) > 0
+
+    def nonfinite(row: LayerResult) -> bool:
+        """NaN/Inf of its own: alone with local runs, end to end without (every later layer inherits it)."""
+        if has_local:
+            return row.local.get(NEW_NONFINITE, 0) > 0
+        return row.meta.get("target_new_nonfinite", 0) > 0
+
+    def consumers(key: str) -> list[str]:
+        """The nodes reading ``key``'s output (the source's graph), else the next node in execution order."""
+        names = [c for c in (nodes[key].meta.get("local_consumers") or []) if c in nodes]
+        if names or nodes[key].meta.get("local_consumers"):
+            return names
+        i = order.index(key)
+        return order[i + 1:i + 2]
+
+    # 1. an out-of-range value must stay fp32 until a node brings it back into range: the node
+    #    producing it, every node passing it on out of range, and the nodes consuming it
+    groups: list[list[str]] = []
+    grouped: set[str] = set()
+    for key in order:
+        if key in grouped or not out_of_range(nodes[key]):
+            continue
+        group, todo = [], [key]
+        while todo:
+            k = todo.pop(0)
+            if k in group:
+                continue
+            group.append(k)
+            if out_of_range(nodes[k]) and len(group) < 32:
+                todo += consumers(k)
+        groups.append(group)
+        grouped.update(group)
+    # 2. NaN/Inf produced alone, then 3. local error that can matter at the goal: a layer adding
+    #    less than 1% of the error the goal allows is never a candidate (keeping it changes nothing)
+    floor = NEGLIGIBLE_SHARE * (metric.error(goal) if math.isfinite(metric.error(goal)) else 0.0)
+    singles = [k for k in order if k not in grouped and nonfinite(nodes[k])]
+    rest = sorted((k for k in order if k not in grouped and k not in singles and error(nodes[k]) > floor),
+                  key=lambda k: -error(nodes[k]))
+    cands: list[list[str]] = groups + [[k] for k in singles + rest]
+    negligible = len(order) - len(grouped) - len(singles) - len(rest)
 
     steps: list[FixStep] = []
     before = measure([])
@@ -139,14 +199,26 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
     say(f"baseline: {goal_metric} {metric.format(before)}")
     kept: list[str] = []
     value = before
-    for k in cands[:max_steps]:
-        if passed:
+    best = (before, [])
+    tried = 0
+    skipped: list[str] = []
+    for group in cands:
+        if passed or tried >= max_steps:
             break
-        kept.append(k)
-        value = measure(kept)
+        tried += 1
+        trial = kept + [k for k in group if k not in kept]
+        try:
+            v = measure(trial)
+        except ParityError as e:  # this source cannot keep that node (a torch op outside any module)
+            skipped.append(f"{'+'.join(group)} ({first_line(e)})")
+            say(f"cannot keep {'+'.join(group)}: {first_line(e)}")
+            continue
+        kept, value = trial, v
         passed = _goal_passes(value, goal, metric)
-        steps.append(FixStep("add", k, list(kept), value, passed))
-        say(f"keep {k}: {goal_metric} {metric.format(value)}")
+        steps.append(FixStep("add", "+".join(group), list(kept), value, passed))
+        say(f"keep {'+'.join(group)}: {goal_metric} {metric.format(value)}")
+        if metric.fails(best[0], value) and not math.isnan(value):
+            best = (value, list(kept))
     if passed and kept:
         for k in list(kept):
             trial = [x for x in kept if x != k]
@@ -155,5 +227,18 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                 kept, value = trial, v
                 steps.append(FixStep("drop", k, list(kept), v, True))
                 say(f"drop {k}: {goal_metric} {metric.format(v)} still passes")
-    return FixResult(goal_metric, goal, before, value, passed, kept, [by_key[k] for k in kept], steps,
-                     total_layers=len(by_key))
+    left = len(cands) - tried
+    if passed:
+        stopped = "the goal was met" if tried else "the outputs already met the goal"
+    elif left:
+        stopped = (f"--max-steps {max_steps} reached with {left} of {len(cands)} candidates untried "
+                   f"(raise --max-steps to try them)")
+    else:
+        stopped = (f"every candidate was tried ({len(cands)}: out-of-range groups, NaN/Inf sources, layers by "
+                   f"local error); the other {negligible} of {len(order)} target nodes add less than "
+                   f"{floor:.3g} {goal_metric} error alone, so keeping them cannot reach the goal")
+    if skipped:
+        stopped += f"; {len(skipped)} could not be kept: {'; '.join(skipped[:3])}"
+    return FixResult(goal_metric, goal, before, value, passed, kept, [nodes[k] for k in kept], steps,
+                     total_layers=len(order), stopped=stopped, candidates=len(cands), tried=tried,
+                     best=best[0], best_kept=best[1])

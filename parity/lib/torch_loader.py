@@ -52,6 +52,9 @@ class LoadedModel:
     optional_inputs: frozenset[str] = field(default_factory=frozenset)
     #: the ``torch.export.ExportedProgram`` for kind "exported", else None
     exported: Any = None
+    #: inputs the model takes by keyword only (an ExportedProgram exported with kwargs, as Hugging
+    #: Face models usually are: its call spec wants them by name, not by position)
+    keyword_inputs: frozenset[str] = field(default_factory=frozenset)
 
 
 # --------------------------------------------------------------------------- file kinds
@@ -151,9 +154,51 @@ def _load_exported(path: Path) -> LoadedModel:
         if val is not None and hasattr(val, "shape"):
             shape = tuple(int(d) if isinstance(d, int) or str(d).isdigit() else None for d in val.shape)
             specs.append(InputSpec(arg_name, shape, _np_dtype_name(val.dtype)))
+    names, specs, keyword = _exported_keywords(ep, names, specs)
     module = ep.module()
+    if keyword:
+        _call_positionally(module, len(names))
     return LoadedModel(module, "exported", specs if len(specs) == len(names) else None, str(path),
-                       names, frozenset(), exported=ep)
+                       names, frozenset(), exported=ep, keyword_inputs=keyword)
+
+
+def _call_positionally(gm: Any, n: int) -> None:
+    """Let ``ep.module()`` of a keyword-exported program take its inputs by position, in ``input_names``
+    order, as every other model kind does (the ONNX export and the fx capture call it so). The
+    unflattened module of ``torch_capture=modules`` keeps the keyword call (``keyword_inputs``)."""
+    import torch.utils._pytree as pytree
+
+    try:
+        info = gm.graph._codegen.pytree_info
+        gm.graph._codegen.pytree_info = info._replace(in_spec=pytree.tree_structure((tuple(range(n)), {})))
+        gm.recompile()
+    except Exception as e:
+        raise ParityError(f"cannot call ExportedProgram {getattr(gm, '__name__', 'module')} with positional "
+                          f"inputs: {first_line(e, typed=True)}. Note: export it with positional inputs "
+                          f"(torch.export.export(model, (x,)))") from None
+
+
+def _exported_keywords(ep: Any, names: list[str], specs: list[InputSpec],
+                       ) -> tuple[list[str], list[InputSpec], frozenset[str]]:
+    """Names of the inputs an ExportedProgram takes by keyword, from its call spec (args, kwargs).
+
+    The user inputs follow the flattened (args, kwargs) order, so the last ones belong to the
+    keyword arguments; each keeps the keyword's own name (what a feed file calls it).
+    """
+    try:
+        in_spec = ep.call_spec.in_spec
+        pos_spec, kw_spec = in_spec.children()
+        n_pos = pos_spec.num_leaves
+        keys = [str(k) for k in kw_spec.context]
+        leaves = [c.num_leaves for c in kw_spec.children()]
+    except Exception:  # an older or unusual call spec: positional, as before
+        return names, specs, frozenset()
+    if not keys or any(n != 1 for n in leaves) or n_pos + len(keys) != len(names):
+        return names, specs, frozenset()
+    rename = dict(zip(names[n_pos:], keys))
+    names = [rename.get(n, n) for n in names]
+    specs = [InputSpec(rename.get(s.name, s.name), s.shape, s.dtype) for s in specs]
+    return names, specs, frozenset(keys)
 
 
 def _load_saved(path: Path, trust: bool) -> LoadedModel:
@@ -425,7 +470,9 @@ def resolve_input_specs(loaded: LoadedModel, input_shapes: dict[str, tuple[int, 
     for n in names:
         base = declared.get(n)
         if n in overrides:
-            specs.append(InputSpec(n, tuple(int(d) for d in overrides[n]), base.dtype if base else "float32"))
+            # an input the model does not declare has no dtype to impose: None keeps the feed file's
+            # (int64 token ids stay int64) and random inputs are float32 (parity.core.inputs)
+            specs.append(InputSpec(n, tuple(int(d) for d in overrides[n]), base.dtype if base else None))
         elif base is not None:
             specs.append(base)
         elif n not in loaded.optional_inputs:

@@ -22,8 +22,42 @@ from parity.contract.records import Activation, Pair
 
 #: confidence of each matching method, highest first; the report shows method and confidence
 #: (pinned pairs, confidence 1.0, come from the mapping rules around the matcher)
-CONFIDENCE = {"exact": 1.0, "output": 1.0, "provenance": 0.95, "normalized": 0.8,
+CONFIDENCE = {"exact": 1.0, "output": 1.0, "provenance": 0.95, "same-values": 0.9, "normalized": 0.8,
               "order+shape": 0.6, "value": 0.5}
+
+
+def same_dims(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Same shape but for size-1 axes: the only difference under which two tensors line up element
+    by element. Equal element counts alone ([2,32,12,32] vs [2,32,384]) are no evidence of a pair."""
+    return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
+
+
+def _twins(refs: list[Activation]) -> dict[int, int]:
+    """Reference records holding exactly the values of an earlier one (a Dropout in eval, an Identity,
+    a module returning its input), each mapped to the first: index -> index.
+
+    Exporters drop such modules, so no target tensor is theirs; they are compared with their twin's
+    target tensor instead of being left to the value step, which would pair them with a neighbour.
+    Only records whose shape and dtype occur more than once are hashed.
+    """
+    import hashlib
+
+    by_kind: dict[tuple, list[int]] = {}
+    for i, r in enumerate(refs):
+        if not r.meta.get("is_output"):
+            by_kind.setdefault((r.array.shape, r.array.dtype.str), []).append(i)
+    out: dict[int, int] = {}
+    for idx in by_kind.values():
+        if len(idx) < 2:
+            continue
+        first: dict[bytes, int] = {}
+        for i in idx:
+            digest = hashlib.blake2b(np.ascontiguousarray(refs[i].array).view(np.uint8).reshape(-1),
+                                     digest_size=16).digest()
+            j = first.setdefault(digest, i)
+            if j != i:
+                out[i] = j
+    return out
 
 
 class SpillStore:
@@ -142,8 +176,15 @@ class AutoMatcher(Matcher):
         matched_order: list[tuple[int, int]] = []  # (ref index, target arrival index)
         target_has_provenance = False
 
+        twins = _twins(refs)
+        twin_of: dict[int, list[int]] = {}
+        for i, j in twins.items():
+            twin_of.setdefault(j, []).append(i)
+            twin_of.setdefault(i, []).append(j)
+        twin_target: dict[int, Activation] = {}  # ref index -> the target tensor it was paired with
+
         def compatible(i: int, t: Activation) -> bool:
-            return refs[i].array.size == t.array.size
+            return same_dims(refs[i].shape, t.shape)
 
         for ti, t in enumerate(target):
             found: list[tuple[int, str]] = []
@@ -179,9 +220,26 @@ class AutoMatcher(Matcher):
                 claimed.add(i)
                 stats[how] += 1
                 matched_order.append((i, ti))
-                note = "" if compatible(i, t) else "same name, sizes differ"
+                if i in twin_of:
+                    twin_target[i] = store.park(t)
+                note = "" if compatible(i, t) else "same name, shapes differ"
                 yield Pair(refs[i], t, how, CONFIDENCE[how], note)
                 refs[i] = _released(refs[i])  # scored: let its pages go (a claimed layer is never read again)
+
+        # A record with its twin's values is compared with the twin's target tensor.
+        for i in sorted(twin_of):
+            if i in claimed:
+                continue
+            j = next((k for k in twin_of[i] if k in twin_target), None)
+            if j is None:
+                continue
+            claimed.add(i)
+            twin_target[i] = twin_target[j]
+            stats["same-values"] += 1
+            yield Pair(refs[i], twin_target[j], "same-values", CONFIDENCE["same-values"],
+                       f"same values as {refs[j].key} (returns its input unchanged, e.g. Dropout in eval; the "
+                       f"exporter drops it): compared with that layer's target tensor")
+            refs[i] = _released(refs[i])
 
         # Fuzzy steps, within gaps between anchors that agree on order.
         matched_order.sort()
@@ -213,7 +271,7 @@ class AutoMatcher(Matcher):
                         stats["order+shape"] += 1
                         yield Pair(refs[i], t, "order+shape", CONFIDENCE["order+shape"],
                                    "fuzzy match: only layer of this shape between its matched neighbours")
-            # value similarity over size-compatible candidates, optimal assignment
+            # value similarity over shape-compatible candidates, optimal assignment
             rest_t = [(ti, t) for ti, t in tis if ti not in used_t]
             if ris and rest_t and ctx.similarity is not None:
                 from scipy.optimize import linear_sum_assignment
@@ -221,7 +279,7 @@ class AutoMatcher(Matcher):
                 cost = np.full((len(ris), len(rest_t)), 2.0)
                 for a, i in enumerate(ris):
                     for b, (_, t) in enumerate(rest_t):
-                        if refs[i].array.size == t.array.size:
+                        if same_dims(refs[i].shape, t.shape):  # never a flat guess across shapes
                             sim = ctx.similarity(refs[i].array, t.array)
                             if not math.isnan(sim):
                                 cost[a, b] = 1.0 - sim

@@ -132,43 +132,58 @@ class CosineMetric(Metric):
 
 
 class RelDiffMetric(Metric):
-    """Share of elements within a relative tolerance, as in the TensorRT per-layer recipe.
+    """Share of elements within tolerance: the TensorRT per-layer recipe's Similarity%, with a floor.
 
-    An element is within iff ``|t - r| <= rel_tol * |r| + abs_tol``. With ``abs_tol = 0``
-    an element whose reference is exactly 0 is within only if the target is exactly 0 too.
+    An element is within iff ``|t - r| <= rel_tol * |r| + max(abs_tol, rms_tol * rms(r))``, rms
+    over the reference's finite values. The floor tied to the tensor's scale plays the part of
+    ``numpy.isclose``'s ``atol``: with a purely relative test, elements near zero (which every
+    real activation has, where values cross zero) fail on rounding noise far below the tensor's
+    magnitude, so an fp16 output at cosine 0.999999 failed and an int8 layer at cosine 0.9993
+    read 55%. With the floor, the share says how many elements are wrong by 10% of themselves
+    *and* 10% of the tensor's typical magnitude. ``rms_tol=0`` gives the recipe's pure test.
+
+    Whole-pair (two reads): the rms must be known before the first element is judged.
     """
 
     name = "rel-diff"
-    description = "Similarity%: share of elements with |t-r| <= rel_tol*|r| + abs_tol (rel_tol 0.1, abs_tol 0)"
+    description = ("Similarity%: share of elements with |t-r| <= rel_tol*|r| + max(abs_tol, rms_tol*rms(r)) "
+                   "(0.1, 0, 0.1)")
     higher_is_better = True
     default_threshold = 99.0
     percent = True
     perfect = 100.0  # error: share of elements out of tolerance
 
-    def __init__(self, rel_tol: float = 0.1, abs_tol: float = 0.0):
+    def __init__(self, rel_tol: float = 0.1, abs_tol: float = 0.0, rms_tol: float = 0.1):
         self.rel_tol = rel_tol
         self.abs_tol = abs_tol
+        self.rms_tol = rms_tol
 
-    def start(self, ctx: PairContext) -> list[Any]:
+    def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
+        from parity.contract.metric import iter_chunks
+
         tol = _option(ctx, "rel_tol", self.rel_tol)
         atol = _option(ctx, "abs_tol", self.abs_tol)
-        return [0, tol, atol, None]  # count within, rel_tol, abs_tol, scratch buffer
-
-    def update(self, state: list[Any], chunk: Chunk) -> list[Any]:
-        _, tol, atol, buf = state
-        n = len(chunk)
-        if buf is None or buf.size < n:
-            buf = state[3] = np.empty(n, dtype=np.float64)
-        lim = buf[:n]
-        np.multiply(chunk.absref, tol, out=lim)
-        if atol:
-            lim += atol
-        # a bool comparison result is 1 byte per element: cheap next to the float passes
-        state[0] += int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
-        return state
-
-    def finish(self, state: list[Any], ctx: PairContext) -> float:
-        return 100.0 * state[0] / ctx.finite_size
+        rtol = _option(ctx, "rms_tol", self.rms_tol)
+        if rtol:
+            own = PairContext(ctx.size, ctx.ref_dtype, ctx.tgt_dtype)  # the shared pass counts into ctx
+            sq = sum(_sumsq(c, "ref") for c in iter_chunks(ref, tgt, own))
+            if own.finite_size:
+                atol = max(atol, rtol * math.sqrt(sq / own.finite_size))
+        own = PairContext(ctx.size, ctx.ref_dtype, ctx.tgt_dtype)
+        within = 0
+        buf = None
+        for chunk in iter_chunks(ref, tgt, own):
+            n = len(chunk)
+            if buf is None or buf.size < n:
+                buf = np.empty(n, dtype=np.float64)
+            lim = buf[:n]
+            np.multiply(chunk.absref, tol, out=lim)
+            if atol:
+                lim += atol
+            within += int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
+        if own.finite_size == 0:
+            return self.empty_value
+        return 100.0 * within / own.finite_size
 
 
 class MaxAbsMetric(Metric):
@@ -247,9 +262,15 @@ class KLHistogramMetric(Metric):
     """
 
     name = "kl"
-    description = "KL(P_ref || Q_tgt) of value histograms, shared bins over both ranges (nats, lower is better)"
+    description = ("KL(P_ref || Q_tgt) of value histograms, shared bins over both ranges (nats, lower is better; "
+                   "no default threshold)")
     higher_is_better = False
-    default_threshold = 0.01
+    #: none: a value histogram is not a distribution the layer predicts. Discrete-valued tensors
+    #: (token embeddings: a few hundred distinct rows) put spikes on bin edges that fp16 rounding
+    #: moves across, so KL flags them at cosine 1.0; and being blind to positions it barely moves
+    #: when an output is scrambled (cosine 0.49). It describes calibration, it does not judge a
+    #: layer; for logits and probabilities use kl-softmax. ``--threshold kl=X`` sets one on request.
+    default_threshold = None
     needs_range = True
     #: probability given to an empty bin before renormalizing, so log(P/Q) stays finite
     eps = 1e-10

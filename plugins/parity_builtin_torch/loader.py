@@ -185,8 +185,12 @@ def prepare(precision: str, name: str, cfg: RunConfig, key: tuple) -> Prepared:
         raise ParityError(f"device {cfg.device!r} is not a torch device. Note: use cpu or cuda") from None
     loaded = load_torch_model(cfg)
     mode = capture_mode(cfg.options)
+    asked = mode
     if mode == "auto":
-        mode = "fx" if loaded.kind == "exported" else "modules"
+        # modules for every kind, .pt2 included (its hierarchy rebuilt by torch.export.unflatten): module
+        # outputs are what an exporter's provenance names, so they pair with ONNX tensors by provenance;
+        # fx records (one per op) pair mostly by value, and wrongly (an add with the LayerNorm after it)
+        mode = "modules"
     if mode == "fx" and loaded.kind == "torchscript":
         raise ParityError(f"torch_capture=fx cannot run TorchScript model {loaded.path}: fx capture needs "
                           f"a Python model or an ExportedProgram. Note: use torch_capture=modules (the "
@@ -211,10 +215,15 @@ def prepare(precision: str, name: str, cfg: RunConfig, key: tuple) -> Prepared:
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.export.unflatten(loaded.exported)
         except Exception as e:
-            raise ParityError(f"cannot rebuild the module hierarchy of {loaded.path} for "
-                              f"torch_capture=modules: {first_line(e, typed=True)}. Note: use torch_capture=fx "
-                              f"(the default for .pt2)") from None
-        prepared.type_names = exported_type_names(loaded.exported)
+            if asked == "auto":  # a program unflatten cannot rebuild still runs op by op
+                prepared.mode = mode = "fx"
+                module = loaded.module
+            else:
+                raise ParityError(f"cannot rebuild the module hierarchy of {loaded.path} for "
+                                  f"torch_capture=modules: {first_line(e, typed=True)}. Note: use torch_capture=fx "
+                                  f"(op by op)") from None
+        if mode == "modules":
+            prepared.type_names = exported_type_names(loaded.exported)
     dtype = torch_dtype(precision)
     names = keep_names(precision, cfg.options)
     keep: list[str] = []

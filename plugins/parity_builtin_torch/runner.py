@@ -60,7 +60,9 @@ def inputs(precision: str, prepared: Prepared, cfg: RunConfig, feed: dict[str, A
     for n in names:
         if n not in feed:
             continue
-        if kwargs or len(args) < names.index(n):  # after a skipped optional input: by keyword
+        # by keyword: after a skipped optional input, and a keyword input of an ExportedProgram's
+        # unflattened module (ep.module() itself takes them by position: see parity.lib.torch_loader)
+        if kwargs or len(args) < names.index(n) or (n in loaded.keyword_inputs and prepared.mode == "modules"):
             kwargs[n] = convert(n, feed[n])
         else:
             args.append(convert(n, feed[n]))

@@ -64,9 +64,10 @@ def expected(name: str, ref: np.ndarray, tgt: np.ndarray, options: dict | None =
     if name == "cosine":
         return 1.0 - scipy_cosine_distance(r, t)
     if name == "rel-diff":
+        # numpy's own isclose(t, r): |t - r| <= atol + rtol * |r|, atol the floor tied to r's rms
         tol = options.get("rel_tol", 0.1)
-        atol = options.get("abs_tol", 0.0)
-        return 100.0 * float(np.mean(np.abs(t - r) <= tol * np.abs(r) + atol))
+        atol = max(options.get("abs_tol", 0.0), options.get("rms_tol", 0.1) * float(np.sqrt(np.mean(r * r))))
+        return 100.0 * float(np.mean(np.isclose(t, r, rtol=tol, atol=atol)))
     if name == "max-abs":
         return float(np.max(np.abs(t - r)))
     if name == "mean-abs":
@@ -236,7 +237,13 @@ def test_rel_diff_options_none_means_default(rng):
 def test_rel_diff_boundary_is_inclusive():
     ref = np.array([1.0, 1.0, 2.0, 0.0], np.float64)
     tgt = np.array([1.5, 1.5000001, 1.25, 0.0], np.float64)  # exactly 50%, just over, within, exact zero
-    v = score_pair(ref, tgt, [M["rel-diff"]], options={"rel_tol": 0.5})[0]["rel-diff"]
+    v = score_pair(ref, tgt, [M["rel-diff"]], options={"rel_tol": 0.5, "rms_tol": 0})[0]["rel-diff"]
+    assert v == 75.0
+    # the floor's boundary too: rms of [3, 4] is sqrt(12.5); an error of exactly 0.1 * rms is within
+    ref = np.array([3.0, 4.0, 0.0, 0.0], np.float64)
+    floor = 0.1 * math.sqrt(25.0 / 4)
+    tgt = np.array([3.0, 4.0, floor, floor * 1.0001], np.float64)
+    v = score_pair(ref, tgt, [M["rel-diff"]], options={"rel_tol": 0.0})[0]["rel-diff"]
     assert v == 75.0
 
 
@@ -343,8 +350,8 @@ def test_kl_softmax_needs_same_last_axis(rng):
 SPEC = {  # name: (higher_is_better, default_threshold, percent, streaming)
     "l2": (False, None, False, True),
     "cosine": (True, 0.999, False, True),
-    "rel-diff": (True, 99.0, True, True),
-    "kl": (False, 0.01, False, True),
+    "rel-diff": (True, 99.0, True, False),  # whole-pair: the rms floor is read first
+    "kl": (False, None, False, True),  # no default threshold: a histogram is no judgement of a layer
     "kl-softmax": (False, 0.001, False, False),
     "sqnr": (True, 30.0, False, True),
     "max-abs": (False, None, False, True),
@@ -442,3 +449,61 @@ def test_third_party_metric_defaults():
     assert Score().error(10.0) == 0.0 and Score().error(9.0) == pytest.approx(0.1)
     u = Unbounded()
     assert u.error(1.0) < u.error(0.0) < u.error(-1.0) and u.error(0.0) > 0
+
+
+# -- pass/fail defaults on real activations (why rel-diff has a floor, why kl has no threshold) --------
+
+def _gelu_layer(rng, dtype=np.float64):
+    """A linear layer and GELU on standard inputs: values cross zero, as every real activation does."""
+    from scipy.special import erf
+
+    x = rng.standard_normal((64, 128)).astype(dtype)
+    w = (rng.standard_normal((128, 96)) / np.sqrt(128)).astype(dtype)
+    h = x @ w
+    return 0.5 * h * (1 + erf(h / np.sqrt(2))), x, w
+
+
+def test_rel_diff_passes_an_fp16_output_at_cosine_0_999999(rng):
+    ref, _, _ = _gelu_layer(rng)
+    # accumulated fp16 rounding: an absolute error set by the operands, not by each output element
+    rms = float(np.sqrt(np.mean(ref * ref)))
+    tgt = ref + rng.standard_normal(ref.shape) * 1.4e-3 * rms
+    cos = 1.0 - scipy_cosine_distance(ref.ravel(), tgt.ravel())
+    assert 0.999998 < cos < 0.9999995
+    v = score_pair(ref, tgt, [M["rel-diff"]])[0]["rel-diff"]
+    assert_close("rel-diff", v, expected("rel-diff", ref, tgt, {}))
+    assert not M["rel-diff"].fails(v, M["rel-diff"].default_threshold)
+    # the recipe's pure relative test (rms_tol 0) fails it on the elements near zero
+    pure = score_pair(ref, tgt, [M["rel-diff"]], options={"rms_tol": 0})[0]["rel-diff"]
+    assert_close("rel-diff", pure, expected("rel-diff", ref, tgt, {"rms_tol": 0}))
+    assert M["rel-diff"].fails(pure, M["rel-diff"].default_threshold)
+
+
+def test_rel_diff_of_an_int8_layer_tracks_cosine_and_fails_a_broken_one(rng):
+    ref, _, _ = _gelu_layer(rng)
+    scale = np.abs(ref).max() / 127.0
+    tgt = np.clip(np.round(ref / scale), -128, 127) * scale  # per-tensor int8, as a QDQ pair does
+    cos = 1.0 - scipy_cosine_distance(ref.ravel(), tgt.ravel())
+    assert 0.999 < cos < 0.99999
+    v = score_pair(ref, tgt, [M["rel-diff"]])[0]["rel-diff"]
+    assert_close("rel-diff", v, expected("rel-diff", ref, tgt, {}))
+    assert v > 99.0  # the relative test alone read about half of such a tensor as wrong
+    assert score_pair(ref, tgt, [M["rel-diff"]], options={"rms_tol": 0})[0]["rel-diff"] < 90.0
+    broken = ref + rng.standard_normal(ref.shape) * np.sqrt(np.mean(ref * ref))  # cosine ~0.7
+    assert M["rel-diff"].fails(score_pair(ref, broken, [M["rel-diff"]])[0]["rel-diff"], 99.0)
+
+
+def test_kl_flags_an_exact_embedding_and_misses_a_scrambled_output(rng):
+    """Why kl has no default threshold: it judges value histograms, not the layer."""
+    table = rng.standard_normal((50, 32)).astype(np.float32)
+    ids = rng.integers(0, 50, size=400)
+    ref = table[ids]  # token embeddings: a few distinct values, many times each
+    tgt = ref.astype(np.float16).astype(np.float32)
+    v = score_pair(ref, tgt, [M["kl"], M["cosine"], M["sqnr"]])[0]
+    assert v["cosine"] > 0.999999 and v["sqnr"] > 60
+    assert_close("kl", v["kl"], expected("kl", ref, tgt, {}))
+    scrambled = rng.permutation(ref.ravel()).reshape(ref.shape)
+    w = score_pair(ref, scrambled, [M["kl"], M["cosine"]])[0]
+    assert w["cosine"] < 0.5 and w["kl"] == 0.0
+    assert v["kl"] > w["kl"]  # it ranks an exact layer worse than a destroyed one
+    assert M["kl"].default_threshold is None

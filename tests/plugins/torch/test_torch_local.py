@@ -351,11 +351,13 @@ def test_exported_program_local_runs_and_keep(spec, feed, tmp_path):
     assert loc["attn"].op_type == "NaiveSoftmax"  # the original class, not the stand-in module
     src = TorchSource("fp16")
     assert cosine(ref, outputs(src, model, feed, torch_capture="modules", keep_high_precision=["attn"])) >= 0.999
-    # fx mode (the .pt2 default): op-level local runs; keeping modules needs the hierarchy
-    loc_fx, _ = locals_of(model, feed)
+    # the default for .pt2 is modules mode too: keeping a module works without asking
+    assert cosine(ref, outputs(src, model, feed, keep_high_precision=["attn"])) >= 0.999
+    # fx mode: op-level local runs; keeping modules needs the hierarchy
+    loc_fx, _ = locals_of(model, feed, torch_capture="fx")
     assert "attn/exp" in loc_fx
     with pytest.raises(ParityError, match="--torch-capture modules"):
-        outputs(src, model, feed, keep_high_precision=["attn"])
+        outputs(src, model, feed, torch_capture="fx", keep_high_precision=["attn"])
 
 
 def test_python_model_in_fx_mode_keeps_modules(spec, feed):

@@ -345,7 +345,8 @@ def test_torchscript_scripted_and_traced_match_eager(monkeypatch, tmp_path, x_im
         with pytest.raises(ParityError, match=r"--input-shape x:"):
             src.input_specs(cfg)
         cfg.input_shapes = {"x": (3, 6)}
-        assert src.input_specs(cfg) == [InputSpec("x", (3, 6), "float32")]
+        # the module declares no dtype: None, so a feed keeps its own (parity.core.inputs.check_feed)
+        assert src.input_specs(cfg) == [InputSpec("x", (3, 6), None)]
         for _ in range(3):  # reused module, past the JIT's profiling runs: records neither double nor vanish
             recs = list(src.run(cfg, {"x": x}))
             assert [r.key for r in recs] == [r.key for r in eager], path.name
@@ -392,7 +393,7 @@ def test_exported_program_fx_and_modules(monkeypatch, tmp_path, x_img):
     assert loaded.kind == "exported" and loaded.input_names == ["x"]
     assert TorchSource().input_specs(RunConfig(model=str(path))) == [InputSpec("x", (2, 3, 6, 6), "float32")]
     ref = by_key(run(spec_for(monkeypatch, net), {"x": x_img}))
-    fx = by_key(run(str(path), {"x": x_img}))  # auto -> fx for .pt2
+    fx = by_key(run(str(path), {"x": x_img}, torch_capture="fx"))
     assert {"conv1/conv2d", "bn1/batch_norm", "relu/relu_", "layer1.0/conv2d", "fc/linear"} <= set(fx)
     assert fx["conv1/conv2d"].meta["module_type"] == "torch.nn.modules.conv.Conv2d"
     assert fx["conv1/conv2d"].meta["capture"] == "fx"
@@ -402,6 +403,7 @@ def test_exported_program_fx_and_modules(monkeypatch, tmp_path, x_img):
     np.testing.assert_allclose(fx["output"].array, ref["output"].array, rtol=1e-5, atol=1e-6)
     mods = by_key(run(str(path), {"x": x_img}, torch_capture="modules"))
     assert list(mods) == list(ref)
+    assert list(by_key(run(str(path), {"x": x_img}))) == list(ref)  # the default for .pt2: modules
     assert mods["conv1"].meta["module_type"] == "torch.nn.modules.conv.Conv2d"
     for k in ref:
         np.testing.assert_allclose(mods[k].array, ref[k].array, rtol=1e-5, atol=1e-6)
