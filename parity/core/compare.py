@@ -228,14 +228,21 @@ def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[
 
 
 class _OutputTap:
-    """Keeps the arg-max of classification-shaped model outputs, for top-1 agreement."""
+    """Keeps the arg-max of classifier-shaped model outputs, for top-1 agreement.
 
-    def __init__(self) -> None:
+    Classifier-shaped is ``[batch, classes]``: an arg-max over a hidden state (``[batch, tokens,
+    hidden]``) is no prediction, and agreement on it means nothing. ``top1`` (``--top1``) asks for
+    it over the last axis of any output of two or more dimensions (per-token logits).
+    """
+
+    def __init__(self, asked: bool = False) -> None:
         self.top1: dict[int, np.ndarray] = {}
+        self.asked = asked
 
     def __call__(self, stream: Iterable[Activation]) -> Iterator[Activation]:
         for a in stream:
-            if a.meta.get("is_output") and a.array.ndim >= 2 and a.array.shape[-1] > 1:
+            if a.meta.get("is_output") and a.array.shape[-1:] > (1,) and \
+                    (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
                 pos = int(a.meta.get("output_position", a.output_index))
                 self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
             yield a
@@ -365,7 +372,8 @@ def compare(s: CompareSettings) -> Report:
     agree = total = 0
     stats_total: dict[str, int] = {}
     for k, (label, feed) in enumerate(feeds):
-        rtap, ttap = _OutputTap(), _OutputTap()
+        asked = bool(s.metric_options.get("top1"))
+        rtap, ttap = _OutputTap(asked), _OutputTap(asked)
         from parity.core.registry import get_matcher
 
         matcher = get_matcher(s.matcher)
@@ -427,3 +435,39 @@ def compare(s: CompareSettings) -> Report:
         trace_ranges(report, target_format(s.target, report.layers[0] if report.layers else None))
         find_culprits(report)
     return report
+
+
+def gate(report: Report, fail_under: float | None = None) -> list[str]:
+    """Why ``report`` fails as a comparison, one line each; empty when it passes.
+
+    The one exit rule of compare, analyze and fix (``parity`` exits 1 on any reason, unless
+    ``--exit-zero``): a layer gained NaN/Inf, a pair has different shapes, nothing was compared,
+    or a layer's primary metric is worse than the bound: ``fail_under`` (``--fail-under``) when
+    given, else the primary metric's threshold (none for a metric without one, e.g. l2).
+    """
+    from parity.contract.report import NONFINITE, SHAPE_MISMATCH
+
+    p = report.primary
+    out: list[str] = []
+    if p is None or report.worst_value(p.name) is None:
+        return ["no layer was compared"]
+    nonfinite = [r for r in report.layers if r.status == NONFINITE]
+    if nonfinite:
+        out.append(f"{len(nonfinite)} layers produce NaN/Inf where the reference is finite, first "
+                   f"{nonfinite[0].name}")
+    shapes = [r for r in report.layers if r.status == SHAPE_MISMATCH]
+    if shapes:
+        r = shapes[0]
+        out.append(f"{len(shapes)} paired layers differ in shape, first {r.name} "
+                   f"({list(r.ref_shape or [])} vs {list(r.target_shape or [])})")
+    bound = fail_under if fail_under is not None else p.threshold
+    if bound is not None:
+        worse = [r for r in report.matched if r.status not in (NONFINITE, SHAPE_MISMATCH) and p.name in r.values
+                 and p.fails(r.worst.get(p.name, r.values.get(p.name)), bound)]
+        if worse:
+            w = worse[0]
+            v = w.worst.get(p.name, w.values.get(p.name))
+            side = "below" if p.higher_is_better else "above"
+            what = "--fail-under" if fail_under is not None else "the threshold"
+            out.append(f"{len(worse)} layers have {p.name} {side} {what} {bound:g}, first {w.name} ({p.format(v)})")
+    return out

@@ -65,7 +65,7 @@ def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feed = {}
     for s in specs:
-        dt = np.dtype(s.dtype)
+        dt = np.dtype(s.dtype or "float32")  # undeclared dtype (None): float32
         if dt.kind == "f":
             feed[s.name] = rng.standard_normal(s.shape).astype(dt)
         elif dt.kind in "iu":
@@ -169,7 +169,8 @@ def _cast(a: np.ndarray, dtype: np.dtype, name: str, where: str, seen: set | Non
 def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str,
                seen: set | None = None) -> dict[str, np.ndarray]:
     """Shapes must fit the declared ones (dynamic dims free) and be non-empty, values finite;
-    other dtypes are cast to the declared ones (see :func:`_cast`). ``seen`` keeps notes to once per run."""
+    other dtypes are cast to the declared ones (see :func:`_cast`), and kept where the model declares
+    none (``dtype`` None: int64 token ids stay int64). ``seen`` keeps notes to once per run."""
     out = {}
     for s in specs:
         a = feed[s.name]
@@ -184,6 +185,9 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str,
         if bad:
             raise ParityError(f"{where}: input {s.name!r} holds {bad} NaN/Inf of {a.size} values. Note: both runs "
                               f"would carry them through every layer and blame the first; feed finite values.")
+        if s.dtype is None:  # the model declares no dtype: the file's is kept, floats as float32
+            out[s.name] = a.astype(np.float32) if a.dtype.kind == "f" and a.dtype != np.float32 else a
+            continue
         out[s.name] = _cast(a, np.dtype(s.dtype), s.name, where, seen) if a.dtype != np.dtype(s.dtype) else a
     return out
 
