@@ -228,10 +228,11 @@ def _quantizer_cause(row: LayerResult) -> str | None:
         return None
     masked = ""
     if row.meta.get("local_useful_bound") is not None:
-        masked = (f"; calibration saw {q['ref_min']:.4g}..{q['ref_max']:.4g} including "
-                  f"{int(row.local.get(MASKED, 0))} masked values")
+        masked = (f"; calibration saw {q['ref_min']:.4g}..{q['ref_max']:.4g}, including "
+                  f"{int(row.local.get(MASKED, 0))} values beyond a {SENTINEL_GAP:g}x magnitude gap (a mask "
+                  f"constant or outliers)")
     return (f"quantizer {q.get('node') or '?'} has scale {q['scale']:.4g}, but {row.name}'s useful values lie "
-            f"within ±{q['useful_absmax']:.4g}: {q['levels']:.3g} of 127 levels, so they quantize to "
+            f"within ±{q['useful_absmax']:.4g} ({q['levels']:.3g} steps), so they quantize to "
             f"{'0' if q['levels'] < 0.5 else 'a few levels'}{masked}")
 
 
@@ -288,9 +289,16 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         report.summary["first_culprit"] = first.name
         report.summary["culprits"] = [r.name for r in ranked]
         cause = _quantizer_cause(first)
-        if cause is None and first.meta.get("local_useful_bound") is not None:
-            cause = (f"{first.name}'s useful values (|x| <= {first.meta['local_useful_bound']:.4g}) are lost while "
-                     f"{int(first.local.get(MASKED, 0))} masked values still agree")
+        whole = first.meta.get("local_whole") or {}
+        if cause is None and first.local.get(SATURATED, 0) > 0 and "no longer" in first.meta.get("saturation", ""):
+            top = (first.range.get("ref") or {}).get("absmax")
+            cause = (f"{first.name} alone: {first.meta['saturation']}"
+                     + (f" (the reference reaches {top:.4g})" if top is not None else ""))
+        elif cause is None and p.name in whole and p.threshold is not None and not p.fails(whole[p.name], p.threshold) \
+                and p.fails(first.local.get(p.name), p.threshold):
+            cause = (f"{first.name}'s values below |x| = {first.meta['local_useful_bound']:.4g} are lost while the "
+                     f"{int(first.local.get(MASKED, 0))} values beyond a {SENTINEL_GAP:g}x magnitude gap (a mask "
+                     f"constant or outliers) still agree, so the whole tensor's {p.name} hides it")
         if cause:
             first.meta["culprit_cause"] = cause
             report.summary["first_culprit_cause"] = cause

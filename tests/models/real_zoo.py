@@ -140,13 +140,13 @@ class ConvNext(nn.Module):
 
 
 def convnext():
-    """Hazard: an outlier channel. Channel 5 of stage 0's depthwise conv is 200x the others, so a
+    """Hazard: an outlier channel. Channel 5 of stage 0's depthwise conv is ~2000x the others, so a
     per-tensor int8 scale leaves the other 15 channels a few levels each."""
     m = ConvNext()
     with torch.no_grad():
         dw = m.convnext.encoder.stages[0].layers[0].dwconv
-        dw.weight[5].mul_(200.0)
-        dw.bias[5] = 200.0
+        dw.weight[5].mul_(2000.0)
+        dw.bias[5] = 2000.0
     return _wrap(m, {"pixel_values": (2, 3, 32, 32)})
 
 
@@ -174,13 +174,13 @@ class ResNet(nn.Module):
 
 
 def resnet():
-    """Hazard: fp16 overflow. The stem's batch norm has a near-zero running variance on channel 0
-    (a dead channel in training), so its output reaches ~1e5 before the ReLU and max pool."""
+    """Hazard: fp16 overflow. The stem's batch norm has a near-zero running variance and a large gain
+    on channel 0 (a dead channel in training), so its output reaches ~1e5 before the ReLU and max pool."""
     m = ResNet()
     with torch.no_grad():
         bn = m.resnet.embedder.embedder.normalization
         bn.running_var[0] = 1e-9
-        bn.weight[0] = 3.0
+        bn.weight[0] = 400.0
     return _wrap(m, {"pixel_values": (2, 3, 32, 32)})
 
 
