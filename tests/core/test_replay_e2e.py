@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tool_command
+from support import tool_command
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import needs_trt_bindings
+from support import needs_trt_bindings
 
 from parity import ParityError
 

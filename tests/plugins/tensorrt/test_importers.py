@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tool_command
+from support import tool_command
 
 from parity import Activation, ParityError
 from parity.core import registry as plugins

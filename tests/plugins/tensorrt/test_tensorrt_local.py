@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import HAS_TRT, needs_trt
+from support import HAS_TRT, needs_trt
 
 from parity import ParityError
 

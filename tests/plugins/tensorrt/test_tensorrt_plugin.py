@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import HAS_CUDA, HAS_TRT, needs_cuda, needs_trt
+from support import HAS_CUDA, HAS_TRT, needs_cuda, needs_trt
 
 from parity import Activation, ParityError
 from parity.core import registry as plugins

@@ -1,0 +1,47 @@
+"""What several test modules share beyond fixtures: the GPU/TensorRT skip markers and tool lookup.
+
+A module of its own (not ``conftest``): a nested ``conftest.py`` (tests/fuzz has one) would
+shadow ``from conftest import ...``. Test modules do ``from support import needs_trt``; pytest puts
+this folder on ``sys.path`` because it holds the root ``conftest.py``.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tool_command(name: str) -> list[str]:
+    """The console script ``name`` of the interpreter running the tests, never one found on PATH.
+
+    Why: a tool installed globally on a developer machine once hid a broken fresh-clone setup.
+    A tool the README's setup installs must come from the same environment as the tests.
+    """
+    exe = Path(sys.executable).parent / name
+    if not exe.is_file():
+        raise AssertionError(f"{name} is not installed beside {sys.executable}: run scripts/setup.sh")
+    return [str(exe)]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # torch is installed by setup; a bare environment just has no GPU path
+        return False
+    return bool(torch.cuda.is_available())
+
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_CUDA = _cuda_available()
+#: the one skip marker for tests that need a real TensorRT run; the reason says why it cannot run here
+needs_trt = pytest.mark.skipif(not (HAS_TRT and HAS_CUDA),
+                               reason="needs TensorRT 10+ and a CUDA GPU (TensorRT is not installable on this "
+                                      "project's machines: its PyPI libs download from an unreachable host)")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU visible to torch")
+HAS_TRT_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+#: tests that drive real bindings of either library (TensorRT 10 or TensorRT for RTX) on a CUDA GPU
+needs_trt_bindings = pytest.mark.skipif(
+    not ((HAS_TRT or HAS_TRT_RTX) and HAS_CUDA),
+    reason="needs TensorRT or TensorRT-RTX bindings and a CUDA GPU (here: "
+           f"tensorrt {'importable' if HAS_TRT else 'absent'}, tensorrt_rtx_bindings "
+           f"{'importable' if HAS_TRT_RTX else 'absent'}, CUDA {'present' if HAS_CUDA else 'absent'})")
