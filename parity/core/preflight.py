@@ -171,7 +171,7 @@ def estimate_memory(specs: Sequence[InputSpec], feeds: int, model_bytes: int, *,
     least one input-sized activation while it is scored (real layers are often larger); random
     inputs are first drawn as float64, a transient the size of the largest input.
     """
-    one = sum(_elements(s.shape or ()) * np.dtype(s.dtype).itemsize for s in specs)
+    one = sum(_elements(s.shape or ()) * np.dtype(s.dtype or "float32").itemsize for s in specs)
     transient = max((_elements(s.shape or ()) * 8 for s in specs), default=0) if random else 0
     activations = 2 * sum(_elements(s.shape or ()) * 4 for s in specs)
     return {"inputs": one * max(1, feeds), "models": 2 * model_bytes, "activations": max(activations, transient)}
