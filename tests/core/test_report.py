@@ -37,7 +37,7 @@ def test_parse_report_arg_refuses_empty_parts(text):
 
 
 def test_unknown_reporter_lists_known_ones_and_one_stdout_only():
-    with pytest.raises(ParityError, match=r"unknown reporter 'nope'.*csv, json, table"):
+    with pytest.raises(ParityError, match=r"unknown reporter 'nope'.*csv, html, json, junit, table"):
         get_reporters([ReportRequest("nope", "x")])
     with pytest.raises(UsageError, match="only one report can go to standard output"):
         get_reporters([ReportRequest("table"), ReportRequest("json")])

@@ -48,7 +48,7 @@ def test_third_party_reporter_through_the_cli(tmp_path, rng, capsys):
         out, js = tmp_path / "out.md", tmp_path / "r.json"
         rc = main(["analyze", ref, tgt, "--metrics", "cosine", "--report", f"markdown={out}", "--json", str(js)])
         printed = capsys.readouterr().out
-        assert rc == 0
+        assert rc == 1  # the layer "bad" fails the threshold: a failing comparison exits 1, reports still written
         assert plugins.registry()["reporter"]["markdown"].plugin == "markdown-test"
         text = out.read_text()
         assert text.startswith(f"# {ref} vs {tgt}: FAIL")
@@ -62,7 +62,7 @@ def test_third_party_reporter_through_the_cli(tmp_path, rng, capsys):
         # NAME alone: to standard output, instead of the table
         rc = main(["analyze", ref, tgt, "--metrics", "cosine", "--report", "markdown"])
         printed = capsys.readouterr().out
-        assert rc == 0 and printed == text
+        assert rc == 1 and printed == text
     finally:
         plugins.unregister_plugin(plugin)
 
@@ -72,6 +72,6 @@ def test_json_to_stdout_is_pure_json_and_paths_go_to_stderr(tmp_path, rng, capsy
     csv_path = tmp_path / "r.csv"
     rc = main(["analyze", ref, tgt, "--report", "json=-", "--csv", str(csv_path)])
     cap = capsys.readouterr()
-    assert rc == 0
+    assert rc == 1  # "bad" fails
     assert json.loads(cap.out)["first_divergent"] == "bad"
     assert f"csv report written to {csv_path}" in cap.err and csv_path.read_text().startswith("order,name")
