@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="parity", description="Find where a neural network loses accuracy between frameworks "
                                            "and precisions, layer by layer.")
     p.add_argument("--version", action="version", version=f"parity {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say what parity does and where its caches are (-vv: debug details)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     pl = sub.add_parser("plugins", help="list sources, metrics, formats and matchers, with their packages")
@@ -259,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("example", help="build a bundled example model and its inputs")
     ex.add_argument("name", choices=["lenet"], help="lenet: sampleMNIST-shaped LeNet trained on sklearn digits")
     ex.add_argument("--out", default=".parity-cache/examples/lenet", help="folder for the model and inputs")
+
+    vw = sub.add_parser("view", help="show a JSON report on the model graph in Model Explorer "
+                                     "(pip install 'parity[view]')")
+    vw.add_argument("report", help="a JSON report (parity compare ... --json PATH)")
+    vw.add_argument("--onnx", help="the ONNX model the target ran (default: the report's model when it is .onnx)")
+    vw.add_argument("--out", help="folder for the node-data files (default: REPORT.model-explorer beside the report)")
+    vw.add_argument("--port", type=int, default=8080, help="Model Explorer's port (default 8080)")
+    vw.add_argument("--no-serve", action="store_true", help="only write the node-data files, start no server")
+    for sp in sub.choices.values():  # -v after the command too; the top-level count stays when not given
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="say what parity does and where its caches are (-vv: debug details)")
     return p
 
 
@@ -484,7 +497,7 @@ def _record_fix(report: Any, res: Any, gm: Any, args: argparse.Namespace) -> Non
 def cmd_fix(args: argparse.Namespace) -> int:
     from parity.contract.atomic import write_text
     from parity.core.compare import compare
-    from parity.core.fix import fix
+    from parity.core.api import run_fix
 
     name, sep, val = args.goal.rpartition("=")
     try:
@@ -504,7 +517,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     print()
     print(f"Searching layers to keep in fp32 until the outputs reach {goal_metric} {goal:g} "
           f"(every step re-runs {args.target}):")
-    res = fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
+    res = run_fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
     _record_fix(report, res, gm, args)
     cmp = ">=" if gm.higher_is_better else "<="
     if res.before == res.after and not res.kept and res.passed:
@@ -563,9 +576,21 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from parity.core.view import serve, write_view
+
+    model, files = write_view(args.report, onnx=args.onnx, out=args.out)
+    for f in files:
+        print(f"node data written to {f}")
+    if not args.no_serve:
+        print(f"opening Model Explorer on {model} (Ctrl-C stops it)", flush=True)
+        serve(model, files, args.port)
+    return 0
+
+
 COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "fix": cmd_fix,
             "doctor": cmd_doctor,
-            "example": cmd_example}
+            "example": cmd_example, "view": cmd_view}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -576,7 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         validate(args)
-        return COMMANDS[args.command](args)
+        from parity.core.progress import setup_logging, showing
+
+        setup_logging(getattr(args, "verbose", 0))
+        with showing(quiet=bool(getattr(args, "quiet", False))):
+            return COMMANDS[args.command](args)
     except ParityError as e:
         print(f"parity: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -19,6 +19,7 @@ from parity.contract.errors import ParityError, first_line
 from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
 from parity.core.preflight import check_memory, check_output_path, check_workdir, estimate_memory
 from parity.contract.matcher import MappingRules
+from parity.contract.progress import log, track
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
@@ -317,6 +318,7 @@ def prepare(s: CompareSettings) -> Prepared:
     ref_src, tgt_src = check_settings(s)
     cfg = RunConfig(model=s.model, device=s.device, workdir=check_workdir(s.workdir),
                     input_shapes=dict(s.input_shapes), options=dict(s.source_options))
+    log.info("cache folder (exports, converted models, engines): %s", cfg.workdir)
     if "" in cfg.input_shapes:
         cfg.input_shapes = _name_lone_shape(cfg, ref_src, tgt_src)
         s = replace(s, input_shapes=dict(cfg.input_shapes))
@@ -371,7 +373,7 @@ def compare(s: CompareSettings) -> Report:
     reports: list[Report] = []
     agree = total = 0
     stats_total: dict[str, int] = {}
-    for k, (label, feed) in enumerate(feeds):
+    for k, (label, feed) in enumerate(track(feeds, "capture input")):
         asked = bool(s.metric_options.get("top1"))
         rtap, ttap = _OutputTap(asked), _OutputTap(asked)
         from parity.core.registry import get_matcher
@@ -401,7 +403,8 @@ def compare(s: CompareSettings) -> Report:
 
                 ms = resolve_metrics(s.metrics)
                 try:
-                    n_local = attach_local(rep, dict(score_local(tgt_src.local_errors(cfg, feed), ms, s.metric_options)))
+                    runs = track(tgt_src.local_errors(cfg, feed), f"layers run alone (input {k + 1})")
+                    n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options)))
                 except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
                     rep.summary["local_unavailable"] = str(e)
                 else:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import itertools
 import os
 import re
 import sys
 import warnings
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,60 @@ SHAPES_ATTR = "parity_input_shapes"
 DTYPES_ATTR = "parity_input_dtypes"
 
 _SPEC_RE = re.compile(r"^(?P<mod>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)$")
+
+#: models handed over in memory by the Python API (``parity.compare(module, ...)``), by reference.
+#: Why a table: sources get ``cfg.model`` as text, and an ``nn.Module`` must reach them without
+#: pickling; the reference lives as long as the caller holds the module (weak values).
+MEMORY_SCHEME = "memory://"
+_MEMORY: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_MEMORY_IDS = itertools.count(1)
+
+
+def register_memory_model(obj: Any, label: str) -> str:
+    """A ``memory://LABEL-N`` reference to ``obj`` that :func:`load_torch_model` resolves in this process."""
+    ref = f"{MEMORY_SCHEME}{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[:60] or 'model'}-{next(_MEMORY_IDS)}"
+    _MEMORY[ref] = obj
+    return ref
+
+
+def memory_model(ref: Any) -> Any:
+    """The object behind a ``memory://`` reference, or None for anything else (a path, a spec)."""
+    return _MEMORY.get(ref) if isinstance(ref, str) and ref.startswith(MEMORY_SCHEME) else None
+
+
+def _load_memory(ref: str) -> LoadedModel:
+    """A module given in memory, as a copy: a source casts and hooks what it loads, and the caller's
+    module must stay as it was (torch-fp16 would otherwise halve the caller's weights)."""
+    import copy
+
+    import torch
+
+    obj = memory_model(ref)
+    if obj is None:
+        raise ParityError(f"model {ref}: the in-memory model is gone (it was collected). Note: keep a reference "
+                          f"to the module while its report is used")
+    if not isinstance(obj, torch.nn.Module):
+        raise ParityError(f"model {ref} is a {type(obj).__name__}, not a torch.nn.Module, so torch sources cannot "
+                          f"run it. Note: use an ONNX Runtime source (ort, ort-fp16, ...) for ONNX models")
+    try:
+        module = copy.deepcopy(obj)
+    except Exception as e:
+        raise ParityError(f"model {ref}: cannot copy the {type(obj).__name__} ({first_line(e, typed=True)}), and "
+                          f"parity never changes the caller's module. Note: pass a Python spec "
+                          f"package.module:factory instead") from None
+    if isinstance(module, torch.jit.ScriptModule):
+        names, optional = _torchscript_inputs(module)
+        kind = "torchscript"
+    else:
+        names, optional = _python_inputs(module)
+        kind = "python"
+    try:
+        declared = _declared_specs(module, None, f"model {ref}")
+    except ParityError:
+        if kind != "torchscript":
+            raise
+        declared = None
+    return LoadedModel(module, kind, declared, ref, names, optional)
 
 
 @dataclass
@@ -410,7 +466,9 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
     model = str(cfg.model)
     trust = option_bool(cfg.options, "trust_model", False)  # text "false" must not mean yes: it gates unpickling
     path = Path(model)
-    if path.is_file():
+    if model.startswith(MEMORY_SCHEME):
+        loaded = _load_memory(model)
+    elif path.is_file():
         kind = detect_file_kind(path)
         if kind == "torchscript":
             loaded = _load_torchscript(path)

@@ -18,6 +18,7 @@ import numpy as np
 
 from parity.contract.errors import ParityError
 from parity.contract.options import option_list
+from parity.contract.progress import step
 from parity.contract.source import RunConfig
 from parity.lib.onnx.models import onnx_model_for
 
@@ -79,8 +80,9 @@ def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelPro
     if precision == "fp32":
         return src, extra
     if precision == "fp16":
-        return to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
-                       keep_tensors=keep), extra
+        with step(f"convert {src.name} to fp16"):
+            return to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
+                           keep_tensors=keep), extra
     calib = list(cfg.calibration)
     if not calib:
         calib = [feed]
@@ -90,7 +92,8 @@ def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelPro
     for k, c in enumerate(calib):
         check_feed(orig, c, src, what=f"calibration feed #{k}")
     extra["calibration_feeds"] = len(calib)
-    return to_int8(src, workdir, calib, opts), extra
+    with step(f"quantize {src.name} to int8 ({len(calib)} calibration feeds)"):
+        return to_int8(src, workdir, calib, opts), extra
 
 
 def load_fp32(cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, Any, "onnx.ModelProto"]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, first_line
+from parity.contract.progress import log, step
 
 from parity.lib.onnx.convert import clamp_ir_version, max_ir_version
 from parity.lib.onnx.util import file_digest, key_of
@@ -239,6 +240,10 @@ def cached_export(module: Any, example_feed: dict[str, np.ndarray], workdir: str
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.stem if src is not None else type(module).__name__)[:60]
     out = Path(workdir) / "onnx" / f"{stem}-{key}.onnx"
     if out.is_file():
+        log.info("ONNX export of %s: cached %s", type(module).__name__, out)
         return out
-    return export_onnx(module, example_feed, out, opset, dynamic_batch=dynamic_batch,
-                       optimize=optimize, dynamo=dynamo, input_order=input_order)
+    with step(f"export {type(module).__name__} to ONNX (opset {int(opset or DEFAULT_OPSET)})"):
+        made = export_onnx(module, example_feed, out, opset, dynamic_batch=dynamic_batch,
+                           optimize=optimize, dynamo=dynamo, input_order=input_order)
+    log.info("ONNX export of %s: %s", type(module).__name__, made)
+    return made

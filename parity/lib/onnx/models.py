@@ -43,6 +43,15 @@ def export_options(options: dict[str, Any]) -> dict[str, Any]:
             "dynamo": option_bool(options, "export_dynamo", True)}
 
 
+def memory_model(ref: Any) -> Any:
+    """The in-memory model behind a ``memory://`` reference (:mod:`parity.lib.torch_loader`), else None."""
+    if not (isinstance(ref, str) and ref.startswith("memory://")):
+        return None
+    from parity.lib.torch_loader import memory_model as lookup
+
+    return lookup(ref)
+
+
 def _load_torch(cfg: RunConfig) -> Any:
     try:
         from parity.lib.torch_loader import load_torch_model
@@ -65,7 +74,9 @@ def onnx_model_for(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
     except Exception:  # noqa: BLE001 - a TorchScript or exported module may not move; export as it is
         pass
     o = export_options(cfg.options)
-    path = cached_export(module, feed, Path(cfg.workdir), getattr(loaded, "path", None) or cfg.model,
+    # a module given in memory has no file: its export is cached by weights and structure alone
+    file = None if memory_model(cfg.model) is not None else getattr(loaded, "path", None) or cfg.model
+    path = cached_export(module, feed, Path(cfg.workdir), file,
                          o["opset"], dynamic_batch=o["dynamic_batch"], optimize=o["optimize"], dynamo=o["dynamo"],
                          input_order=getattr(loaded, "input_names", None))
     names = [n for n, _ in module.named_modules()] if hasattr(module, "named_modules") else None

@@ -1,0 +1,294 @@
+"""The Python API for notebooks, scripts and tests: ``parity.compare(model, inputs, target="ort-fp16")``.
+
+It builds the same :class:`~parity.core.compare.CompareSettings` the CLI builds and calls the same
+:func:`parity.core.compare.compare` and :func:`parity.core.fix.fix`. What it adds is taking objects
+as well as files: an ``nn.Module`` reaches the sources through an in-process reference (never
+pickled; :func:`parity.lib.torch_loader.register_memory_model`), an ONNX ``ModelProto`` is saved
+once into the cache folder under its digest, and in-memory inputs are written as ``.npy``/``.npz``
+feed files into a temporary folder that lives as long as the returned report.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import weakref
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from parity.contract.atomic import atomic_path
+from parity.contract.errors import ParityError, UsageError
+from parity.contract.progress import step
+from parity.contract.report import LayerResult, Report
+from parity.core.compare import CompareSettings
+
+__all__ = ["ComparisonReport", "compare", "run_fix"]
+
+log = logging.getLogger("parity")
+
+
+def _torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # an nn.Module means torch is imported already: never import it here
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _onnx_proto(obj: Any) -> bool:
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(obj, onnx.ModelProto)
+
+
+def model_reference(model: Any, workdir: Path) -> tuple[str, str, Any]:
+    """``(what the sources get as cfg.model, how reports name it, the object to keep alive)``."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model), os.fspath(model), None
+    if _torch_module(model):
+        from parity.lib.torch_loader import register_memory_model
+
+        label = type(model).__name__
+        return register_memory_model(model, label), f"{label} (nn.Module in memory)", model
+    if _onnx_proto(model):
+        try:
+            data = model.SerializeToString()
+        except Exception as e:  # a proto over 2 GB cannot be serialized in one piece
+            raise ParityError(f"the ONNX ModelProto cannot be serialized ({type(e).__name__}: {e}). Note: save it "
+                              f"with onnx.save(..., save_as_external_data=True) and pass the path") from None
+        name = model.graph.name or "model"
+        out = workdir / "onnx" / f"memory-{hashlib.sha256(data).hexdigest()[:20]}.onnx"
+        if not out.is_file():
+            with atomic_path(out) as tmp:
+                Path(tmp).write_bytes(data)
+        log.info("ONNX ModelProto %r saved for the sources as %s", name, out)
+        return str(out), f"{name} (ONNX ModelProto in memory)", None
+    raise ParityError(f"model: a {type(model).__name__} is not a model parity can run. Note: give a torch.nn.Module, "
+                      f"an onnx.ModelProto, a path (.onnx, .pt, .pt2) or a spec 'package.module:factory'")
+
+
+def _array(x: Any, where: str) -> np.ndarray:
+    """A tensor or array as a numpy array (a torch tensor detached and moved to the CPU)."""
+    if type(x).__module__.startswith("torch"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: the model casts it back
+            t = t.float()
+        x = t.numpy()
+    a = np.asarray(x)
+    if a.dtype == object:
+        raise ParityError(f"inputs: {where} is not numeric (a {type(x).__name__} holding objects). Note: give "
+                          f"tensors or numeric arrays")
+    return a
+
+
+def _feeds(inputs: Any) -> list[Any]:
+    """One feed per element: a lone tensor/array, a dict of them, or a list/iterable of either."""
+    if isinstance(inputs, Mapping) or hasattr(inputs, "shape") or hasattr(inputs, "__array__"):
+        return [inputs]
+    if isinstance(inputs, (str, bytes)):
+        raise ParityError("inputs: a string is not inputs here. Note: pass a path as inputs_path=..., or "
+                          "tensors/arrays/dicts")
+    try:
+        feeds = list(inputs)
+    except TypeError:
+        raise ParityError(f"inputs: a {type(inputs).__name__} is not inputs. Note: give a tensor, an array, a dict "
+                          f"name -> tensor, or a list of those (one feed each)") from None
+    if not feeds:
+        raise ParityError("inputs: the iterable gave no feed. Note: give at least one tensor, array or dict")
+    return feeds
+
+
+def write_feeds(inputs: Any, folder: Path) -> Path:
+    """In-memory inputs as the feed files :func:`parity.core.inputs.load_feeds` reads (one file per feed,
+    ``feed-0000.npy`` for a lone array, ``.npz`` keyed by input name for a dict)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, feed in enumerate(_feeds(inputs)):
+        if isinstance(feed, Mapping):
+            arrays = {str(n): _array(v, f"feed {k} input {n!r}") for n, v in feed.items()}
+            if not arrays:
+                raise ParityError(f"inputs: feed {k} is an empty dict. Note: map input names to tensors")
+            with open(folder / f"feed-{k:04d}.npz", "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            np.save(folder / f"feed-{k:04d}.npy", _array(feed, f"feed {k}"), allow_pickle=False)
+    return folder
+
+
+class ComparisonReport(Report):
+    """A :class:`Report` that remembers what was compared: ``.culprits``, ``.to_pandas()``, ``.fix()``,
+    ``.node_data()`` and an inline HTML view in notebooks (``_repr_html_``)."""
+
+    settings: CompareSettings
+    _keep: Any = None
+
+    @classmethod
+    def wrap(cls, report: Report, settings: CompareSettings, keep: Any = None) -> "ComparisonReport":
+        out = cls(**{f.name: getattr(report, f.name) for f in fields(Report)})
+        out.settings, out._keep = settings, keep
+        return out
+
+    @property
+    def culprits(self) -> list[LayerResult]:
+        """The layers that cause the loss, the first culprit first (needs ``diagnose=True``)."""
+        return sorted((r for r in self.layers if r.culprit_rank is not None), key=lambda r: r.culprit_rank)
+
+    def to_pandas(self) -> Any:
+        """One row per layer: names, op, status, every metric (mean, worst, local), culprit rank."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ParityError("Report.to_pandas needs pandas, which is not installed. Note: pip install pandas") \
+                from None
+        rows = []
+        for r in self.layers:
+            row: dict[str, Any] = {"name": r.name, "ref_name": r.ref_name, "target_name": r.target_name,
+                                   "op_type": r.op_type or r.target_op_type, "status": r.status, "match": r.match,
+                                   "shape": r.shape}
+            for m in self.metrics:
+                row[m.name] = r.values.get(m.name, math.nan)
+                if r.n_inputs > 1:
+                    row[f"{m.name} worst"] = r.worst.get(m.name, math.nan)
+                if r.local:
+                    row[f"local {m.name}"] = r.local.get(m.name, math.nan)
+            row["culprit_rank"] = r.culprit_rank
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        """The HTML report inline (in an iframe, so its styles and scripts stay its own); the table as
+        text where no ``html`` reporter is registered."""
+        from parity.core.registry import get_reporter
+
+        buf = io.StringIO()
+        try:
+            get_reporter("html").write(self, buf, {})
+        except ParityError:
+            get_reporter("table").write(self, buf, {"sort": "order"})
+            return f"<pre>{html.escape(buf.getvalue())}</pre>"
+        return (f'<iframe srcdoc="{html.escape(buf.getvalue(), quote=True)}" '
+                f'style="width:100%;height:720px;border:0" title="parity report"></iframe>')
+
+    def fix(self, goal: str | float = "cosine=0.999", max_steps: int = 24,
+            log: Callable[[str], None] | None = None) -> Any:
+        """Search and verify layers to keep in fp32 (as ``parity fix``); returns the
+        :class:`~parity.core.fix.FixResult` (``.passed``, ``.kept``, ``.forms(target)``)."""
+        metric, value = parse_goal(goal, self.primary.name if self.primary else "cosine")
+        return run_fix(self.settings, self, metric, value, max_steps=max_steps, log=log)
+
+    def onnx_model(self) -> Path:
+        """The fp32 ONNX graph the target ran: the model itself, or parity's cached export of it."""
+        from parity.core.compare import prepare
+        from parity.lib.onnx.models import onnx_model_for
+
+        prep = prepare(self.settings)
+        return Path(onnx_model_for(prep.cfg, prep.feeds[0][1]).path)
+
+    def node_data(self, folder: str | os.PathLike) -> list[Path]:
+        """Model Explorer overlays of this report on :meth:`onnx_model` (see :mod:`parity.core.view`)."""
+        from parity.core.view import write_node_data
+
+        return write_node_data(self, self.onnx_model(), Path(folder))
+
+
+def parse_goal(goal: str | float, primary: str) -> tuple[str, float]:
+    """``"cosine=0.999"`` or ``0.999`` (the primary metric) as (metric, value), checked against the metric."""
+    from parity.core.preflight import check_metric_value
+    from parity.core.registry import get_metric
+
+    if isinstance(goal, (int, float)):
+        name, value = primary, float(goal)
+    else:
+        name, sep, val = str(goal).rpartition("=")
+        name = name.strip() if sep else primary
+        try:
+            value = float(val)
+        except ValueError:
+            raise UsageError(f"goal {goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
+    check_metric_value(get_metric(name), value, f"goal {goal}")
+    return name, value
+
+
+def run_fix(settings: CompareSettings, report: Report, goal_metric: str, goal: float, max_steps: int = 24,
+            log: Callable[[str], None] | None = None) -> Any:
+    """:func:`parity.core.fix.fix` with each step shown as progress (the CLI's ``parity fix`` calls this)."""
+    from parity.core.fix import fix
+
+    with step(f"fix: search layers to keep in fp32 for {goal_metric} {goal:g}") as task:
+        def say(message: str) -> None:
+            task.update(f"fix: {message}")
+            if log is not None:
+                log(message)
+
+        return fix(settings, report, goal_metric, goal, max_steps=max_steps, log=say)
+
+
+def _thresholds(threshold: float | Mapping[str, float] | None, metrics: Sequence[str] | None) -> dict[str, float]:
+    from parity.core.engine import DEFAULT_METRICS
+    from parity.core.preflight import check_metric_value
+    from parity.core.registry import get_metric
+
+    if threshold is None:
+        return {}
+    selected = list(metrics or DEFAULT_METRICS)
+    given = {selected[0]: threshold} if isinstance(threshold, (int, float)) else dict(threshold)
+    out = {}
+    for name, value in given.items():
+        if name not in selected:
+            raise UsageError(f"threshold: metric {name!r} is not selected. Note: selected are {', '.join(selected)}")
+        out[name] = check_metric_value(get_metric(name), float(value), f"threshold {name}={value}")
+    return out
+
+
+def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str = "ort-fp16",
+            diagnose: bool = True, metrics: Sequence[str] | None = None,
+            threshold: float | Mapping[str, float] | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            seed: int = 0, random_inputs: int = 1, device: str = "cpu", workdir: str | os.PathLike | None = None,
+            options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Any] | None = None,
+            matcher: str = "auto", mapping: str | None = None, calibration: Any = None,
+            inputs_path: str | os.PathLike | None = None, quiet: bool = False) -> ComparisonReport:
+    """Compare ``model`` in ``ref`` and ``target`` layer by layer, as ``parity compare --diagnose`` does.
+
+    ``model``: an ``nn.Module``, an ONNX ``ModelProto``, a path (``.onnx``, ``.pt``, ``.pt2``) or a spec
+    ``package.module:factory``. ``inputs``: a tensor or array, a dict input name -> tensor, or a list
+    (any iterable) of those, one feed each; ``None`` makes random ones from the model's shapes
+    (``input_shapes={"x": (1, 3, 224, 224)}``). ``inputs_path``/``calibration`` also take files as the CLI.
+    ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
+    unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
+    """
+    from parity.core.compare import compare as run
+    from parity.core.preflight import check_workdir
+    from parity.core.progress import showing
+
+    if inputs is not None and inputs_path is not None:
+        raise UsageError("give either inputs or inputs_path, not both")
+    cache = check_workdir(workdir)
+    ref_model, label, keep = model_reference(model, cache)
+    tmp = Path(tempfile.mkdtemp(prefix="parity-inputs-", dir=cache))
+    try:
+        feeds_path = str(write_feeds(inputs, tmp / "inputs")) if inputs is not None else \
+            (os.fspath(inputs_path) if inputs_path is not None else None)
+        calib_path = None
+        if calibration is not None:
+            calib_path = os.fspath(calibration) if isinstance(calibration, (str, os.PathLike)) else \
+                str(write_feeds(calibration, tmp / "calibration"))
+        settings = CompareSettings(
+            model=ref_model, ref=ref, target=target, inputs=feeds_path,
+            input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}, seed=seed,
+            random_inputs=random_inputs, device=device, workdir=str(cache), metrics=list(metrics) if metrics else None,
+            thresholds=_thresholds(threshold, metrics), metric_options=dict(metric_options or {}),
+            source_options=dict(options or {}), mapping=mapping, matcher=matcher, calibration=calib_path,
+            diagnose=diagnose)
+        with showing(quiet=quiet):
+            report = run(settings)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.summary["model"] = label
+    out = ComparisonReport.wrap(report, settings, keep)
+    weakref.finalize(out, shutil.rmtree, str(tmp), True)  # the feed files live as long as the report
+    return out
