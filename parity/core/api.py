@@ -21,7 +21,7 @@ import tempfile
 import weakref
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -44,6 +44,16 @@ def _num(v: Any) -> float | None:
         return None
 
 
+def _metric(name: str) -> Any:
+    """The registered metric of that name (its own error and format), else None: the report's fields decide."""
+    from parity.core.registry import get_metric
+
+    try:
+        return get_metric(name)
+    except ParityError:
+        return None
+
+
 def report_from_json(path: str | Path) -> Report:
     """The rows and metrics of a JSON report (docs/report-schema.md) that the overlays need."""
     p = Path(path)
@@ -59,7 +69,7 @@ def report_from_json(path: str | Path) -> Report:
                           f"one with parity compare ... --json PATH")
     try:
         metrics = [MetricInfo(m["name"], bool(m["higher_is_better"]), bool(m.get("percent")), _num(m.get("threshold")),
-                              m.get("description", "")) for m in doc.get("metrics", [])]
+                              m.get("description", ""), metric=_metric(m["name"])) for m in doc.get("metrics", [])]
         rows = [LayerResult(name=str(r["name"]), ref_name=r.get("ref_name"), target_name=r.get("target_name"),
                             order=float(r.get("order") or 0), op_type=r.get("op_type"),
                             target_op_type=r.get("target_op_type"), status=r.get("status", "ok"),

@@ -1,0 +1,113 @@
+"""parity view: Model Explorer node data keyed by ONNX node names, checked against the ONNX adapter's own graph."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import parity
+from parity.cli import main
+from parity.core.view import node_data
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+import zoo  # noqa: E402
+
+pytest.importorskip("model_explorer")
+adapter = pytest.importorskip("model_explorer_onnx.main")
+
+
+def _adapter_graphs(onnx_path):
+    """Graph id -> node ids, as Model Explorer's ONNX adapter builds the graph it shows."""
+    graphs = adapter.ONNXAdapter().convert(str(onnx_path), {})["graphs"]
+    return {g.id: {n.id for n in g.nodes} for g in graphs}
+
+
+@pytest.fixture(scope="module")
+def hazard(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("view")
+    rep = parity.compare(zoo.fp16_hazard(), torch.randn(4, 16, generator=torch.Generator().manual_seed(0)),
+                         target="ort-fp16", workdir=tmp / "c")
+    return rep, rep.onnx_model(), tmp
+
+
+def test_node_data_keys_exist_in_the_adapter_graph(hazard):
+    rep, onnx_path, tmp = hazard
+    files = rep.node_data(tmp / "nd")
+    assert {f.name for f in files} == {"accumulated-cosine-error.json", "local-cosine-error.json", "culprit.json"}
+    graphs = _adapter_graphs(onnx_path)
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc and set(doc) <= set(graphs), (f.name, set(doc), set(graphs))
+        for gid, data in doc.items():
+            missing = set(data["results"]) - graphs[gid]
+            assert not missing and data["results"], (f.name, missing)
+    # the values are the rows' own: 1 - cosine per ONNX node (worst row of the node), culprits flagged
+    acc = json.loads((tmp / "nd" / "accumulated-cosine-error.json").read_text())
+    (results,) = [d["results"] for d in acc.values()]
+    for r in rep.layers:
+        node = r.meta.get("target_onnx_node")
+        if node in results and r.status == "ok" and "cosine" in r.values:
+            assert results[node]["value"] >= 1 - r.values["cosine"] - 1e-12
+    flags = next(iter(json.loads((tmp / "nd" / "culprit.json").read_text()).values()))["results"]
+    assert {n for n, v in flags.items() if v["value"] == 1} == \
+        {r.meta["target_onnx_node"] for r in rep.culprits if r.meta.get("target_onnx_node")}
+    assert any(v["value"] == 0 for v in flags.values())
+
+
+def test_cli_view_from_a_json_report_writes_the_same_node_data(hazard, tmp_path, capsys):
+    from parity.core.report import write_report
+
+    rep, onnx_path, _ = hazard
+    out = tmp_path / "r.json"
+    write_report(rep, "json", str(out))
+    rc = main(["view", str(out), "--no-serve", "--onnx", str(onnx_path)])
+    assert rc == 0, capsys.readouterr().err
+    folder = tmp_path / "r.model-explorer"
+    assert sorted(p.name for p in folder.iterdir()) == \
+        ["accumulated-cosine-error.json", "culprit.json", "local-cosine-error.json"]
+    assert "node data written to" in capsys.readouterr().out
+    # read back from the JSON report, the overlays are those of the report in memory, value for value
+    direct = {k: json.loads(v.to_json_string()) for k, v in node_data(rep, onnx_path).items()}
+    for name, doc in direct.items():
+        assert json.loads((folder / (name.replace(" ", "-") + ".json")).read_text()) == doc
+
+
+def test_cli_view_of_an_onnx_report_needs_no_onnx_option(hazard, tmp_path, capsys):
+    _, onnx_path, _ = hazard
+    out = tmp_path / "o.json"
+    rc = main(["compare", str(onnx_path), "--ref", "ort", "--target", "ort-fp16", "--diagnose", "--json", str(out),
+               "--input-shape", "x:4x16", "--workdir", str(tmp_path / "c"), "--exit-zero", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert main(["view", str(out), "--no-serve", "--out", str(tmp_path / "nd")]) == 0
+    graphs = _adapter_graphs(onnx_path)
+    doc = json.loads((tmp_path / "nd" / "accumulated-cosine-error.json").read_text())
+    assert doc and all(set(d["results"]) <= graphs[g] for g, d in doc.items())
+
+
+def test_view_of_a_torch_report_asks_for_the_onnx_model(hazard, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    rc = main(["compare", f"{ROOT / 'tests' / 'models' / 'zoo.py'}:fp16_hazard", "--target", "ort-fp16",
+               "--json", str(out), "--workdir", str(tmp_path / "c"), "--exit-zero", "--quiet"])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["view", str(out), "--no-serve"]) == 1
+    err = capsys.readouterr().err
+    assert "give --onnx PATH" in err and len(err.strip().splitlines()) == 1
+    assert main(["view", str(out), "--no-serve", "--onnx", str(hazard[1])]) == 0
+
+
+def test_view_without_model_explorer_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "model_explorer", None)  # as if not installed: import fails
+    assert main(["view", str(tmp_path / "any.json")]) == 1
+    err = capsys.readouterr().err
+    assert "parity view needs Model Explorer, which is not installed" in err
+    assert "pip install 'parity[view]'" in err and "ai-edge-model-explorer model-explorer-onnx" in err
+
+
+def test_not_a_report_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"layers": []}')
+    assert main(["view", str(bad), "--no-serve"]) == 1
+    assert "not a parity JSON report" in capsys.readouterr().err
