@@ -233,10 +233,14 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
     elif left:
         stopped = (f"--max-steps {max_steps} reached with {left} of {len(cands)} candidates untried "
                    f"(raise --max-steps to try them)")
-    else:
+    elif negligible:
         stopped = (f"every candidate was tried ({len(cands)}: out-of-range groups, NaN/Inf sources, layers by "
                    f"local error); the other {negligible} of {len(order)} target nodes add less than "
                    f"{floor:.3g} {goal_metric} error alone, so keeping them cannot reach the goal")
+    else:
+        stopped = (f"every candidate was tried, all {len(order)} target nodes, and the outputs still fail: the loss "
+                   f"lies where keeping captured nodes cannot reach (a node whose output is not captured, such as "
+                   f"a Conv fused with its BatchNormalization, or the inputs' cast)")
     if skipped:
         stopped += f"; {len(skipped)} could not be kept: {'; '.join(skipped[:3])}"
     return FixResult(goal_metric, goal, before, value, passed, kept, [nodes[k] for k in kept], steps,
