@@ -92,3 +92,26 @@ def test_verbose_logs_cache_folder_and_steps(tmp_path, capsys):
     rc = main(["compare", f"{ZOO}:lenet", "--target", "ort", "--workdir", str(tmp_path / "c"), "--exit-zero",
                "--quiet"])
     assert "export LeNet" not in capsys.readouterr().err  # without -v: no log lines
+
+
+def test_terminal_shows_each_fix_step(tmp_path):
+    import sys
+
+    import torch
+
+    import parity
+
+    sys.path.insert(0, str(ZOO.parent))
+    import zoo
+
+    rep = parity.compare(zoo.fp16_hazard(), torch.randn(4, 16, generator=torch.Generator().manual_seed(0)),
+                         target="ort-fp16", workdir=tmp_path / "c", quiet=True)
+    buf = io.StringIO()
+    lines = []
+    with showing(console=Console(file=buf, force_terminal=True, width=200)):
+        res = rep.fix("cosine=0.999", log=lines.append)
+    text = ANSI.sub("", buf.getvalue())
+    assert res.passed and lines
+    assert "fix: search layers to keep in fp32 for cosine 0.999" in text
+    for line in lines:  # every step the search logged was shown while it ran
+        assert f"fix: {line}" in text, (line, text[-1500:])
