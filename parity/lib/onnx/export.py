@@ -34,6 +34,7 @@ EXPORTER_KEY = "parity.exporter"
 
 _CALL_AT = re.compile(r"@(\d+)$")
 _FX_NAME = re.compile(r"^%(\S+) :")
+_PY_SPEC = re.compile(r"^(.+\.py):([A-Za-z_][A-Za-z0-9_.]*)$")
 
 
 def _ordered_args(module: Any, example_feed: dict[str, np.ndarray],
@@ -193,6 +194,23 @@ def _outputs_depend_on_inputs(model: Any) -> bool:
     return any(o.name in live for o in model.graph.output)
 
 
+def _attr_repr(value: Any) -> str | None:
+    """A stable text for an attribute value, or None for modules, tensors and reprs with a memory address."""
+    import torch
+
+    if isinstance(value, (torch.nn.Module, torch.Tensor)):
+        return None  # covered by the structure and the state dict
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return repr(value)
+    if isinstance(value, (tuple, list, frozenset, set, dict)) or type(value).__repr__ is not object.__repr__:
+        try:  # a set's order changes with hash randomization: sort it so the key is stable across runs
+            r = repr(sorted(value, key=repr)) if isinstance(value, (set, frozenset)) else repr(value)
+        except Exception:  # noqa: BLE001 - an attribute that cannot print does not enter the key
+            return None
+        return None if " at 0x" in r else r[:100_000]
+    return None
+
+
 def _module_digest(module: Any) -> str:
     """Hash of what defines the exported graph: weights, structure and forward's source file."""
     import torch
@@ -207,6 +225,13 @@ def _module_digest(module: Any) -> str:
             src = None
         if src and Path(src).is_file() and "site-packages" not in src:
             h.update(file_digest(src).encode())
+    if hasattr(module, "named_modules"):
+        # plain attributes a forward may branch on (``self.negate = True``) are in neither repr nor weights
+        for path, m in module.named_modules():
+            for k, v in sorted(vars(m).items()):
+                r = _attr_repr(v) if not k.startswith("_") and k != "training" else None
+                if r is not None:
+                    h.update(f"{path}.{k}={r}".encode())
     if hasattr(module, "state_dict"):
         for name, t in module.state_dict().items():
             h.update(name.encode())
@@ -226,16 +251,24 @@ def cached_export(module: Any, example_feed: dict[str, np.ndarray], workdir: str
                   input_order: Sequence[str] | None = None) -> Path:
     """:func:`export_onnx` into ``workdir/onnx/``, reusing an earlier export of the same thing.
 
-    The key covers the model file's bytes (if any), the module's weights, structure and
-    class source files, input names/dtypes/shapes, export options and the torch version.
+    The key covers the model file's bytes (if any; for a ``file.py:factory`` spec the file's
+    bytes and the factory name), the module's weights, structure, plain attributes and class
+    source files, input names/dtypes/shapes, export options and the torch version.
     """
     import torch
 
     src = Path(model_file) if model_file else None
+    spec = None  # a Python spec file.py:factory: two factories of one file are two models
+    if src is not None and not src.is_file():
+        m = _PY_SPEC.match(str(model_file))
+        if m and Path(m.group(1)).is_file():
+            src, spec = Path(m.group(1)), m.group(2)
+        elif ":" in str(model_file):  # package.module:factory
+            spec = str(model_file)
     fdig = file_digest(src) if src is not None and src.is_file() else None
     sig = [(n, str(np.asarray(a).dtype), tuple(np.shape(a)))
            for n, a in ((n, example_feed[n]) for n in _ordered_args(module, example_feed, input_order))]
-    key = key_of("export", torch.__version__, fdig, _module_digest(module), sig,
+    key = key_of("export", torch.__version__, fdig, spec, _module_digest(module), sig,
                   int(opset or DEFAULT_OPSET), dynamic_batch, optimize, dynamo, max_ir_version())
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.stem if src is not None else type(module).__name__)[:60]
     out = Path(workdir) / "onnx" / f"{stem}-{key}.onnx"
