@@ -32,6 +32,32 @@ def same_dims(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
 
 
+def layout_permutation(ref: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The one axis order that turns ``target``'s non-1 axes into ``ref``'s, when they differ only by it.
+
+    Why: exporters keep some module outputs in another layout (ONNX LSTM/GRU run sequence-first, so
+    a batch_first torch LSTM's output is a ``[seq, batch, hidden]`` tensor when the next op consumes
+    it that way). Provenance says the tensor is the module's output; comparing it flat would pair
+    unrelated elements. None when the layouts agree already, do not permute into each other, or
+    more than one order fits (equal sizes: which axis is which cannot be told from shapes).
+    """
+    import itertools
+
+    rs = tuple(d for d in ref if d != 1)
+    ts = tuple(d for d in target if d != 1)
+    if rs == ts or sorted(rs) != sorted(ts) or len(ts) > 6:
+        return None
+    fits = [p for p in itertools.permutations(range(len(ts))) if tuple(ts[k] for k in p) == rs]
+    return fits[0] if len(fits) == 1 else None
+
+
+def _permuted(t: Activation, ref_shape: tuple[int, ...], perm: tuple[int, ...]) -> Activation:
+    """``t`` read in the reference's layout (a view where numpy can), for element-by-element scoring."""
+    core = np.asarray(t.array).reshape(tuple(d for d in t.shape if d != 1))
+    meta = dict(t.meta, layout=f"target {list(t.shape)} read with axes {list(perm)} as {list(ref_shape)}")
+    return Activation(t.name, np.transpose(core, perm).reshape(ref_shape), t.output_index, t.order, t.op_type, meta)
+
+
 def _twins(refs: list[Activation]) -> dict[int, int]:
     """Reference records holding exactly the values of an earlier one (a Dropout in eval, an Identity,
     a module returning its input), each mapped to the first: index -> index.
@@ -205,9 +231,11 @@ class AutoMatcher(Matcher):
                     k = scope_seen.get(s, 0)
                     scope_seen[s] = k + 1
                     cands = by_scope.get(s, [])
-                    if k < len(cands) and cands[k] not in claimed and compatible(cands[k], t) \
-                            and all(cands[k] != f for f, _ in found):
-                        found.append((cands[k], "provenance"))
+                    if k < len(cands) and cands[k] not in claimed and all(cands[k] != f for f, _ in found):
+                        if compatible(cands[k], t):
+                            found.append((cands[k], "provenance"))
+                        elif layout_permutation(refs[cands[k]].shape, t.shape) is not None:
+                            found.append((cands[k], "provenance"))  # same tensor in the exporter's layout
             if not found:
                 for i in by_norm.get(normalize_name(t.key), []):
                     if i not in claimed and compatible(i, t):
@@ -220,10 +248,17 @@ class AutoMatcher(Matcher):
                 claimed.add(i)
                 stats[how] += 1
                 matched_order.append((i, ti))
+                ti_act, note = t, ""
+                if not compatible(i, t):
+                    perm = layout_permutation(refs[i].shape, t.shape) if how == "provenance" else None
+                    if perm is not None:
+                        ti_act = _permuted(t, refs[i].shape, perm)
+                        note = f"layouts differ: {ti_act.meta['layout']}"
+                    else:
+                        note = "same name, shapes differ"
                 if i in twin_of:
-                    twin_target[i] = store.park(t)
-                note = "" if compatible(i, t) else "same name, shapes differ"
-                yield Pair(refs[i], t, how, CONFIDENCE[how], note)
+                    twin_target[i] = store.park(ti_act)
+                yield Pair(refs[i], ti_act, how, CONFIDENCE[how], note)
                 refs[i] = _released(refs[i])  # scored: let its pages go (a claimed layer is never read again)
 
         # A record with its twin's values is compared with the twin's target tensor.
