@@ -31,13 +31,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from parity.contract.atomic import atomic_path, write_text
+from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, first_line
 from parity.contract.dumpformat import DumpFormat, check_npy_dtype, read_npy
 from parity.contract.records import Activation
+from parity.lib.polygraphy_json import TYPE_KEY as _TYPE_KEY, save_polygraphy_inputs  # noqa: F401 - re-exported
 
 _SNIFF_BYTES = 1 << 16
-_TYPE_KEY = "polygraphy_class"
 _LEGACY_PREFIX = "__polygraphy_encoded_"
 
 
@@ -274,26 +274,6 @@ def load_polygraphy_inputs(path: str | os.PathLike[str]) -> list[dict[str, np.nd
     if not feeds:
         raise ParityError(f"{p}: holds no input data. Note: run polygraphy with --save-inputs and at least one iteration")
     return feeds
-
-
-def save_polygraphy_inputs(feeds: Iterable[dict[str, np.ndarray]], path: str | os.PathLike[str]) -> Path:
-    """Write feeds as Polygraphy input data, for ``polygraphy run --load-inputs`` on another machine."""
-    p = Path(path)
-    docs = []
-    for feed in feeds:
-        d = {}
-        for name, arr in feed.items():
-            a = np.asarray(arr)
-            if a.dtype.hasobject:
-                raise ParityError(f"input {name!r} holds Python objects; Polygraphy input data holds numeric arrays")
-            buf = io.BytesIO()
-            np.save(buf, a, allow_pickle=False)
-            d[str(name)] = {"array": base64.b64encode(buf.getvalue()).decode(), _TYPE_KEY: "ndarray"}
-        docs.append(d)
-    if not docs:
-        raise ParityError(f"no feeds to write to {p}. Note: give at least one {{input name: array}}")
-    write_text(p, json.dumps(docs))
-    return p
 
 
 def load_polygraphy_outputs(path: str | os.PathLike[str], runner: int | str | None = None,
