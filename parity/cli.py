@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "for a distance (l2=0.01); a bare VALUE names the primary metric (default cosine=0.999)")
     fx.add_argument("--max-steps", type=int, default=24, help="most layers to try adding (default 24)")
     fx.add_argument("--write-config", metavar="PATH", help="write the verified set as a parity TOML config")
+    fx.add_argument("--write-model", metavar="PATH", help="write the target's ONNX model with the verified set kept "
+                                                          "in fp32 (ONNX targets: ort-fp16, ort-bf16, ort-int8)")
     _add_report_args(fx)
 
     dr = sub.add_parser("doctor", help="which sources and targets work on this machine, and why not")
@@ -510,7 +512,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
     gm = get_metric(goal_metric)
-    _check_reports(args, saves=[("--write-config", args.write_config)] if args.write_config else [])
+    _check_reports(args, saves=[(o, p) for o, p in (("--write-config", args.write_config),
+                                                    ("--write-model", args.write_model)) if p])
     settings = _settings(args, args.target, True)
     report = compare(settings)
     _emit(report, argparse.Namespace(**{**vars(args), "fail_under": None, "quiet": True}))
@@ -539,6 +542,10 @@ def cmd_fix(args: argparse.Namespace) -> int:
         print(f"\n{label}:\n{text}")
     if args.write_config:
         write_text(args.write_config, res.forms(args.target)["parity config (TOML)"] + "\n")
+    if args.write_model:
+        from parity.core.fix import write_fixed_model
+
+        print(f"\nFixed model (runs as measured): {write_fixed_model(settings, res, args.write_model)}")
     return 0
 
 

@@ -64,24 +64,46 @@ class FixResult:
     best_kept: list[str] = field(default_factory=list)
 
     def forms(self, target: str) -> dict[str, str]:
-        """The kept set in the spellings users paste into other tools."""
+        """The kept set in the spellings users paste into other tools, each as that tool takes it."""
         onnx_nodes = [r.meta.get("target_onnx_node") for r in self.rows]
         modules = [r.meta.get("ref_module_path") or r.ref_name for r in self.rows if (r.ref_name or "")]
         toml = ["[precision]", f'target = "{target}"', "keep_fp32 = ["]
         toml += [f'  "{k}",' for k in self.kept]
         toml.append("]")
         forms: dict[str, str] = {}
-        if all(onnx_nodes):
-            # TensorRT's ONNX parser names layers after ONNX nodes, so the node names carry over
-            forms["trtexec/polygraphy --layer-precisions"] = (",".join(f"{n}:fp32" for n in onnx_nodes)
-                                                              + "  (trtexec also: --precisionConstraints=obey)")
-            forms["onnxconverter-common node_block_list"] = repr(onnx_nodes)
+        if onnx_nodes and all(onnx_nodes):
+            forms.update(tool_forms([str(n) for n in onnx_nodes]))
         else:
             forms["ONNX / TensorRT names"] = ("unknown for this target (it is not ONNX-based); run parity fix "
                                               "with --target ort-fp16 for node names")
         forms["torch autocast: run these modules in fp32"] = repr(modules)
         forms["parity config (TOML)"] = "\n".join(toml)
         return forms
+
+
+def tool_forms(nodes: list[str]) -> dict[str, str]:
+    """ONNX node names kept in fp32, spelled for each tool: shell arguments quoted, Python lists as literals.
+
+    TensorRT's ONNX parser names layers after ONNX nodes, so the node names carry over to trtexec and
+    Polygraphy; ``--layerOutputTypes`` too, or TensorRT may still hand the layer's result on in fp16, and
+    ``obey`` makes the builder fail rather than silently ignore a constraint.
+    """
+    import re
+    import shlex
+
+    return {
+        "trtexec": " ".join(shlex.quote(a) for a in (
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes),
+            "--precisionConstraints=obey")),
+        "polygraphy run / convert": " ".join(["--layer-precisions", *(shlex.quote(f"{n}:float32") for n in nodes),
+                                              "--precision-constraints", "obey"]),
+        "ONNX Runtime fp16 (onnxconverter-common)":
+            f"float16.convert_float_to_float16(model, keep_io_types=True, node_block_list={nodes!r})",
+        # AutoCast reads each entry as a regular expression: escaped and anchored, it names one node
+        "ModelOpt AutoCast": f"convert_to_mixed_precision(onnx_path=..., low_precision_type='fp16', "
+                             f"nodes_to_exclude={['^' + re.escape(n) + '$' for n in nodes]!r})",
+    }
 
 
 #: a node whose local error is below this share of the error the goal allows is not a candidate
@@ -246,3 +268,43 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
     return FixResult(goal_metric, goal, before, value, passed, kept, [nodes[k] for k in kept], steps,
                      total_layers=len(order), stopped=stopped, candidates=len(cands), tried=tried,
                      best=best[0], best_kept=best[1])
+
+
+def write_fixed_model(settings: CompareSettings, res: FixResult, path: str) -> str:
+    """Write the target's ONNX model with ``res.kept`` left in fp32 to ``path`` (atomically).
+
+    The same conversion the ONNX Runtime targets run (:mod:`parity.lib.onnx.convert`): fp16 or bf16
+    with the kept nodes block-listed, or int8 with them excluded from quantization, so the file is
+    the model the fix measured. Only ONNX-based targets have one: a torch target keeps modules.
+    """
+    import shutil
+    from pathlib import Path
+
+    from parity.contract.atomic import atomic_path
+    from parity.contract.options import option_list
+    from parity.lib.onnx.convert import to_bf16, to_fp16, to_int8
+    from parity.lib.onnx.models import onnx_model_for
+
+    if not res.kept or not all(r.meta.get("target_onnx_node") for r in res.rows):
+        raise ParityError(f"--write-model {path}: no ONNX model to write for target {settings.target!r}. "
+                          f"Note: {'nothing was kept' if not res.kept else 'its layers are not ONNX nodes'}; "
+                          f"the fixed model is written for ONNX targets (ort-fp16, ort-bf16, ort-int8)")
+    prep = prepare(settings)
+    cfg = prep.cfg
+    src, _ = onnx_model_for(cfg, prep.feeds[0][1])
+    workdir, opts, kept = Path(cfg.workdir), cfg.options, list(res.kept)
+    t = settings.target.lower()
+    if "int8" in t:
+        fixed = to_int8(src, workdir, list(cfg.calibration), {**opts, "keep_high_precision": kept})
+    else:
+        half = to_bf16 if "bf16" in t else to_fp16
+        fixed = half(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
+                     keep_tensors=kept)
+    if any(fixed.parent.glob(fixed.name + "*.data")):
+        raise ParityError(f"--write-model {path}: the fixed model {fixed} keeps its weights in external data "
+                          f"files beside it. Note: copy it and its .data file from there")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(fixed, tmp)
+    return str(out)
