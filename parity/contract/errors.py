@@ -36,3 +36,15 @@ def first_line(e: BaseException, limit: int = 300, *, typed: bool = False) -> st
             text = line.strip()[:limit]
             return f"{type(e).__name__}: {text}" if typed else text
     return type(e).__name__
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters shown escaped.
+
+    Why: an error message quotes names from user files (layer names, archive members), which may
+    hold newlines; the CLI's promise is one line per error, whatever the file contains.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)

@@ -106,7 +106,14 @@ def decode_polygraphy_array(obj: Any, where: str) -> np.ndarray:
         raise ParityError(f"{where}: value of type {kind or 'unknown'} is not an array. Note: expected a "
                           f"Polygraphy-encoded ndarray (polygraphy_class ndarray or LazyArray)")
     if isinstance(obj, list):  # a plain JSON list of numbers
-        return np.asarray(obj)
+        try:
+            arr = np.asarray(obj)
+        except (ValueError, TypeError):  # ragged nesting
+            arr = None
+        if arr is None or arr.dtype.kind not in "biuf":
+            raise ParityError(f"{where}: the JSON list is not a numeric array (ragged, or holds non-numbers). "
+                              f"Note: expected nested lists of numbers of one shape")
+        return arr
     raise ParityError(f"{where}: value is not an encoded array (saw {type(obj).__name__})")
 
 

@@ -454,3 +454,13 @@ def test_layer_info_json_is_not_taken_for_a_dump(tmp_path):
     p.write_text(json.dumps({"Layers": [{"Name": "a", "LayerType": "Reformat"}], "Bindings": []}))
     for f in (PolygraphyJsonFormat(), TrtexecJsonFormat(), TrtexecDebugFormat()):
         assert not f.can_read(p)
+
+
+@pytest.mark.parametrize("values", [[1, "a", 2], [[1, 2], [3]], [{"x": 1}], ["1.5"]])
+def test_a_json_list_that_is_not_a_numeric_array_is_one_line(tmp_path, values):
+    """Found by the fuzz suite: a mutated Polygraphy list decoded as an object/str array."""
+    from parity_builtin_tensorrt.importers import decode_polygraphy_array
+
+    with pytest.raises(ParityError, match="not a numeric array"):
+        decode_polygraphy_array(values, "out.json [x]")
+    np.testing.assert_array_equal(decode_polygraphy_array([[1, 2], [3, 4]], "w"), np.array([[1, 2], [3, 4]]))
