@@ -52,6 +52,7 @@ import numpy as np
 
 from parity.contract.atomic import atomic_path, write_text
 from parity.contract.errors import ParityError, first_line
+from parity.contract.progress import step
 from parity.lib.onnx.util import feeds_digest
 
 from ._cuda import dtype_name
@@ -559,8 +560,9 @@ def build_plan(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, np
     notes["fusion_altered"] = strategy in ("mark", "marked")
 
     # [PY Core/Builder] build_serialized_network -> IHostMemory, or None on failure
-    engine_bytes = check_serialized(builder.build_serialized_network(network, config), model, target, library,
-                                    logger.errors.since(mark))
+    with step(f"build {target} engine for {model}"):  # minutes on a large model: show it
+        plan = builder.build_serialized_network(network, config)
+    engine_bytes = check_serialized(plan, model, target, library, logger.errors.since(mark))
     return BuiltEngine(engine_bytes, "", notes, model=model, target=target, cache_dir=cdir)
 
 
