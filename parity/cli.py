@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "in fp32 (ONNX targets: ort-fp16, ort-bf16, ort-int8)")
     _add_report_args(fx)
 
+    rp = sub.add_parser("repro", help="write a layer as a standalone ONNX model with its fp32 inputs and outputs "
+                                      "(a bug report's folder)")
+    _add_run_args(rp, several_targets=False)
+    rp.add_argument("layer", help="ONNX node name, tensor name, or torch module path (e.g. the first culprit)")
+    rp.add_argument("--out", required=True, metavar="DIR", help="new folder for model.onnx, inputs.json/.npz, "
+                                                                "reference_outputs.npz and README.txt")
     dr = sub.add_parser("doctor", help="which sources and targets work on this machine, and why not")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -549,6 +555,21 @@ def cmd_fix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repro(args: argparse.Namespace) -> int:
+    """The reference is always ONNX Runtime fp32 on parity's ONNX model (--ref/--target do not apply)."""
+    from parity.core.compare import CompareSettings
+    from parity.core.inputs import parse_input_shapes
+    from parity.core.repro import repro
+
+    settings = CompareSettings(model=args.model, ref="ort", target="ort", inputs=args.inputs,
+                               input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
+                               workdir=args.workdir, source_options=_source_options(args))
+    res = repro(settings, args.layer, args.out)
+    print(f"Wrote {res.folder}: {len(res.nodes)} node(s) producing {', '.join(res.outputs)} from "
+          f"{', '.join(res.inputs)}; see {res.folder / 'README.txt'}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from parity.core.doctor import environment, sources
 
@@ -595,7 +616,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "fix": cmd_fix,
+COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compare, "fix": cmd_fix, "repro": cmd_repro,
             "doctor": cmd_doctor,
             "example": cmd_example, "view": cmd_view}
 
