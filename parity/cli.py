@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from parity.contract.errors import ParityError, UsageError
+from parity.contract.errors import ParityError, UsageError, one_line
 from parity.contract.options import as_list
 
 
@@ -635,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with showing(quiet=bool(getattr(args, "quiet", False))):
             return COMMANDS[args.command](args)
     except ParityError as e:
-        print(f"parity: error: {e}", file=sys.stderr)
+        print(f"parity: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
@@ -643,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
         if os.environ.get("PARITY_TRACEBACK"):
             raise
-        print(f"parity: internal error: {type(e).__name__}: {e} (set PARITY_TRACEBACK=1 for the traceback; "
+        print(f"parity: internal error: {type(e).__name__}: {one_line(str(e))} (set PARITY_TRACEBACK=1 for the traceback; "
               f"please report it)", file=sys.stderr)
         return 1
 

@@ -89,3 +89,13 @@ def test_single_folder_layout_with_tags(tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["reference"] == "fp32" and rep["target"] == "fp16"
     assert [l["name"] for l in rep["layers"]] == ["conv1", "prob"]
+
+
+def test_an_error_quoting_a_name_with_line_breaks_stays_one_line(tmp_path):
+    """Names come from user files and paths; a newline in one must not split the error line."""
+    bad = tmp_path / "ref\nfolder\r"
+    r = parity("analyze", bad, tmp_path / "other")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parity: error:"), r.stderr
+    assert "ref\\nfolder\\r" in lines[0]
