@@ -13,6 +13,9 @@ Sessions come from :mod:`parity.lib.onnx.session` (``ort_providers``, ``ort_thre
 """
 from __future__ import annotations
 
+import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,6 +25,7 @@ from parity.contract.options import option_bool, option_int
 from parity.contract.records import Activation
 from parity.contract.source import RunConfig
 from parity.lib.onnx.session import make_session, run_session, session_options
+from parity.lib.onnx.util import feeds_digest
 
 from .loader import fetch_for, load_fp32, run_label, runnable_model, target_model
 
@@ -77,13 +81,38 @@ def run_steps(model: Any, batches: list[list[str]], feed: dict[str, np.ndarray],
         yield results
 
 
-def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
-    """Every captured tensor of ``precision``'s run on ``feed``, in graph order, keyed by fp32 name.
+@dataclass
+class CapturePlan:
+    """What a capture needs that does not depend on the feed's values: models, fetch map, session.
 
-    Options: ``outputs_only``, ``ort_all_dtypes``, ``ort_output_batch``, the session options of
-    :func:`parity.lib.onnx.session.session_options`, and the model options of :mod:`.loader`.
+    Built once per run by :func:`plan_capture` and reused by :func:`capture` for every feed of the
+    same signature; ``session`` is kept only when the capture runs as one session (steps build
+    their feed-dependent step models per feed from ``runnable``).
     """
-    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, inferred_types
+
+    precision: str
+    workdir: Path
+    label: str
+    items: list[tuple[Any, str, bool]]
+    chunks: list[list[tuple[Any, str, bool]]]
+    out_pos: dict[str, int]
+    calls: dict[str, Any]
+    within: list[str]
+    common: dict[str, Any]
+    all_dtypes: bool
+    so: Any
+    providers: list[str]
+    runnable: Any = None
+    session: Any = None
+
+
+def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
+                 keep_session: bool = False) -> CapturePlan:
+    """Resolve the models and the tensors to capture for ``feed``'s signature (see :func:`capture`).
+
+    With ``keep_session`` a one-session capture builds its session here, to be run on many feeds.
+    """
+    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, inferred_types, with_outputs
     from parity.lib.onnx.provenance import module_output_calls, node_scopes
 
     workdir = Path(cfg.workdir)
@@ -108,6 +137,7 @@ def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iter
         del orig.graph.node[:]  # provenance is computed; free the fp32 weights early
         del orig.graph.initializer[:]
     runnable = runnable_model(precision, run_path, orig)
+    del orig
     fetch = fetch_for(precision, runnable, [s.name for s in sites])
     common["run_model_file"] = str(run_path)
 
@@ -129,14 +159,103 @@ def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iter
     batch = output_batch(opts, len(items))
     chunks = ([items[i:i + batch] for i in range(0, len(items), batch)]
               if batch > 0 and len(items) > batch else [items])
-    feed = {k: np.asarray(v) for k, v in feed.items()}
     label = run_label(src, run_path)
-    if len(chunks) == 1:
-        runs = run_whole(runnable, [f for _, f, _ in items], feed, so, providers, workdir, label)
-        del runnable, orig  # the session has its own copy of the weights
+    plan = CapturePlan(precision, workdir, label, items, chunks, out_pos, calls, within, common,
+                       all_dtypes, so, providers, runnable=runnable)
+    if keep_session and len(chunks) == 1:
+        plan.session = make_session(with_outputs(runnable, [f for _, f, _ in items]), so, providers,
+                                    workdir, label)
+        plan.runnable = runnable = None  # the session has its own copy of the weights
+    return plan
+
+
+def _model_stat(model: str) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the model file (or a ``file.py:factory`` spec's file), else None."""
+    for p in (model, model.rsplit(":", 1)[0]):
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue
+        return st.st_mtime_ns, st.st_size
+    return None
+
+
+def plan_key(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Any, ...] | None:
+    """Everything a :class:`CapturePlan` depends on besides the run itself, or None when it depends on the feed.
+
+    int8 without calibration feeds calibrates on the feed itself: no reuse then.
+    """
+    if precision == "int8" and not cfg.calibration:
+        return None
+    sig = tuple(sorted((k, str(np.asarray(v).dtype), tuple(np.shape(v))) for k, v in feed.items()))
+    calib = feeds_digest(list(cfg.calibration)) if precision == "int8" else None
+    return (precision, str(cfg.model), _model_stat(str(cfg.model)), str(cfg.device), str(cfg.workdir),
+            repr(sorted(cfg.options.items(), key=lambda kv: str(kv[0]))),
+            repr(sorted(cfg.input_shapes.items())), sig, calib)
+
+
+class PlanCache:
+    """One :class:`CapturePlan` per source object, reused across the feeds of one run.
+
+    A run is one ``RunConfig`` object: an entry is only found for the very ``cfg`` it was built
+    for (and the same :func:`plan_key`), and is dropped when that ``cfg`` is garbage-collected,
+    when another run or signature replaces it, or with :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        self._cfg: Any = None  # weakref to the run's cfg
+        self._key: tuple[Any, ...] | None = None
+        self._plan: CapturePlan | None = None
+
+    def clear(self) -> None:
+        self._cfg = self._key = self._plan = None
+
+    def get(self, precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> CapturePlan:
+        key = plan_key(precision, cfg, feed)
+        if key is None:
+            return plan_capture(precision, cfg, feed)
+        if self._plan is not None and self._cfg is not None and self._cfg() is cfg and self._key == key:
+            return self._plan
+        self.clear()  # release the previous session before building the next one
+        plan = plan_capture(precision, cfg, feed, keep_session=True)
+        self._cfg, self._key, self._plan = weakref.ref(cfg), key, plan
+        weakref.finalize(cfg, _drop, weakref.ref(self), key)
+        return plan
+
+
+def _drop(cache_ref: Any, key: tuple[Any, ...]) -> None:
+    """Finalizer of a run's cfg: release the cache's plan if it still belongs to that run."""
+    cache = cache_ref()
+    if cache is not None and cache._key == key and (cache._cfg is None or cache._cfg() is None):
+        cache.clear()
+
+
+def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
+            cache: PlanCache | None = None) -> Iterator[Activation]:
+    """Every captured tensor of ``precision``'s run on ``feed``, in graph order, keyed by fp32 name.
+
+    Options: ``outputs_only``, ``ort_all_dtypes``, ``ort_output_batch``, the session options of
+    :func:`parity.lib.onnx.session.session_options`, and the model options of :mod:`.loader`.
+    With ``cache``, what does not depend on the feed (models, fetch map, a one-session capture's
+    session) is reused from the previous feed of the same run and signature.
+    """
+    from parity.lib.onnx.graph import FLOAT_TYPES
+
+    plan = cache.get(precision, cfg, feed) if cache is not None else plan_capture(precision, cfg, feed)
+    items, chunks, out_pos, calls, within = plan.items, plan.chunks, plan.out_pos, plan.calls, plan.within
+    common, all_dtypes = plan.common, plan.all_dtypes
+    feed = {k: np.asarray(v) for k, v in feed.items()}
+    names = [f for _, f, _ in items]
+    if plan.session is not None:
+        runs: Iterator[list[Any]] = iter([run_session(plan.session, names, feed, plan.label)])
+    elif len(chunks) == 1:
+        runnable, plan.runnable = plan.runnable, None  # an uncached plan: the session frees the proto
+        runs = run_whole(runnable, names, feed, plan.so, plan.providers, plan.workdir, plan.label)
+        del runnable
     else:
-        runs = run_steps(runnable, [[f for _, f, _ in c] for c in chunks], feed, so, providers,
-                         workdir, label)
+        runs = run_steps(plan.runnable, [[f for _, f, _ in c] for c in chunks], feed, plan.so, plan.providers,
+                         plan.workdir, plan.label)
+    del plan
     for chunk, results in zip(chunks, runs):
         for k, (site, fname, quant) in enumerate(chunk):
             arr = results[k]

@@ -24,7 +24,7 @@ from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
 
 from .loader import PRECISIONS
-from .runner import DEFAULT_OUTPUT_BATCH, capture
+from .runner import DEFAULT_OUTPUT_BATCH, PlanCache, capture
 
 __all__ = ["DEFAULT_OUTPUT_BATCH", "PRECISIONS", "OrtSource"]
 
@@ -51,6 +51,8 @@ class OrtSource(Source):
         self.name = PRECISIONS[precision]  # type: ignore[misc]
         #: layers the last ``local_errors`` call could not run alone: ``{key, onnx_node, reason}``
         self.last_local_skipped: list[dict[str, str]] = []
+        #: models, fetch map and session reused across the feeds of one run (one entry, see ``PlanCache``)
+        self._plans = PlanCache()
 
     def check(self) -> str | None:
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -64,7 +66,7 @@ class OrtSource(Source):
         return onnx_input_specs(cfg)
 
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
-        return capture(self.precision, cfg, feed)
+        return capture(self.precision, cfg, feed, cache=self._plans)
 
     supports_local = True
 
