@@ -45,3 +45,16 @@ needs_trt_bindings = pytest.mark.skipif(
     reason="needs TensorRT or TensorRT-RTX bindings and a CUDA GPU (here: "
            f"tensorrt {'importable' if HAS_TRT else 'absent'}, tensorrt_rtx_bindings "
            f"{'importable' if HAS_TRT_RTX else 'absent'}, CUDA {'present' if HAS_CUDA else 'absent'})")
+
+
+ZOO = Path(__file__).resolve().parent / "models" / "zoo.py"
+
+
+def load_zoo():
+    """``tests/models/zoo.py`` as a module, the way ``parity compare zoo.py:factory`` imports it (by file)."""
+    sys.path.insert(0, str(ZOO.parent))
+    try:
+        import zoo
+    finally:
+        sys.path.pop(0)
+    return zoo

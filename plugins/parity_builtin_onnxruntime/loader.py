@@ -12,7 +12,7 @@ Nothing here runs a session (see :mod:`.runner`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,17 +20,13 @@ from parity.contract.errors import ParityError
 from parity.contract.options import option_list
 from parity.contract.progress import step
 from parity.contract.source import RunConfig
-from parity.lib.onnx.models import onnx_model_for
+from parity.lib.onnx.models import fmt_dims, onnx_model_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 #: source name per precision
 PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
-
-
-def _fmt_dims(dims: Sequence[int | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def check_feed(model: "onnx.ModelProto", feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
@@ -50,7 +46,7 @@ def check_feed(model: "onnx.ModelProto", feed: dict[str, np.ndarray], path: Path
         if dims is not None and (len(dims) != a.ndim or any(d is not None and d != s
                                                              for d, s in zip(dims, a.shape))):
             raise ParityError(f"{what} input {vi.name!r} of {path.name} has shape {list(a.shape)}. "
-                              f"Note: the model expects {_fmt_dims(dims)} (? = any size)")
+                              f"Note: the model expects {fmt_dims(dims)} (? = any size)")
         want = elem_dtype(vi.type.tensor_type.elem_type)
         if want and str(a.dtype) != want:
             raise ParityError(f"{what} input {vi.name!r} of {path.name} has dtype {a.dtype}. "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from support import load_zoo
 import torch
 
 import parity
@@ -14,8 +16,7 @@ from parity.core.registry import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
-sys.path.insert(0, str(ZOO.parent))
-import zoo  # noqa: E402
+zoo = load_zoo()  # by file, as `parity compare zoo.py:factory` imports it; sys.path left as it was
 
 
 def _x(seed=0, n=2):

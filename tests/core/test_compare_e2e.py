@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import load_zoo
+
 
 from parity.core.compare import CompareSettings, compare  # noqa: E402
 
@@ -73,11 +75,7 @@ def test_cli_compare_lenet_json_with_top1_agreement(tmp_path):
 def scripted(tmp_path_factory):
     import torch
 
-    sys.path.insert(0, str(ZOO.parent))
-    try:
-        import zoo
-    finally:
-        sys.path.pop(0)
+    zoo = load_zoo()
     d = tmp_path_factory.mktemp("bad")
     torch.jit.save(torch.jit.script(zoo.lenet()), str(d / "lenet.pt"))
     return d

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import load_zoo
+
 from parity.core.fix import tool_forms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +43,7 @@ def test_modelopt_patterns_name_exactly_their_node():
 
 
 def _fp16_hazard_model():
-    sys.path.insert(0, str(ZOO.parent))
-    try:
-        import zoo
-    finally:
-        sys.path.pop(0)
+    zoo = load_zoo()
     return zoo.fp16_hazard().eval()
 
 

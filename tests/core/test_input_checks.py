@@ -1,10 +1,11 @@
 """Inputs the user gives: each problem is one line naming the file, the input and what is wrong,
 or a visible note where parity proceeds (issue 10, part A)."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from support import load_zoo
 
 from parity.cli import main
 
@@ -23,11 +24,7 @@ def models(tmp_path_factory):
     """LeNet as TorchScript (no declared shapes) and as ONNX with a dynamic batch."""
     import torch
 
-    sys.path.insert(0, str(ZOO.parent))
-    try:
-        import zoo
-    finally:
-        sys.path.pop(0)
+    zoo = load_zoo()
     d = tmp_path_factory.mktemp("models")
     m = zoo.lenet()
     torch.jit.save(torch.jit.script(m), str(d / "lenet.pt"))

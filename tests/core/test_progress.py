@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from rich.console import Console
+from support import load_zoo
 
 from parity.cli import main
 from parity.contract import progress
@@ -95,14 +96,12 @@ def test_verbose_logs_cache_folder_and_steps(tmp_path, capsys):
 
 
 def test_terminal_shows_each_fix_step(tmp_path):
-    import sys
 
     import torch
 
     import parity
 
-    sys.path.insert(0, str(ZOO.parent))
-    import zoo
+    zoo = load_zoo()
 
     rep = parity.compare(zoo.fp16_hazard(), torch.randn(4, 16, generator=torch.Generator().manual_seed(0)),
                          target="ort-fp16", workdir=tmp_path / "c", quiet=True)

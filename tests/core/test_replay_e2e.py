@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import tool_command
+from support import load_zoo, tool_command
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +23,7 @@ def _run(cmd, cwd):
 
 @pytest.mark.parametrize("model", ["encoder", "resnet"])
 def test_polygraphy_dump_replayed_against_torch(model, tmp_path):
-    sys.path.insert(0, str(ZOO.parent))
-    try:
-        import zoo
-    finally:
-        sys.path.pop(0)
+    zoo = load_zoo()
     from parity.lib.onnx.export import export_onnx
 
     module = getattr(zoo, model)()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import load_zoo
+
 from parity.cli import main
 from parity.core.preflight import estimate_memory, memory_verdict, value_range
 from parity.contract.source import InputSpec
@@ -46,11 +48,7 @@ def _dumps(tmp_path):
 def lenet_onnx(tmp_path_factory):
     import torch
 
-    sys.path.insert(0, str(ZOO.parent))
-    try:
-        import zoo
-    finally:
-        sys.path.pop(0)
+    zoo = load_zoo()
     d = tmp_path_factory.mktemp("models")
     torch.onnx.export(zoo.lenet(), (torch.zeros(2, 1, 28, 28),), str(d / "lenet.onnx"), input_names=["x"],
                       dynamo=False)

@@ -43,15 +43,6 @@ def export_options(options: dict[str, Any]) -> dict[str, Any]:
             "dynamo": option_bool(options, "export_dynamo", True)}
 
 
-def memory_model(ref: Any) -> Any:
-    """The in-memory model behind a ``memory://`` reference (:mod:`parity.lib.torch_loader`), else None."""
-    if not (isinstance(ref, str) and ref.startswith("memory://")):
-        return None
-    from parity.lib.torch_loader import memory_model as lookup
-
-    return lookup(ref)
-
-
 def _load_torch(cfg: RunConfig) -> Any:
     try:
         from parity.lib.torch_loader import load_torch_model
@@ -75,6 +66,8 @@ def onnx_model_for(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
         pass
     o = export_options(cfg.options)
     # a module given in memory has no file: its export is cached by weights and structure alone
+    from parity.lib.torch_loader import memory_model
+
     file = None if memory_model(cfg.model) is not None else getattr(loaded, "path", None) or cfg.model
     path = cached_export(module, feed, Path(cfg.workdir), file,
                          o["opset"], dynamic_batch=o["dynamic_batch"], optimize=o["optimize"], dynamo=o["dynamo"],
@@ -155,7 +148,8 @@ def runnable_onnx(path: Path, workdir: Path) -> Path:
     return out
 
 
-def _fmt_dims(dims: Sequence[int | None]) -> str:
+def fmt_dims(dims: Sequence[int | None]) -> str:
+    """``[1, ?, 224]``: a declared shape with dynamic dimensions shown as ``?``."""
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
@@ -192,10 +186,10 @@ def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
         want = tuple(int(d) for d in cfg.input_shapes[s.name])
         if s.shape and len(s.shape) != len(want):
             raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} has rank {len(want)}; "
-                              f"model {cfg.model} declares {_fmt_dims(s.shape)}")
+                              f"model {cfg.model} declares {fmt_dims(s.shape)}")
         for have, w in zip(s.shape, want):
             if have is not None and have != w:
                 raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} conflicts with the "
-                                  f"fixed shape {_fmt_dims(s.shape)} of model {cfg.model}")
+                                  f"fixed shape {fmt_dims(s.shape)} of model {cfg.model}")
         out.append(InputSpec(s.name, want, s.dtype))
     return out
