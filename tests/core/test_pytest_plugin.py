@@ -26,7 +26,8 @@ def test_assert_parity_passes_and_fails_with_the_worst_layers(pytester, tmp_path
     ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1, failed=2)
-    out = result.stdout.str()
+    # pytest prints whole messages again in the short summary when CI is set: read the failure sections only
+    out = result.stdout.str().split("short test summary info")[0]
     assert "parity: torch vs ort-fp16 on " in out and "fails:" in out
     assert "layers produce NaN/Inf where the reference is finite, first boost" in out
     assert "parity: torch vs ort-int8 on " in out and "have cosine below min_cosine 0.9999" in out
