@@ -26,6 +26,31 @@ class InputSpec:
     dtype: str = "float32"
 
 
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which layers to capture (``--layers``): a regular expression and/or exact names.
+
+    Why: a model whose activations do not fit in memory can still be compared in slices, and a
+    source that knows the selection captures less (ONNX Runtime marks fewer outputs, torch hooks
+    fewer modules). The core filters what any source yields with the same rule, so a source that
+    ignores the selection is slower, never wrong. Model outputs are always kept.
+    """
+
+    pattern: str | None = None
+    names: frozenset[str] = frozenset()
+
+    def selects(self, *names: str | None) -> bool:
+        """True when any of ``names`` (a record's name, its module path, its ONNX node ...) is selected."""
+        import re
+
+        for n in names:
+            if not n:
+                continue
+            if n in self.names or (self.pattern is not None and re.search(self.pattern, n)):
+                return True
+        return False
+
+
 @dataclass
 class RunConfig:
     """Everything a source needs to load and run a model, shared by reference and target.
@@ -43,6 +68,11 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: feeds used for calibration by quantizing targets (int8); set by the driver
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+    #: only these layers are captured (``--layers``); None: every layer
+    layers: LayerSelection | None = None
+    #: bytes of activations a source may hold at once while capturing (one "step" of extra outputs);
+    #: None: the source's own default
+    step_bytes: int | None = None
 
 
 class Source:
