@@ -133,7 +133,7 @@ def factory():
 
 def write_spec(folder: str | os.PathLike, shape: EncoderShape) -> str:
     """Write a Python-spec model file for ``shape`` into ``folder``; return ``file.py:factory``."""
-    p = Path(folder) / f"encoder_d{shape.depth}_w{shape.width}_s{shape.seq}.py"
+    p = Path(folder) / f"encoder_d{shape.depth}_w{shape.width}_s{shape.seq}_b{shape.batch}.py"
     text = _SPEC_TEMPLATE.format(bench_dir=str(HERE), **shape.__dict__)
     write_text(p, text)
     return f"{p}:factory"
@@ -295,8 +295,13 @@ def _load_spec(spec: str) -> Any:
     return getattr(mod, attr)()
 
 
-def bare_torch(spec: str, seed: int) -> dict[str, Any]:
-    """Load the model and run one plain forward pass: what a user's own script would do."""
+def bare_torch(spec: str, seed: int, device: str = "cpu", dtype: str = "fp32", feeds: int = 1) -> dict[str, Any]:
+    """Load the model and run plain forward passes: what a user's own script would do.
+
+    ``forward`` is the first pass (what one feed costs a fresh process); ``forwards`` lists every
+    pass, so that the later ones give the warm per-feed cost. On CUDA each pass is synchronized
+    and ``gpu_peak`` is ``torch.cuda.max_memory_allocated``.
+    """
     t = _t0()
     import numpy as np
     import torch
@@ -305,17 +310,34 @@ def bare_torch(spec: str, seed: int) -> dict[str, Any]:
     t = _t0()
     model = _load_spec(spec)
     shape = model.parity_input_shapes["x"]
-    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    model = model.to(device=device, dtype=tdtype)
+    rng = np.random.default_rng(seed)
+    xs = [torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(device=device, dtype=tdtype)
+          for _ in range(feeds)]
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     t_load = _t0() - t
-    t = _t0()
+    times = []
     with torch.no_grad():
-        y = model(x)
-    t_fwd = _t0() - t
-    return {"import": t_import, "load": t_load, "forward": t_fwd, "out_shape": list(y.shape)}
+        for x in xs:
+            t = _t0()
+            y = model(x)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(_t0() - t)
+    out = {"import": t_import, "load": t_load, "forward": times[0], "forwards": times, "out_shape": list(y.shape)}
+    if cuda:
+        out["gpu_peak"] = int(torch.cuda.max_memory_allocated())
+    return out
 
 
-def bare_ort(onnx_path: str, seed: int) -> dict[str, Any]:
-    """One plain ONNX Runtime session run on parity's cached export (default session options)."""
+def bare_ort(onnx_path: str, seed: int, feeds: int = 1) -> dict[str, Any]:
+    """Plain ONNX Runtime session runs on parity's cached export (default session options, CPU).
+
+    ``run`` is the first run; ``runs`` lists all ``feeds`` of them (the later ones are warm).
+    """
     t = _t0()
     import numpy as np
     import onnxruntime as ort
@@ -328,11 +350,26 @@ def bare_ort(onnx_path: str, seed: int) -> dict[str, Any]:
     inp = sess.get_inputs()[0]
     shape = [int(d) if isinstance(d, int) else 1 for d in inp.shape]
     t_session = _t0() - t
-    t = _t0()
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    y = sess.run(None, {inp.name: x})
-    t_run = _t0() - t
-    return {"import": t_import, "session": t_session, "run": t_run, "out_shape": list(y[0].shape)}
+    rng = np.random.default_rng(seed)
+    times = []
+    for _ in range(feeds):
+        x = rng.standard_normal(shape).astype(np.float32)
+        t = _t0()
+        y = sess.run(None, {inp.name: x})
+        times.append(_t0() - t)
+    return {"import": t_import, "session": t_session, "run": times[0], "runs": times, "out_shape": list(y[0].shape)}
+
+
+def parity_cli(argv: Sequence[str]) -> dict[str, Any]:
+    """``parity`` run in this process, so that its CUDA peak (``max_memory_allocated``) can be read."""
+    from parity.cli import main
+
+    rc = main(list(argv))
+    out: dict[str, Any] = {"rc": rc}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_peak"] = int(torch.cuda.max_memory_allocated())
+    return out
 
 
 class _Phases:
@@ -466,6 +503,10 @@ def _child_main(argv: Sequence[str]) -> int:
     import argparse
     import json
 
+    if argv and argv[0] == "parity-cli":  # everything after it is parity's own command line
+        out = parity_cli(argv[1:])
+        print("BENCH-JSON " + json.dumps(out))
+        return int(out["rc"] or 0)
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["bare-torch", "bare-ort", "phases"])
     ap.add_argument("model")
@@ -474,11 +515,14 @@ def _child_main(argv: Sequence[str]) -> int:
     ap.add_argument("--workdir", default=".parity-cache")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--option", action="append", default=[])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--feeds", type=int, default=1)
     a = ap.parse_args(argv)
     if a.what == "bare-torch":
-        out = bare_torch(a.model, a.seed)
+        out = bare_torch(a.model, a.seed, a.device, a.dtype, a.feeds)
     elif a.what == "bare-ort":
-        out = bare_ort(a.model, a.seed)
+        out = bare_ort(a.model, a.seed, a.feeds)
     else:
         opts = dict(o.split("=", 1) for o in a.option)
         out = phases(a.model, a.target, a.workdir, a.diagnose, opts)
