@@ -23,6 +23,7 @@ import numpy as np
 
 from parity.contract.errors import ParityError
 from parity.contract.metric import Metric, score_pair
+from parity.contract.parking import Parking, ParkingStats
 from parity.contract.records import Activation, Pair
 
 #: confidence of a pair the user pinned in a mapping file
@@ -37,14 +38,37 @@ class MatchContext:
 
     ``similarity`` scores two equal-size arrays with the metric the matcher asked for by name
     (:attr:`Matcher.similarity_metric`), computed by that registered metric; ``None`` when the
-    matcher asked for none or it is not installed. ``spill_dir`` is where a matcher may park
-    arrays on disk (``None``: the system's temporary folder). A matcher counts how it matched
-    into ``stats`` (method -> pairs); the core reports the counts.
+    matcher asked for none or it is not installed. A matcher keeps records waiting for their
+    partner through :attr:`parking` (a :class:`parity.contract.parking.Parking`): in memory up to
+    ``max_memory`` bytes (``None``: :func:`parity.contract.parking.default_budget`), beyond it in
+    a few spill files under ``spill_dir`` (``None``: the system's temporary folder).
+    :meth:`Matcher.match` closes it when the pair stream ends or is closed. A matcher counts how
+    it matched into ``stats`` (method -> pairs); the core reports the counts.
     """
 
     similarity: Similarity | None = None
     spill_dir: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: bytes of parked activations held in memory (``--max-memory``); None: the default budget
+    max_memory: int | None = None
+    _parking: Parking | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def parking(self) -> Parking:
+        """The run's parking store, created at first use (a closed one is replaced by a fresh one)."""
+        if self._parking is None or self._parking.closed:
+            self._parking = Parking(self.max_memory, self.spill_dir)
+        return self._parking
+
+    @property
+    def parking_stats(self) -> ParkingStats | None:
+        """What the last parking store did (held peak, bytes spilled, files); None when nothing was parked."""
+        return self._parking.stats if self._parking is not None else None
+
+    def close_parking(self) -> None:
+        """Remove the spill files of the run's parking store (its statistics stay readable)."""
+        if self._parking is not None:
+            self._parking.close()
 
 
 def metric_similarity(metric: Metric, options: dict | None = None) -> Similarity:
@@ -60,7 +84,8 @@ class Matcher:
     """Base class for matcher plugins.
 
     Implement :meth:`pairs`. It may take a third parameter, ``ctx`` (a :class:`MatchContext`), to
-    use a similarity metric or the spill folder and to report its counts. Set
+    use a similarity metric or ``ctx.parking`` (records waiting for a partner: park them there,
+    release them once paired) and to report its counts. Set
     :attr:`similarity_metric` to the name of a registered metric to get ``ctx.similarity``.
     """
 
@@ -84,11 +109,19 @@ class Matcher:
             def inner(r: Iterable[Activation], t: Iterable[Activation]) -> Iterator[Pair]:
                 return self.pairs(r, t)
         if rules is None or rules.empty:
-            return inner(ref, target)
-        return apply_rules(inner, ref, target, rules, ctx)
+            return _closing(inner(ref, target), ctx)
+        return _closing(apply_rules(inner, ref, target, rules, ctx), ctx)
 
     def __repr__(self) -> str:
         return f"<matcher {self.name}>"
+
+
+def _closing(pairs: Iterable[Pair], ctx: MatchContext) -> Iterator[Pair]:
+    """``pairs``, then the run's parking store closed (its spill files removed) however the stream ends."""
+    try:
+        yield from pairs
+    finally:
+        ctx.close_parking()
 
 
 def normalize_name(name: str) -> str:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from parity.contract.matcher import MatchContext, Matcher, normalize_name
+from parity.contract.parking import Parking
 from parity.contract.records import Activation, Pair
 
 #: confidence of each matching method, highest first; the report shows method and confidence
@@ -86,24 +83,8 @@ def _twins(refs: list[Activation]) -> dict[int, int]:
     return out
 
 
-class SpillStore:
-    """Parks arrays on disk and hands back memory-mapped views, so waiting layers cost no RAM."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.dir = Path(tempfile.mkdtemp(prefix="parity-spill-", dir=root))
-        self._n = 0
-
-    def park(self, a: Activation) -> Activation:
-        arr = np.ascontiguousarray(a.array)
-        if arr.nbytes < 1 << 16:  # small arrays stay in memory: files would cost more than they save
-            return Activation(a.name, np.array(arr), a.output_index, a.order, a.op_type, a.meta)
-        path = self.dir / f"{self._n}.npy"
-        self._n += 1
-        np.save(path, arr)
-        return Activation(a.name, np.load(path, mmap_mode="r"), a.output_index, a.order, a.op_type, a.meta)
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+#: the parking store under its former name (benchmarks time ``SpillStore.park``)
+SpillStore = Parking
 
 
 def _scopes(a: Activation) -> list[str]:
@@ -159,8 +140,9 @@ class AutoMatcher(Matcher):
     """Aligns layers across frameworks: exact names, graph outputs, export provenance,
     normalized names, then (for what is left) graph order plus shape, then value similarity.
 
-    The reference stream is parked first (arrays memory-mapped from a spill folder), then
-    each target activation is matched and scored the moment it arrives. Only what no
+    The reference stream is parked first (``ctx.parking``: in memory within ``max_memory``,
+    beyond it memory-mapped from a few spill files), then each target activation is matched and
+    scored the moment it arrives; a paired reference is released at once. Only what no
     name-based rule can place waits for the fuzzy steps at the end.
     """
 
@@ -174,14 +156,15 @@ class AutoMatcher(Matcher):
 
     def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
               ctx: MatchContext | None = None) -> Iterator[Pair]:
+        own = ctx is None
         ctx = ctx if ctx is not None else MatchContext()
-        store = SpillStore(ctx.spill_dir)
         try:
-            yield from self._pairs(ref, target, store, ctx)
+            yield from self._pairs(ref, target, ctx.parking, ctx)
         finally:
-            store.close()
+            if own:  # else Matcher.match closes it when the stream ends
+                ctx.close_parking()
 
-    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], store: SpillStore,
+    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], store: Parking,
                ctx: MatchContext) -> Iterator[Pair]:
         refs: list[Activation] = [store.park(r) for r in ref]
         by_key: dict[str, int] = {}
@@ -259,6 +242,7 @@ class AutoMatcher(Matcher):
                 if i in twin_of:
                     twin_target[i] = store.park(ti_act)
                 yield Pair(refs[i], ti_act, how, CONFIDENCE[how], note)
+                store.release(refs[i])
                 refs[i] = _released(refs[i])  # scored: let its pages go (a claimed layer is never read again)
 
         # A record with its twin's values is compared with the twin's target tensor.
@@ -274,6 +258,7 @@ class AutoMatcher(Matcher):
             yield Pair(refs[i], twin_target[j], "same-values", CONFIDENCE["same-values"],
                        f"same values as {refs[j].key} (returns its input unchanged, e.g. Dropout in eval; the "
                        f"exporter drops it): compared with that layer's target tensor")
+            store.release(refs[i])
             refs[i] = _released(refs[i])
 
         # Fuzzy steps, within gaps between anchors that agree on order.

@@ -12,7 +12,9 @@ class ExactMatcher(Matcher):
     """Pairs records with equal keys, streaming: a pair leaves as soon as both sides have arrived.
 
     Both streams are pulled in turn, so two sources producing layers in the same order keep
-    at most one unpaired activation waiting on each side.
+    at most one unpaired activation waiting on each side. A waiting record is parked
+    (``ctx.parking``: in memory within the budget, else in a spill file) and released when its
+    partner arrives, so streams in different orders stay within ``max_memory`` too.
     """
 
     name = "exact"
@@ -20,6 +22,16 @@ class ExactMatcher(Matcher):
 
     def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
               ctx: MatchContext | None = None) -> Iterator[Pair]:
+        own = ctx is None
+        ctx = ctx if ctx is not None else MatchContext()
+        try:
+            yield from self._pairs(ref, target, ctx)
+        finally:
+            if own:  # else Matcher.match closes it when the stream ends
+                ctx.close_parking()
+
+    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
+        park = ctx.parking
         waiting_ref: dict[str, Activation] = {}
         waiting_tgt: dict[str, Activation] = {}
         sentinel = object()
@@ -30,20 +42,21 @@ class ExactMatcher(Matcher):
                 other = waiting_tgt.pop(r.key, None)
                 if other is not None:
                     n += 1
+                    park.release(other)
                     yield Pair(r, other, "exact", 1.0)
                 else:
-                    waiting_ref[r.key] = r
+                    waiting_ref[r.key] = park.park(r)
             if t is not sentinel:
                 assert isinstance(t, Activation)
                 other = waiting_ref.pop(t.key, None)
                 if other is not None:
                     n += 1
+                    park.release(other)
                     yield Pair(other, t, "exact", 1.0)
                 else:
-                    waiting_tgt[t.key] = t
+                    waiting_tgt[t.key] = park.park(t)
         for r in waiting_ref.values():
             yield Pair(r, None, "unmatched", 0.0)
         for t in waiting_tgt.values():
             yield Pair(None, t, "unmatched", 0.0)
-        if ctx is not None:
-            ctx.stats["exact"] = ctx.stats.get("exact", 0) + n
+        ctx.stats["exact"] = ctx.stats.get("exact", 0) + n

@@ -1,3 +1,5 @@
+import mmap
+
 import numpy as np
 import pytest
 
@@ -168,12 +170,15 @@ def test_pin_of_unknown_layer_is_an_error(tmp_path, rng):
             list(m.match(iter([_a("a", np.ones(2, np.float32), 0)]), iter([]), rules))
 
 
-def test_spill_store_parks_large_arrays_on_disk(tmp_path, rng):
-    store = SpillStore(tmp_path)
+def test_parking_beyond_budget_spills_to_a_read_only_map(tmp_path, rng):
+    """With no memory budget, a parked array is a read-only view of a spill file under spill_dir."""
+    store = SpillStore(0, tmp_path)  # the former name still resolves to the parking store
     big = rng.standard_normal(100_000).astype(np.float32)
     parked = store.park(Activation("big", big))
-    assert isinstance(parked.array, np.memmap)
+    assert not parked.array.flags.writeable and parked.array is not big
+    assert isinstance(parked.array.base.base.obj, mmap.mmap)  # a view of the spill file's map
     np.testing.assert_array_equal(parked.array, big)
+    assert store.dir is not None and store.dir.parent == tmp_path
     store.close()
     assert not store.dir.exists()
 
