@@ -8,6 +8,13 @@ one at a time. Records carry the fp32 tensor names for every precision, so ``ort
 ``ort-fp16`` and ``ort-int8`` records of one model pair by name, and each says which torch
 module output it is (see :mod:`parity.lib.onnx.provenance`).
 
+Steps are bounded by bytes: each session run returns at most ``step_bytes`` of captured tensors
+(``RunConfig.step_bytes``, else ``--option step_bytes=...``, else :data:`DEFAULT_STEP_BYTES`),
+sized from ONNX shape inference on the feed's shapes (:func:`step_chunks`); a tensor larger than
+the budget is a step alone. ``--option ort_output_batch=N`` also caps each step at N tensors; given
+alone (no step_bytes anywhere) it keeps its old meaning: N tensors per step, 0 one session.
+``cfg.layers`` (``--layers``) captures only the selected tensors, and the model outputs.
+
 Sessions come from :mod:`parity.lib.onnx.session` (``ort_providers``, ``ort_threads``,
 ``ort_graph_optimization``).
 """
@@ -21,6 +28,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from parity.contract.errors import ParityError
 from parity.contract.options import option_bool, option_int
 from parity.contract.records import Activation
 from parity.contract.source import RunConfig
@@ -29,13 +37,73 @@ from parity.lib.onnx.util import feeds_digest
 
 from .loader import fetch_for, load_fp32, run_label, runnable_model, target_model
 
-#: tensors captured per step on graphs with more than twice as many (``ort_output_batch=0``: one session)
+#: tensors per step of the local runs (:mod:`.local`) on graphs with more than twice as many
 DEFAULT_OUTPUT_BATCH = 64
+#: bytes of captured tensors one session run returns at most, unless set. Why 256 MiB: a small
+#: model at batch 1 (a MiniLM-size encoder at 512 tokens returns ~150 MB in all) still takes
+#: one session, so the fixed cost stays one session build; larger batches and models are cut
+#: into steps, so what the capture adds to peak memory stops growing with batch (ONNX Runtime
+#: frees an output block only once every output of the run is released).
+DEFAULT_STEP_BYTES = 256 * 2**20
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+          "g": 2**30, "gb": 10**9, "gib": 2**30}
+
+
+def parse_bytes(value: Any, what: str = "step_bytes") -> int:
+    """``268435456``, ``"256MiB"``, ``"256M"`` (binary), ``"0.5GB"`` (decimal) as a byte count."""
+    import re
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ParityError(f"{what}={value!r} is not a size. Note: write e.g. 268435456, 256MiB or 1G")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if n < 0:
+        raise ParityError(f"{what}={value!r} is negative. Note: use 0 for no byte limit")
+    return int(n)
+
+
+def step_limits(cfg: RunConfig) -> tuple[int | None, int | None]:
+    """``(bytes, tensors)`` each capture step may return; ``None`` is no limit of that kind.
+
+    Bytes: ``cfg.step_bytes``, else the ``step_bytes`` option, else :data:`DEFAULT_STEP_BYTES`
+    unless ``ort_output_batch`` is given alone (then it keeps its old meaning). 0 bytes or 0
+    tensors is no limit of that kind.
+    """
+    count = option_int(cfg.options, "ort_output_batch", None)
+    if cfg.step_bytes is not None:
+        nbytes: int | None = parse_bytes(cfg.step_bytes)
+    elif cfg.options.get("step_bytes") not in (None, ""):
+        nbytes = parse_bytes(cfg.options["step_bytes"])
+    else:
+        nbytes = DEFAULT_STEP_BYTES if count is None else None
+    return (nbytes or None), (count or None)
+
+
+def step_chunks(sizes: list[int], max_bytes: int | None, max_count: int | None) -> list[range]:
+    """Consecutive index ranges over ``sizes`` (bytes per captured tensor, capture order), each
+    within ``max_bytes`` and ``max_count``; a tensor above ``max_bytes`` is a range alone."""
+    chunks: list[range] = []
+    start, total = 0, 0
+    for i, n in enumerate(sizes):
+        full = i > start and ((max_bytes is not None and total + n > max_bytes)
+                              or (max_count is not None and i - start >= max_count))
+        if full:
+            chunks.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if sizes:
+        chunks.append(range(start, len(sizes)))
+    return chunks
 
 
 def output_batch(options: Mapping[str, Any], n_tensors: int) -> int:
-    """Tensors per step: ``ort_output_batch`` when given, else ``DEFAULT_OUTPUT_BATCH`` on graphs
-    with more than twice as many captured tensors, else 0 (one session for all)."""
+    """Tensors per step of the local runs (:mod:`.local`): ``ort_output_batch`` when given, else
+    ``DEFAULT_OUTPUT_BATCH`` on graphs with more than twice as many, else 0 (one session for all).
+    The capture itself steps by bytes (:func:`step_limits`)."""
     batch = option_int(options, "ort_output_batch", None)
     if batch is None:
         batch = DEFAULT_OUTPUT_BATCH if n_tensors > 2 * DEFAULT_OUTPUT_BATCH else 0
@@ -112,7 +180,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
 
     With ``keep_session`` a one-session capture builds its session here, to be run on many feeds.
     """
-    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, inferred_types, with_outputs
+    from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, estimated_bytes, inferred_info, with_outputs
     from parity.lib.onnx.provenance import module_output_calls, node_scopes
 
     workdir = Path(cfg.workdir)
@@ -142,23 +210,33 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     common["run_model_file"] = str(run_path)
 
     all_dtypes = option_bool(opts, "ort_all_dtypes", False)
-    types = inferred_types(runnable) if not all_dtypes else {}
+    max_bytes, max_count = step_limits(cfg)
+    shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
+    info = inferred_info(runnable, shapes) if (not all_dtypes or max_bytes) else {}
+    sel = cfg.layers
     items: list[tuple[Any, str, bool]] = []
     for s in sites:
         if s.name not in fetch:
             continue
         fname, quant = fetch[s.name]
-        t = types.get(fname)
+        if sel is not None and s.name not in out_pos and not sel.selects(
+                s.name, fname, s.node_name, within[s.node_index], *(p for p, _ in calls.get(s.name, []))):
+            continue
+        t = info[fname].dtype if fname in info else None
         if not all_dtypes and s.name not in out_pos and t is not None and t not in FLOAT_TYPES:
             continue
         items.append((s, fname, quant))
 
     so, providers = session_options(opts, cfg.device)
-    # Large graphs are captured in consecutive steps by default, so that ONNX Runtime never holds
-    # every activation at once (it frees an output block only when the last output is released).
-    batch = output_batch(opts, len(items))
-    chunks = ([items[i:i + batch] for i in range(0, len(items), batch)]
-              if batch > 0 and len(items) > batch else [items])
+    # Captures larger than the step budget run in consecutive steps, so that ONNX Runtime never
+    # holds every activation at once (it frees an output block only when the last output is released).
+    if max_bytes:
+        feed_bytes = {k: int(np.asarray(v).nbytes) for k, v in feed.items()}
+        est = estimated_bytes(runnable, info, feed_bytes)
+        sizes = [est.get(f, 0) for _, f, _ in items]
+    else:
+        sizes = [0] * len(items)
+    chunks = [items[r.start:r.stop] for r in step_chunks(sizes, max_bytes, max_count)] or [items]
     label = run_label(src, run_path)
     plan = CapturePlan(precision, workdir, label, items, chunks, out_pos, calls, within, common,
                        all_dtypes, so, providers, runnable=runnable)
@@ -191,7 +269,7 @@ def plan_key(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tup
     calib = feeds_digest(list(cfg.calibration)) if precision == "int8" else None
     return (precision, str(cfg.model), _model_stat(str(cfg.model)), str(cfg.device), str(cfg.workdir),
             repr(sorted(cfg.options.items(), key=lambda kv: str(kv[0]))),
-            repr(sorted(cfg.input_shapes.items())), sig, calib)
+            repr(sorted(cfg.input_shapes.items())), sig, calib, cfg.layers, cfg.step_bytes)
 
 
 class PlanCache:
@@ -234,7 +312,8 @@ def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
             cache: PlanCache | None = None) -> Iterator[Activation]:
     """Every captured tensor of ``precision``'s run on ``feed``, in graph order, keyed by fp32 name.
 
-    Options: ``outputs_only``, ``ort_all_dtypes``, ``ort_output_batch``, the session options of
+    Options: ``outputs_only``, ``ort_all_dtypes``, ``ort_output_batch``, ``step_bytes`` (see
+    :func:`step_limits`), the session options of
     :func:`parity.lib.onnx.session.session_options`, and the model options of :mod:`.loader`.
     With ``cache``, what does not depend on the feed (models, fetch map, a one-session capture's
     session) is reused from the previous feed of the same run and signature.

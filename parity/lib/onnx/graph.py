@@ -185,6 +185,92 @@ def inferred_types(model: "onnx.ModelProto") -> dict[str, str | None]:
     return out
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """What ONNX shape inference says of one tensor for a given feed: dtype name and dims.
+
+    ``dims`` is ``None`` when the rank is unknown; a dimension inference could not settle is ``None``.
+    """
+
+    dtype: str | None
+    dims: tuple[int | None, ...] | None
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes of the tensor, or ``None`` unless dtype and every dimension are known."""
+        import numpy as np
+
+        if self.dims is None or self.dtype in (None, "non-tensor") or any(d is None for d in self.dims):
+            return None
+        try:
+            item = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+        except TypeError:
+            return None
+        n = item
+        for d in self.dims:
+            n *= int(d)  # type: ignore[arg-type]
+        return n
+
+
+def inferred_info(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, ...]] | None = None
+                  ) -> dict[str, TensorInfo]:
+    """dtype and dims per tensor from one ONNX shape inference, with the graph inputs fixed to
+    ``input_shapes`` (the feed's shapes) so that symbolic dimensions such as the batch resolve.
+
+    Runs on a weight-free copy (see :func:`without_weights`); ``{}`` when inference fails.
+    """
+    import onnx
+
+    light = without_weights(model)
+    if input_shapes:
+        for vi in light.graph.input:
+            shape = input_shapes.get(vi.name)
+            if shape is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            tt.ClearField("shape")
+            for d in shape:
+                tt.shape.dim.add().dim_value = int(d)
+    try:
+        inf = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+    except Exception:
+        return {}
+    out: dict[str, TensorInfo] = {}
+    for vi in list(inf.graph.value_info) + list(inf.graph.output) + list(inf.graph.input):
+        if vi.type.HasField("tensor_type"):
+            out[vi.name] = TensorInfo(elem_dtype(vi.type.tensor_type.elem_type), value_dims(vi))
+        else:
+            out[vi.name] = TensorInfo("non-tensor", None)
+    return out
+
+
+def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
+                    feed_bytes: dict[str, int] | None = None) -> dict[str, int]:
+    """Bytes per tensor of ``model``: exact where :func:`inferred_info` knows dtype and shape, else
+    estimated as the largest input of its producing node (in graph order, so inputs are settled first).
+
+    Why an estimate: data-dependent shapes (NonZero, a Reshape fed a computed shape) stay unknown to
+    ONNX inference; most ops' outputs are no larger than their largest input, so capture steps
+    planned on this stay near their budget. A tensor with nothing to go by counts as the largest feed.
+    """
+    sizes: dict[str, int] = dict(feed_bytes or {})
+    for t in model.graph.initializer:
+        n = TensorInfo(elem_dtype(t.data_type), tuple(t.dims)).nbytes
+        if n is not None:
+            sizes[t.name] = n
+    fallback = max(sizes.values(), default=0) if feed_bytes is None else max(feed_bytes.values(), default=0)
+    for name, ti in info.items():
+        n = ti.nbytes
+        if n is not None:
+            sizes[name] = n
+    for node in model.graph.node:
+        for o in node.output:
+            if o and o not in sizes:
+                known = [sizes[x] for x in node.input if x in sizes]
+                sizes[o] = max(known) if known else fallback
+    return sizes
+
+
 def with_outputs(model: "onnx.ModelProto", names: Iterable[str], *, prune: bool = False
                  ) -> "onnx.ModelProto":
     """``model`` with ``names`` added to its graph outputs (in place), or with ``prune`` a new
