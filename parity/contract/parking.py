@@ -228,7 +228,7 @@ class Parking:
         except OSError as e:
             where = self.dir or self.spill_dir or tempfile.gettempdir()
             raise ParityError(f"cannot spill parked activations to {where}: {e.strerror or e}. Note: give "
-                              f"--max-memory more bytes or point --spill-dir at a disk with room") from e
+                              f"--max-memory more bytes, or free room there (TMPDIR moves the default folder)") from e
         self.stats.spilled_bytes += arr.nbytes
         self.stats.spilled_arrays += 1
         return view

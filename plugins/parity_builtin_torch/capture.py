@@ -8,6 +8,10 @@ Three capture paths share one :class:`Recorder`:
   scripted graphs is wrapped by two side-effecting custom ops (``parity_capture::enter`` and
   ``::exit``) whose Python kernels keep a module-path stack and record the submodule's result.
 
+A layer selection (``--layers``, ``RunConfig.layers``) is honoured where the capture happens:
+hooks go only on modules it may select, and a record it does not select is never copied off the
+model (model outputs are always kept). The core filters with the same rule afterwards.
+
 Records are copied off the device at capture time (so later in-place ops cannot change them)
 and handed to the consumer through a bounded queue from a worker thread that runs the forward:
 the forward waits while the consumer scores, so only a couple of activations live at once.
@@ -25,6 +29,7 @@ import numpy as np
 
 from parity.contract.errors import ParityError, first_line
 from parity.contract.records import Activation
+from parity.contract.source import LayerSelection
 
 Emit = Callable[[Activation], None]
 
@@ -83,12 +88,16 @@ class Recorder:
 
     Naming rule (streaming, so decided at capture time): the first call of a module is its
     plain path, later calls are ``path#1``, ``path#2`` ...; ``meta["call_index"]`` is k.
+    With ``layers``, a record is kept when the selection selects its name, key, module path or
+    fx node (what the core's filter may look at), and model outputs always.
     """
 
-    def __init__(self, emit: Emit, base_meta: dict[str, Any], include_integer: bool = False) -> None:
+    def __init__(self, emit: Emit, base_meta: dict[str, Any], include_integer: bool = False,
+                 layers: LayerSelection | None = None) -> None:
         self.emit = emit
         self.base_meta = base_meta
         self.include_integer = include_integer
+        self.layers = layers
         self.order = 0
         self._calls: Counter[str] = Counter()
 
@@ -110,6 +119,9 @@ class Recorder:
                 continue
             if not (t.is_floating_point() or t.is_complex()) and not self.include_integer:
                 continue
+            if self.layers is not None and not meta.get("is_output") and not self.layers.selects(
+                    name, name if index == 0 else f"{name}:{index}", meta.get("module_path"), meta.get("node")):
+                continue  # not selected: never copied off the model
             arr, dtype_name = tensor_to_numpy(t)
             m = dict(self.base_meta)
             m.update(meta)
@@ -201,9 +213,25 @@ def qualified_type(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def may_select(layers: LayerSelection | None, path: str) -> bool:
+    """Whether ``layers`` can select a record of the module at ``path`` (so it needs a hook).
+
+    True when it selects the path itself, names one of its calls or outputs exactly
+    (``path#1``, ``path:1``), or has a pattern about call or output suffixes (``#``, ``:``), which
+    only the record's name can answer: those modules are hooked and each record is checked.
+    """
+    if layers is None or layers.selects(path):
+        return True
+    if any(re.split(r"[#:]", n, maxsplit=1)[0] == path for n in layers.names):
+        return True
+    return layers.pattern is not None and ("#" in layers.pattern or ":" in layers.pattern)
+
+
 def run_with_hooks(module: Any, args: tuple, kwargs: dict, rec: Recorder,
                    type_names: dict[str, str] | None = None) -> Any:
     """Call ``module`` with a forward hook on every submodule (root excluded) and return its output.
+
+    With a layer selection on ``rec``, only modules it may select are hooked (:func:`may_select`).
 
     ``type_names`` overrides the reported class for a path (unflattened ExportedPrograms, whose
     submodules are InterpreterModules standing in for the original classes).
@@ -223,7 +251,7 @@ def run_with_hooks(module: Any, args: tuple, kwargs: dict, rec: Recorder,
 
     try:
         for path, sub in module.named_modules():
-            if path:
+            if path and may_select(rec.layers, path):
                 handles.append(sub.register_forward_hook(make_hook(path, sub)))
         return module(*args, **kwargs)
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 from parity.contract.errors import ParityError, first_line
 from parity.contract.options import option_bool
 from parity.contract.records import Activation
-from parity.contract.source import RunConfig
+from parity.contract.source import LayerSelection, RunConfig
 
 from . import capture as cap
 from .loader import Prepared, PreparedCache, torch_dtype, true_fp32
@@ -91,12 +91,16 @@ def graph_module(prepared: Prepared, args: tuple, kwargs: dict) -> Any:
 
 
 def work(prepared: Prepared, args: tuple, kwargs: dict, base_meta: dict[str, Any],
-         include_int: bool, outputs_only: bool = False) -> Callable[[cap.Emit], None]:
-    """The forward as ``work(emit)`` for :func:`.capture.stream`: each record emitted as it is captured."""
+         include_int: bool, outputs_only: bool = False,
+         layers: LayerSelection | None = None) -> Callable[[cap.Emit], None]:
+    """The forward as ``work(emit)`` for :func:`.capture.stream`: each record emitted as it is captured.
+
+    ``layers``: only the selected records (and the model outputs) are captured.
+    """
     def run_forward(emit: cap.Emit) -> None:
         import torch
 
-        rec = cap.Recorder(emit, base_meta, include_int)
+        rec = cap.Recorder(emit, base_meta, include_int, layers)
         with torch.no_grad():
             if outputs_only:  # no hooks, no interpreter: the plain forward
                 if prepared.mode == "fx" and prepared.loaded.kind != "torchscript":
@@ -119,6 +123,7 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
 
     Options: ``torch_include_integer`` (also integer/bool tensors), ``outputs_only`` (no hooks,
     only the model outputs), ``torch_allow_tf32``, and the model options of :mod:`.loader`.
+    ``cfg.layers`` (``--layers``): only the selected layers are hooked and copied, outputs always.
     """
     precision, name = cache.precision, cache.name
     with cache.hold(cfg) as prepared:
@@ -126,6 +131,6 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
         rec_meta = {"source": name, "precision": precision, "capture": prepared.mode}
         include_int = option_bool(cfg.options, "torch_include_integer", False)
         only = option_bool(cfg.options, "outputs_only", False)
-        run_forward = work(prepared, args, kwargs, rec_meta, include_int, only)
+        run_forward = work(prepared, args, kwargs, rec_meta, include_int, only, cfg.layers)
         with true_fp32(precision, cfg):
             yield from cap.stream(run_forward, f"running {cfg.model} with source {name}")
