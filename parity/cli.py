@@ -116,6 +116,8 @@ def validate(args: argparse.Namespace) -> None:
     parse_input_shapes(args.input_shape)
     _at_least(args, "seed", 0)
     _at_least(args, "random_inputs", 1)
+    _at_least(args, "workers", 1)
+    _at_least(args, "limit", 1)
     _at_least(args, "opset", 1)
     if args.device != "cpu" and not (args.device == "cuda" or (args.device.startswith("cuda:")
                                                                 and args.device[5:].isdigit())):
@@ -179,12 +181,14 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     else:
         co.add_argument("--target", default="ort-fp16", help="target source (default: ort-fp16)")
     g = co.add_argument_group("inputs")
-    g.add_argument("--inputs", help=".npy/.npz file, or a folder of them (one feed per file)")
+    g.add_argument("--inputs", help=".npy/.npz file, a folder of them (one feed per file, streamed), or a "
+                                    "Python dataset module:function / data.py:function returning an iterable "
+                                    "of feeds or a torch DataLoader")
     g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
                    help="shape for random inputs or dynamic dims (repeatable)")
     g.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
     g.add_argument("--random-inputs", type=int, default=1, metavar="N", help="number of random feeds (default 1)")
-    g.add_argument("--calibration", help="feeds for INT8 calibration (default: the compared inputs)")
+    g.add_argument("--calibration", help="feeds for INT8 calibration (default: the first 64 compared inputs, at most 256 MiB)")
     g = co.add_argument_group("sources")
     g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
     g.add_argument("--trust-model", action="store_true",
@@ -201,6 +205,19 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
     g.add_argument("--config", help="parity TOML config: [precision] keep_fp32 = [...] (as 'parity fix' writes), "
                                     "[options] source options")
+    g = co.add_argument_group("datasets and scale")
+    g.add_argument("--layers", metavar="REGEX|@FILE",
+                   help="compare only layers whose name, module path or ONNX node matches REGEX (or named in "
+                        "FILE, one a line); sources capture only those; model outputs always stay")
+    g.add_argument("--limit", type=int, metavar="N", help="compare at most the first N feeds of --inputs")
+    g.add_argument("--max-memory", metavar="BYTES",
+                   help="memory for activations waiting to be paired, e.g. 2G (beyond it they spill to disk)")
+    g.add_argument("--step-bytes", metavar="BYTES",
+                   help="activation bytes a source captures per step, e.g. 256M (default: the source's)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="shard the feeds over N Ray workers (pip install 'parity[ray]'); each holds both models once")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="run the workers on an existing Ray cluster (ray://host:10001 or auto)")
     g = co.add_argument_group("matching")
     g.add_argument("--matcher", default="auto", help="layer matcher (default: auto, cross-framework)")
     g.add_argument("--mapping", help="TOML file pinning or excluding layer pairs (see configs/mapping.example.toml)")
@@ -456,7 +473,26 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         calibration=args.calibration, diagnose=diagnose, target_dump=getattr(args, "target_dump", None),
         target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None),
         save_ref=getattr(args, "save_ref", None), save_target=getattr(args, "save_target", None),
-        save_format=getattr(args, "save_format", "npy"))
+        save_format=getattr(args, "save_format", "npy"),
+        layers=getattr(args, "layers", None), limit=getattr(args, "limit", None),
+        max_memory=parse_bytes(getattr(args, "max_memory", None), "--max-memory"),
+        step_bytes=parse_bytes(getattr(args, "step_bytes", None), "--step-bytes"),
+        workers=getattr(args, "workers", 1) or 1, ray_address=getattr(args, "ray_address", None))
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str | None, option: str) -> int | None:
+    """``2G``, ``512M``, ``1.5GiB``, ``1000000`` -> bytes."""
+    import re
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"{option} {text!r}: not a size. Note: write bytes or a number with K, M, G (e.g. 2G).")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -82,6 +82,12 @@ class LayerResult:
     worst_input: dict[str, int] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     n_inputs: int = 1
+    #: per metric, with several inputs: the value over all inputs pooled (mergeable metrics only: e.g.
+    #: cosine of every element of every input), worst-side quantiles ``q50/q90/q99`` (q90: 90% of inputs
+    #: are at least this good) and the worst inputs as ``[index, value]``, worst first
+    pooled: dict[str, float] = field(default_factory=dict)
+    quantiles: dict[str, dict[str, float]] = field(default_factory=dict)
+    worst_inputs: dict[str, list[list[float]]] = field(default_factory=dict)
     #: metric values of the layer run alone in the target setting, fed the reference inputs
     local: dict[str, float] = field(default_factory=dict)
     #: reference value range (min, max, absmax, rms) and, for low-precision targets, format facts
@@ -89,6 +95,9 @@ class LayerResult:
     #: 1 for the layer that most explains the loss, 2 for the next... (None: not a culprit)
     culprit_rank: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the scoring context of one input (counts and the metrics' mergeable states); the core folds it
+    #: into dataset statistics and drops it; reporters ignore it
+    pair_stats: Any = field(default=None, repr=False, compare=False)
 
     @property
     def failing(self) -> bool:

@@ -186,7 +186,7 @@ class ComparisonReport(Report):
         from parity.lib.onnx.models import onnx_model_for
 
         prep = prepare(self.settings)
-        return Path(onnx_model_for(prep.cfg, prep.feeds[0][1]).path)
+        return Path(onnx_model_for(prep.cfg, prep.feeds.first()[1]).path)
 
     def node_data(self, folder: str | os.PathLike) -> list[Path]:
         """Model Explorer overlays of this report on :meth:`onnx_model` (see :mod:`parity.core.view`)."""

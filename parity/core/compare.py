@@ -12,17 +12,19 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from parity.core.engine import match_pairs, merge_reports, run_engine
+from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
+from parity.core.feeds import Feed, FeedSet, is_python_dataset
+from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report
 from parity.contract.errors import ParityError, first_line
-from parity.core.inputs import check_feed, load_feeds, random_feed, resolve_specs
+from parity.core.inputs import load_feeds, resolve_specs
 from parity.core.preflight import check_memory, check_output_path, check_workdir, estimate_memory
 from parity.contract.matcher import MappingRules
 from parity.contract.progress import log, track
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
-from parity.contract.source import InputSpec, RunConfig, Source
+from parity.contract.source import InputSpec, LayerSelection, RunConfig, Source
 
 
 @dataclass
@@ -58,6 +60,20 @@ class CompareSettings:
     save_ref: str | None = None
     save_target: str | None = None
     save_format: str = "npy"
+    #: only layers whose name (or module path, ONNX node) matches this regex are compared (``--layers``);
+    #: a file of names, one a line, via ``layer_names``; model outputs always stay
+    layers: str | None = None
+    layer_names: Sequence[str] = ()
+    #: bytes of parked activations held in memory before spilling to disk (``--max-memory``; None: default)
+    max_memory: int | None = None
+    #: bytes of activations a source captures per step (``--step-bytes``; None: the source's default)
+    step_bytes: int | None = None
+    #: shard the feeds over this many Ray workers (``--workers``); 1: this process
+    workers: int = 1
+    #: an existing Ray cluster (``--ray-address``); None: a local one when workers > 1
+    ray_address: str | None = None
+    #: compare at most this many feeds of the dataset (``--limit``)
+    limit: int | None = None
 
 
 def _source(name: str, role: str) -> Source:
@@ -154,12 +170,15 @@ def _model_bytes(s: CompareSettings) -> int:
 
 def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
     """Refuse (or warn about) a run too large for this machine, before any input is made or read."""
-    if specs is None:  # input files: their bytes on disk stand for the arrays
+    if specs is None:  # input files: their bytes on disk stand for the arrays; they stream one at a time
         from parity.core.inputs import input_files
 
         sizes = [f.stat().st_size for f in input_files(Path(str(s.inputs))) if f.is_file()]
-        parts = {"inputs": sum(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes, default=0)}
-        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "fewer or smaller input files")
+        if len(sizes) > 1:
+            parts = {"inputs": 2 * max(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes)}
+        else:
+            parts = {"inputs": sum(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes, default=0)}
+        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files")
         return
     parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
     shapes = " ".join(f"{x.name}:{'x'.join(map(str, x.shape))}" for x in specs)
@@ -167,14 +186,24 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
                  "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs")
 
 
-def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    if s.inputs:
+def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
+    """The run's feeds, described (streamed when iterated); the first one is read now so a bad file fails fast."""
+    if s.inputs and is_python_dataset(s.inputs):
+        fs = FeedSet("python", _free_batch(specs), spec=s.inputs, limit=s.limit)
+    elif s.inputs:
         _check_size(s, None)
-        return list(load_feeds(s.inputs, _free_batch(specs)))
-    resolved = resolve_specs(specs, s.input_shapes, s.model)
-    _check_size(s, resolved)
-    return [(f"random seed {s.seed + k}", check_feed(random_feed(resolved, s.seed + k), resolved, "random"))
-            for k in range(max(1, s.random_inputs))]
+        fs = FeedSet("files", _free_batch(specs), path=s.inputs, limit=s.limit)
+    else:
+        resolved = resolve_specs(specs, s.input_shapes, s.model)
+        _check_size(s, resolved)
+        fs = FeedSet("random", resolved, seed=s.seed, count=max(1, s.random_inputs), limit=s.limit)
+    fs.first()
+    return fs
+
+
+#: default calibration data (no ``--calibration``): the dataset's first feeds, up to this many and bytes
+CALIBRATION_FEEDS = 64
+CALIBRATION_BYTES = 256 << 20
 
 
 class _StreamAborted(Exception):
@@ -294,7 +323,7 @@ class Prepared:
     ref: Source
     target: Source
     cfg: RunConfig
-    feeds: list[tuple[str, dict[str, np.ndarray]]]
+    feeds: FeedSet
 
 
 def check_settings(s: CompareSettings) -> tuple[Source, Source]:
@@ -305,6 +334,8 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
     for option, path in (("--inputs", s.inputs), ("--calibration", s.calibration), ("--mapping", s.mapping)):
+        if option == "--inputs" and is_python_dataset(path):
+            continue
         if path and not Path(path).exists():
             raise ParityError(f"{option} {path}: file or folder not found.")
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
@@ -317,7 +348,8 @@ def prepare(s: CompareSettings) -> Prepared:
     """Resolve sources, model, input specs, feeds and calibration feeds (used by compare and fix)."""
     ref_src, tgt_src = check_settings(s)
     cfg = RunConfig(model=s.model, device=s.device, workdir=check_workdir(s.workdir),
-                    input_shapes=dict(s.input_shapes), options=dict(s.source_options))
+                    input_shapes=dict(s.input_shapes), options=dict(s.source_options),
+                    layers=layer_selection(s), step_bytes=s.step_bytes)
     log.info("cache folder (exports, converted models, engines): %s", cfg.workdir)
     if "" in cfg.input_shapes:
         cfg.input_shapes = _name_lone_shape(cfg, ref_src, tgt_src)
@@ -325,19 +357,52 @@ def prepare(s: CompareSettings) -> Prepared:
     try:
         specs = _specs(ref_src, tgt_src, cfg)
     except ParityError:
-        if not s.inputs:
+        if not s.inputs or is_python_dataset(s.inputs):
             raise
         # the model declares no shapes (a TorchScript module): take them from the input files
         cfg.input_shapes = _shapes_from_inputs(s.inputs, cfg, ref_src, tgt_src)
         specs = _specs(ref_src, tgt_src, cfg)
+    if s.target_dump:  # a dump holds one run: compare it on the input it was made from
+        s = replace(s, limit=1)
     feeds = make_feeds(s, specs)
-    if s.target_dump and len(feeds) > 1:
-        feeds = feeds[:1]  # a dump holds one run: compare it on the input it was made from
     if s.calibration:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
-    else:
-        cfg.calibration = [f for _, f in feeds]
+    else:  # the same first feeds in every worker, so every shard calibrates alike
+        cfg.calibration = feeds.head(CALIBRATION_FEEDS, CALIBRATION_BYTES)
     return Prepared(ref_src, tgt_src, cfg, feeds)
+
+
+def layer_selection(s: CompareSettings) -> LayerSelection | None:
+    """``--layers`` as the contract's selection (checked here: a bad regex fails before any model runs)."""
+    if not s.layers and not s.layer_names:
+        return None
+    pattern, names = s.layers, set(s.layer_names)
+    if pattern and pattern.startswith("@"):  # a file of names, one a line ('#' comments)
+        path = Path(pattern[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ParityError(f"--layers {pattern}: cannot read {path} ({first_line(e)}).") from None
+        names |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+        if not names:
+            raise ParityError(f"--layers {pattern}: {path} names no layer.")
+        pattern = None
+    if pattern:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ParityError(f"--layers {pattern!r}: not a regular expression ({e}).") from None
+    return LayerSelection(pattern or None, frozenset(names))
+
+
+def _selected(stream: Iterable[Activation], sel: LayerSelection | None) -> Iterator[Activation]:
+    """Records ``sel`` selects (and every model output), whatever the source captured."""
+    for a in stream:
+        if sel is None or a.meta.get("is_output") or sel.selects(
+                a.name, a.key, a.meta.get("module_path"), a.meta.get("onnx_node"), a.meta.get("within")):
+            yield a
 
 
 _TORCHSCRIPT_HEAD = "The following operation failed in the TorchScript interpreter"
@@ -366,65 +431,103 @@ def _run_failure(e: ParityError, feed: dict[str, np.ndarray], label: str) -> Par
 
 
 def compare(s: CompareSettings) -> Report:
-    """Run the comparison and return the merged report (summary carries agreement and match stats)."""
-    prep = prepare(s)
-    ref_src, tgt_src, cfg, feeds = prep.ref, prep.target, prep.cfg, prep.feeds
-    rules = MappingRules.load(s.mapping) if s.mapping else MappingRules()
-    reports: list[Report] = []
-    agree = total = 0
-    stats_total: dict[str, int] = {}
-    for k, (label, feed) in enumerate(track(feeds, "capture input")):
-        asked = bool(s.metric_options.get("top1"))
-        rtap, ttap = _OutputTap(asked), _OutputTap(asked)
-        from parity.core.registry import get_matcher
+    """Run the comparison over every feed and return the report (summary carries agreement and match stats).
 
+    With ``workers > 1`` or a Ray address the feeds are sharded over Ray workers
+    (:mod:`parity.core.workers`); the report is the same as this process would give.
+    """
+    if s.workers > 1 or s.ray_address:
+        from parity.core.workers import compare_sharded
+
+        return compare_sharded(s)
+    prep = prepare(s)
+    stats = run_feeds(prep, s, prep.feeds.iter(), total=prep.feeds.known_length())
+    return finish(s, stats)
+
+
+def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: int | None = None,
+              stats: DatasetStats | None = None) -> DatasetStats:
+    """Compare reference and target on each feed as it is read, folding each into dataset statistics.
+
+    Why fold at once: a dataset of thousands of feeds keeps only per-layer statistics, never a
+    report per feed. A Ray worker calls this on its shard; the driver merges the shards' results.
+    """
+    from parity.core.registry import get_matcher
+
+    ref_src, tgt_src, cfg = prep.ref, prep.target, prep.cfg
+    rules = MappingRules.load(s.mapping) if s.mapping else MappingRules()
+    stats = stats if stats is not None else DatasetStats()
+    stats.summary.setdefault("ref_label", s.ref)
+    stats.summary.setdefault("target_label", tgt_src.name)
+    asked = bool(s.metric_options.get("top1"))
+    mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
+    ms = resolve_metrics(s.metrics)
+    for feed in track(feeds, "capture input", total=total):
+        k, label, arrays = feed.index, feed.label, feed.arrays
+        rtap, ttap = _OutputTap(asked), _OutputTap(asked)
         matcher = get_matcher(s.matcher)
-        mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
-        ref_stream, tgt_stream = rtap(ref_src.run(cfg, feed)), ttap(tgt_src.run(cfg, feed))
-        suffix = f"-{k}" if len(feeds) > 1 else ""
+        ref_stream = rtap(_selected(ref_src.run(cfg, arrays), cfg.layers))
+        tgt_stream = ttap(_selected(tgt_src.run(cfg, arrays), cfg.layers))
+        suffix = f"-{k}" if total is None or total > 1 else ""
         if s.save_ref:
             ref_stream = _tee_to_dump(ref_stream, _numbered(s.save_ref, suffix), s.save_format)
         if s.save_target:
             tgt_stream = _tee_to_dump(tgt_stream, _numbered(s.save_target, suffix), s.save_format)
         try:
-            pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules)
-            rep = run_engine(pairs,
-                             s.metrics, thresholds=s.thresholds, options=mopts,
+            pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules, max_memory=s.max_memory)
+            rep = run_engine(pairs, ms, thresholds=s.thresholds, options=mopts,
                              ref_label=s.ref, target_label=tgt_src.name)
         except ParityError as e:
-            failure = _run_failure(e, feed, label)
+            failure = _run_failure(e, arrays, label)
             if failure is e:
                 raise
             raise failure from e.__cause__
         if s.diagnose:
-            if tgt_src.supports_local:
-                from parity.core.diagnose import attach_local, score_local
-                from parity.core.engine import resolve_metrics
-
-                ms = resolve_metrics(s.metrics)
-                try:
-                    runs = track(tgt_src.local_errors(cfg, feed), f"layers run alone (input {k + 1})")
-                    n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options)))
-                except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
-                    rep.summary["local_unavailable"] = str(e)
-                else:
-                    if not n_local:
-                        rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
-            else:
-                rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
-        for k, v in mctx.stats.items():
-            stats_total[k] = stats_total.get(k, 0) + v
+            _attach_local(s, tgt_src, cfg, arrays, rep, ms, k)
+        for key, v in mctx.stats.items():
+            stats.match_stats[key] = stats.match_stats.get(key, 0) + v
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
-            agree += int((rtap.top1[0] == ttap.top1[0]).sum())
-            total += int(rtap.top1[0].size)
-        reports.append(rep)
-    report = merge_reports(reports)
-    summary: dict[str, Any] = {"inputs": len(feeds), "model": s.model}
-    if total:
-        summary["top-1 agreement"] = f"{100.0 * agree / total:.2f}% of {total} samples"
-        summary["top1_agreement"] = agree / total
-    n = len(feeds)
-    by = {k: v // n for k, v in stats_total.items() if v}
+            stats.agree += int((rtap.top1[0] == ttap.top1[0]).sum())
+            stats.top1_total += int(rtap.top1[0].size)
+        summary = dict(rep.summary)
+        stats.add(k, label, rep)
+        stats.summary.update({key: v for key, v in summary.items() if key not in stats.summary})
+        del rep, pairs
+    return stats
+
+
+def _attach_local(s: CompareSettings, tgt_src: Source, cfg: RunConfig, feed: dict[str, np.ndarray],
+                  rep: Report, ms: list, k: int) -> None:
+    """``--diagnose``: each layer run alone in the target, scored into the feed's report rows."""
+    if not tgt_src.supports_local:
+        rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
+        return
+    from parity.core.diagnose import attach_local, score_local
+
+    try:
+        runs = track(tgt_src.local_errors(cfg, feed), f"layers run alone (input {k + 1})")
+        n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options)))
+    except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
+        rep.summary["local_unavailable"] = str(e)
+    else:
+        if not n_local:
+            rep.summary["local_unavailable"] = f"source {s.target!r} produced no local runs"
+
+
+def finish(s: CompareSettings, stats: DatasetStats) -> Report:
+    """The dataset's report from its statistics: rows, agreement, match counts, and the diagnosis."""
+    if stats.inputs == 0:
+        raise ParityError("no input was compared. Note: the input source yielded nothing.")
+    infos = metric_infos(resolve_metrics(s.metrics), s.thresholds)
+    ref_label = stats.summary.pop("ref_label", s.ref)
+    target_label = stats.summary.pop("target_label", s.target)
+    report = stats.report(infos, ref_label, target_label)
+    n = stats.inputs
+    summary: dict[str, Any] = {"inputs": n, "model": s.model}
+    if stats.top1_total:
+        summary["top-1 agreement"] = f"{100.0 * stats.agree / stats.top1_total:.2f}% of {stats.top1_total} samples"
+        summary["top1_agreement"] = stats.agree / stats.top1_total
+    by = {k: v // n for k, v in stats.match_stats.items() if v}
     if by:
         summary["matched by"] = ", ".join(f"{k} {v}" for k, v in by.items())
         summary["matched_by"] = by

@@ -113,6 +113,7 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
     row.values = values
     row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
     row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
+    row.pair_stats = ctx
     classify(row, infos)
     return row
 
@@ -176,7 +177,7 @@ def _place_target_only(rows: list[LayerResult], tpos: list[float | None]) -> Non
             r.order = base + gap * n / (len(members) + 1)
 
 
-def match_context(matcher: Any, spill_dir: str | None = None) -> MatchContext:
+def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | None = None) -> MatchContext:
     """The context the core hands a matcher: the similarity computed by the registered metric it names."""
     from parity.core.registry import get_metric
 
@@ -187,12 +188,15 @@ def match_context(matcher: Any, spill_dir: str | None = None) -> MatchContext:
             similarity = metric_similarity(get_metric(name))
         except ParityError:  # not installed (PARITY_LOAD_PLUGINS): the matcher goes without its value step
             similarity = None
-    return MatchContext(similarity=similarity, spill_dir=spill_dir)
+    ctx = MatchContext(similarity=similarity, spill_dir=spill_dir)
+    if max_memory is not None and hasattr(ctx, "max_memory"):
+        ctx.max_memory = max_memory
+    return ctx
 
 
 def match_pairs(matcher: Any, ref: Iterable[Activation], target: Iterable[Activation],
-                rules: MappingRules | None = None,
-                spill_dir: str | None = None) -> tuple[Iterator[Pair], MatchContext]:
+                rules: MappingRules | None = None, spill_dir: str | None = None,
+                max_memory: int | None = None) -> tuple[Iterator[Pair], MatchContext]:
     """Pair two streams with a matcher (a registered name or an object), mapping ``rules`` applied around it.
 
     Returns the lazy pair stream and the context whose ``stats`` the matcher fills as it goes.
@@ -200,7 +204,7 @@ def match_pairs(matcher: Any, ref: Iterable[Activation], target: Iterable[Activa
     from parity.core.registry import get_matcher
 
     m = get_matcher(matcher) if isinstance(matcher, str) else matcher
-    ctx = match_context(m, spill_dir)
+    ctx = match_context(m, spill_dir, max_memory)
     return Matcher.match(m, ref, target, rules, ctx), ctx
 
 
@@ -216,72 +220,25 @@ def compare_streams(ref: Iterable[Activation], target: Iterable[Activation],
 
 
 def merge_reports(reports: list[Report]) -> Report:
-    """Aggregate per-input reports of the same comparison: mean per layer, worst value and which input.
+    """Aggregate per-input reports of the same comparison: mean per layer, worst value and which input,
+    quantiles, and pooled values of mergeable metrics (the dataset statistics of :mod:`parity.core.stats`).
 
     Rows are joined by (reference name, target name); a layer missing from some inputs keeps
     what it has and says so.
     """
+    from parity.core.stats import DatasetStats
+
     if not reports:
         raise ParityError("no input was compared. Note: the input source yielded nothing.")
     if len(reports) == 1:
         return reports[0]
-    infos = reports[0].metrics
-    by_key: dict[tuple, list[tuple[int, LayerResult]]] = {}
-    order: list[tuple] = []
+    stats = DatasetStats()
     for idx, rep in enumerate(reports):
-        for row in rep.layers:
-            k = (row.ref_name, row.target_name)
-            if k not in by_key:
-                by_key[k] = []
-                order.append(k)
-            by_key[k].append((idx, row))
-    merged: list[LayerResult] = []
-    for k in order:
-        rows = by_key[k]
-        first = rows[0][1]
-        out = LayerResult(**{**first.__dict__, "values": {}, "worst": {}, "worst_input": {}, "spread": {},
-                             "notes": list(first.notes), "meta": dict(first.meta), "local": {}, "range": {}})
-        _merge_ranges(out, [r for _, r in rows])
-        _merge_local(out, [r for _, r in rows], infos)
-        out.n_inputs = len(rows)
-        for attr in ("ref_nan", "ref_inf", "target_nan", "target_inf"):
-            setattr(out, attr, sum(getattr(r, attr) for _, r in rows))
-        out.meta["target_new_nonfinite"] = sum(r.meta.get("target_new_nonfinite", 0) for _, r in rows)
-        for info in infos:
-            vals = [(i, r.values[info.name]) for i, r in rows if info.name in r.values]
-            if not vals:
-                continue
-            arr = np.array([v for _, v in vals], dtype=np.float64)
-            finite = arr[np.isfinite(arr)]
-            out.values[info.name] = float(arr.mean())  # NaN/Inf on any input shows in the mean
-            out.spread[info.name] = float(finite.std()) if finite.size > 1 else 0.0
-            if np.isnan(arr).any():
-                wi = int(np.flatnonzero(np.isnan(arr))[0])
-            else:
-                wi = int(np.argmin(arr) if info.higher_is_better else np.argmax(arr))
-            out.worst[info.name] = float(arr[wi])
-            out.worst_input[info.name] = vals[wi][0]
-        if len(rows) != len(reports):
-            out.notes.append(f"present for {len(rows)} of {len(reports)} inputs")
-        classify(out, infos)
-        merged.append(out)
-    merged.sort(key=lambda l: l.order)
+        stats.add(idx, f"input {idx}", rep)
     base = reports[0]
-    return Report(merged, infos, base.ref_label, base.target_label,
-                  summary={**base.summary, "inputs": len(reports)})
-
-
-
-def _merge_ranges(out: LayerResult, rows: list[LayerResult]) -> None:
-    for side in ("ref", "target"):
-        st = [r.range.get(side) for r in rows if r.range.get(side)]
-        if st:
-            out.range[side] = {"min": min(x["min"] for x in st), "max": max(x["max"] for x in st),
-                               "absmax": max(x["absmax"] for x in st),
-                               "rms": float(np.sqrt(np.mean([x["rms"] ** 2 for x in st])))}
-    hists = [r.range["error_vs_magnitude"] for r in rows if r.range.get("error_vs_magnitude")]
-    if hists:
-        out.range["error_vs_magnitude"] = merge_error_vs_magnitude(hists)
+    out = stats.report(base.metrics, base.ref_label, base.target_label)
+    out.summary = {**base.summary, "inputs": len(reports)}
+    return out
 
 
 #: bin k of the error-vs-magnitude summary holds magnitudes in [4**(k-1), 4**k): two octaves of the
@@ -349,18 +306,3 @@ def merge_error_vs_magnitude(hists: list[dict[str, Any]]) -> dict[str, Any]:
     return {"base": MAG_BASE, "cells": [[x, y, n] for (x, y), n in sorted(cells.items())],
             "exact": [[x, n] for x, n in sorted(exact.items())],
             "nonfinite": [[x, n] for x, n in sorted(bad.items())]}
-
-
-def _merge_local(out: LayerResult, rows: list[LayerResult], infos: list[MetricInfo]) -> None:
-    """Local errors over several inputs: the worst one, since a culprit on any input is a culprit."""
-    nf = [r.local[NEW_NONFINITE] for r in rows if NEW_NONFINITE in r.local]
-    if nf:
-        out.local[NEW_NONFINITE] = float(sum(nf))
-    for k in {k for r in rows for k in r.local if k.startswith("_") and k != NEW_NONFINITE}:
-        out.local[k] = float(max(r.local[k] for r in rows if k in r.local))  # counts beside the metrics
-    for info in infos:
-        vals = [r.local[info.name] for r in rows if info.name in r.local]
-        if vals:
-            arr = np.array(vals, dtype=np.float64)
-            out.local[info.name] = float(np.nan if np.isnan(arr).any() else (arr.min() if info.higher_is_better
-                                                                                 else arr.max()))

@@ -291,7 +291,7 @@ def write_fixed_model(settings: CompareSettings, res: FixResult, path: str) -> s
                           f"the fixed model is written for ONNX targets (ort-fp16, ort-bf16, ort-int8)")
     prep = prepare(settings)
     cfg = prep.cfg
-    src, _ = onnx_model_for(cfg, prep.feeds[0][1])
+    src, _ = onnx_model_for(cfg, prep.feeds.first()[1])
     workdir, opts, kept = Path(cfg.workdir), cfg.options, list(res.kept)
     t = settings.target.lower()
     if "int8" in t:

@@ -209,13 +209,17 @@ def _reader_for(p: Path) -> Any:
     return None
 
 
-def load_feeds(path: str | Path, specs: list[InputSpec]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``."""
+def load_feeds(path: str | Path, specs: list[InputSpec],
+               seen: set | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``.
+
+    ``seen`` remembers the notes already printed (a cast, a renamed array), across several reads.
+    """
     p = Path(path)
     if not p.exists():
         raise ParityError(f"{p}: input file or folder not found.")
     reader = _reader_for(p)
-    seen: set = set()
+    seen = set() if seen is None else seen
     if reader is not None:  # a plugin's format (Polygraphy --save-inputs ...): replay what ran elsewhere
         for k, feed in enumerate(reader.read(p)):
             missing = [s.name for s in specs if s.name not in feed]

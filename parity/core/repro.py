@@ -108,7 +108,7 @@ def repro(settings: CompareSettings, layer: str, out: str | os.PathLike[str]) ->
     if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
         raise ParityError(f"--out {dest} already exists. Note: give a new (or empty) folder for the repro")
     prep = prepare(replace(settings, ref="ort", target="ort", random_inputs=1, diagnose=False))
-    feed = {k: np.asarray(v) for k, v in prep.feeds[0][1].items()}
+    feed = {k: np.asarray(v) for k, v in prep.feeds.first()[1].items()}
     src, module_names = onnx_model_for(prep.cfg, feed)
     model = load_model(src, what="model")
     outputs, module = _layer_outputs(model, layer, module_names)

@@ -292,17 +292,21 @@ def _load_saved(path: Path, trust: bool) -> LoadedModel:
                       f"(torch.jit.save), an ExportedProgram (torch.export.save) or a pickled nn.Module")
 
 
-def _import_spec(spec: str) -> Any:
-    """Import ``package.module`` or ``path/to/file.py`` and return the named attribute."""
+def import_spec(spec: str, what: str = "model spec") -> Any:
+    """Import ``package.module`` or ``path/to/file.py`` and return the named attribute.
+
+    Why shared: a model factory and a dataset function are named the same way (``--inputs data.py:fn``).
+    """
     m = _SPEC_RE.match(spec)
-    assert m is not None
+    if m is None:
+        raise ParityError(f"{what} {spec!r}: not module:function or path/to/file.py:function.")
     mod_part, attr = m.group("mod"), m.group("attr")
     added: list[str] = []
     try:
         if mod_part.endswith(".py") or os.sep in mod_part or "/" in mod_part:
             file = Path(mod_part)
             if not file.is_file():
-                raise ParityError(f"model spec {spec!r}: file {file} does not exist. Note: a Python spec is "
+                raise ParityError(f"{what} {spec!r}: file {file} does not exist. Note: a Python spec is "
                                   f"path/to/file.py:factory or package.module:factory")
             # Sibling imports of the model file should work as they do when running it as a script.
             parent = str(file.resolve().parent)
@@ -312,14 +316,14 @@ def _import_spec(spec: str) -> Any:
             mod_name = f"_parity_model_{abs(hash(str(file.resolve())))}"
             ispec = importlib.util.spec_from_file_location(mod_name, file)
             if ispec is None or ispec.loader is None:
-                raise ParityError(f"model spec {spec!r}: cannot import {file} as Python")
+                raise ParityError(f"{what} {spec!r}: cannot import {file} as Python")
             module = importlib.util.module_from_spec(ispec)
             sys.modules[mod_name] = module
             try:
                 ispec.loader.exec_module(module)
             except Exception as e:
                 sys.modules.pop(mod_name, None)
-                raise ParityError(f"model spec {spec!r}: importing {file} failed: {first_line(e, typed=True)}") from e
+                raise ParityError(f"{what} {spec!r}: importing {file} failed: {first_line(e, typed=True)}") from e
         else:
             cwd = os.getcwd()
             if cwd not in sys.path:  # the console script does not put the working directory on the path
@@ -328,11 +332,11 @@ def _import_spec(spec: str) -> Any:
             try:
                 module = importlib.import_module(mod_part)
             except ModuleNotFoundError as e:
-                raise ParityError(f"model spec {spec!r}: no module named {e.name!r}. Note: the module must be "
+                raise ParityError(f"{what} {spec!r}: no module named {e.name!r}. Note: the module must be "
                                   f"importable from the working directory or installed; a file path also "
                                   f"works (path/to/file.py:factory)") from None
             except Exception as e:
-                raise ParityError(f"model spec {spec!r}: importing {mod_part} failed: {first_line(e, typed=True)}") from e
+                raise ParityError(f"{what} {spec!r}: importing {mod_part} failed: {first_line(e, typed=True)}") from e
     finally:
         for p in added:
             try:
@@ -343,10 +347,13 @@ def _import_spec(spec: str) -> Any:
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-            raise ParityError(f"model spec {spec!r}: {mod_part} has no attribute {attr!r}. Note: callables "
+            raise ParityError(f"{what} {spec!r}: {mod_part} has no attribute {attr!r}. Note: callables "
                               f"there: {', '.join(public[:12]) or 'none'}")
         obj = getattr(obj, part)
     return obj
+
+
+_import_spec = import_spec
 
 
 def _python_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:

@@ -1,0 +1,256 @@
+"""Per-layer statistics over a dataset, mergeable: a sharded run gives the report a one-process run gives.
+
+Why: a layer that is fine on average can be ruined on 1% of inputs, and a dataset of thousands
+of feeds is compared on several workers. Each feed's report rows are folded into a
+:class:`DatasetStats` as they are scored (no per-feed report is kept), and two
+``DatasetStats`` merge exactly:
+
+* counts (NaN/Inf, inputs, top-1 agreement, match methods) add;
+* a *mergeable* metric's sufficient statistics (``ctx.states``: float64 sums, extrema, counts)
+  merge with the metric's own ``merge`` and give its **pooled** value over the whole dataset
+  (e.g. cosine of all elements of all inputs), equal across shardings up to float64 rounding;
+* every metric's per-input values are kept with their input's stable index, so the mean, the
+  worst-side quantiles and the worst inputs are computed from the same sorted list whoever
+  computed the parts (8 bytes and an index per layer, metric and input);
+* value ranges, error-vs-magnitude histograms (fixed edges) and local errors merge exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parity.contract.metric import PairContext
+from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
+
+#: how many worst inputs each layer and metric lists
+WORST_K = 5
+#: worst-side quantiles reported per metric: q90 is the value 90% of inputs are at least as good as
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def _merge_contexts(a: PairContext | None, b: PairContext | None) -> PairContext | None:
+    if a is None or b is None:
+        return a or b
+    from parity.contract import metric as cm
+
+    merge = getattr(cm, "merge_contexts", None)
+    if merge is not None:
+        return merge(a, b)
+    out = PairContext(a.size + b.size, a.ref_dtype, a.tgt_dtype, options=dict(a.options))
+    for k in ("ref_nan", "ref_inf", "tgt_nan", "tgt_inf", "tgt_new_nonfinite", "finite_size"):
+        setattr(out, k, getattr(a, k) + getattr(b, k))
+    return out
+
+
+@dataclass
+class LayerStats:
+    """One layer (a reference/target pair of names) over the inputs seen so far."""
+
+    template: LayerResult  # the row of the lowest-indexed input: names, shapes, op types, notes
+    index: int  # that input's index
+    n: int = 0
+    samples: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    states: dict[str, Any] = field(default_factory=dict)
+    pair: PairContext | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    local: dict[str, list[float]] = field(default_factory=dict)
+    ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    evm: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, index: int, row: LayerResult, infos: list[MetricInfo]) -> "LayerStats":
+        pair = row.pair_stats
+        st = cls(template=_bare(row), index=index, n=1)
+        for name, v in row.values.items():
+            st.samples[name] = [(index, float(v))]
+        if pair is not None:
+            st.states = dict(getattr(pair, "states", {}) or {})
+            st.pair = pair
+            st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
+        st.counts = {"ref_nan": row.ref_nan, "ref_inf": row.ref_inf, "target_nan": row.target_nan,
+                     "target_inf": row.target_inf, "target_new_nonfinite": int(row.meta.get("target_new_nonfinite", 0))}
+        for k, v in row.local.items():
+            st.local[k] = [float(v)]
+        for side in ("ref", "target"):
+            r = row.range.get(side)
+            if r:
+                st.ranges[side] = {"min": r["min"], "max": r["max"], "absmax": r["absmax"],
+                                   "ms": r["rms"] ** 2, "n": 1}
+        st.evm = row.range.get("error_vs_magnitude")
+        return st
+
+    def merge(self, other: "LayerStats", infos: list[MetricInfo]) -> None:
+        from parity.core.engine import merge_error_vs_magnitude
+
+        if other.index < self.index:
+            self.template, self.index = other.template, other.index
+        by_name = {i.name: i.metric for i in infos}
+        for name in set(self.states) | set(other.states):
+            m = by_name.get(name)
+            if name in self.states and name in other.states and m is not None:
+                self.states[name] = m.merge(self.states[name], other.states[name])
+            elif self.n == 0 and name in other.states:
+                self.states[name] = other.states[name]
+            else:  # some inputs scored this layer without the metric's state: no pooled value
+                self.states.pop(name, None)
+        self.n += other.n
+        for name, vals in other.samples.items():
+            self.samples.setdefault(name, []).extend(vals)
+        self.pair = _merge_contexts(self.pair, other.pair)
+        for k, v in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        for k, v in other.local.items():
+            self.local.setdefault(k, []).extend(v)
+        for side, r in other.ranges.items():
+            mine = self.ranges.get(side)
+            self.ranges[side] = dict(r) if mine is None else {
+                "min": min(mine["min"], r["min"]), "max": max(mine["max"], r["max"]),
+                "absmax": max(mine["absmax"], r["absmax"]), "ms": mine["ms"] + r["ms"], "n": mine["n"] + r["n"]}
+        if other.evm is not None:
+            self.evm = other.evm if self.evm is None else merge_error_vs_magnitude([self.evm, other.evm])
+
+    def result(self, infos: list[MetricInfo], total: int, labels: dict[int, str]) -> LayerResult:
+        """The report row over every input seen (the lone row itself when there was one input)."""
+        from parity.core.engine import classify
+
+        out = _bare(self.template)
+        out.notes = list(self.template.notes)
+        out.meta = dict(self.template.meta)
+        if total == 1 and self.n == 1:
+            out.values = {k: v[0][1] for k, v in self.samples.items()}
+            out.local = {k: v[0] for k, v in self.local.items()}
+            self._fill_common(out)
+            out.range = _ranges(self.ranges, self.evm)
+            out.status = self.template.status
+            return out
+        self._fill_common(out)
+        out.n_inputs = self.n
+        out.range = _ranges(self.ranges, self.evm)
+        out.local = _local(self.local, infos)
+        for info in infos:
+            samples = sorted(self.samples.get(info.name, ()))
+            if not samples:
+                continue
+            idx = np.array([i for i, _ in samples], dtype=np.int64)
+            vals = np.array([v for _, v in samples], dtype=np.float64)
+            out.values[info.name] = float(vals.mean())  # NaN/Inf on any input shows in the mean
+            finite = vals[np.isfinite(vals)]
+            out.spread[info.name] = float(finite.std()) if finite.size > 1 else 0.0
+            err = np.array([info.error(v) for v in vals.tolist()], dtype=np.float64)
+            order = np.lexsort((idx, -err))  # worst first; ties: the lower index
+            out.worst[info.name] = float(vals[order[0]])
+            out.worst_input[info.name] = int(idx[order[0]])
+            out.worst_inputs[info.name] = [[int(idx[j]), float(vals[j])] for j in order[:WORST_K] if err[j] > 0]
+            best_first = order[::-1]
+            out.quantiles[info.name] = {f"q{int(q * 100)}": float(vals[best_first[max(0, math.ceil(q * len(vals)) - 1)]])
+                                        for q in QUANTILES}
+            m = info.metric
+            state = self.states.get(info.name)
+            if m is not None and state is not None and getattr(m, "mergeable", False) and self.pair is not None:
+                if self.pair.finite_size == 0:
+                    out.pooled[info.name] = float(m.empty_value)
+                else:
+                    out.pooled[info.name] = float(m.finish(state, self.pair))
+        if self.n != total:
+            out.notes.append(f"present for {self.n} of {total} inputs")
+        classify(out, infos)
+        return out
+
+    def _fill_common(self, out: LayerResult) -> None:
+        c = self.counts
+        out.ref_nan, out.ref_inf = c.get("ref_nan", 0), c.get("ref_inf", 0)
+        out.target_nan, out.target_inf = c.get("target_nan", 0), c.get("target_inf", 0)
+        if "target_new_nonfinite" in self.template.meta or c.get("target_new_nonfinite"):
+            out.meta["target_new_nonfinite"] = c.get("target_new_nonfinite", 0)
+
+
+def _bare(row: LayerResult) -> LayerResult:
+    """The row's identity and annotations, without values or per-input statistics."""
+    return LayerResult(
+        name=row.name, ref_name=row.ref_name, target_name=row.target_name, order=row.order,
+        ref_shape=row.ref_shape, target_shape=row.target_shape, ref_dtype=row.ref_dtype,
+        target_dtype=row.target_dtype, op_type=row.op_type, target_op_type=row.target_op_type,
+        status=row.status, match=row.match, confidence=row.confidence, notes=list(row.notes),
+        meta={k: v for k, v in row.meta.items()})
+
+
+def _ranges(ranges: dict[str, dict[str, float]], evm: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for side, r in ranges.items():
+        out[side] = {"min": r["min"], "max": r["max"], "absmax": r["absmax"], "rms": math.sqrt(r["ms"] / r["n"])}
+    if evm is not None:
+        out["error_vs_magnitude"] = evm
+    return out
+
+
+def _local(local: dict[str, list[float]], infos: list[MetricInfo]) -> dict[str, float]:
+    """Local errors over several inputs: the worst one, since a culprit on any input is a culprit."""
+    out: dict[str, float] = {}
+    if NEW_NONFINITE in local:
+        out[NEW_NONFINITE] = float(sum(local[NEW_NONFINITE]))
+    for k, vals in local.items():
+        if k.startswith("_") and k != NEW_NONFINITE:
+            out[k] = float(max(vals))
+    for info in infos:
+        vals = local.get(info.name)
+        if vals:
+            arr = np.array(vals, dtype=np.float64)
+            out[info.name] = float(np.nan if np.isnan(arr).any() else (arr.min() if info.higher_is_better
+                                                                         else arr.max()))
+    return out
+
+
+@dataclass
+class DatasetStats:
+    """Everything a comparison keeps over its inputs: per-layer statistics and run-level counts.
+
+    Picklable (it crosses from Ray workers to the driver) and small: no arrays of activations.
+    """
+
+    layers: dict[tuple[str | None, str | None], LayerStats] = field(default_factory=dict)
+    inputs: int = 0
+    labels: dict[int, str] = field(default_factory=dict)
+    agree: int = 0
+    top1_total: int = 0
+    match_stats: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    summary_index: int = -1
+
+    def add(self, index: int, label: str, report: Report) -> None:
+        """Fold one input's report in (its rows are not kept)."""
+        infos = report.metrics
+        part = DatasetStats(inputs=1, labels={index: label}, summary=dict(report.summary), summary_index=index)
+        for row in report.layers:
+            part.layers[(row.ref_name, row.target_name)] = LayerStats.of(index, row, infos)
+        self.merge(part, infos)
+
+    def merge(self, other: "DatasetStats", infos: list[MetricInfo]) -> "DatasetStats":
+        """Fold ``other`` (another shard's statistics) into this one; returns self."""
+        for key, st in other.layers.items():
+            mine = self.layers.get(key)
+            if mine is None:
+                self.layers[key] = st
+            else:
+                mine.merge(st, infos)
+        self.inputs += other.inputs
+        self.labels.update(other.labels)
+        self.agree += other.agree
+        self.top1_total += other.top1_total
+        for k, v in other.match_stats.items():
+            self.match_stats[k] = self.match_stats.get(k, 0) + v
+        if other.summary_index >= 0 and (self.summary_index < 0 or other.summary_index < self.summary_index):
+            self.summary, self.summary_index = dict(other.summary), other.summary_index
+        return self
+
+    def report(self, infos: list[MetricInfo], ref_label: str, target_label: str) -> Report:
+        """The report over every input folded in, rows in execution order."""
+        rows = [st.result(infos, self.inputs, self.labels) for st in self.layers.values()]
+        rows.sort(key=lambda r: (r.order, r.name))
+        summary = dict(self.summary)
+        if self.inputs > 1:
+            worst = sorted({i for r in rows for w in r.worst_inputs.values() for i, _ in w})
+            summary["input_labels"] = {str(i): self.labels.get(i, str(i)) for i in worst}
+        return Report(rows, infos, ref_label, target_label, summary=summary)

@@ -1,0 +1,167 @@
+"""``--workers N`` / ``--ray-address``: the feeds of one comparison sharded over Ray actors.
+
+Why Ray and not a process pool of our own: scheduling, GPU placement (``num_gpus``), restarting a
+dead worker and retrying its task, and running on a cluster are Ray's job, done well. parity adds
+only what is its own: each actor prepares the reference and the target **once** (models,
+sessions, exports), then compares blocks of feeds by their stable indices and returns the
+blocks' mergeable :class:`parity.core.stats.DatasetStats`; the driver merges them in block order.
+
+Nothing is counted twice or lost: a block's statistics reach the driver only when the block is
+complete, and each block is stored once under its number. A worker process that dies is
+restarted by Ray (its models prepared again) and the block it was running is retried
+(``max_restarts``/``max_task_retries``); only a block that fails every retry fails the run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from parity.contract.errors import ParityError, first_line
+from parity.contract.progress import log, step
+from parity.contract.report import Report
+from parity.core.compare import CompareSettings, Prepared, finish, prepare, run_feeds
+from parity.core.stats import DatasetStats
+
+#: blocks per worker when the number of feeds is known: small enough to balance load and to make
+#: a retry cheap, large enough that a block's statistics are worth shipping
+BLOCKS_PER_WORKER = 4
+#: how many times Ray restarts a dead worker and retries its block
+RETRIES = 2
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ParityError("--workers and --ray-address need Ray. Note: pip install 'parity[ray]' "
+                          "(or pip install ray), or run with --workers 1.") from None
+    return ray
+
+
+class ShardWorker:
+    """One Ray actor: both models prepared once, then blocks of feeds compared on request."""
+
+    def __init__(self, settings: CompareSettings) -> None:
+        self.settings = replace(settings, workers=1, ray_address=None)
+        self.prep: Prepared = prepare(self.settings)
+
+    def plan(self) -> dict[str, Any]:
+        """What the driver needs to cut the dataset into blocks, and who this worker is."""
+        return {"feeds": self.prep.feeds.known_length(), "pid": os.getpid(), "host": os.uname().nodename}
+
+    def run(self, start: int, stop: int | None, stride: int) -> tuple[DatasetStats, dict[str, Any]]:
+        t0 = time.perf_counter()
+        stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
+        return stats, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "feeds": stats.inputs}
+
+
+def blocks(n: int | None, workers: int) -> list[tuple[int, int | None, int]]:
+    """``(start, stop, stride)`` shards: contiguous blocks when ``n`` is known, else one stride per worker."""
+    if n is None:
+        return [(w, None, workers) for w in range(workers)]
+    size = max(1, math.ceil(n / (workers * BLOCKS_PER_WORKER)))
+    return [(a, min(a + size, n), 1) for a in range(0, n, size)]
+
+
+def _init(ray: Any, s: CompareSettings) -> bool:
+    """Connect to ``--ray-address`` or start a local Ray for ``--workers``; True when we started it."""
+    if ray.is_initialized():
+        return False
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        if s.ray_address:
+            ray.init(address=s.ray_address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            gpus = None if s.device.startswith("cuda") else 0
+            ray.init(num_cpus=max(s.workers, os.cpu_count() or 1), num_gpus=gpus, **quiet)
+    except Exception as e:  # ConnectionError, a cluster that refuses us ...
+        where = f"Ray cluster at {s.ray_address}" if s.ray_address else "a local Ray"
+        raise ParityError(f"cannot start or reach {where}: {first_line(e, typed=True)}") from None
+    return True
+
+
+def compare_sharded(s: CompareSettings) -> Report:
+    """The comparison of :func:`parity.core.compare.compare`, its feeds sharded over Ray workers."""
+    ray = _ray()
+    started = _init(ray, s)
+    try:
+        return _run(ray, s)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(ray: Any, s: CompareSettings) -> Report:
+    n_workers = max(1, s.workers)
+    resources: dict[str, Any] = {"num_cpus": 1}
+    if s.device.startswith("cuda"):
+        resources = {"num_cpus": 1, "num_gpus": 1}  # one GPU per worker, placed by Ray
+    Actor = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(ShardWorker)
+    # the first worker alone first: it fills the cache (exports, converted models) the others reuse
+    with step("start workers", n_workers) as task:
+        first = Actor.remote(s)
+        plan = _get(ray, first.plan.remote(), "starting worker 1")
+        task.advance()
+        actors = [first] + [Actor.remote(s) for _ in range(n_workers - 1)]
+        for k, a in enumerate(actors[1:], 2):
+            _get(ray, a.plan.remote(), f"starting worker {k}")
+            task.advance()
+    shards = blocks(plan["feeds"], n_workers)
+    log.info("%d feeds in %d shards over %d workers", plan["feeds"] or -1, len(shards), n_workers)
+    results: dict[int, DatasetStats] = {}
+    pending: dict[Any, tuple[int, Any]] = {}
+    queue = list(range(len(shards)))
+    idle = list(actors)
+    with step("compare shards", len(shards)) as task:
+        while queue or pending:
+            while queue and idle:
+                b, actor = queue.pop(0), idle.pop(0)
+                pending[actor.run.remote(*shards[b])] = (b, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            b, actor = pending.pop(ref)
+            start, stop, stride = shards[b]
+            stats, info = _get(ray, ref, f"feeds {_span(start, stop, stride)}")
+            results[b] = stats  # stored once per block: a retried block never counts twice
+            idle.append(actor)
+            task.advance()
+            task.update(f"compare shards: {len(results)} of {len(shards)} done "
+                        f"(feeds {_span(start, stop, stride)}: {info['feeds']} in {info['seconds']:.1f} s, "
+                        f"worker pid {info['pid']})")
+    infos = None
+    total = DatasetStats()
+    from parity.core.engine import metric_infos, resolve_metrics
+
+    infos = metric_infos(resolve_metrics(s.metrics), s.thresholds)
+    for b in sorted(results):
+        total.merge(results[b], infos)
+    report = finish(s, total)
+    report.summary["workers"] = n_workers
+    return report
+
+
+def _span(start: int, stop: int | None, stride: int) -> str:
+    if stride != 1:
+        return f"{start}, {start + stride}, ... (every {stride}th)"
+    return f"{start}-{(stop or start) - 1}"
+
+
+def _get(ray: Any, ref: Any, what: str) -> Any:
+    """``ray.get`` with parity's errors: a ParityError raised in a worker comes back as itself."""
+    try:
+        return ray.get(ref)
+    except Exception as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, ParityError):
+            raise cause from None
+        if isinstance(e, ParityError):
+            raise
+        name = type(e).__name__
+        if "ActorDied" in name or "ActorError" in name or "WorkerCrashed" in name:
+            raise ParityError(f"a Ray worker died {RETRIES + 1} times on {what}; giving up. Note: the worker's "
+                              f"log is under /tmp/ray/session_latest/logs (out of memory?).") from None
+        raise ParityError(f"Ray worker failed on {what}: {first_line(e, typed=True)}") from None
