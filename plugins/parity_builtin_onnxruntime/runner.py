@@ -232,7 +232,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     # holds every activation at once (it frees an output block only when the last output is released).
     if max_bytes:
         feed_bytes = {k: int(np.asarray(v).nbytes) for k, v in feed.items()}
-        est = estimated_bytes(runnable, info, feed_bytes)
+        est = estimated_bytes(runnable, info, feed_bytes, max((d for sh in shapes.values() for d in sh), default=1))
         sizes = [est.get(f, 0) for _, f, _ in items]
     else:
         sizes = [0] * len(items)

@@ -198,16 +198,23 @@ class TensorInfo:
     @property
     def nbytes(self) -> int | None:
         """Bytes of the tensor, or ``None`` unless dtype and every dimension are known."""
+        return self.bytes_with(None)
+
+    def bytes_with(self, unknown_dim: int | None) -> int | None:
+        """Bytes with each unknown dimension taken as ``unknown_dim`` (``None``: unknown, no answer)."""
         import numpy as np
 
-        if self.dims is None or self.dtype in (None, "non-tensor") or any(d is None for d in self.dims):
+        if self.dims is None or self.dtype in (None, "non-tensor"):
+            return None
+        dims = [unknown_dim if d is None else d for d in self.dims]
+        if any(d is None for d in dims):
             return None
         try:
             item = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
         except TypeError:
             return None
         n = item
-        for d in self.dims:
+        for d in dims:
             n *= int(d)  # type: ignore[arg-type]
         return n
 
@@ -245,13 +252,15 @@ def inferred_info(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, .
 
 
 def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
-                    feed_bytes: dict[str, int] | None = None) -> dict[str, int]:
+                    feed_bytes: dict[str, int] | None = None, unknown_dim: int = 1) -> dict[str, int]:
     """Bytes per tensor of ``model``: exact where :func:`inferred_info` knows dtype and shape, else
-    estimated as the largest input of its producing node (in graph order, so inputs are settled first).
+    estimated, in graph order: a known rank with some unknown dimensions takes each as ``unknown_dim``
+    (callers pass the feed's largest dimension, which a batch or sequence axis rarely exceeds), and
+    the estimate is never below the largest input of the producing node.
 
-    Why an estimate: data-dependent shapes (NonZero, a Reshape fed a computed shape) stay unknown to
-    ONNX inference; most ops' outputs are no larger than their largest input, so capture steps
-    planned on this stay near their budget. A tensor with nothing to go by counts as the largest feed.
+    Why an estimate: dimensions derived from constants (a mask buffer broadcast to the batch) or
+    data-dependent shapes (NonZero) stay unknown to ONNX inference, and capture steps planned on
+    an underestimate would overrun their budget. A tensor with nothing to go by counts as the largest feed.
     """
     sizes: dict[str, int] = dict(feed_bytes or {})
     for t in model.graph.initializer:
@@ -259,15 +268,21 @@ def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
         if n is not None:
             sizes[t.name] = n
     fallback = max(sizes.values(), default=0) if feed_bytes is None else max(feed_bytes.values(), default=0)
+    guessed: dict[str, int] = {}
     for name, ti in info.items():
         n = ti.nbytes
         if n is not None:
             sizes[name] = n
+        else:
+            g = ti.bytes_with(max(1, int(unknown_dim)))
+            if g is not None:
+                guessed[name] = g
     for node in model.graph.node:
         for o in node.output:
             if o and o not in sizes:
                 known = [sizes[x] for x in node.input if x in sizes]
-                sizes[o] = max(known) if known else fallback
+                est = max(known) if known else fallback
+                sizes[o] = max(est, guessed.get(o, 0))
     return sizes
 
 
