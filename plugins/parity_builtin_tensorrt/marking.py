@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .config import EngineConfig, LayerPrecision, resolve_layer_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
+
+    from parity.contract.source import LayerSelection
 
 #: dtypes worth comparing (numpy spelling; bfloat16 and fp8 as TensorRT names them)
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "fp8", "float8_e4m3fn"})
@@ -144,12 +146,16 @@ def _skip_reason(t: TensorDesc, layer: LayerDesc) -> str | None:
 
 def select_tensors(layers: Sequence[LayerDesc], cfg: EngineConfig | None = None, *,
                    regex: str | None = None, names: Iterable[str] | None = None,
-                   include_outputs: bool = True) -> Selection:
+                   include_outputs: bool = True, selection: "LayerSelection | None" = None,
+                   aliases: Mapping[str, Sequence[str | None]] | None = None) -> Selection:
     """The tensors worth capturing, in layer order, with a reason for each one left out.
 
     ``regex`` / ``names`` (or ``cfg.mark_regex`` / ``cfg.mark_names``) keep only tensors
     whose own name or whose layer's name matches; network outputs are always kept
-    (when ``include_outputs``) because the comparison needs them.
+    (when ``include_outputs``) because the comparison needs them. ``selection`` (the run's
+    ``--layers``, ``RunConfig.layers``) narrows further on the same rule as the core's filter:
+    a tensor is kept when its name, its layer's name or any of its ``aliases`` (the ONNX tensor
+    and node it stands for, its torch module paths) is selected, so fewer tensors are marked.
     """
     if cfg is not None:
         regex = regex if regex is not None else cfg.mark_regex
@@ -174,6 +180,10 @@ def select_tensors(layers: Sequence[LayerDesc], cfg: EngineConfig | None = None,
                 if not hit:
                     sel.skipped[t.name] = "not selected by trt_mark / trt_mark_names"
                     continue
+            if selection is not None and not (t.is_network_output and include_outputs) and not selection.selects(
+                    t.name, layer.name, *((aliases or {}).get(t.name, ()))):
+                sel.skipped[t.name] = "not selected by --layers"
+                continue
             sel.tensors.append(t.name)
             sel.layer_of[t.name] = layer.name
     return sel
