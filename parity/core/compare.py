@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
-from parity.core.feeds import Feed, FeedSet, is_python_dataset
+from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
 from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report
@@ -368,7 +368,7 @@ def prepare(s: CompareSettings) -> Prepared:
     if s.calibration:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
     else:  # the same first feeds in every worker, so every shard calibrates alike
-        cfg.calibration = feeds.head(CALIBRATION_FEEDS, CALIBRATION_BYTES)
+        cfg.calibration = LazyFeeds(feeds, CALIBRATION_FEEDS, CALIBRATION_BYTES)  # type: ignore[assignment]
     return Prepared(ref_src, tgt_src, cfg, feeds)
 
 

@@ -12,7 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -195,6 +195,36 @@ class FeedSet:
                                       f"Note: yield a dict by input name or a tuple in input order.")
                 arrays = {names[0]: _as_array(item, where)}
             yield f"item {k}", check_feed(arrays, self.specs, where, self._seen)
+
+
+class LazyFeeds(Sequence):
+    """The first feeds of a dataset, read on first use: calibration data that only an int8 target reads.
+
+    Why lazy: reading 64 feeds (up to 256 MiB) at start-up costs every run, and almost no target
+    calibrates; a worker that never calibrates never reads them.
+    """
+
+    def __init__(self, feeds: FeedSet, n: int, max_bytes: int | None) -> None:
+        self._args = (feeds, n, max_bytes)
+        self._items: list[dict[str, np.ndarray]] | None = None
+
+    def _get(self) -> list[dict[str, np.ndarray]]:
+        if self._items is None:
+            fs, n, max_bytes = self._args
+            self._items = fs.head(n, max_bytes)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self._get())
+
+    def __bool__(self) -> bool:
+        return bool(self._get())
 
 
 def _as_array(v: Any, where: str) -> np.ndarray:

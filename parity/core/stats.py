@@ -17,6 +17,7 @@ of feeds is compared on several workers. Each feed's report rows are folded into
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,8 @@ class LayerStats:
     template: LayerResult  # the row of the lowest-indexed input: names, shapes, op types, notes
     index: int  # that input's index
     n: int = 0
-    samples: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    #: per metric, the inputs' indices and values (16 bytes an input: thousands of feeds stay small)
+    samples: dict[str, tuple[array, array]] = field(default_factory=dict)
     states: dict[str, Any] = field(default_factory=dict)
     pair: PairContext | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -65,11 +67,14 @@ class LayerStats:
         pair = row.pair_stats
         st = cls(template=_bare(row), index=index, n=1)
         for name, v in row.values.items():
-            st.samples[name] = [(index, float(v))]
+            st.samples[name] = (array("q", [index]), array("d", [float(v)]))
         if pair is not None:
-            st.states = dict(getattr(pair, "states", {}) or {})
-            st.pair = pair
-            st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
+            import copy
+
+            st.states = copy.deepcopy(dict(getattr(pair, "states", {}) or {}))  # merges may update in place
+            st.pair = copy.copy(pair)
+            if hasattr(st.pair, "states"):
+                st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
         st.counts = {"ref_nan": row.ref_nan, "ref_inf": row.ref_inf, "target_nan": row.target_nan,
                      "target_inf": row.target_inf, "target_new_nonfinite": int(row.meta.get("target_new_nonfinite", 0))}
         for k, v in row.local.items():
@@ -97,8 +102,10 @@ class LayerStats:
             else:  # some inputs scored this layer without the metric's state: no pooled value
                 self.states.pop(name, None)
         self.n += other.n
-        for name, vals in other.samples.items():
-            self.samples.setdefault(name, []).extend(vals)
+        for name, (idx, vals) in other.samples.items():
+            mine = self.samples.setdefault(name, (array("q"), array("d")))
+            mine[0].extend(idx)
+            mine[1].extend(vals)
         self.pair = _merge_contexts(self.pair, other.pair)
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
@@ -120,7 +127,7 @@ class LayerStats:
         out.notes = list(self.template.notes)
         out.meta = dict(self.template.meta)
         if total == 1 and self.n == 1:
-            out.values = {k: v[0][1] for k, v in self.samples.items()}
+            out.values = {k: v[1][0] for k, v in self.samples.items()}
             out.local = {k: v[0] for k, v in self.local.items()}
             self._fill_common(out)
             out.range = _ranges(self.ranges, self.evm)
@@ -131,11 +138,12 @@ class LayerStats:
         out.range = _ranges(self.ranges, self.evm)
         out.local = _local(self.local, infos)
         for info in infos:
-            samples = sorted(self.samples.get(info.name, ()))
-            if not samples:
+            if info.name not in self.samples or not len(self.samples[info.name][0]):
                 continue
-            idx = np.array([i for i, _ in samples], dtype=np.int64)
-            vals = np.array([v for _, v in samples], dtype=np.float64)
+            idx = np.frombuffer(self.samples[info.name][0], dtype=np.int64)
+            vals = np.frombuffer(self.samples[info.name][1], dtype=np.float64)
+            by_index = np.argsort(idx, kind="stable")  # the same order however the shards arrived
+            idx, vals = idx[by_index], vals[by_index]
             out.values[info.name] = float(vals.mean())  # NaN/Inf on any input shows in the mean
             finite = vals[np.isfinite(vals)]
             out.spread[info.name] = float(finite.std()) if finite.size > 1 else 0.0

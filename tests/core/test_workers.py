@@ -1,0 +1,119 @@
+"""--workers: feeds sharded over Ray actors (a local Ray, 2 workers) give the one-process report,
+also when a worker process is killed mid-run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity.contract.errors import ParityError
+from parity.core.compare import CompareSettings, compare
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "tests" / "models" / "zoo.py"
+METRICS = ["cosine", "rel-diff", "max-abs", "sqnr", "nonfinite"]
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'parity[ray]')")
+
+
+def _same(a, b):
+    assert a.summary.get("inputs") == b.summary.get("inputs")
+    assert {k: v for k, v in a.summary.items() if k != "workers"} == \
+        {k: v for k, v in b.summary.items() if k != "workers"}
+    assert [l.name for l in a.layers] == [l.name for l in b.layers]
+    for la, lb in zip(a.layers, b.layers):
+        assert (la.status, la.n_inputs, la.ref_nan, la.target_inf) == (lb.status, lb.n_inputs, lb.ref_nan, lb.target_inf)
+        assert la.values == lb.values and la.worst_inputs == lb.worst_inputs and la.quantiles == lb.quantiles
+        assert la.pooled.keys() == lb.pooled.keys()
+        for m in la.pooled:
+            assert lb.pooled[m] == pytest.approx(la.pooled[m], rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_two_workers_give_the_one_process_report_on_a_64_feed_folder(tmp_path, cache):
+    d = tmp_path / "feeds"
+    d.mkdir()
+    for i in range(64):
+        np.save(d / f"{i:03d}.npy", np.random.default_rng(i).standard_normal((1, 1, 28, 28)).astype(np.float32))
+    s = CompareSettings(model=f"{ZOO}:lenet", target="ort-fp16", inputs=str(d), metrics=METRICS, workdir=cache)
+    one = compare(s)
+    two = compare(CompareSettings(**{**s.__dict__, "workers": 2}))
+    assert one.summary["inputs"] == two.summary["inputs"] == 64 and two.summary["workers"] == 2
+    assert any(l.pooled for l in one.layers)
+    _same(one, two)
+
+
+DATASET = '''
+import os, signal
+import numpy as np
+
+DRIVER, MARK = {driver}, {mark!r}
+
+class Feeds:
+    """64 feeds; in a Ray worker (not the driver), the first time item 37 is read the process kills itself."""
+    def __len__(self):
+        return 64
+
+    def __iter__(self):
+        for i in range(64):
+            if i == 37 and os.getpid() != DRIVER and not os.path.exists(MARK):
+                open(MARK, "w").write(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield np.random.default_rng(100 + i).standard_normal((1, 1, 28, 28)).astype(np.float32)
+
+def feeds():
+    return Feeds()
+'''
+
+
+def test_a_worker_killed_mid_run_is_retried_and_nothing_is_counted_twice(tmp_path, cache):
+    mark = tmp_path / "killed.pid"
+    ds = tmp_path / "ds.py"
+    ds.write_text(DATASET.format(driver=os.getpid(), mark=str(mark)))
+    spec = f"{ds}:feeds"
+    one = compare(CompareSettings(model=f"{ZOO}:lenet", target="ort-fp16", inputs=spec, metrics=METRICS,
+                                  workdir=cache))
+    assert not mark.exists()  # the driver never kills itself
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-m", "parity", "compare", f"{ZOO}:lenet", "--target", "ort-fp16",
+                        "--inputs", spec, "--metrics", ",".join(METRICS), "--workdir", cache, "--workers", "2",
+                        "--json", str(out), "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert mark.exists() and int(mark.read_text()) != os.getpid()  # a worker really died mid-run
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["inputs"] == 64 and doc["summary"]["workers"] == 2
+    rows = {l["name"]: l for l in doc["layers"]}
+    assert len(rows) == len(one.layers)
+    for l in one.layers:
+        got = rows[l.name]
+        assert got["n_inputs"] == l.n_inputs == 64
+        for m, v in l.values.items():
+            assert got["values"][m] == pytest.approx(v, rel=1e-12, abs=1e-300)
+        assert got["worst_inputs"] == l.worst_inputs
+        for m, v in l.pooled.items():
+            assert got["pooled"][m] == pytest.approx(v, rel=1e-12)
+
+
+def test_workers_without_ray_say_how_to_install_it(monkeypatch):
+    from parity.core import workers
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is absent
+    with pytest.raises(ParityError, match=r"pip install 'parity\[ray\]'"):
+        workers.compare_sharded(CompareSettings(model=f"{ZOO}:lenet", workers=2))
+
+
+def test_blocks_cover_every_feed_once():
+    from parity.core.workers import blocks
+
+    for n in (1, 7, 64, 1000):
+        for w in (1, 2, 3):
+            idx = [i for a, b, s in blocks(n, w) for i in range(a, b, s)]
+            assert idx == list(range(n))
+    assert blocks(None, 2) == [(0, None, 2), (1, None, 2)]
