@@ -9,6 +9,14 @@ difference are computed once per chunk for all metrics together.
 Elements where either side is NaN or Inf are excluded from the chunks and counted
 instead (see :class:`PairContext`), so an FP16 overflow shows up as a count rather
 than turning every metric into NaN.
+
+Fused moments: a metric may instead declare the shared sums it needs (``moments``: n, r.r,
+t.t, r.t, (t-r)^2, |t-r|, max|t-r|, the within-tolerance count). :func:`score_pair` computes
+the union of them in *one* read of the pair (a compiled kernel, :mod:`parity.contract.fused`,
+when numba is installed; the chunk pass otherwise) and hands each such metric its moments as
+its state. The moments are also what makes a metric *mergeable*: sums add and maxima take
+the max, so a metric's value over many pairs is its ``finish`` of merged states
+(:meth:`Metric.merge`, :func:`merge_contexts`).
 """
 from __future__ import annotations
 
@@ -45,6 +53,65 @@ class PairContext:
     tgt_new_nonfinite: int = 0
     finite_size: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    #: per-pair state of every selected metric with ``mergeable=True``, by metric name
+    #: (picklable; no reference to the arrays). Merge with :meth:`Metric.merge`.
+    states: dict[str, Any] = field(default_factory=dict)
+    #: the fused moments of the pass (see ``MOMENTS``), when some metric declared any
+    moments: dict[str, float] | None = None
+
+
+#: The shared moments a metric may declare (``Metric.moments``), over positions finite on both
+#: sides, and how two pairs' values merge. ``within`` is the count of |t - r| <= rel*|r| + atol
+#: for the tolerance of :meth:`Metric.within_tolerance`.
+MOMENTS: dict[str, str] = {
+    "n": "sum", "rr": "sum", "tt": "sum", "rt": "sum", "dd": "sum", "ad": "sum",
+    "max_ad": "max", "within": "sum",
+}
+_FULL = frozenset({"dd", "ad"})  # moments only the wider kernel variant computes
+
+
+def merge_contexts(a: PairContext, b: PairContext, metrics: list["Metric"] | None = None) -> PairContext:
+    """The context of two pairs taken together, for :meth:`Metric.finish` on merged states.
+
+    Counts add (size, finite_size, NaN/Inf counts, tgt_new_nonfinite); ranges take the min of
+    the minima and the max of the maxima; options come from ``a``; a dtype that differs reads
+    ``"mixed"``. ``states`` (and ``moments``) are merged only when ``metrics`` is given (each
+    metric present in both with ``mergeable=True`` merges its own); otherwise they are empty.
+    """
+    def rng(x: tuple[float, float] | None, y: tuple[float, float] | None) -> tuple[float, float] | None:
+        if x is None or y is None:
+            return x if y is None else y
+        return (min(x[0], y[0]), max(x[1], y[1]))
+
+    out = PairContext(
+        size=a.size + b.size,
+        ref_dtype=a.ref_dtype if a.ref_dtype == b.ref_dtype else "mixed",
+        tgt_dtype=a.tgt_dtype if a.tgt_dtype == b.tgt_dtype else "mixed",
+        ref_range=rng(a.ref_range, b.ref_range), tgt_range=rng(a.tgt_range, b.tgt_range),
+        ref_nan=a.ref_nan + b.ref_nan, ref_inf=a.ref_inf + b.ref_inf,
+        tgt_nan=a.tgt_nan + b.tgt_nan, tgt_inf=a.tgt_inf + b.tgt_inf,
+        tgt_new_nonfinite=a.tgt_new_nonfinite + b.tgt_new_nonfinite,
+        finite_size=a.finite_size + b.finite_size, options=dict(a.options))
+    if metrics is not None:
+        for m in metrics:
+            if m.mergeable and m.name in a.states and m.name in b.states:
+                out.states[m.name] = m.merge(a.states[m.name], b.states[m.name])
+    if a.moments is not None and b.moments is not None:
+        out.moments = merge_moments(a.moments, b.moments)
+    return out
+
+
+def merge_moments(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Merge two moment dicts key by key (``MOMENTS`` says sum or max); keys in one only are kept."""
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out:
+            out[k] = v
+        elif MOMENTS.get(k) == "max":
+            out[k] = max(out[k], v)
+        else:
+            out[k] = out[k] + v
+    return out
 
 
 def fails(value: float | None, bound: float, higher_is_better: bool) -> bool:
@@ -106,9 +173,10 @@ class Chunk:
     def __init__(self, ref: np.ndarray, tgt: np.ndarray, scratch: list[np.ndarray] | None = None):
         self.ref = ref
         self.tgt = tgt
-        self._scratch = scratch  # three float64 buffers at least as long as the chunk, or None
+        self._scratch = scratch  # four float64 buffers at least as long as the chunk, or None
 
     def _out(self, i: int) -> np.ndarray | None:
+        """Scratch buffer ``i`` (0 diff, 1 absdiff, 2 absref, 3 free for the pass's own use)."""
         return None if self._scratch is None else self._scratch[i][: self.ref.size]
 
     @cached_property
@@ -160,6 +228,36 @@ class Metric:
     perfect: ClassVar[float | None] = None
     #: value when both arrays have no finite element to compare
     empty_value: ClassVar[float] = math.nan
+    #: True when the value over several pairs (a dataset, shards on other machines) is exactly
+    #: ``finish(merge(state_1, ..., state_n), merge_contexts(ctx_1, ..., ctx_n))``; the per-pair
+    #: state is then left in ``ctx.states[name]`` by :func:`score_pair`. A metric that says
+    #: nothing is not mergeable.
+    mergeable: ClassVar[bool] = False
+    #: shared sums (keys of ``MOMENTS``) this metric is computed from. Non-empty: the metric
+    #: needs no start/update; :func:`score_pair` computes the union of all selected metrics'
+    #: moments in one fused read and passes ``{name: value}`` of the declared ones to
+    #: :meth:`finish` as the state; :meth:`merge` then works with no code.
+    moments: ClassVar[tuple[str, ...]] = ()
+
+    def within_tolerance(self, ctx: PairContext) -> tuple[float, float, float]:
+        """(rel_tol, abs_tol, rms_tol) of the ``within`` moment: an element is within iff
+        |t - r| <= rel_tol*|r| + max(abs_tol, rms_tol*rms(r)). Only for metrics declaring ``within``."""
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Combine two per-pair states into the state of both pairs (associative, commutative).
+
+        The default merges moment states (sums add, maxima take the max); a mergeable
+        metric with its own state overrides it.
+        """
+        if self.moments and isinstance(a, dict) and isinstance(b, dict):
+            return merge_moments(a, b)
+        raise NotImplementedError(f"metric {self.name!r} does not define merge")
+
+    def compute_state(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> Any:
+        """The mergeable state of a whole-pair metric (one that overrides :meth:`compute`);
+        :func:`score_pair` then takes ``finish(state, ctx)`` as the value."""
+        raise NotImplementedError
 
     # -- streaming interface -------------------------------------------------
     def start(self, ctx: PairContext) -> Any:
@@ -175,6 +273,7 @@ class Metric:
     # -- whole-pair interface ------------------------------------------------
     @property
     def streaming(self) -> bool:
+        """Scored inside the shared pass (moments or start/update), not by :meth:`compute`."""
         return type(self).compute is Metric.compute
 
     def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
@@ -253,7 +352,7 @@ def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,
     n = r_flat.size
     rbuf = np.empty(min(chunk_elements, n), dtype=np.float64)
     tbuf = np.empty(min(chunk_elements, n), dtype=np.float64)
-    scratch = [np.empty_like(rbuf) for _ in range(3)]
+    scratch = [np.empty_like(rbuf) for _ in range(4)]
     finite = 0
     for s in range(0, n, chunk_elements):
         e = min(s + chunk_elements, n)
@@ -288,13 +387,87 @@ def iter_chunks(ref: np.ndarray, tgt: np.ndarray, ctx: PairContext,
     ctx.finite_size = finite
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Single-threaded float64 dot: pieces short enough that BLAS never starts threads for them."""
+    n = a.size
+    if n <= 8192:
+        return float(np.dot(a, b))
+    return float(sum(np.dot(a[s:s + 8192], b[s:s + 8192]) for s in range(0, n, 8192)))
+
+
+def _chunk_moments(chunk: Chunk, acc: np.ndarray, full: bool, tol: tuple[float, float] | None) -> None:
+    """Fold one chunk into the accumulator vector (the numpy twin of the compiled kernel)."""
+    from parity.contract import fused as F
+
+    r, t = chunk.ref, chunk.tgt
+    acc[F.A_N] += r.size
+    acc[F.A_RR] += _dot(r, r)
+    acc[F.A_TT] += _dot(t, t)
+    acc[F.A_RT] += _dot(r, t)
+    ad = chunk.absdiff
+    if full:
+        acc[F.A_DD] += _dot(chunk.diff, chunk.diff)
+        acc[F.A_AD] += float(np.add.reduce(ad))
+    mx = float(ad.max())
+    if mx > acc[F.A_MAXAD]:
+        acc[F.A_MAXAD] = mx
+    if tol is not None:
+        lim = np.multiply(chunk.absref, tol[0], out=chunk._out(3))
+        lim += tol[1]
+        acc[F.A_WITHIN] += int(np.count_nonzero(np.less_equal(ad, lim)))
+
+
+def _ref_sumsq(ref: np.ndarray, k: Any) -> tuple[int, float]:
+    """(count, sum of squares) of the reference's finite values."""
+    if k is not None:
+        from parity.contract.fused import compiled_ref_sumsq
+
+        return compiled_ref_sumsq(k, ref)
+    n, sq = 0, 0.0
+    flat = ref.reshape(-1)
+    for s in range(0, flat.size, CHUNK_ELEMENTS):
+        c = np.asarray(flat[s:s + CHUNK_ELEMENTS], dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = _dot(c, c)
+        if not math.isfinite(v):
+            c = c[np.isfinite(c)]
+            v = _dot(c, c)
+        n += c.size
+        sq += v
+    return n, sq
+
+
+def _count_within(ref: np.ndarray, tgt: np.ndarray, rel: float, atol: float, k: Any,
+                  chunk_elements: int) -> int:
+    """Counting-only read of the pair: positions finite on both sides within rel*|r| + atol."""
+    if k is not None:
+        from parity.contract.fused import compiled_count
+
+        return compiled_count(k, ref, tgt, rel, atol)
+    own = PairContext(int(ref.size), str(ref.dtype), str(tgt.dtype))  # counts go nowhere
+    within = 0
+    for chunk in iter_chunks(ref, tgt, own, chunk_elements):
+        lim = np.multiply(chunk.absref, rel, out=chunk._out(3))
+        lim += atol
+        within += int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
+    return within
+
+
 def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
                options: dict[str, Any] | None = None,
                chunk_elements: int = CHUNK_ELEMENTS) -> tuple[dict[str, float], PairContext]:
     """Score two equal-size arrays with every metric; return values by metric name and the context.
 
     Shapes may differ as long as sizes agree (the caller decides whether that is allowed).
+    Reads: one fused read of the pair for every moment metric and the non-finite counts
+    (compiled when numba is available and no third-party streaming metric needs chunks), plus
+    one read of the reference alone when the ``within`` moment needs rms(r) first; a
+    counting-only re-read happens only if the target has NaN/Inf where the reference is
+    finite (rms(r) is over positions finite on both sides). ``ctx.states`` gets the state of
+    every mergeable metric.
     """
+    from parity.contract import fused as F
+
     if ref.size != tgt.size:
         raise ValueError(f"size mismatch: {ref.size} vs {tgt.size}")
     ctx = PairContext(size=int(ref.size), ref_dtype=str(ref.dtype), tgt_dtype=str(tgt.dtype),
@@ -302,20 +475,80 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
     if any(m.needs_range for m in metrics):
         ctx.ref_range = _finite_range(ref)
         ctx.tgt_range = _finite_range(tgt)
-    streaming = [m for m in metrics if m.streaming]
-    states = [m.start(ctx) for m in streaming]
-    # The pass runs even with no streaming metric: it fills the non-finite counts that
-    # reports and whole-pair metrics (``nonfinite``) read from ctx.
-    for chunk in iter_chunks(ref, tgt, ctx, chunk_elements):
-        for i, m in enumerate(streaming):
-            states[i] = m.update(states[i], chunk)
+    moment_metrics = [m for m in metrics if m.moments]
+    wanted = {k for m in moment_metrics for k in m.moments}
+    unknown = wanted - set(MOMENTS)
+    if unknown:
+        raise ValueError(f"unknown moments {sorted(unknown)}; known: {sorted(MOMENTS)}")
+    full = bool(wanted & _FULL)
+    chunked = [m for m in metrics if m.streaming and not m.moments]
+    # One tolerance per pass: the first metric declaring ``within`` sets it.
+    tol_owner = next((m for m in moment_metrics if "within" in m.moments), None)
+    rel = abs_tol = rms_tol = 0.0
+    if tol_owner is not None:
+        rel, abs_tol, rms_tol = tol_owner.within_tolerance(ctx)
+        for m in moment_metrics:
+            if "within" in m.moments and m.within_tolerance(ctx) != (rel, abs_tol, rms_tol):
+                raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
+                                 "tolerances of the 'within' moment; one pass counts one")
+    k = None if chunked or ref.size == 0 else F.kernel()
+    atol = abs_tol
+    if tol_owner is not None and rms_tol:
+        n_ref, sq_ref = _ref_sumsq(ref, k)
+        if n_ref:
+            atol = max(abs_tol, rms_tol * math.sqrt(sq_ref / n_ref))
+    tol = (rel, atol) if tol_owner is not None else None
+
+    states = [m.start(ctx) for m in chunked]
+    if k is not None:
+        acc = F.compiled_moments(k, ref, tgt, full, tol)
+        ctx.ref_nan, ctx.ref_inf = int(acc[F.A_REF_NAN]), int(acc[F.A_REF_INF])
+        ctx.tgt_nan, ctx.tgt_inf = int(acc[F.A_TGT_NAN]), int(acc[F.A_TGT_INF])
+        ctx.tgt_new_nonfinite = int(acc[F.A_NEW_NONFINITE])
+        ctx.finite_size = int(acc[F.A_N])
+    else:
+        # The pass runs even with no streaming metric: it fills the non-finite counts that
+        # reports and whole-pair metrics (``nonfinite``) read from ctx.
+        acc = np.zeros(F.ACC_LEN)
+        for chunk in iter_chunks(ref, tgt, ctx, chunk_elements):
+            if moment_metrics:
+                _chunk_moments(chunk, acc, full, tol)
+            for i, m in enumerate(chunked):
+                states[i] = m.update(states[i], chunk)
+    if tol_owner is not None and rms_tol and ctx.tgt_new_nonfinite and ctx.finite_size:
+        # rms(r) is over positions finite on both sides; the reference-only sum also held
+        # positions where only the target overflowed: judge again with the exact floor.
+        atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
+        acc[F.A_WITHIN] = _count_within(ref, tgt, rel, atol, k, chunk_elements)
+    if moment_metrics:
+        ctx.moments = {name: float(acc[i]) for i, name in enumerate(MOMENTS)
+                       if name in wanted}
+
     out: dict[str, float] = {}
     si = 0
     for m in metrics:
-        if m.streaming:
+        if m.moments:
+            st: Any = {name: ctx.moments[name] for name in m.moments}  # type: ignore[index]
+            out[m.name] = float(m.empty_value) if ctx.finite_size == 0 else float(m.finish(st, ctx))
+        elif m.streaming:
             st = states[si]
             si += 1
             out[m.name] = float(m.empty_value) if ctx.finite_size == 0 else float(m.finish(st, ctx))
+        elif m.mergeable:
+            st = m.compute_state(ref, tgt, ctx)
+            out[m.name] = float(m.finish(st, ctx))
         else:
+            st = None
             out[m.name] = float(m.compute(ref, tgt, ctx))
+        if m.mergeable:
+            ctx.states[m.name] = st
     return out, ctx
+
+
+def pooled_value(metric: Metric, state: Any, ctx: PairContext) -> float:
+    """A metric's value from a (merged) state and context, with the same empty rule as
+    :func:`score_pair`: a metric scored in the shared pass gives ``empty_value`` when no
+    position is finite on both sides."""
+    if metric.streaming and ctx.finite_size == 0:
+        return float(metric.empty_value)
+    return float(metric.finish(state, ctx))

@@ -1,8 +1,9 @@
 """The built-in metrics.
 
-Every streaming metric folds float64 chunks of the finite-on-both-sides positions
-(see :func:`parity.contract.metric.iter_chunks`) into a few float64 accumulators, so its extra
-memory does not grow with the activation. Sums of products go through :func:`fdot`.
+The pairwise metrics (l2, cosine, rel-diff, max-abs, mean-abs, sqnr) declare the shared
+moments they are computed from (``Metric.moments``): ``score_pair`` computes them all in one
+fused read of the pair, and they are each metric's mergeable state (sums add, maxima take the
+max), so a metric's value over many pairs is exact from merged per-pair states.
 """
 from __future__ import annotations
 
@@ -16,45 +17,13 @@ from parity.contract.metric import Chunk, Metric, PairContext, special_format
 
 #: Elements a whole-pair metric converts to float64 at once (per side).
 BLOCK_ELEMENTS = 1 << 16
-#: Longest vector handed to one BLAS dot. OpenBLAS splits a dot longer than 10,000 elements
-#: across threads; on a busy machine the thread hand-off costs far more than the dot.
+#: Longest row handed to one BLAS row dot (OpenBLAS threads dots longer than 10,000 elements).
 DOT_BLOCK = 8192
 
 _rowdot = getattr(np, "vecdot", None)  # numpy >= 2.0: one BLAS dot per row, no temporary
 if _rowdot is None:  # pragma: no cover - numpy 1.x
     def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", a, b)
-
-
-def fdot(a: np.ndarray, b: np.ndarray) -> float:
-    """Sum of products of two contiguous float64 vectors, single-threaded.
-
-    One pass, no temporary, float64 accumulation (BLAS), in pieces of ``DOT_BLOCK`` so
-    that BLAS never starts threads for it.
-    """
-    n = a.size
-    if n <= DOT_BLOCK:
-        return float(np.dot(a, b))
-    k = n - n % DOT_BLOCK
-    s = float(np.add.reduce(_rowdot(a[:k].reshape(-1, DOT_BLOCK), b[:k].reshape(-1, DOT_BLOCK))))
-    if k < n:
-        s += float(np.dot(a[k:], b[k:]))
-    return s
-
-
-def _sumsq(chunk: Chunk, which: str) -> float:
-    """``fdot(x, x)`` of ``chunk.ref`` or ``chunk.diff``, once per chunk however many metrics need it.
-
-    cosine and sqnr both want sum r^2, l2 and sqnr both want sum d^2; the value is kept in the
-    chunk's own cache (a fresh Chunk per step, so it never outlives the chunk).
-    """
-    cache = chunk.__dict__
-    key = "_sumsq_" + which
-    val = cache.get(key)
-    if val is None:
-        x = getattr(chunk, which)
-        val = cache[key] = fdot(x, x)
-    return val
 
 
 def _option(ctx: PairContext, key: str, default: float, *, minimum: float = 0.0,
@@ -81,16 +50,11 @@ class L2Metric(Metric):
     name = "l2"
     description = "Euclidean distance ||target - ref||_2 (lower is better)"
     higher_is_better = False
+    mergeable = True
+    moments = ("n", "dd")
 
-    def start(self, ctx: PairContext) -> list[float]:
-        return [0.0]
-
-    def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        state[0] += _sumsq(chunk, "diff")
-        return state
-
-    def finish(self, state: list[float], ctx: PairContext) -> float:
-        return math.sqrt(state[0])
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        return self.empty_value if state["n"] == 0 else math.sqrt(state["dd"])
 
 
 class CosineMetric(Metric):
@@ -110,18 +74,13 @@ class CosineMetric(Metric):
         s = special_format(value)
         return s if s is not None else f"{value:.7f}"  # 0.9999 vs 0.99999 matters: keep the nines
 
-    def start(self, ctx: PairContext) -> list[float]:
-        return [0.0, 0.0, 0.0]  # r.r, t.t, r.t
+    mergeable = True
+    moments = ("n", "rr", "tt", "rt")
 
-    def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        r, t = chunk.ref, chunk.tgt
-        state[0] += _sumsq(chunk, "ref")
-        state[1] += fdot(t, t)
-        state[2] += fdot(r, t)
-        return state
-
-    def finish(self, state: list[float], ctx: PairContext) -> float:
-        rr, tt, rt = state
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        if state["n"] == 0:
+            return self.empty_value
+        rr, tt, rt = state["rr"], state["tt"], state["rt"]
         if rr == 0.0 and tt == 0.0:
             return 1.0
         if rr == 0.0 or tt == 0.0:
@@ -142,7 +101,12 @@ class RelDiffMetric(Metric):
     read 55%. With the floor, the share says how many elements are wrong by 10% of themselves
     *and* 10% of the tensor's typical magnitude. ``rms_tol=0`` gives the recipe's pure test.
 
-    Whole-pair (two reads): the rms must be known before the first element is judged.
+    The rms must be known before the first element is judged: ``score_pair`` reads the
+    reference alone first (half a pair), then counts in the fused read of the pair.
+
+    Mergeable: the state is (elements within, elements compared); over several pairs the value
+    is the share of all their elements within, each element judged with *its own pair's*
+    tolerance (its own rms floor), not with the rms of the concatenation.
     """
 
     name = "rel-diff"
@@ -152,72 +116,44 @@ class RelDiffMetric(Metric):
     default_threshold = 99.0
     percent = True
     perfect = 100.0  # error: share of elements out of tolerance
+    mergeable = True
+    moments = ("n", "within")
 
     def __init__(self, rel_tol: float = 0.1, abs_tol: float = 0.0, rms_tol: float = 0.1):
         self.rel_tol = rel_tol
         self.abs_tol = abs_tol
         self.rms_tol = rms_tol
 
-    def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
-        from parity.contract.metric import iter_chunks
+    def within_tolerance(self, ctx: PairContext) -> tuple[float, float, float]:
+        return (_option(ctx, "rel_tol", self.rel_tol), _option(ctx, "abs_tol", self.abs_tol),
+                _option(ctx, "rms_tol", self.rms_tol))
 
-        tol = _option(ctx, "rel_tol", self.rel_tol)
-        atol = _option(ctx, "abs_tol", self.abs_tol)
-        rtol = _option(ctx, "rms_tol", self.rms_tol)
-        if rtol:
-            own = PairContext(ctx.size, ctx.ref_dtype, ctx.tgt_dtype)  # the shared pass counts into ctx
-            sq = sum(_sumsq(c, "ref") for c in iter_chunks(ref, tgt, own))
-            if own.finite_size:
-                atol = max(atol, rtol * math.sqrt(sq / own.finite_size))
-        own = PairContext(ctx.size, ctx.ref_dtype, ctx.tgt_dtype)
-        within = 0
-        buf = None
-        for chunk in iter_chunks(ref, tgt, own):
-            n = len(chunk)
-            if buf is None or buf.size < n:
-                buf = np.empty(n, dtype=np.float64)
-            lim = buf[:n]
-            np.multiply(chunk.absref, tol, out=lim)
-            if atol:
-                lim += atol
-            within += int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
-        if own.finite_size == 0:
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        if state["n"] == 0:
             return self.empty_value
-        return 100.0 * within / own.finite_size
+        return 100.0 * state["within"] / state["n"]
 
 
 class MaxAbsMetric(Metric):
     name = "max-abs"
     description = "largest absolute error max|target - ref| (lower is better)"
     higher_is_better = False
+    mergeable = True
+    moments = ("n", "max_ad")
 
-    def start(self, ctx: PairContext) -> list[float]:
-        return [0.0]
-
-    def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        m = float(chunk.absdiff.max())
-        if m > state[0]:
-            state[0] = m
-        return state
-
-    def finish(self, state: list[float], ctx: PairContext) -> float:
-        return state[0]
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        return self.empty_value if state["n"] == 0 else state["max_ad"]
 
 
 class MeanAbsMetric(Metric):
     name = "mean-abs"
     description = "mean absolute error mean|target - ref| (lower is better)"
     higher_is_better = False
+    mergeable = True
+    moments = ("n", "ad")
 
-    def start(self, ctx: PairContext) -> list[float]:
-        return [0.0]
-
-    def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        state[0] += float(np.add.reduce(chunk.absdiff))
-        return state
-
-    def finish(self, state: list[float], ctx: PairContext) -> float:
-        return state[0] / ctx.finite_size
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        return self.empty_value if state["n"] == 0 else state["ad"] / state["n"]
 
 
 class SqnrMetric(Metric):
@@ -236,16 +172,13 @@ class SqnrMetric(Metric):
             return 0.0 if value > 0 else math.inf
         return 10.0 ** (-value / 10.0) if value > -3000 else math.inf
 
-    def start(self, ctx: PairContext) -> list[float]:
-        return [0.0, 0.0]  # signal energy, noise energy
+    mergeable = True
+    moments = ("n", "rr", "dd")  # signal energy, noise energy
 
-    def update(self, state: list[float], chunk: Chunk) -> list[float]:
-        state[0] += _sumsq(chunk, "ref")
-        state[1] += _sumsq(chunk, "diff")
-        return state
-
-    def finish(self, state: list[float], ctx: PairContext) -> float:
-        sig, noise = state
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        if state["n"] == 0:
+            return self.empty_value
+        sig, noise = state["rr"], state["dd"]
         if noise == 0.0:
             return math.inf  # identical (including both all-zero)
         if sig == 0.0:
@@ -259,6 +192,9 @@ class KLHistogramMetric(Metric):
     Position-free: it asks "does the target produce the same *distribution* of values",
     which is what calibration cares about, and is blind to permutations. Bins are shared
     and span the union of both finite ranges, so no value falls outside.
+
+    Not mergeable: the bin edges are the pair's own range, so two pairs' histograms have
+    different bins, and fixed edges would change what one pair's value means.
     """
 
     name = "kl"
@@ -352,10 +288,24 @@ class KLSoftmaxMetric(Metric):
     description = "mean over rows of KL(softmax(ref) || softmax(target)) on the last axis, for logits (nats)"
     higher_is_better = False
     default_threshold = 0.001
+    #: a mean over rows: the state (sum of row KLs, rows used) adds, and the pooled value is the
+    #: mean over the rows of all pairs (as if the pairs' rows were stacked)
+    mergeable = True
 
     def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
-        if ref.size == 0:
+        return self.finish(self.compute_state(ref, tgt, ctx), ctx)
+
+    def merge(self, a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        return {"sum": a["sum"] + b["sum"], "rows": a["rows"] + b["rows"]}
+
+    def finish(self, state: dict[str, float], ctx: PairContext) -> float:
+        if state["rows"] == 0:
             return math.nan
+        return max(0.0, state["sum"] / state["rows"])
+
+    def compute_state(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> dict[str, float]:
+        if ref.size == 0:
+            return {"sum": 0.0, "rows": 0}
         cols = ref.shape[-1] if ref.ndim else 1
         tcols = tgt.shape[-1] if tgt.ndim else 1
         if tcols != cols:
@@ -394,9 +344,7 @@ class KLSoftmaxMetric(Metric):
                         continue
                 total += _kl_terms(_log_softmax(r), _log_softmax(t))
                 rows += r.shape[0]
-        if rows == 0:
-            return math.nan
-        return max(0.0, total / rows)
+        return {"sum": float(total), "rows": int(rows)}
 
 
 def _kl_rows_finite(r: np.ndarray, t: np.ndarray, e: np.ndarray) -> float:
@@ -482,9 +430,19 @@ class NonFiniteMetric(Metric):
     description = "count of target NaN/Inf where the reference is finite (lower is better; any fails)"
     higher_is_better = False
     default_threshold = 0.0
+    mergeable = True  # a count: counts add
 
     def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
         return float(ctx.tgt_new_nonfinite)
+
+    def compute_state(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> dict[str, int]:
+        return {"tgt_new_nonfinite": int(ctx.tgt_new_nonfinite)}
+
+    def merge(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        return {"tgt_new_nonfinite": a["tgt_new_nonfinite"] + b["tgt_new_nonfinite"]}
+
+    def finish(self, state: dict[str, int], ctx: PairContext) -> float:
+        return float(state["tgt_new_nonfinite"])
 
     def format(self, value: float | None) -> str:
         s = special_format(value)

@@ -350,7 +350,7 @@ def test_kl_softmax_needs_same_last_axis(rng):
 SPEC = {  # name: (higher_is_better, default_threshold, percent, streaming)
     "l2": (False, None, False, True),
     "cosine": (True, 0.999, False, True),
-    "rel-diff": (True, 99.0, True, False),  # whole-pair: the rms floor is read first
+    "rel-diff": (True, 99.0, True, True),  # fused moments: (n, within); the rms floor is read first
     "kl": (False, None, False, True),  # no default threshold: a histogram is no judgement of a layer
     "kl-softmax": (False, 0.001, False, False),
     "sqnr": (True, 30.0, False, True),

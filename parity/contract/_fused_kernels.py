@@ -1,0 +1,180 @@
+"""The numba kernels of :mod:`parity.contract.fused` (imported only when numba is importable).
+
+Module level, not built in a function: numba caches a function on disk (``cache=True``) only
+when what it calls is a global, so the compile cost is paid once per machine, not per process.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numba
+import numpy as np
+
+from parity.contract.fused import BLOCK  # noqa: E402  (one definition)
+
+
+# reassoc lets the sums vectorize; no nnan/ninf (the finiteness tests must stay), and no
+# contract (an FMA would round rel*|r| + atol differently from the numpy path).
+fm = {"reassoc", "nsz"}
+
+def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` cached on disk; without a writable cache location, compiled per process."""
+    def deco(fn: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(cache=True, nogil=True, **kw)(fn)
+        except Exception:  # pragma: no cover - no writable cache location: compile per process
+            return numba.njit(cache=False, nogil=True, **kw)(fn)
+    return deco
+
+# One loop per block converts each element once and folds it into every accumulator.
+# Inner loops run over sliced blocks with range(x.size) (a range(s, e) loop over the
+# whole array did not vectorize); counters are int32 (int64 counters next to float64
+# sums halved the speed). The max is not reduced here (a float max reduction does not
+# vectorize under NaN semantics): the loop counts elements above the running max, and
+# the rare block where that count is non-zero is rescanned by ``rescan_max``.
+@jit(fastmath=fm)
+def block3(r: Any, t: Any, mx: float, rel: float, atol: float) -> tuple[float, float, float, int, int]:
+    rr = 0.0
+    tt = 0.0
+    rt = 0.0
+    over = np.int32(0)
+    within = np.int32(0)
+    for i in range(r.size):
+        a = np.float64(r[i])
+        b = np.float64(t[i])
+        rr += a * a
+        tt += b * b
+        rt += a * b
+        x = abs(b - a)
+        over += np.int32(x > mx)
+        # no contract flag: |r| * rel + atol rounds twice, exactly as the numpy path does
+        within += np.int32(x <= abs(a) * rel + atol)
+    return rr, tt, rt, over, within
+
+@jit(fastmath=fm)
+def block5(r: Any, t: Any, mx: float, rel: float,
+           atol: float) -> tuple[float, float, float, float, float, int, int]:
+    rr = 0.0
+    tt = 0.0
+    rt = 0.0
+    dd = 0.0
+    ad = 0.0
+    over = np.int32(0)
+    within = np.int32(0)
+    for i in range(r.size):
+        a = np.float64(r[i])
+        b = np.float64(t[i])
+        d = b - a
+        x = abs(d)
+        rr += a * a
+        tt += b * b
+        rt += a * b
+        dd += d * d
+        ad += x
+        over += np.int32(x > mx)
+        within += np.int32(x <= abs(a) * rel + atol)
+    return rr, tt, rt, dd, ad, over, within
+
+@jit()
+def rescan_max(r: Any, t: Any, mx: float) -> float:
+    for i in range(r.size):
+        x = abs(np.float64(t[i]) - np.float64(r[i]))
+        if x > mx:
+            mx = x
+    return mx
+
+@jit(fastmath=fm)
+def sumsq(r: Any) -> float:
+    sq = 0.0
+    for i in range(r.size):
+        a = np.float64(r[i])
+        sq += a * a
+    return sq
+
+@jit()
+def slow_block(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float, acc: Any) -> None:
+    for i in range(r.size):
+        a = np.float64(r[i])
+        b = np.float64(t[i])
+        fa = math.isfinite(a)
+        fb = math.isfinite(b)
+        if not fa:
+            if math.isnan(a):
+                acc[8] += 1.0
+            else:
+                acc[9] += 1.0
+        if not fb:
+            if math.isnan(b):
+                acc[10] += 1.0
+            else:
+                acc[11] += 1.0
+            if fa:
+                acc[12] += 1.0
+        if fa and fb:
+            d = b - a
+            x = abs(d)
+            acc[0] += 1.0
+            acc[1] += a * a
+            acc[2] += b * b
+            acc[3] += a * b
+            if full:
+                acc[4] += d * d
+                acc[5] += x
+            if x > acc[6]:
+                acc[6] = x
+            if count and x <= abs(a) * rel + atol:
+                acc[7] += 1.0
+
+@jit()
+def fused(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float, acc: Any) -> None:
+    n = r.size
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        rb = r[s:e]
+        tb = t[s:e]
+        if full:
+            rr, tt, rt, dd, ad, over, within = block5(rb, tb, acc[6], rel, atol)
+        else:
+            rr, tt, rt, over, within = block3(rb, tb, acc[6], rel, atol)
+            dd = ad = 0.0
+        if math.isfinite(rr) and math.isfinite(tt):
+            acc[0] += e - s
+            acc[1] += rr
+            acc[2] += tt
+            acc[3] += rt
+            acc[4] += dd
+            acc[5] += ad
+            if over:
+                acc[6] = rescan_max(rb, tb, acc[6])
+            if count:
+                acc[7] += within
+        else:
+            slow_block(rb, tb, full, count, rel, atol, acc)
+
+@jit()
+def count_only(r: Any, t: Any, rel: float, atol: float) -> int:
+    c = 0
+    for i in range(r.size):
+        a = np.float64(r[i])
+        b = np.float64(t[i])
+        if math.isfinite(a) and math.isfinite(b):
+            c += abs(b - a) <= abs(a) * rel + atol
+    return c
+
+@jit()
+def ref_sumsq(r: Any, acc: Any) -> None:
+    n = r.size
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        sq = sumsq(r[s:e])
+        if math.isfinite(sq):
+            acc[0] += e - s
+            acc[1] += sq
+        else:
+            for i in range(s, e):
+                a = np.float64(r[i])
+                if math.isfinite(a):
+                    acc[0] += 1.0
+                    acc[1] += a * a
+
