@@ -186,7 +186,7 @@ def _to_half(src: Path, workdir: Path, kind: str, keep_ops: Sequence[str], keep_
 
     keep_ops, keep_nodes = sorted(set(keep_ops)), sorted(set(keep_nodes))
     keep_tensors = sorted(set(keep_tensors))
-    key = key_of(kind, onnxconverter_common.__version__, model_digest(src), keep_ops, keep_nodes, keep_tensors,
+    key = key_of(kind, onnxconverter_common.__version__, model_digest(src, workdir), keep_ops, keep_nodes, keep_tensors,
                  FP16_MAX, FP16_MIN_POSITIVE, max_ir_version(), "kept-to-kept edges stay fp32")
     out = workdir / "ort" / f"{_stem(src)}-{kind}-{key}.onnx"
     if out.is_file():
@@ -410,7 +410,7 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     exclude = option_list(opts, "int8_nodes_to_exclude") or None
     preprocess = option_bool(opts, "int8_preprocess", False)
     keep_tensors = sorted(set(option_list(opts, "keep_high_precision")))
-    key = key_of("int8", onnxruntime.__version__, model_digest(src), feeds_digest(calibration), per_channel,
+    key = key_of("int8", onnxruntime.__version__, model_digest(src, workdir), feeds_digest(calibration), per_channel,
                  method_name, sorted(op_types or []), sorted(exclude or []), preprocess, keep_tensors)
     out = workdir / "ort" / f"{_stem(src)}-int8-{key}.onnx"
     if out.is_file():

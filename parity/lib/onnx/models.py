@@ -135,7 +135,7 @@ def runnable_onnx(path: Path, workdir: Path) -> Path:
         raise ParityError(f"model {path} is at ONNX IR version {ir}; the installed onnxruntime reads up to IR {top} "
                           f"and parity cannot copy a model with external data to lower it. Note: lower it yourself: "
                           f"m = onnx.load(path); m.ir_version = {top}; onnx.save(m, ...).")
-    out = Path(workdir) / "onnx" / f"{path.stem[:60]}-ir{top}-{model_digest(path)[:16]}.onnx"
+    out = Path(workdir) / "onnx" / f"{path.stem[:60]}-ir{top}-{model_digest(path, workdir)[:16]}.onnx"
     if not out.is_file():
         m.ir_version = top
         with atomic_path(out) as tmp:

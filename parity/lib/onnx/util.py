@@ -26,28 +26,83 @@ def file_digest(path: str | os.PathLike, h: "hashlib._Hash | None" = None) -> st
 
 #: resolved path -> (its stat, [(external file, its stat)], digest): the fp16/int8 cache key is
 #: asked for on every run() and local_errors() call; a file whose stats are unchanged is not re-read
-_DIGESTS: dict[str, tuple[tuple[int, int], list[tuple[Path, tuple[int, int]]], str]] = {}
+_DIGESTS: dict[str, tuple[tuple[int, ...], list[tuple[Path, tuple[int, ...]]], str]] = {}
+#: file in a workdir remembering digests across processes (see :func:`model_digest`)
+DIGEST_STORE = "model-digests.json"
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(path: Path) -> tuple[int, ...]:
+    """What says a file is unchanged: size, mtime, ctime (a write always moves it) and inode."""
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def model_digest(path: str | os.PathLike) -> str:
-    """sha256 of an ONNX file plus any external-data files it references (weights kept beside it)."""
-    key = str(Path(path).resolve())
-    hit = _DIGESTS.get(key)
+def _fresh(hit: tuple[Any, list[tuple[Path, Any]], str], path: Path) -> bool:
     try:
-        if hit is not None and hit[0] == _stat(Path(path)) and all(
-                f.is_file() and _stat(f) == st for f, st in hit[1]):
-            return hit[2]
+        return tuple(hit[0]) == _stat(path) and all(Path(f).is_file() and _stat(Path(f)) == tuple(st)
+                                                   for f, st in hit[1])
+    except OSError:
+        return False
+
+
+def _read_store(store: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(store.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def model_digest(path: str | os.PathLike, store_dir: str | os.PathLike | None = None) -> str:
+    """sha256 of an ONNX file plus any external-data files it references (weights kept beside it).
+
+    Why remembered: the digest keys the fp16/int8 caches, and computing it reads every byte and
+    parses the model (to find external data). A file whose stat (size, mtime, ctime, inode) and
+    whose external files' stats are unchanged is not re-read: within a process (always) and
+    across processes through ``store_dir/model-digests.json`` when ``store_dir`` (a workdir) is
+    given. Any write to the file moves its ctime, so a changed file is hashed again.
+    """
+    p = Path(path)
+    key = str(p.resolve())
+    hit = _DIGESTS.get(key)
+    if hit is not None and _fresh(hit, p):
+        return hit[2]
+    store = Path(store_dir) / DIGEST_STORE if store_dir is not None else None
+    if store is not None:
+        entry = _read_store(store).get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
+            cand = (tuple(entry.get("stat", ())), [(Path(f), tuple(st)) for f, st in entry.get("external", [])],
+                    entry["digest"])
+            if _fresh(cand, p):
+                _DIGESTS[key] = cand
+                return cand[2]
+    stat = _stat(p)
+    digest, used = _model_digest(path)
+    if _stat(p) != stat:  # written while being read: do not remember a digest of torn bytes
+        return digest
+    _DIGESTS[key] = (stat, [(f, _stat(f)) for f in used], digest)
+    if store is not None:
+        _remember(store, key, _DIGESTS[key])
+    return digest
+
+
+def _remember(store: Path, key: str, hit: tuple[Any, list[tuple[Path, Any]], str]) -> None:
+    """Add one entry to the digest store (atomically; a failure only costs a re-hash next time)."""
+    import json
+
+    from parity.contract.atomic import write_text
+
+    data = _read_store(store)
+    data[key] = {"stat": list(hit[0]), "external": [[str(f), list(st)] for f, st in hit[1]], "digest": hit[2]}
+    if len(data) > 256:  # a bounded store: keep the newest entries
+        data = dict(list(data.items())[-256:])
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_text(store, json.dumps(data, indent=0))
     except OSError:
         pass
-    stat = _stat(Path(path))
-    digest, used = _model_digest(path)
-    _DIGESTS[key] = (stat, [(f, _stat(f)) for f in used], digest)
-    return digest
 
 
 def _model_digest(path: str | os.PathLike) -> tuple[str, list[Path]]:
