@@ -401,13 +401,14 @@ def _chunk_moments(chunk: Chunk, acc: np.ndarray, full: bool, tol: tuple[float, 
 
     r, t = chunk.ref, chunk.tgt
     acc[F.A_N] += r.size
-    acc[F.A_RR] += _dot(r, r)
-    acc[F.A_TT] += _dot(t, t)
-    acc[F.A_RT] += _dot(r, t)
-    ad = chunk.absdiff
-    if full:
-        acc[F.A_DD] += _dot(chunk.diff, chunk.diff)
-        acc[F.A_AD] += float(np.add.reduce(ad))
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 squares may overflow: inf, as numba
+        acc[F.A_RR] += _dot(r, r)
+        acc[F.A_TT] += _dot(t, t)
+        acc[F.A_RT] += _dot(r, t)
+        ad = chunk.absdiff
+        if full:
+            acc[F.A_DD] += _dot(chunk.diff, chunk.diff)
+            acc[F.A_AD] += float(np.add.reduce(ad))
     mx = float(ad.max())
     if mx > acc[F.A_MAXAD]:
         acc[F.A_MAXAD] = mx
