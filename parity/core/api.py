@@ -21,7 +21,7 @@ import tempfile
 import weakref
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -86,36 +86,41 @@ def _array(x: Any, where: str) -> np.ndarray:
     return a
 
 
-def _feeds(inputs: Any) -> list[Any]:
-    """One feed per element: a lone tensor/array, a dict of them, or a list/iterable of either."""
+def _feeds(inputs: Any) -> Iterator[Any]:
+    """One feed per element: a lone tensor/array, a dict of them, or a list/iterable of either (streamed)."""
     if isinstance(inputs, Mapping) or hasattr(inputs, "shape") or hasattr(inputs, "__array__"):
-        return [inputs]
+        yield inputs
+        return
     if isinstance(inputs, (str, bytes)):
-        raise ParityError("inputs: a string is not inputs here. Note: pass a path as inputs_path=..., or "
-                          "tensors/arrays/dicts")
+        raise ParityError("inputs: a string is not inputs here. Note: pass a path or a dataset spec "
+                          "'module:function' as inputs_path=..., or tensors/arrays/dicts")
     try:
-        feeds = list(inputs)
+        it = iter(inputs)
     except TypeError:
         raise ParityError(f"inputs: a {type(inputs).__name__} is not inputs. Note: give a tensor, an array, a dict "
                           f"name -> tensor, or a list of those (one feed each)") from None
-    if not feeds:
+    n = 0
+    for feed in it:
+        n += 1
+        yield feed
+    if not n:
         raise ParityError("inputs: the iterable gave no feed. Note: give at least one tensor, array or dict")
-    return feeds
 
 
 def write_feeds(inputs: Any, folder: Path) -> Path:
     """In-memory inputs as the feed files :func:`parity.core.inputs.load_feeds` reads (one file per feed,
-    ``feed-0000.npy`` for a lone array, ``.npz`` keyed by input name for a dict)."""
+    ``feed-000000.npy`` for a lone array, ``.npz`` keyed by input name for a dict), written as the
+    iterable yields them, so a generator of thousands of feeds is never held at once."""
     folder.mkdir(parents=True, exist_ok=True)
     for k, feed in enumerate(_feeds(inputs)):
         if isinstance(feed, Mapping):
             arrays = {str(n): _array(v, f"feed {k} input {n!r}") for n, v in feed.items()}
             if not arrays:
                 raise ParityError(f"inputs: feed {k} is an empty dict. Note: map input names to tensors")
-            with open(folder / f"feed-{k:04d}.npz", "wb") as f:
+            with open(folder / f"feed-{k:06d}.npz", "wb") as f:
                 np.savez(f, **arrays)
         else:
-            np.save(folder / f"feed-{k:04d}.npy", _array(feed, f"feed {k}"), allow_pickle=False)
+            np.save(folder / f"feed-{k:06d}.npy", _array(feed, f"feed {k}"), allow_pickle=False)
     return folder
 
 
@@ -250,13 +255,20 @@ def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str =
             seed: int = 0, random_inputs: int = 1, device: str = "cpu", workdir: str | os.PathLike | None = None,
             options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Any] | None = None,
             matcher: str = "auto", mapping: str | None = None, calibration: Any = None,
-            inputs_path: str | os.PathLike | None = None, quiet: bool = False) -> ComparisonReport:
+            inputs_path: str | os.PathLike | None = None, quiet: bool = False, workers: int = 1,
+            ray_address: str | None = None, layers: str | Sequence[str] | None = None,
+            max_memory: int | None = None, step_bytes: int | None = None,
+            limit: int | None = None) -> ComparisonReport:
     """Compare ``model`` in ``ref`` and ``target`` layer by layer, as ``parity compare --diagnose`` does.
 
     ``model``: an ``nn.Module``, an ONNX ``ModelProto``, a path (``.onnx``, ``.pt``, ``.pt2``) or a spec
     ``package.module:factory``. ``inputs``: a tensor or array, a dict input name -> tensor, or a list
     (any iterable) of those, one feed each; ``None`` makes random ones from the model's shapes
-    (``input_shapes={"x": (1, 3, 224, 224)}``). ``inputs_path``/``calibration`` also take files as the CLI.
+    (``input_shapes={"x": (1, 3, 224, 224)}``). ``inputs_path``/``calibration`` also take files as the CLI;
+    ``inputs_path`` also a folder of thousands of feeds (streamed) or a dataset spec ``module:function``.
+    ``workers``/``ray_address`` shard the feeds over Ray workers (the model must then be a path or a spec);
+    ``layers`` (a regex, or a list of names) compares only those layers; ``max_memory``/``step_bytes``
+    bound the bytes of parked and captured activations; ``limit`` the number of feeds.
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
@@ -267,6 +279,9 @@ def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str =
     if inputs is not None and inputs_path is not None:
         raise UsageError("give either inputs or inputs_path, not both")
     cache = check_workdir(workdir)
+    if (workers > 1 or ray_address) and _torch_module(model):
+        raise ParityError("model: an nn.Module in memory cannot be sent to Ray workers. Note: pass a path "
+                          "(.pt2, .onnx) or a spec 'package.module:factory' with workers")
     ref_model, label, keep = model_reference(model, cache)
     tmp = Path(tempfile.mkdtemp(prefix="parity-inputs-", dir=cache))
     try:
@@ -282,7 +297,10 @@ def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str =
             random_inputs=random_inputs, device=device, workdir=str(cache), metrics=list(metrics) if metrics else None,
             thresholds=_thresholds(threshold, metrics), metric_options=dict(metric_options or {}),
             source_options=dict(options or {}), mapping=mapping, matcher=matcher, calibration=calib_path,
-            diagnose=diagnose)
+            diagnose=diagnose, workers=workers, ray_address=ray_address,
+            layers=layers if isinstance(layers, str) or layers is None else None,
+            layer_names=() if isinstance(layers, str) or layers is None else tuple(layers),
+            max_memory=max_memory, step_bytes=step_bytes, limit=limit)
         with showing(quiet=quiet):
             report = run(settings)
     except BaseException:
