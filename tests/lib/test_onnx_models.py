@@ -141,6 +141,9 @@ def test_session_options_read_the_ort_options():
     assert providers == ["CPUExecutionProvider"]
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert set(GRAPH_OPTIMIZATION_LEVELS) == {"disable", "basic", "extended", "all"}
+    # capture sessions run without the CPU arena unless asked (peak memory, see session_options)
+    assert session_options({})[0].enable_cpu_mem_arena is False
+    assert session_options({"ort_mem_arena": "true"})[0].enable_cpu_mem_arena is True
 
 
 def test_a_bad_provider_is_one_line_naming_it():
