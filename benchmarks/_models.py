@@ -333,8 +333,11 @@ def bare_torch(spec: str, seed: int, device: str = "cpu", dtype: str = "fp32", f
     return out
 
 
-def bare_ort(onnx_path: str, seed: int, feeds: int = 1) -> dict[str, Any]:
+def bare_ort(onnx_path: str, seed: int, feeds: int = 1, shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Plain ONNX Runtime session runs on parity's cached export (default session options, CPU).
+
+    ``shape`` is the input's shape; without it a dynamic dimension (parity exports a dynamic
+    batch) runs as 1, which would make a batch-32 baseline a batch-1 one.
 
     ``run`` is the first run; ``runs`` lists all ``feeds`` of them (the later ones are warm).
     """
@@ -348,7 +351,8 @@ def bare_ort(onnx_path: str, seed: int, feeds: int = 1) -> dict[str, Any]:
     so.log_severity_level = 3
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    shape = [int(d) if isinstance(d, int) else 1 for d in inp.shape]
+    if shape is None:
+        shape = [int(d) if isinstance(d, int) else 1 for d in inp.shape]
     t_session = _t0() - t
     rng = np.random.default_rng(seed)
     times = []
@@ -518,11 +522,13 @@ def _child_main(argv: Sequence[str]) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--feeds", type=int, default=1)
+    ap.add_argument("--shape", default=None, help="input shape for bare-ort, e.g. 8,128,256")
     a = ap.parse_args(argv)
     if a.what == "bare-torch":
         out = bare_torch(a.model, a.seed, a.device, a.dtype, a.feeds)
     elif a.what == "bare-ort":
-        out = bare_ort(a.model, a.seed, a.feeds)
+        shape = [int(d) for d in a.shape.split(",")] if a.shape else None
+        out = bare_ort(a.model, a.seed, a.feeds, shape)
     else:
         opts = dict(o.split("=", 1) for o in a.option)
         out = phases(a.model, a.target, a.workdir, a.diagnose, opts)

@@ -19,7 +19,8 @@ own peak resident set ``ru_maxrss``). Per grid cell (depth, batch):
   builds the same model and runs one forward under ``no_grad`` (``--device``; fp16/bf16 for a
   ``torch-fp16``/``torch-bf16`` target); bare ORT opens one default ``InferenceSession`` on
   parity's cached export and runs it once, asking only for the model output.
-* **time ratio** = parity warm / floor (medians), target <= 1.3 on CPU, <= 1.2 on CUDA.
+* **time ratio** = parity warm / floor, on the minima of the ``--repeat`` runs (the least
+  disturbed; the ratio of medians is printed beside it), target <= 1.3 on CPU, <= 1.2 on CUDA.
 * **memory ratio** = parity warm peak RSS / floor peak RSS, where the floor's peak is the
   **larger** of the two bare processes (they could run one after the other); target <= 1.5.
   The sum of the two is printed beside it. On CUDA the same is printed for
@@ -27,7 +28,7 @@ own peak resident set ``ru_maxrss``). Per grid cell (depth, batch):
 * **per-feed cost of a warm folder run** (``--folder-feeds F``; at each depth, smallest batch):
   (parity on a folder of F feeds - parity on one feed) / (F - 1), against the warm per-feed
   forward of the bare processes (median of their passes 2..F in one process: torch forward +
-  ORT run); target <= 1.2.
+  ORT run), minima over the rounds; target <= 1.2.
 
 Both sides count interpreter start-up, imports and exit, as a user would see them. Activation
 bytes come from the JSON report. ``--phases`` adds one in-process parity run per cell with its
@@ -106,7 +107,8 @@ class Cell:
                     "--dtype", TORCH_DTYPES[t], "--feeds", str(feeds)]
         else:
             assert self.onnx is not None
-            argv = [sys.executable, MODELS_PY, "bare-ort", self.onnx, "--feeds", str(feeds)]
+            argv = [sys.executable, MODELS_PY, "bare-ort", self.onnx, "--feeds", str(feeds),
+                    "--shape", ",".join(map(str, self.shape.input_shape))]
         return checked(run_process(argv, env=self.env), f"bare {t} (target)")
 
     def measure(self, log) -> None:
@@ -241,15 +243,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['target_layers']:>10} {mib(b['target']):>11} {b['scored_pairs']:>12} {mib(b['scored']):>12}")
 
     print(f"\ntime, whole processes (seconds, min / median); floor = bare torch + bare {args.target}; "
-          f"ratio on medians, target <= {t_target}:")
+          f"ratio min/median, verdict on the minima, target <= {t_target}:")
     print(f"{'depth':>5} {'batch':>5} {'cold':>6} {'parity warm':>13} {'bare ref':>13} {'bare target':>13} "
-          f"{'floor':>13} {'ratio':>6} {'':>4}" + (f" {'out-batch':>13}" if args.output_batch else ""))
+          f"{'floor':>13} {'ratio':>11} {'':>4}" + (f" {'out-batch':>13}" if args.output_batch else ""))
     for c in cells:
         w, r, t = c.warm.wall(), c.ref.wall(), c.tgt.wall()
-        ratio = w[1] / (r[1] + t[1])
+        ratio = w[0] / (r[0] + t[0])
         line = (f"{c.shape.depth:>5} {c.shape.batch:>5} {c.cold.wall:>6.2f} {w[0]:>6.2f}/{w[1]:<6.2f} "
                 f"{r[0]:>6.2f}/{r[1]:<6.2f} {t[0]:>6.2f}/{t[1]:<6.2f} {r[0] + t[0]:>6.2f}/{r[1] + t[1]:<6.2f} "
-                f"{ratio:>6.2f} {verdict(ratio, t_target):>4}")
+                f"{ratio:>5.2f}/{w[1] / (r[1] + t[1]):<5.2f} {verdict(ratio, t_target):>4}")
         if args.output_batch:
             bb = c.batched.wall()
             line += f" {bb[0]:>6.2f}/{bb[1]:<6.2f}"
@@ -279,14 +281,14 @@ def main(argv: list[str] | None = None) -> int:
 
     fcells = [c for c in cells if hasattr(c, "feeds")]
     if fcells:
-        print(f"\nper-feed cost of a warm folder run (seconds, median): (folder of F - one feed) / (F - 1), "
+        print(f"\nper-feed cost of a warm folder run (seconds, min over rounds): (folder of F - one feed) / (F - 1), "
               f"against the bare warm per-feed forward (ref + target, passes 2..F); target <= {FEED_TARGET}:")
         print(f"{'depth':>5} {'batch':>5} {'F':>3} {'folder F':>9} {'one feed':>9} {'per feed':>9} "
               f"{'bare ref':>9} {'bare tgt':>9} {'bare sum':>9} {'ratio':>6}")
         for c in fcells:
-            many, one = st.median(c.f_many), st.median(c.f_one)
+            many, one = min(c.f_many), min(c.f_one)
             per = (many - one) / (c.feeds - 1)
-            br, bt = st.median(c.f_ref), st.median(c.f_tgt)
+            br, bt = min(c.f_ref), min(c.f_tgt)
             ratio = per / (br + bt)
             print(f"{c.shape.depth:>5} {c.shape.batch:>5} {c.feeds:>3} {many:>9.3f} {one:>9.3f} {per:>9.3f} "
                   f"{br:>9.4f} {bt:>9.4f} {br + bt:>9.4f} {ratio:>6.2f} {verdict(ratio, FEED_TARGET)}")
