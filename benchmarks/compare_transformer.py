@@ -1,8 +1,11 @@
 """Cost of ``parity compare`` against the two bare forward passes it needs (the floor), on a depth x batch grid.
 
-    python benchmarks/compare_transformer.py --quick                  # 3 depths x 3 batches, small model, ~5 min
+    python benchmarks/compare_transformer.py --quick                  # 3 depths x 3 batches, small model, ~16 min*
     python benchmarks/compare_transformer.py [--depths 4,8,16] [--batches 1,8,32] [--repeat 3]
     python benchmarks/compare_transformer.py --bert-base --device cuda --target torch-fp16 --batches 1,8,32
+
+(* on the shared 2-core VM of docs/benchmarks.md, under load; the default grid is the old
+depth-only one, width 384 and 512 tokens at batch 1.)
 
 The model is a pre-norm transformer encoder written with plain ``nn`` modules (q/k/v/proj
 ``Linear``, ``Softmax``, ``LayerNorm``, ``GELU`` MLP; by default width 384, 6 heads, 512
