@@ -24,9 +24,10 @@ How the local runs are built, for one feed:
    in float16 is fed the reference value rounded to float16, exactly as the deployed model
    would store it (an fp32 value beyond 65504 arrives as inf).
 
-On graphs with more than twice ``ort_output_batch`` captured tensors (``DEFAULT_OUTPUT_BATCH``
-of :mod:`.runner` unless set; ``0`` forces the single runs above) steps 1 and 3 go in consecutive
-groups instead: the reference run is cut into steps that recompute nothing
+When the reference capture exceeds the capture's step limits (``step_bytes``, default
+``DEFAULT_STEP_BYTES`` of :mod:`.runner`, and ``ort_output_batch`` tensors when set; see
+:func:`.runner.step_limits`; ``step_bytes=0`` alone or ``ort_output_batch=0`` alone forces the
+single runs above) steps 1 and 3 go in consecutive groups instead, each within the same limits: the reference run is cut into steps that recompute nothing
 (:func:`.runner.run_steps`), and after each step the layers whose inputs and outputs are all
 captured run alone, are yielded, and every reference tensor no later layer reads is dropped. Peak memory
 is then one step's tensors plus those crossing the cut, not the whole model's. Planning
@@ -334,9 +335,10 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
 
     Layers that cannot run alone are appended to ``skipped`` as ``{key, onnx_node, reason}``.
 
-    Small graphs take one reference session run and one local session run. Larger ones (more
-    than twice ``ort_output_batch`` captured tensors, ``DEFAULT_OUTPUT_BATCH`` unless set) go in
-    consecutive steps (see :func:`_stepped`), so memory holds one step's tensors, not the model's.
+    Captures within the step limits (:func:`.runner.step_limits`: ``step_bytes``, and
+    ``ort_output_batch`` tensors when set) take one reference session run and one local session
+    run. Larger ones go in consecutive steps (see :func:`_stepped`), so memory holds one step's
+    tensors, not the model's.
     """
     import onnx
 
@@ -349,11 +351,12 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
     captured = [s.name for s in captured_sites(orig)]
     run_path, _extra = target_model(precision, cfg, src, orig, feed)
 
-    batch = runner.output_batch(cfg.options, len(captured))
-    if batch > 0 and len(captured) > batch:
+    limits = _Limits.of(cfg, orig, feed)
+    batches = limits.chunk(captured)
+    if len(batches) > 1:
         keys = _predicted_float_keys(orig, captured)
         if keys is not None:
-            yield from _stepped(precision, cfg, feed, src, orig, captured, run_path, batch, keys, skipped)
+            yield from _stepped(precision, cfg, feed, src, orig, batches, run_path, limits, keys, skipped)
             return
 
     ref = _reference_run(cfg, orig, captured, feed, src.name)
@@ -368,8 +371,36 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
     del orig
     fed_dtype = _FedDtypes(target)
     cast = _Caster(cfg)
-    for group in _split(plans, batch):
+    for group in _split(plans, limits):
         yield from _run_group(precision, cfg, target, run_path, group, ref, fed_dtype, cast)
+
+
+@dataclass
+class _Limits:
+    """The capture's step limits (:func:`.runner.step_limits`) with the fp32 graph's tensor sizes
+    for the feed's shapes, so that reference steps and local groups stay within the same budget."""
+
+    max_bytes: int | None
+    max_count: int | None
+    sizes: dict[str, int]
+
+    @classmethod
+    def of(cls, cfg: RunConfig, orig: "onnx.ModelProto", feed: dict[str, np.ndarray]) -> "_Limits":
+        from parity.lib.onnx.graph import estimated_bytes, inferred_info
+
+        max_bytes, max_count = runner.step_limits(cfg)
+        sizes: dict[str, int] = {}
+        if max_bytes:
+            shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
+            sizes = estimated_bytes(orig, inferred_info(orig, shapes),
+                                    {k: int(np.asarray(v).nbytes) for k, v in feed.items()},
+                                    max((d for sh in shapes.values() for d in sh), default=1))
+        return cls(max_bytes, max_count, sizes)
+
+    def chunk(self, names: list[str]) -> list[list[str]]:
+        """``names`` in consecutive groups within the limits (one group when there are none)."""
+        ranges = runner.step_chunks([self.sizes.get(t, 0) for t in names], self.max_bytes, self.max_count)
+        return [names[r.start:r.stop] for r in ranges] or [names]
 
 
 def _plans(precision: str, orig: "onnx.ModelProto", target: "onnx.ModelProto", keys: list[str],
@@ -507,7 +538,7 @@ def _predicted_float_keys(orig: "onnx.ModelProto", captured: list[str]) -> list[
 
 
 def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: Path,
-             orig: "onnx.ModelProto", captured: list[str], run_path: Path, batch: int,
+             orig: "onnx.ModelProto", batches: list[list[str]], run_path: Path, limits: _Limits,
              keys: list[str], skipped: list[dict[str, str]]) -> Iterator["LocalResult"]:
     """Reference capture in consecutive steps (:func:`.runner.run_steps`, nothing recomputed); after
     each step, the local runs of the layers whose inputs and outputs are all captured by then.
@@ -520,6 +551,7 @@ def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: P
     from parity.lib.onnx.graph import FLOAT_TYPES
 
     key_set = set(keys)
+    captured = [t for b in batches for t in b]
     target = onnx.load(str(run_path))
     plans, skips = _plans(precision, orig, target, keys, set(captured) | set(feed), cfg.options)
     skipped.extend(skips)
@@ -530,7 +562,6 @@ def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: P
     fed_dtype = _FedDtypes(target)
     cast = _Caster(cfg)
     so, providers = session_options(cfg.options, cfg.device)
-    batches = [captured[i:i + batch] for i in range(0, len(captured), batch)]
     label = f"{src.name} for the local reference"
     ref: dict[str, np.ndarray] = {t: a for t, a in feed.items() if t in last_use}
     have: set[str] = set(feed)
@@ -555,7 +586,7 @@ def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: P
         start = nxt
         while nxt < len(plans) and all(t in have for t in (*plans[nxt].keys, *plans[nxt].fed)):
             nxt += 1
-        for group in _split(plans[start:nxt], batch):
+        for group in _split(plans[start:nxt], limits):
             yield from _run_group(precision, cfg, target, run_path, group, ref, fed_dtype, cast)
             start += len(group)
             for t in [t for t in ref if last_use.get(t, -1) < start]:
@@ -565,11 +596,19 @@ def _stepped(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], src: P
                           f"Note: ort_output_batch=0 runs them in one session")
 
 
-def _split(plans: list[LocalPlan], batch: int) -> list[list[LocalPlan]]:
-    """Consecutive groups of at most ``batch`` local outputs (one plan per group at least)."""
+def _split(plans: list[LocalPlan], limits: _Limits) -> list[list[LocalPlan]]:
+    """Consecutive groups of local runs whose outputs stay within ``limits`` (a plan's outputs
+    counted at their fp32 size, an upper bound for fp16/int8; one plan per group at least)."""
     groups: list[list[LocalPlan]] = [[]]
+    n = size = 0
     for p in plans:
-        if batch > 0 and groups[-1] and sum(len(q.keys) for q in groups[-1]) + len(p.keys) > batch:
+        b = sum(limits.sizes.get(k, 0) for k in p.keys)
+        full = groups[-1] and ((limits.max_count is not None and n + len(p.keys) > limits.max_count)
+                               or (limits.max_bytes is not None and size + b > limits.max_bytes))
+        if full:
             groups.append([])
+            n = size = 0
         groups[-1].append(p)
+        n += len(p.keys)
+        size += b
     return [g for g in groups if g]

@@ -237,10 +237,12 @@ def test_local_runs_in_output_batches_agree(hazard, tmp_path):
         np.testing.assert_array_equal(batched[k], whole[k])
 
 
+@pytest.mark.parametrize("steps", [{"ort_output_batch": 2}, {"step_bytes": 300}])
 @pytest.mark.parametrize("model", ["hazard", "outlier"])
-def test_stepped_local_runs_equal_the_single_run(model, hazard, outlier, tmp_path, monkeypatch):
-    """ort_output_batch=2 captures the reference in steps and runs each step's layers as it goes:
-    same keys, order, skips, and bit-identical ref and target arrays as one session."""
+def test_stepped_local_runs_equal_the_single_run(model, steps, hazard, outlier, tmp_path, monkeypatch):
+    """ort_output_batch=2, or a step_bytes of a few tensors, captures the reference in steps and runs
+    each step's layers as it goes: same keys, order, skips, and bit-identical ref and target arrays
+    as one session."""
     if model == "hazard":
         src, feed, calib, precision = hazard["onnx"], hazard["feed"], (), "fp16"
     else:
@@ -256,7 +258,7 @@ def test_stepped_local_runs_equal_the_single_run(model, hazard, outlier, tmp_pat
 
     monkeypatch.setattr(ort_runner, "run_steps", counting)
     stepped_src = OrtSource(precision)
-    stepped = list(stepped_src.local_errors(cfg_for(src, tmp_path, calib, ort_output_batch=2), feed))
+    stepped = list(stepped_src.local_errors(cfg_for(src, tmp_path, calib, **steps), feed))
     assert steps_seen and steps_seen[0] >= 3  # really went in steps
     assert len(whole) >= 5
     assert [lr.key for lr in stepped] == [lr.key for lr in whole]
