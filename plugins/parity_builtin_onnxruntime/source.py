@@ -24,9 +24,9 @@ from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
 
 from .loader import PRECISIONS
-from .runner import DEFAULT_OUTPUT_BATCH, PlanCache, capture
+from .runner import DEFAULT_OUTPUT_BATCH, DEFAULT_STEP_BYTES, PlanCache, capture
 
-__all__ = ["DEFAULT_OUTPUT_BATCH", "PRECISIONS", "OrtSource"]
+__all__ = ["DEFAULT_OUTPUT_BATCH", "DEFAULT_STEP_BYTES", "PRECISIONS", "OrtSource"]
 
 
 class OrtSource(Source):
@@ -34,10 +34,12 @@ class OrtSource(Source):
 
     Options read from ``cfg.options``: ``ort_providers`` (list or comma string),
     ``ort_threads``, ``ort_graph_optimization`` (disable|basic|extended|all),
-    ``ort_all_dtypes`` (also capture integer/bool tensors), ``ort_output_batch`` (capture
-    at most N tensors per session run), ``opset``, ``export_dynamo``,
+    ``ort_mem_arena``, ``ort_all_dtypes`` (also capture integer/bool tensors), ``step_bytes``
+    (bytes of captured tensors per session run; ``cfg.step_bytes`` first), ``ort_output_batch``
+    (at most N tensors per session run), ``opset``, ``export_dynamo``,
     ``export_dynamic_batch``, ``export_optimize``, ``keep_fp32_ops``, ``keep_fp32_nodes``
     and the ``int8_*`` options of :func:`parity.lib.onnx.convert.to_int8`.
+    ``cfg.layers`` (``--layers``) marks only the selected tensors as outputs (model outputs kept).
     For ``parity fix``: ``keep_high_precision`` (fp32 tensor names whose producing nodes stay
     fp32 / unquantized) and ``outputs_only`` (capture only the model outputs).
     """
