@@ -7,6 +7,12 @@ target is the reference plus 1% Gaussian noise, both written chunk by chunk so t
 benchmark itself allocates nothing big besides the pair), then scores it with the default
 metric set and with every registered metric (or only the ``--metrics`` you name).
 
+Each set is timed on both scoring paths: the compiled fused kernel (numba, ``parity[fast]``)
+and the numpy chunk path (``PARITY_NO_NUMBA=1``). For comparison the script also times
+``np.dot(ref, tgt)`` and two plain sums over the same pair (what one core's memory bandwidth
+allows), and, in fresh processes with an empty numba cache, the kernels' compile cost (first
+use on a machine) and their load cost (every later process).
+
 Figures printed per metric set:
 
 * GB/s: bytes of *both* arrays divided by the best wall-clock time of ``--repeat`` runs,
@@ -28,7 +34,9 @@ import gc
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -99,6 +107,55 @@ def bench(ref: np.ndarray, tgt: np.ndarray, names: list[str], repeat: int,
             "values": values}
 
 
+def bandwidth(ref: np.ndarray, tgt: np.ndarray, repeat: int) -> dict[str, float]:
+    """GB/s of np.dot(ref, tgt) and of np.add.reduce over each side: the memory-bound ceiling."""
+    r, t = ref.reshape(-1), tgt.reshape(-1)
+    out = {}
+    for name, fn in (("np.dot", lambda: np.dot(r, t)), ("sum+sum", lambda: (np.add.reduce(r), np.add.reduce(t)))):
+        best = cpu = float("inf")
+        for _ in range(repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+        out[name] = (r.nbytes + t.nbytes) / best / 1e9
+        out[name + " cpu"] = (r.nbytes + t.nbytes) / cpu / 1e9
+    return out
+
+
+_FIRST_USE = """
+import time, numpy as np
+t0 = time.perf_counter()
+from parity.contract.metric import score_pair
+from parity.core.registry import all_of
+ms = [all_of("metric")[n] for n in {names!r}]
+t1 = time.perf_counter()
+for dt in (np.float32, np.float16):
+    a = np.arange(5000, dtype=np.float32)
+    score_pair(a, (a * 1.001).astype(dt), ms)
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def first_use_cost(names: list[str]) -> tuple[float, float, float] | None:
+    """Seconds of the first score_pair calls (float32 and float16 targets) in a fresh process:
+    with an empty numba cache (compile), with that cache filled (load), and with PARITY_NO_NUMBA=1
+    (numpy path: no kernel at all). ``None`` when numba is missing."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env.pop("PARITY_NO_NUMBA", None)
+        runs = []
+        for extra in ({}, {}, {"PARITY_NO_NUMBA": "1"}):
+            out = subprocess.run([sys.executable, "-c", _FIRST_USE.format(names=names)], env={**env, **extra},
+                                 capture_output=True, text=True, check=True).stdout.split()
+            runs.append(float(out[-1]))
+    return runs[0], runs[1], runs[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gb", type=float, default=1.0, help="size of the pair, both arrays together (default 1.0)")
@@ -116,15 +173,33 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_name()
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
     print(f"pair: 2 x {ref.size:,} float32 = {ref.nbytes + tgt.nbytes:,} bytes; chunk {args.chunk:,} elements")
+    bw = bandwidth(ref, tgt, args.repeat)
+    print(f"memory-bound ceiling on this pair: np.dot {bw['np.dot']:.2f} GB/s (CPU {bw['np.dot cpu']:.2f}), "
+          f"np.add.reduce of each side {bw['sum+sum']:.2f} GB/s (CPU {bw['sum+sum cpu']:.2f})")
+    fu = first_use_cost(list(DEFAULT_SET))
+    if fu is None:
+        print("numba not importable: numpy path only")
+    else:
+        print(f"first score_pair calls in a fresh process (float32 + float16 targets, default set): "
+              f"{fu[0]:.2f} s with an empty numba cache (compile), {fu[1]:.2f} s with it filled (load), "
+              f"{fu[2]:.2f} s with PARITY_NO_NUMBA=1")
+    paths = [("numba", None), ("numpy", "1")] if fu is not None else [("numpy", "1")]
     for names in sets:
-        r = bench(ref, tgt, names, args.repeat, args.chunk, {})
-        pb = r["pair_bytes"]
         print(f"\nmetrics: {','.join(names)}")
-        print(f"  wall {r['seconds']:.3f} s = {r['gbps']:.2f} GB/s;  CPU {r['cpu_seconds']:.3f} s = {r['cpu_gbps']:.2f} GB/s")
-        print(f"  extra memory: tracemalloc peak {r['traced_peak'] / 2**20:.1f} MiB "
-              f"({100 * r['traced_peak'] / pb:.2f}% of the pair); "
-              f"RSS high-water growth {r['rss_growth'] / 2**20:.1f} MiB ({100 * r['rss_growth'] / pb:.2f}%)")
-        print("  values: " + ", ".join(f"{k}={v:.6g}" for k, v in r["values"].items()))
+        for label, flag in paths:
+            if flag is None:
+                os.environ.pop("PARITY_NO_NUMBA", None)
+            else:
+                os.environ["PARITY_NO_NUMBA"] = flag
+            score_pair(ref[:1], tgt[:1], [all_of("metric")[n] for n in names])  # kernel load outside the timing
+            r = bench(ref, tgt, names, args.repeat, args.chunk, {})
+            pb = r["pair_bytes"]
+            print(f"  [{label}] wall {r['seconds']:.3f} s = {r['gbps']:.2f} GB/s;  "
+                  f"CPU {r['cpu_seconds']:.3f} s = {r['cpu_gbps']:.2f} GB/s")
+            print(f"  [{label}] extra memory: tracemalloc peak {r['traced_peak'] / 2**20:.1f} MiB "
+                  f"({100 * r['traced_peak'] / pb:.2f}% of the pair); "
+                  f"RSS high-water growth {r['rss_growth'] / 2**20:.1f} MiB ({100 * r['rss_growth'] / pb:.2f}%)")
+            print(f"  [{label}] values: " + ", ".join(f"{k}={v:.6g}" for k, v in r["values"].items()))
     return 0
 
 

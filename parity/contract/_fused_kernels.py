@@ -34,12 +34,14 @@ def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
 # vectorize under NaN semantics): the loop counts elements above the running max, and
 # the rare block where that count is non-zero is rescanned by ``rescan_max``.
 @jit(fastmath=fm)
-def block3(r: Any, t: Any, mx: float, rel: float, atol: float) -> tuple[float, float, float, int, int]:
+def block3(r: Any, t: Any, mx: float, rel: float, lo: float,
+           hi: float) -> tuple[float, float, float, int, int, int]:
     rr = 0.0
     tt = 0.0
     rt = 0.0
     over = np.int32(0)
     within = np.int32(0)
+    within_hi = np.int32(0)
     for i in range(r.size):
         a = np.float64(r[i])
         b = np.float64(t[i])
@@ -48,13 +50,15 @@ def block3(r: Any, t: Any, mx: float, rel: float, atol: float) -> tuple[float, f
         rt += a * b
         x = abs(b - a)
         over += np.int32(x > mx)
-        # no contract flag: |r| * rel + atol rounds twice, exactly as the numpy path does
-        within += np.int32(x <= abs(a) * rel + atol)
-    return rr, tt, rt, over, within
+        # no contract flag: |r| * rel + floor rounds twice, exactly as the numpy path does
+        p = abs(a) * rel
+        within += np.int32(x <= p + lo)
+        within_hi += np.int32(x <= p + hi)
+    return rr, tt, rt, over, within, within_hi
 
 @jit(fastmath=fm)
-def block5(r: Any, t: Any, mx: float, rel: float,
-           atol: float) -> tuple[float, float, float, float, float, int, int]:
+def block5(r: Any, t: Any, mx: float, rel: float, lo: float,
+           hi: float) -> tuple[float, float, float, float, float, int, int, int]:
     rr = 0.0
     tt = 0.0
     rt = 0.0
@@ -62,6 +66,7 @@ def block5(r: Any, t: Any, mx: float, rel: float,
     ad = 0.0
     over = np.int32(0)
     within = np.int32(0)
+    within_hi = np.int32(0)
     for i in range(r.size):
         a = np.float64(r[i])
         b = np.float64(t[i])
@@ -73,8 +78,10 @@ def block5(r: Any, t: Any, mx: float, rel: float,
         dd += d * d
         ad += x
         over += np.int32(x > mx)
-        within += np.int32(x <= abs(a) * rel + atol)
-    return rr, tt, rt, dd, ad, over, within
+        p = abs(a) * rel
+        within += np.int32(x <= p + lo)
+        within_hi += np.int32(x <= p + hi)
+    return rr, tt, rt, dd, ad, over, within, within_hi
 
 @jit()
 def rescan_max(r: Any, t: Any, mx: float) -> float:
@@ -93,7 +100,9 @@ def sumsq(r: Any) -> float:
     return sq
 
 @jit()
-def slow_block(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float, acc: Any) -> None:
+def slow_block(r: Any, t: Any, full: bool, acc: Any) -> None:
+    """Exact per-element path of a block holding a NaN/Inf (or a float64 square overflow).
+    The within count is left to a recount (the block is marked ambiguous)."""
     for i in range(r.size):
         a = np.float64(r[i])
         b = np.float64(t[i])
@@ -123,20 +132,25 @@ def slow_block(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float,
                 acc[5] += x
             if x > acc[6]:
                 acc[6] = x
-            if count and x <= abs(a) * rel + atol:
-                acc[7] += 1.0
+
 
 @jit()
-def fused(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float, acc: Any) -> None:
+def fused(r: Any, t: Any, full: bool, count: bool, rel: float, lo: float, hi: float,
+          acc: Any, amb: Any, offset: int) -> None:
+    """Fold the pair into ``acc``. The within count is judged at two floors, ``lo`` and ``hi``,
+    that bracket the true one (not known before the end); a block whose two counts agree is
+    settled whatever the floor in between, the start of any other block goes to ``amb``
+    (``acc[13]`` entries, absolute index = ``offset`` + position) for a recount once the floor
+    is known. With ``lo == hi`` every block is settled."""
     n = r.size
     for s in range(0, n, BLOCK):
         e = min(s + BLOCK, n)
         rb = r[s:e]
         tb = t[s:e]
         if full:
-            rr, tt, rt, dd, ad, over, within = block5(rb, tb, acc[6], rel, atol)
+            rr, tt, rt, dd, ad, over, w_lo, w_hi = block5(rb, tb, acc[6], rel, lo, hi)
         else:
-            rr, tt, rt, over, within = block3(rb, tb, acc[6], rel, atol)
+            rr, tt, rt, over, w_lo, w_hi = block3(rb, tb, acc[6], rel, lo, hi)
             dd = ad = 0.0
         if math.isfinite(rr) and math.isfinite(tt):
             acc[0] += e - s
@@ -148,11 +162,19 @@ def fused(r: Any, t: Any, full: bool, count: bool, rel: float, atol: float, acc:
             if over:
                 acc[6] = rescan_max(rb, tb, acc[6])
             if count:
-                acc[7] += within
+                if w_lo == w_hi:
+                    acc[7] += w_lo
+                else:
+                    amb[int(acc[13])] = offset + s
+                    acc[13] += 1.0
         else:
-            slow_block(rb, tb, full, count, rel, atol, acc)
+            slow_block(rb, tb, full, acc)
+            if count:
+                amb[int(acc[13])] = offset + s
+                acc[13] += 1.0
 
-@jit()
+
+@jit(fastmath=fm)
 def count_only(r: Any, t: Any, rel: float, atol: float) -> int:
     c = 0
     for i in range(r.size):

@@ -25,10 +25,16 @@ import numpy as np
 
 A_N, A_RR, A_TT, A_RT, A_DD, A_AD, A_MAXAD, A_WITHIN = range(8)
 A_REF_NAN, A_REF_INF, A_TGT_NAN, A_TGT_INF, A_NEW_NONFINITE = range(8, 13)
-ACC_LEN = 13
+A_AMBIGUOUS = 13  # number of blocks whose within count waits for the exact floor
+ACC_LEN = 14
 #: elements per block of the compiled loop: both sides of a block stay in L1 for the
 #: count and max loops that re-read it.
 BLOCK = 2048
+#: pairs up to this size read the reference alone for rms(r) (cheap, and it stays in cache);
+#: larger ones guess the floor from a sample (see ``sample_floor_band``)
+SAMPLE_MIN = 1 << 18
+#: a sample where more than this share of blocks would stay open falls back to the prepass
+MAX_OPEN_SHARE = 0.2
 #: elements converted at once for dtypes the kernel does not take (float16, integers).
 PIECE = 1 << 16
 
@@ -95,14 +101,61 @@ def _fill(buf: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def compiled_moments(k: Any, ref: np.ndarray, tgt: np.ndarray, full: bool,
-                     tol: tuple[float, float] | None) -> np.ndarray:
-    """Accumulators of one fused read of the pair (``tol`` = (rel, atol) adds the within count)."""
+def compiled_moments(k: Any, ref: np.ndarray, tgt: np.ndarray, full: bool, count: bool,
+                     rel: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulators of one fused read of the pair, and the start index of every block whose
+    within count is left open (its counts at floors ``lo`` and ``hi`` differ, or it holds a
+    non-finite value): see ``_fused_kernels.fused``."""
     acc = np.zeros(ACC_LEN)
-    rel, atol = tol if tol is not None else (0.0, 0.0)
+    amb = np.empty(ref.size // BLOCK + 2 + ref.size // PIECE, dtype=np.int64) if count else np.empty(1, np.int64)
+    off = 0
     for r, t in _pieces(ref, tgt):
-        k["fused"](r, t, full, tol is not None, rel, atol, acc)
-    return acc
+        k["fused"](r, t, full, count, rel, lo, hi, acc, amb, off)
+        off += r.size
+    return acc, amb[: int(acc[A_AMBIGUOUS])]
+
+
+def settle_within(k: Any, ref: np.ndarray, tgt: np.ndarray, acc: np.ndarray, starts: np.ndarray,
+                  rel: float, lo: float, hi: float, atol: float) -> int:
+    """The exact within count once the floor ``atol`` is known: the settled blocks' count plus a
+    recount of the open blocks, or a recount of the whole pair if ``atol`` left [lo, hi]."""
+    if not lo <= atol <= hi:
+        return compiled_count(k, ref, tgt, rel, atol)
+    r = ref.reshape(-1)
+    t = tgt.reshape(-1)
+    n = int(acc[A_WITHIN])
+    for s in starts.tolist():
+        n += compiled_count(k, r[s:s + BLOCK], t[s:s + BLOCK], rel, atol)
+    return n
+
+
+def sample_floor_band(k: Any, ref: np.ndarray, tgt: np.ndarray, rel: float, abs_tol: float, rms_tol: float,
+                      blocks: int = 64, spread: float = 0.1) -> tuple[float, float, float] | None:
+    """Guess the rms floor from ``blocks`` evenly spaced blocks: (lo, hi) = the guess -/+ ``spread``,
+    and the share of sampled blocks that would stay open. ``None`` when nothing sampled is finite."""
+    r = ref.reshape(-1)
+    t = tgt.reshape(-1)
+    n = r.size
+    step = max(BLOCK, (n // blocks) // BLOCK * BLOCK)
+    starts = list(range(0, n - BLOCK + 1, step))[:blocks] or [0]
+    acc = np.zeros(ACC_LEN)
+    for s in starts:
+        rb, tb = next(_pieces(r[s:s + BLOCK], t[s:s + BLOCK]))
+        k["fused"](rb, tb, False, False, 0.0, 0.0, 0.0, acc, acc[:0].astype(np.int64), 0)
+    if acc[A_N] == 0:
+        return None
+    guess = rms_tol * math.sqrt(acc[A_RR] / acc[A_N])
+    lo = max(abs_tol, guess * (1.0 - spread))
+    hi = max(abs_tol, guess * (1.0 + spread))
+    acc2 = np.zeros(ACC_LEN)
+    amb = np.empty(2, np.int64)
+    opened = 0
+    for s in starts:
+        rb, tb = next(_pieces(r[s:s + BLOCK], t[s:s + BLOCK]))
+        acc2[A_AMBIGUOUS] = 0.0
+        k["fused"](rb, tb, False, True, rel, lo, hi, acc2, amb, 0)
+        opened += int(acc2[A_AMBIGUOUS])
+    return lo, hi, opened / len(starts)
 
 
 def compiled_count(k: Any, ref: np.ndarray, tgt: np.ndarray, rel: float, atol: float) -> int:

@@ -428,11 +428,11 @@ def _ref_sumsq(ref: np.ndarray, k: Any) -> tuple[int, float]:
     flat = ref.reshape(-1)
     for s in range(0, flat.size, CHUNK_ELEMENTS):
         c = np.asarray(flat[s:s + CHUNK_ELEMENTS], dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # a finite square may overflow: inf
             v = _dot(c, c)
-        if not math.isfinite(v):
-            c = c[np.isfinite(c)]
-            v = _dot(c, c)
+            if not math.isfinite(v):
+                c = c[np.isfinite(c)]
+                v = _dot(c, c)
         n += c.size
         sq += v
     return n, sq
@@ -461,10 +461,11 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
 
     Shapes may differ as long as sizes agree (the caller decides whether that is allowed).
     Reads: one fused read of the pair for every moment metric and the non-finite counts
-    (compiled when numba is available and no third-party streaming metric needs chunks), plus
-    one read of the reference alone when the ``within`` moment needs rms(r) first; a
-    counting-only re-read happens only if the target has NaN/Inf where the reference is
-    finite (rms(r) is over positions finite on both sides). ``ctx.states`` gets the state of
+    (compiled when numba is available), plus, for the ``within`` moment's rms floor, either a
+    sample-guessed floor band settled in the same read (large pairs, compiled path) or one read
+    of the reference alone first; blocks the band leaves open are recounted. Streaming metrics
+    with start/update (``kl``, third-party ones) get float64 chunks: in the same read on the
+    numpy path, in a read of their own on the compiled path. ``ctx.states`` gets the state of
     every mergeable metric.
     """
     from parity.contract import fused as F
@@ -492,21 +493,51 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
             if "within" in m.moments and m.within_tolerance(ctx) != (rel, abs_tol, rms_tol):
                 raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
                                  "tolerances of the 'within' moment; one pass counts one")
-    k = None if chunked or ref.size == 0 else F.kernel()
-    atol = abs_tol
-    if tol_owner is not None and rms_tol:
+    k = None if ref.size == 0 else F.kernel()
+    count = tol_owner is not None
+    # The floor max(abs_tol, rms_tol * rms(r)) needs rms(r) before any element is judged.
+    # Compiled path, large pair: guess it from a sample and judge every block at both ends of
+    # a band around the guess in the one fused read; blocks the band leaves open are recounted
+    # once the exact floor is known (see fused.settle_within). Otherwise, or when the sample
+    # says many blocks would stay open (a noisy pair), read the reference alone first.
+    lo = hi = atol = abs_tol
+    band = None
+    if count and rms_tol and k is not None and ref.size > F.SAMPLE_MIN:
+        band = F.sample_floor_band(k, ref, tgt, rel, abs_tol, rms_tol)
+        if band is not None and band[2] > F.MAX_OPEN_SHARE:
+            band = None
+        if band is not None:
+            lo, hi = band[0], band[1]
+    prepass = count and rms_tol and band is None
+    if prepass:
         n_ref, sq_ref = _ref_sumsq(ref, k)
         if n_ref:
-            atol = max(abs_tol, rms_tol * math.sqrt(sq_ref / n_ref))
-    tol = (rel, atol) if tol_owner is not None else None
+            lo = hi = atol = max(abs_tol, rms_tol * math.sqrt(sq_ref / n_ref))
+    tol = (rel, atol) if count else None
 
     states = [m.start(ctx) for m in chunked]
     if k is not None:
-        acc = F.compiled_moments(k, ref, tgt, full, tol)
+        acc, open_blocks = F.compiled_moments(k, ref, tgt, full, count, rel, lo, hi)
         ctx.ref_nan, ctx.ref_inf = int(acc[F.A_REF_NAN]), int(acc[F.A_REF_INF])
         ctx.tgt_nan, ctx.tgt_inf = int(acc[F.A_TGT_NAN]), int(acc[F.A_TGT_INF])
         ctx.tgt_new_nonfinite = int(acc[F.A_NEW_NONFINITE])
         ctx.finite_size = int(acc[F.A_N])
+        if count:
+            if rms_tol and ctx.finite_size and (band is not None or ctx.tgt_new_nonfinite):
+                # rms(r) over positions finite on both sides (the reference-only prepass also
+                # held positions where only the target overflowed)
+                atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
+            if atol != lo or atol != hi:
+                acc[F.A_WITHIN] = F.settle_within(k, ref, tgt, acc, open_blocks, rel, lo, hi, atol)
+            elif open_blocks.size:
+                acc[F.A_WITHIN] = F.settle_within(k, ref, tgt, acc, open_blocks, rel, atol, atol, atol)
+        if chunked:
+            # third-party streaming metrics still get float64 chunks, in a read of their own
+            # (the counts were taken by the kernel: this pass counts into a throwaway context)
+            own = PairContext(ctx.size, ctx.ref_dtype, ctx.tgt_dtype, options=ctx.options)
+            for chunk in iter_chunks(ref, tgt, own, chunk_elements):
+                for i, m in enumerate(chunked):
+                    states[i] = m.update(states[i], chunk)
     else:
         # The pass runs even with no streaming metric: it fills the non-finite counts that
         # reports and whole-pair metrics (``nonfinite``) read from ctx.
@@ -516,11 +547,11 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
                 _chunk_moments(chunk, acc, full, tol)
             for i, m in enumerate(chunked):
                 states[i] = m.update(states[i], chunk)
-    if tol_owner is not None and rms_tol and ctx.tgt_new_nonfinite and ctx.finite_size:
-        # rms(r) is over positions finite on both sides; the reference-only sum also held
-        # positions where only the target overflowed: judge again with the exact floor.
-        atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
-        acc[F.A_WITHIN] = _count_within(ref, tgt, rel, atol, k, chunk_elements)
+        if count and rms_tol and ctx.tgt_new_nonfinite and ctx.finite_size:
+            # rms(r) is over positions finite on both sides; the reference-only sum also held
+            # positions where only the target overflowed: judge again with the exact floor.
+            atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
+            acc[F.A_WITHIN] = _count_within(ref, tgt, rel, atol, k, chunk_elements)
     if moment_metrics:
         ctx.moments = {name: float(acc[i]) for i, name in enumerate(MOMENTS)
                        if name in wanted}

@@ -153,3 +153,28 @@ def test_paths_agree(rng, monkeypatch):
 def test_no_numba_flag_disables_the_kernel(monkeypatch):
     monkeypatch.setenv("PARITY_NO_NUMBA", "1")
     assert fused.kernel() is None
+
+
+@pytest.mark.parametrize("open_share", [-1.0, 0.2, 1.0])  # always prepass / default / always band
+@pytest.mark.parametrize("case", ["clean", "noisy", "outlier_block", "nan_blocks", "fp16", "abs_floor"])
+def test_rel_diff_floor_band_is_exact(rng, monkeypatch, case, open_share):
+    """The sampled floor band (large pairs) settles most blocks in the one read and recounts
+    the rest; whatever the sample guessed, the count equals the numpy reference."""
+    monkeypatch.setattr(fused, "SAMPLE_MIN", 0)
+    monkeypatch.setattr(fused, "MAX_OPEN_SHARE", open_share)
+    n = 300_007
+    noise = 0.3 if case == "noisy" else 0.01
+    ref = rng.standard_normal(n)
+    tgt = ref + noise * rng.standard_normal(n)
+    opts = {}
+    if case == "outlier_block":  # the sample misses it: rms, hence the floor, is far above the guess
+        ref[123_000:123_100] = 300.0
+    if case == "nan_blocks":
+        tgt[[5, 70_000, 299_999]] = np.nan
+        ref[8] = -np.inf
+    if case == "abs_floor":
+        opts = {"abs_tol": 0.05, "rms_tol": 0.1}
+    ref = ref.astype(np.float32)
+    tgt = tgt.astype(np.float16 if case == "fp16" else np.float32)
+    values, _ = score_pair(ref, tgt, [M["rel-diff"], M["cosine"], M["max-abs"]], options=opts)
+    check(values, reference(ref, tgt, abs_tol=opts.get("abs_tol", 0.0)))
