@@ -176,6 +176,7 @@ def summary_lines(report: Report) -> list[str]:
         v = first.worst.get(p.name, first.values.get(p.name))
         out.append(f"First divergence: {first.name} ({first.op_type or first.target_op_type or 'layer'}), "
                    f"{p.name} {p.format(v)} {'<' if p.higher_is_better else '>'} {p.format(p.threshold)}.")
+    out.extend(_dataset_lines(report))
     unmatched = [l for l in report.layers if l.status in (REF_ONLY, TARGET_ONLY)]
     if unmatched:
         names = ", ".join(f"{l.name} ({l.status})" for l in unmatched[:8])
@@ -185,6 +186,25 @@ def summary_lines(report: Report) -> list[str]:
             continue
         out.append(f"{k}: {v}")
     return out + diagnosis_lines(report)
+
+
+def _dataset_lines(report: Report) -> list[str]:
+    """Over several inputs: at the first layer some inputs fail, how many fail and which are worst.
+
+    Why: a layer fine on average can be ruined on 1% of inputs; the mean hides it, these lines don't.
+    """
+    p = report.primary
+    n = report.summary.get("inputs", 1)
+    if p is None or n <= 1 or p.threshold is None:
+        return []
+    row = next((l for l in report.layers if l.meta.get("failing_inputs")), None)
+    if row is None:
+        return []
+    labels = report.summary.get("input_labels", {})
+    worst = ", ".join(f"#{int(i)} {labels.get(str(int(i)), '')} ({p.format(v)})"
+                      for i, v in row.worst_inputs.get(p.name, [])[:3])
+    return [f"Inputs: {row.meta['failing_inputs']} of {n} fail {p.name} {p.format(p.threshold)} at {row.name} "
+            f"(first such layer); worst: {worst}."]
 
 
 def diagnosis_lines(report: Report) -> list[str]:

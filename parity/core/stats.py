@@ -155,6 +155,8 @@ class LayerStats:
             best_first = order[::-1]
             out.quantiles[info.name] = {f"q{int(q * 100)}": float(vals[best_first[max(0, math.ceil(q * len(vals)) - 1)]])
                                         for q in QUANTILES}
+            if info is infos[0] and info.threshold is not None:  # how many inputs fail, not only on average
+                out.meta["failing_inputs"] = int(sum(info.fails(v, info.threshold) for v in vals.tolist()))
             m = info.metric
             state = self.states.get(info.name)
             if m is not None and state is not None and getattr(m, "mergeable", False) and self.pair is not None:

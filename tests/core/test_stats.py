@@ -115,3 +115,21 @@ def test_shards_of_a_real_comparison_merge_into_the_one_process_report(folder, t
         assert la.pooled.keys() == lb.pooled.keys()
         for m in la.pooled:
             assert lb.pooled[m] == pytest.approx(la.pooled[m], rel=1e-12)
+
+
+def test_the_verdict_says_how_many_inputs_fail_and_which_are_worst():
+    from parity.contract.report import summary_lines
+
+    rng = np.random.default_rng(5)
+    stats = DatasetStats()
+    for i in range(10):
+        r = rng.standard_normal(400).astype(np.float32)
+        noise = 0.5 if i in (3, 8) else 1e-4  # two inputs of ten are ruined
+        stats.add(i, f"img{i}.npy", _feed_report(r, r + noise * rng.standard_normal(400).astype(np.float32)))
+    infos = metric_infos(resolve_metrics(METRICS), {})
+    rep = stats.report(infos, "ref", "tgt")
+    rep.summary["inputs"] = 10
+    assert rep.layers[0].meta["failing_inputs"] == 2
+    line = next(ln for ln in summary_lines(rep) if ln.startswith("Inputs:"))
+    assert line.startswith("Inputs: 2 of 10 fail cosine") and " at a " in line
+    assert "img3.npy" in line and "img8.npy" in line and "img0.npy" not in line
