@@ -209,3 +209,25 @@ def test_non_mergeable_metrics_leave_no_state():
     assert set(ctx.states) == {"cosine"}
     with pytest.raises(NotImplementedError):
         Peak().merge(0.0, 1.0)
+
+
+def test_third_party_moments_metric_is_fused_and_mergeable():
+    class RmsErr(Metric):  # the docs/writing-plugins.md example
+        name = "rms-err"
+        mergeable = True
+        higher_is_better = False
+        moments = ("n", "dd")
+
+        def finish(self, state, ctx):
+            return math.nan if state["n"] == 0 else math.sqrt(state["dd"] / state["n"])
+
+    m = RmsErr()
+    pairs = make_pairs(9)
+    ctxs = [score_pair(r, t, [m, M["cosine"]])[1] for r, t in pairs]
+    st = functools.reduce(m.merge, [c.states["rms-err"] for c in ctxs])
+    got = pooled_value(m, st, functools.reduce(merge_contexts, ctxs))
+    d = np.concatenate([np.subtract(*_finite(r, t)[::-1]) for r, t in pairs])
+    assert got == pytest.approx(float(np.sqrt(np.mean(d * d))), rel=1e-12)
+    bad = type("Bad", (RmsErr,), {"name": "bad", "moments": ("nope",)})()
+    with pytest.raises(ValueError, match="unknown moments"):
+        score_pair(pairs[0][0], pairs[0][1], [bad])
