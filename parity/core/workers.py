@@ -53,6 +53,13 @@ class ShardWorker:
         """What the driver needs to cut the dataset into blocks, and who this worker is."""
         return {"feeds": self.prep.feeds.known_length(), "pid": os.getpid(), "host": os.uname().nodename}
 
+    def usage(self) -> dict[str, Any]:
+        """This worker's process: pid, host, peak resident memory (for the report and benchmarks)."""
+        import resource
+
+        return {"pid": os.getpid(), "host": os.uname().nodename,
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
     def run(self, start: int, stop: int | None, stride: int) -> tuple[DatasetStats, dict[str, Any]]:
         t0 = time.perf_counter()
         stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
@@ -114,6 +121,7 @@ def _run(ray: Any, s: CompareSettings) -> Report:
     log.info("%d feeds in %d shards over %d workers", plan["feeds"] or -1, len(shards), n_workers)
     results: dict[int, DatasetStats] = {}
     pending: dict[Any, tuple[int, Any]] = {}
+    done_info: list[dict[str, Any]] = []
     queue = list(range(len(shards)))
     idle = list(actors)
     with step("compare shards", len(shards)) as task:
@@ -127,20 +135,27 @@ def _run(ray: Any, s: CompareSettings) -> Report:
             start, stop, stride = shards[b]
             stats, info = _get(ray, ref, f"feeds {_span(start, stop, stride)}")
             results[b] = stats  # stored once per block: a retried block never counts twice
+            done_info.append(info)
             idle.append(actor)
             task.advance()
             task.update(f"compare shards: {len(results)} of {len(shards)} done "
                         f"(feeds {_span(start, stop, stride)}: {info['feeds']} in {info['seconds']:.1f} s, "
                         f"worker pid {info['pid']})")
-    infos = None
-    total = DatasetStats()
     from parity.core.engine import metric_infos, resolve_metrics
 
     infos = metric_infos(resolve_metrics(s.metrics), s.thresholds)
-    for b in sorted(results):
+    total = DatasetStats()
+    for b in sorted(results):  # block order: the same merge whatever order the blocks finished in
         total.merge(results[b], infos)
     report = finish(s, total)
     report.summary["workers"] = n_workers
+    detail = []
+    for a in actors:
+        u = _get(ray, a.usage.remote(), "reading worker usage")
+        u.update(feeds=sum(x["feeds"] for x in done_info if x["pid"] == u["pid"]),
+                 seconds=round(sum(x["seconds"] for x in done_info if x["pid"] == u["pid"]), 3))
+        detail.append(u)
+    report.summary["worker_usage"] = detail
     return report
 
 
