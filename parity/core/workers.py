@@ -80,7 +80,7 @@ def _init(ray: Any, s: CompareSettings) -> bool:
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
-        if s.ray_address:
+        if s.ray_address and s.ray_address != "local":
             ray.init(address=s.ray_address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             gpus = None if s.device.startswith("cuda") else 0
