@@ -14,9 +14,13 @@ import numpy as np
 from parity.contract.fused import BLOCK  # noqa: E402  (one definition)
 
 
-# reassoc lets the sums vectorize; no nnan/ninf (the finiteness tests must stay), and no
-# contract (an FMA would round rel*|r| + atol differently from the numpy path).
+# reassoc lets the sums vectorize; no nnan/ninf (the finiteness tests must stay). The block
+# loops also allow contract (FMA for the sums: ~15% faster), but the tolerance limit
+# |r| * rel + floor must round twice, as numpy does: it is computed by ``limit``, compiled
+# without contract. LLVM inlines it and keeps its per-instruction flags; numba's own
+# inline="always" would not (it re-lowers the body with the caller's flags).
 fm = {"reassoc", "nsz"}
+fmc = {"reassoc", "nsz", "contract"}
 
 def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit`` cached on disk; without a writable cache location, compiled per process."""
@@ -34,6 +38,11 @@ def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
 # vectorize under NaN semantics): the loop counts elements above the running max, and
 # the rare block where that count is non-zero is rescanned by ``rescan_max``.
 @jit(fastmath=fm)
+def limit(a: float, rel: float, floor: float) -> float:
+    return abs(a) * rel + floor
+
+
+@jit(fastmath=fmc)
 def block3(r: Any, t: Any, mx: float, rel: float, lo: float,
            hi: float) -> tuple[float, float, float, int, int, int]:
     rr = 0.0
@@ -50,13 +59,11 @@ def block3(r: Any, t: Any, mx: float, rel: float, lo: float,
         rt += a * b
         x = abs(b - a)
         over += np.int32(x > mx)
-        # no contract flag: |r| * rel + floor rounds twice, exactly as the numpy path does
-        p = abs(a) * rel
-        within += np.int32(x <= p + lo)
-        within_hi += np.int32(x <= p + hi)
+        within += np.int32(x <= limit(a, rel, lo))
+        within_hi += np.int32(x <= limit(a, rel, hi))
     return rr, tt, rt, over, within, within_hi
 
-@jit(fastmath=fm)
+@jit(fastmath=fmc)
 def block5(r: Any, t: Any, mx: float, rel: float, lo: float,
            hi: float) -> tuple[float, float, float, float, float, int, int, int]:
     rr = 0.0
@@ -78,9 +85,8 @@ def block5(r: Any, t: Any, mx: float, rel: float, lo: float,
         dd += d * d
         ad += x
         over += np.int32(x > mx)
-        p = abs(a) * rel
-        within += np.int32(x <= p + lo)
-        within_hi += np.int32(x <= p + hi)
+        within += np.int32(x <= limit(a, rel, lo))
+        within_hi += np.int32(x <= limit(a, rel, hi))
     return rr, tt, rt, dd, ad, over, within, within_hi
 
 @jit()
@@ -181,7 +187,7 @@ def count_only(r: Any, t: Any, rel: float, atol: float) -> int:
         a = np.float64(r[i])
         b = np.float64(t[i])
         if math.isfinite(a) and math.isfinite(b):
-            c += abs(b - a) <= abs(a) * rel + atol
+            c += abs(b - a) <= limit(a, rel, atol)
     return c
 
 @jit()

@@ -178,3 +178,24 @@ def test_rel_diff_floor_band_is_exact(rng, monkeypatch, case, open_share):
     tgt = tgt.astype(np.float16 if case == "fp16" else np.float32)
     values, _ = score_pair(ref, tgt, [M["rel-diff"], M["cosine"], M["max-abs"]], options=opts)
     check(values, reference(ref, tgt, abs_tol=opts.get("abs_tol", 0.0)))
+
+
+def test_tolerance_limit_rounds_like_numpy(rng):
+    """|t-r| <= |r|*rel + atol must round |r|*rel before adding (numpy's two roundings): the
+    compiled loop may fuse its sums into FMAs, never this limit. Here |t - r| lands within an
+    ulp of the limit, so an FMA limit (one rounding) changes the count: compiling ``limit``
+    with contract made this test fail (through the recount of the NaN blocks)."""
+    n = 400_000
+    r = rng.uniform(0.07, 0.08, n)  # limit ~ r: t = r - limit is small, so |t - r| is on the limit's grid
+    lim = np.abs(r) * 0.1 + 0.0655
+    nudged = np.where(rng.random(n) < 0.5, lim, np.nextafter(lim, np.where(rng.random(n) < 0.5, 0, 1)))
+    t = r - nudged
+    t[::1000] = np.nan  # every block holds a NaN: the compiled path recounts them all (count_only)
+    ok = np.isfinite(t)
+    want = int(np.count_nonzero(np.abs(t[ok] - r[ok]) <= np.abs(r[ok]) * 0.1 + 0.0655))
+    assert 0.2 * n < want < 0.8 * n  # the data really straddles the boundary
+    for tt in (t, np.where(ok, t, r - nudged)):  # with NaNs (recounted blocks), without (settled in the loop)
+        values, _ = score_pair(r, tt, [M["rel-diff"]], options={"abs_tol": 0.0655, "rms_tol": 0.0})
+        ok2 = np.isfinite(tt)
+        want2 = int(np.count_nonzero(np.abs(tt[ok2] - r[ok2]) <= np.abs(r[ok2]) * 0.1 + 0.0655))
+        assert values["rel-diff"] == 100.0 * want2 / int(np.count_nonzero(ok2))
