@@ -33,8 +33,9 @@ class TorchSource(Source):
     ``state_dict``, ``torch_include_integer`` (also capture integer/bool tensors),
     ``torch_allow_tf32`` (let an fp32 reference on CUDA use TF32), and for ``parity fix``:
     ``keep_high_precision`` (record keys / module paths run in fp32 inside the fp16/bf16 model)
-    and ``outputs_only`` (no hooks, only the model outputs). ``local_errors`` gives each leaf
-    module's (or fx node's) local run for ``--diagnose``.
+    and ``outputs_only`` (no hooks, only the model outputs). ``cfg.layers`` (``--layers``): only
+    the selected modules are hooked and copied, model outputs always. ``local_errors`` gives each
+    leaf module's (or fx node's) local run for ``--diagnose``.
     """
 
     description = "PyTorch (TorchScript, ExportedProgram .pt2, Python module spec); per-module activations"

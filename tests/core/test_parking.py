@@ -229,8 +229,8 @@ def test_an_interrupted_process_leaves_no_spill_files(tmp_path, how):
     assert not list(tmp_path.iterdir())
 
 
-def test_sigterm_default_disposition_is_out_of_reach(tmp_path):
-    """Documented limit: SIGKILL (or an unhandled SIGTERM) cannot clean up; the folder is named parity-park-*."""
+def test_a_hard_kill_leaves_one_recognizable_folder(tmp_path):
+    """Documented limit: SIGKILL cannot clean up; what it leaves is one parity-park-* folder, not loose files."""
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
         from parity.contract.parking import Parking
