@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numba
 import numpy as np
 
-from parity.contract.fused import BLOCK  # noqa: E402  (one definition)
+from parity.contract.fused import BLOCK
 
 
 # reassoc lets the sums vectorize; no nnan/ninf (the finiteness tests must stay). The block
@@ -22,6 +22,7 @@ from parity.contract.fused import BLOCK  # noqa: E402  (one definition)
 fm = {"reassoc", "nsz"}
 fmc = {"reassoc", "nsz", "contract"}
 
+
 def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit`` cached on disk; without a writable cache location, compiled per process."""
     def deco(fn: Callable[..., Any]) -> Any:
@@ -30,6 +31,7 @@ def jit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
         except Exception:  # pragma: no cover - no writable cache location: compile per process
             return numba.njit(cache=False, nogil=True, **kw)(fn)
     return deco
+
 
 # One loop per block converts each element once and folds it into every accumulator.
 # Inner loops run over sliced blocks with range(x.size) (a range(s, e) loop over the
@@ -63,6 +65,7 @@ def block3(r: Any, t: Any, mx: float, rel: float, lo: float,
         within_hi += np.int32(x <= limit(a, rel, hi))
     return rr, tt, rt, over, within, within_hi
 
+
 @jit(fastmath=fmc)
 def block5(r: Any, t: Any, mx: float, rel: float, lo: float,
            hi: float) -> tuple[float, float, float, float, float, int, int, int]:
@@ -89,6 +92,7 @@ def block5(r: Any, t: Any, mx: float, rel: float, lo: float,
         within_hi += np.int32(x <= limit(a, rel, hi))
     return rr, tt, rt, dd, ad, over, within, within_hi
 
+
 @jit()
 def rescan_max(r: Any, t: Any, mx: float) -> float:
     for i in range(r.size):
@@ -97,6 +101,7 @@ def rescan_max(r: Any, t: Any, mx: float) -> float:
             mx = x
     return mx
 
+
 @jit(fastmath=fm)
 def sumsq(r: Any) -> float:
     sq = 0.0
@@ -104,6 +109,7 @@ def sumsq(r: Any) -> float:
         a = np.float64(r[i])
         sq += a * a
     return sq
+
 
 @jit()
 def slow_block(r: Any, t: Any, full: bool, acc: Any) -> None:
@@ -189,6 +195,7 @@ def count_only(r: Any, t: Any, rel: float, atol: float) -> int:
         if math.isfinite(a) and math.isfinite(b):
             c += abs(b - a) <= limit(a, rel, atol)
     return c
+
 
 @jit()
 def ref_sumsq(r: Any, acc: Any) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +27,8 @@ A_N, A_RR, A_TT, A_RT, A_DD, A_AD, A_MAXAD, A_WITHIN = range(8)
 A_REF_NAN, A_REF_INF, A_TGT_NAN, A_TGT_INF, A_NEW_NONFINITE = range(8, 13)
 A_AMBIGUOUS = 13  # number of blocks whose within count waits for the exact floor
 ACC_LEN = 14
-#: elements per block of the compiled loop: both sides of a block stay in L1 for the
-#: count and max loops that re-read it.
+#: elements per block of the compiled loop: both sides of a block stay in L1 for the rare
+#: rescan of its max, and a non-finite value sends only its own block down the exact path.
 BLOCK = 2048
 #: pairs up to this size read the reference alone for rms(r) (cheap, and it stays in cache);
 #: larger ones guess the floor from a sample (see ``sample_floor_band``)
