@@ -199,3 +199,13 @@ def test_tolerance_limit_rounds_like_numpy(rng):
         ok2 = np.isfinite(tt)
         want2 = int(np.count_nonzero(np.abs(tt[ok2] - r[ok2]) <= np.abs(r[ok2]) * 0.1 + 0.0655))
         assert values["rel-diff"] == 100.0 * want2 / int(np.count_nonzero(ok2))
+
+
+def test_numba_missing_falls_back_to_numpy(rng, monkeypatch):
+    monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "parity.contract._fused_kernels", None)  # import fails
+    monkeypatch.setattr(fused, "_KERNEL", None)
+    assert fused.kernel() is None
+    ref, tgt = _pair(rng, 5000)
+    values, _ = score_pair(ref, tgt, [M[x] for x in PAIRWISE])
+    check(values, reference(ref, tgt))
