@@ -394,7 +394,7 @@ class _Limits:
             shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
             sizes = estimated_bytes(orig, inferred_info(orig, shapes),
                                     {k: int(np.asarray(v).nbytes) for k, v in feed.items()},
-                                    max((d for sh in shapes.values() for d in sh), default=1))
+                                    *runner.guess_dims(shapes))
         return cls(max_bytes, max_count, sizes)
 
     def chunk(self, names: list[str]) -> list[list[str]]:

@@ -83,6 +83,14 @@ def step_limits(cfg: RunConfig) -> tuple[int | None, int | None]:
     return (nbytes or None), (count or None)
 
 
+def guess_dims(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
+    """What an unknown dimension is taken as when sizing steps: ``(any dimension, a first one)``:
+    the feed's largest dimension, and its largest first (batch) dimension."""
+    largest = max((int(d) for sh in shapes.values() for d in sh), default=1)
+    batch = max((int(sh[0]) for sh in shapes.values() if len(sh)), default=1)
+    return max(1, largest), max(1, batch)
+
+
 def step_chunks(sizes: list[int], max_bytes: int | None, max_count: int | None) -> list[range]:
     """Consecutive index ranges over ``sizes`` (bytes per captured tensor, capture order), each
     within ``max_bytes`` and ``max_count``; a tensor above ``max_bytes`` is a range alone."""
@@ -232,7 +240,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     # holds every activation at once (it frees an output block only when the last output is released).
     if max_bytes:
         feed_bytes = {k: int(np.asarray(v).nbytes) for k, v in feed.items()}
-        est = estimated_bytes(runnable, info, feed_bytes, max((d for sh in shapes.values() for d in sh), default=1))
+        est = estimated_bytes(runnable, info, feed_bytes, *guess_dims(shapes))
         sizes = [est.get(f, 0) for _, f, _ in items]
     else:
         sizes = [0] * len(items)

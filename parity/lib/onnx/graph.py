@@ -200,13 +200,15 @@ class TensorInfo:
         """Bytes of the tensor, or ``None`` unless dtype and every dimension are known."""
         return self.bytes_with(None)
 
-    def bytes_with(self, unknown_dim: int | None) -> int | None:
-        """Bytes with each unknown dimension taken as ``unknown_dim`` (``None``: unknown, no answer)."""
+    def bytes_with(self, unknown_dim: int | None, unknown_first: int | None = None) -> int | None:
+        """Bytes with each unknown dimension taken as ``unknown_dim``, an unknown first dimension
+        as ``unknown_first`` (default ``unknown_dim``); ``None`` when a dimension stays unknown."""
         import numpy as np
 
         if self.dims is None or self.dtype in (None, "non-tensor"):
             return None
-        dims = [unknown_dim if d is None else d for d in self.dims]
+        first = unknown_dim if unknown_first is None else unknown_first
+        dims = [(first if i == 0 else unknown_dim) if d is None else d for i, d in enumerate(self.dims)]
         if any(d is None for d in dims):
             return None
         try:
@@ -252,11 +254,13 @@ def inferred_info(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, .
 
 
 def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
-                    feed_bytes: dict[str, int] | None = None, unknown_dim: int = 1) -> dict[str, int]:
+                    feed_bytes: dict[str, int] | None = None, unknown_dim: int = 1,
+                    unknown_first: int | None = None) -> dict[str, int]:
     """Bytes per tensor of ``model``: exact where :func:`inferred_info` knows dtype and shape, else
-    estimated, in graph order: a known rank with some unknown dimensions takes each as ``unknown_dim``
-    (callers pass the feed's largest dimension, which a batch or sequence axis rarely exceeds), and
-    the estimate is never below the largest input of the producing node.
+    estimated: a known rank with some unknown dimensions takes an unknown first dimension as
+    ``unknown_first`` (callers pass the feed's batch) and any other as ``unknown_dim`` (callers pass
+    the feed's largest dimension, which a sequence axis rarely exceeds); an unknown rank takes the
+    largest input of the producing node (in graph order, so inputs are settled first).
 
     Why an estimate: dimensions derived from constants (a mask buffer broadcast to the batch) or
     data-dependent shapes (NonZero) stay unknown to ONNX inference, and capture steps planned on
@@ -274,15 +278,18 @@ def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
         if n is not None:
             sizes[name] = n
         else:
-            g = ti.bytes_with(max(1, int(unknown_dim)))
+            g = ti.bytes_with(max(1, int(unknown_dim)),
+                              None if unknown_first is None else max(1, int(unknown_first)))
             if g is not None:
                 guessed[name] = g
     for node in model.graph.node:
         for o in node.output:
             if o and o not in sizes:
+                if o in guessed:
+                    sizes[o] = guessed[o]
+                    continue
                 known = [sizes[x] for x in node.input if x in sizes]
-                est = max(known) if known else fallback
-                sizes[o] = max(est, guessed.get(o, 0))
+                sizes[o] = max(known) if known else fallback
     return sizes
 
 

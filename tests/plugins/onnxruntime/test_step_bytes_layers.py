@@ -177,3 +177,21 @@ def test_layers_by_exact_tensor_name_fp16(work, sessions):
     assert runs == [len(part)]
     for k, a in part.items():
         _same(a.array, whole[k].array, "fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_estimated_sizes_equal_the_arrays(work, precision):
+    """Steps are planned on sizes known before the run: on BERT (whose attention mask is a
+    constant broadcast to the batch, a dimension inference leaves unknown) each equals the array's."""
+    import onnx
+
+    from parity.lib.onnx.graph import estimated_bytes, inferred_info
+
+    recs = _capture(work, precision, step_bytes=0)
+    feed = _feed()
+    shapes = {k: v.shape for k, v in feed.items()}
+    m = onnx.load(next(iter(recs.values())).meta["run_model_file"])
+    est = estimated_bytes(m, inferred_info(m, shapes), {k: v.nbytes for k, v in feed.items()},
+                          *runner.guess_dims(shapes))
+    for k, a in recs.items():
+        assert est[a.meta.get("onnx_tensor", k)] == a.array.nbytes, k
