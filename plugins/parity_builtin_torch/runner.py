@@ -133,4 +133,4 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
         only = option_bool(cfg.options, "outputs_only", False)
         run_forward = work(prepared, args, kwargs, rec_meta, include_int, only, cfg.layers)
         with true_fp32(precision, cfg):
-            yield from cap.stream(run_forward, f"running {cfg.model} with source {name}")
+            yield from cap.stream(run_forward, f"running {cfg.model} with source {name}", max_bytes=cfg.step_bytes)

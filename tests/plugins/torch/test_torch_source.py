@@ -504,7 +504,8 @@ def test_records_stream_before_forward_finishes(monkeypatch):
     events: list[str] = []
     spec = spec_for(monkeypatch, _tick_model(events), fresh=False)
     got, snapshots = [], {}
-    for rec in TorchSource().run(RunConfig(model=spec), {"input": np.zeros((1, 2), np.float32)}):
+    # step_bytes=1: the queue holds one record at a time (a record above the budget is queued alone)
+    for rec in TorchSource().run(RunConfig(model=spec, step_bytes=1), {"input": np.zeros((1, 2), np.float32)}):
         got.append(rec.name)
         if rec.name in ("0", "5"):
             time.sleep(0.2)  # a slow consumer: an unbounded producer would finish meanwhile
@@ -513,6 +514,14 @@ def test_records_stream_before_forward_finishes(monkeypatch):
     # bounded queue: while the consumer holds record k the forward is at most two layers ahead
     assert len(snapshots["0"]) <= 3 and "fwd:t9" not in snapshots["0"]
     assert len(snapshots["5"]) <= 8
+    # the default budget (32 MiB) lets the forward run ahead over small records: few hand-overs
+    events2: list[str] = []
+    spec2 = spec_for(monkeypatch, _tick_model(events2), fresh=False)
+    for rec in TorchSource().run(RunConfig(model=spec2), {"input": np.zeros((1, 2), np.float32)}):
+        if rec.name == "0":
+            time.sleep(0.2)
+            ahead = [e for e in events2 if e.startswith("fwd:")]
+    assert "fwd:t9" in ahead
 
 
 def test_closing_the_generator_stops_the_forward(monkeypatch):
