@@ -102,3 +102,41 @@ def test_default_calibration_is_the_first_feeds_bounded_by_bytes(tmp_path):
     one = 4 * 64 * 4
     assert len(fs.head(64, max_bytes=2 * one)) == 2
     assert len(fs.head(64, max_bytes=1)) == 1  # at least one
+
+
+def _rss() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_thousand_feed_comparison_keeps_flat_memory(tmp_path):
+    """End to end (torch vs ONNX Runtime): memory after 1,000 feeds is what it was after 100, but for the
+    per-input values the report keeps (16 bytes per layer, metric and input)."""
+    from pathlib import Path
+
+    from parity.core.compare import CompareSettings, finish, prepare, run_feeds
+
+    zoo = Path(__file__).resolve().parents[1] / "models" / "zoo.py"
+    d = tmp_path / "feeds"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1000):
+        np.save(d / f"{i:04d}.npy", rng.standard_normal((1, 8, 32)).astype(np.float32))
+    s = CompareSettings(model=f"{zoo}:encoder", target="ort", inputs=str(d), workdir=str(tmp_path / "cache"))
+    prep = prepare(s)
+    stats = run_feeds(prep, s, prep.feeds.iter(0, 100), total=1000)
+    gc.collect()
+    tracemalloc.start()
+    rss0 = _rss()
+    stats = run_feeds(prep, s, prep.feeds.iter(100, 1000), total=1000, stats=stats)
+    gc.collect()
+    grown, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_grown = _rss() - rss0
+    rep = finish(s, stats)
+    kept = sum(len(st.samples) for st in stats.layers.values()) * 900 * 16
+    assert rep.summary["inputs"] == 1000 and all(l.n_inputs == 1000 for l in rep.matched)
+    assert grown < kept + (1 << 20), f"python memory grew {grown} bytes over 900 feeds (values kept: {kept})"
+    assert rss_grown < 64 << 20, f"resident memory grew {rss_grown >> 20} MiB over 900 feeds"
