@@ -131,7 +131,7 @@ from parity.core.registry import all_of
 ms = [all_of("metric")[n] for n in {names!r}]
 t1 = time.perf_counter()
 for dt in (np.float32, np.float16):
-    a = np.arange(5000, dtype=np.float32)
+    a = np.arange(1 << 20, dtype=np.float32)  # at least fused.MIN_COMPILED_SIZE: the kernel is used
     score_pair(a, (a * 1.001).astype(dt), ms)
 print(t1 - t0, time.perf_counter() - t1)
 """

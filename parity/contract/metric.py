@@ -461,7 +461,8 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
 
     Shapes may differ as long as sizes agree (the caller decides whether that is allowed).
     Reads: one fused read of the pair for every moment metric and the non-finite counts
-    (compiled when numba is available), plus, for the ``within`` moment's rms floor, either a
+    (compiled when numba is available and the pair has ``fused.MIN_COMPILED_SIZE`` elements or
+    more), plus, for the ``within`` moment's rms floor, either a
     sample-guessed floor band settled in the same read (large pairs, compiled path) or one read
     of the reference alone first; blocks the band leaves open are recounted. Streaming metrics
     with start/update (``kl``, third-party ones) get float64 chunks: in the same read on the
@@ -493,7 +494,7 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
             if "within" in m.moments and m.within_tolerance(ctx) != (rel, abs_tol, rms_tol):
                 raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
                                  "tolerances of the 'within' moment; one pass counts one")
-    k = None if ref.size == 0 else F.kernel()
+    k = None if ref.size == 0 or ref.size < F.MIN_COMPILED_SIZE else F.kernel()
     count = tol_owner is not None
     # The floor max(abs_tol, rms_tol * rms(r)) needs rms(r) before any element is judged.
     # Compiled path, large pair: guess it from a sample and judge every block at both ends of

@@ -16,6 +16,7 @@ import pytest
 from scipy.special import rel_entr, softmax
 
 import parity_builtin_metrics as pbm
+from parity.contract import fused
 from parity.contract.metric import Metric, PairContext, merge_contexts, pooled_value, score_pair
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}
@@ -30,6 +31,7 @@ def kernel_path(request, monkeypatch):
     else:
         pytest.importorskip("numba")
         monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
+        monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)  # small test pairs take the kernel too
 
 
 def make_pairs(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

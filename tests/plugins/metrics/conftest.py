@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from parity.contract import fused
+
 
 @pytest.fixture(autouse=True, params=["numba", "numpy"])
 def kernel_path(request, monkeypatch):
@@ -12,4 +14,5 @@ def kernel_path(request, monkeypatch):
     else:
         pytest.importorskip("numba")
         monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
+        monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)  # small test pairs take the kernel too
     return request.param

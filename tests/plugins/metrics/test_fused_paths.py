@@ -150,6 +150,15 @@ def test_paths_agree(rng, monkeypatch):
     check(got["0"], got["1"], rel=1e-12)
 
 
+def test_small_pairs_do_not_load_the_kernel(rng, monkeypatch):
+    monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 1 << 20)
+    monkeypatch.setattr(fused, "_KERNEL", None)
+    ref, tgt = _pair(rng, 1000)
+    values, _ = score_pair(ref, tgt, [M[x] for x in PAIRWISE])
+    check(values, reference(ref, tgt))
+    assert fused._KERNEL is None  # never tried
+
+
 def test_no_numba_flag_disables_the_kernel(monkeypatch):
     monkeypatch.setenv("PARITY_NO_NUMBA", "1")
     assert fused.kernel() is None
@@ -203,7 +212,12 @@ def test_tolerance_limit_rounds_like_numpy(rng):
 
 def test_numba_missing_falls_back_to_numpy(rng, monkeypatch):
     monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "parity.contract._fused_kernels", None)  # import fails
+    import sys
+
+    import parity.contract
+
+    monkeypatch.setitem(sys.modules, "parity.contract._fused_kernels", None)  # the import fails
+    monkeypatch.delattr(parity.contract, "_fused_kernels", raising=False)
     monkeypatch.setattr(fused, "_KERNEL", None)
     assert fused.kernel() is None
     ref, tgt = _pair(rng, 5000)
