@@ -71,7 +71,10 @@ class LayerStats:
         if pair is not None:
             import copy
 
-            st.states = copy.deepcopy(dict(getattr(pair, "states", {}) or {}))  # merges may update in place
+            # merges may update a state in place: the row's own states stay untouched (flat dicts of
+            # numbers, the built-in metrics' states, are copied cheaply)
+            st.states = {k: (dict(v) if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())
+                             else copy.deepcopy(v)) for k, v in (getattr(pair, "states", {}) or {}).items()}
             st.pair = copy.copy(pair)
             if hasattr(st.pair, "states"):
                 st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
