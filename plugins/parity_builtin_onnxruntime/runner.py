@@ -37,8 +37,6 @@ from parity.lib.onnx.util import feeds_digest
 
 from .loader import fetch_for, load_fp32, run_label, runnable_model, target_model
 
-#: tensors per step of the local runs (:mod:`.local`) on graphs with more than twice as many
-DEFAULT_OUTPUT_BATCH = 64
 #: bytes of captured tensors one session run returns at most, unless set. Why 256 MiB: a small
 #: model at batch 1 (a MiniLM-size encoder at 512 tokens returns ~150 MB in all) still takes
 #: one session, so the fixed cost stays one session build; larger batches and models are cut
@@ -106,16 +104,6 @@ def step_chunks(sizes: list[int], max_bytes: int | None, max_count: int | None) 
     if sizes:
         chunks.append(range(start, len(sizes)))
     return chunks
-
-
-def output_batch(options: Mapping[str, Any], n_tensors: int) -> int:
-    """Tensors per step of the local runs (:mod:`.local`): ``ort_output_batch`` when given, else
-    ``DEFAULT_OUTPUT_BATCH`` on graphs with more than twice as many, else 0 (one session for all).
-    The capture itself steps by bytes (:func:`step_limits`)."""
-    batch = option_int(options, "ort_output_batch", None)
-    if batch is None:
-        batch = DEFAULT_OUTPUT_BATCH if n_tensors > 2 * DEFAULT_OUTPUT_BATCH else 0
-    return batch
 
 
 def run_whole(model: Any, names: list[str], feed: dict[str, np.ndarray], so: Any,

@@ -24,9 +24,9 @@ from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
 
 from .loader import PRECISIONS
-from .runner import DEFAULT_OUTPUT_BATCH, DEFAULT_STEP_BYTES, PlanCache, capture
+from .runner import DEFAULT_STEP_BYTES, PlanCache, capture
 
-__all__ = ["DEFAULT_OUTPUT_BATCH", "DEFAULT_STEP_BYTES", "PRECISIONS", "OrtSource"]
+__all__ = ["DEFAULT_STEP_BYTES", "PRECISIONS", "OrtSource"]
 
 
 class OrtSource(Source):
