@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.contract.metric import PairContext
+from parity.contract.metric import PairContext, merge_contexts, pooled_value
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 
 #: how many worst inputs each layer and metric lists
@@ -35,15 +35,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 def _merge_contexts(a: PairContext | None, b: PairContext | None) -> PairContext | None:
     if a is None or b is None:
         return a or b
-    from parity.contract import metric as cm
-
-    merge = getattr(cm, "merge_contexts", None)
-    if merge is not None:
-        return merge(a, b)
-    out = PairContext(a.size + b.size, a.ref_dtype, a.tgt_dtype, options=dict(a.options))
-    for k in ("ref_nan", "ref_inf", "tgt_nan", "tgt_inf", "tgt_new_nonfinite", "finite_size"):
-        setattr(out, k, getattr(a, k) + getattr(b, k))
-    return out
+    return merge_contexts(a, b)
 
 
 @dataclass
@@ -163,10 +155,7 @@ class LayerStats:
             m = info.metric
             state = self.states.get(info.name)
             if m is not None and state is not None and getattr(m, "mergeable", False) and self.pair is not None:
-                if self.pair.finite_size == 0:
-                    out.pooled[info.name] = float(m.empty_value)
-                else:
-                    out.pooled[info.name] = float(m.finish(state, self.pair))
+                out.pooled[info.name] = pooled_value(m, state, self.pair)
         if self.n != total:
             out.notes.append(f"present for {self.n} of {total} inputs")
         classify(out, infos)
