@@ -130,6 +130,12 @@ class EngineConfig:
     mark_regex: str | None = None
     mark_names: tuple[str, ...] = ()
     int8_fallback: str = "fp32"
+    #: the run's ``--layers`` (a regex and names): only selected tensors are marked (model outputs stay)
+    layers_pattern: str | None = None
+    layers_names: tuple[str, ...] = ()
+    #: per ONNX tensor, other names ``--layers`` may use for it (producing node, torch module paths);
+    #: not a build field: it only widens what the selection recognises
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     use_cache: bool = True
     queue_size: int = 4
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -138,11 +144,19 @@ class EngineConfig:
     def build_fields(self) -> dict[str, Any]:
         """The fields that change the built engine (capture mode included: it marks tensors)."""
         d = asdict(self)
-        for k in ("use_cache", "queue_size"):
+        for k in ("use_cache", "queue_size", "aliases"):
             d.pop(k)
         d["layer_precisions"] = [[lp.pattern, lp.precision] for lp in self.layer_precisions]
         d["extra"] = dict(self.extra)
         return d
+
+    def selection(self) -> Any:
+        """The ``--layers`` selection as the contract's :class:`LayerSelection` (None: every tensor)."""
+        if self.layers_pattern is None and not self.layers_names:
+            return None
+        from parity.contract.source import LayerSelection
+
+        return LayerSelection(self.layers_pattern, frozenset(self.layers_names))
 
     @property
     def target(self) -> str:

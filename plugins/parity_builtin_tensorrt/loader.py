@@ -529,7 +529,7 @@ def build_plan(trt: Any, onnx_path: Path, ecfg: EngineConfig, feed: dict[str, np
                     "error is optimistic; pass calibration data")
             notes["warning"] = f"{notes['warning']}; {said}" if notes.get("warning") else said
 
-    sel = select_tensors(desc, ecfg)
+    sel = select_tensors(desc, ecfg, selection=ecfg.selection(), aliases=ecfg.aliases)
     notes["skipped_tensors"] = sel.reasons()
     tensors = _tensors_by_name(network)
     strategy = "none"

@@ -60,3 +60,32 @@ def test_layers_by_exact_names_and_no_selection(bert):
     assert all(t == pick or full.layer_of[t] == full.layer_of[pick]
                or any(o.name == t and o.is_network_output for lay in layers for o in lay.outputs)
                for t in part.tensors)
+
+
+def test_the_runner_hands_layers_and_aliases_to_the_engine_config(bert, tmp_path):
+    """The wiring TensorRT runs use: --layers enters the engine's build fields (its cache key), the
+    aliases (node, enclosing module, module outputs) do not, and select the same tensors."""
+    from dataclasses import replace
+
+    import onnx
+
+    from parity_builtin_tensorrt.config import engine_config
+    from parity_builtin_tensorrt.runner import layer_aliases
+
+    layers, _ = bert
+    cfg = RunConfig(model=f"{ZOO}:bert", workdir=tmp_path)
+    feed = {"input_ids": np.random.default_rng(0).integers(0, 90, size=(2, 16)).astype(np.int64)}
+    path, names = onnx_model_for(cfg, feed)
+    graph = onnx.load(str(path), load_external_data=False)
+    aliases = layer_aliases(graph, names)
+    node0 = graph.graph.node[0]
+    assert node0.name in aliases[node0.output[0]]
+    assert any(SELF1 in a for v in aliases.values() for a in v)
+    base = engine_config("fp16")
+    assert base.selection() is None
+    ecfg = replace(base, layers_pattern=SELF1.replace(".", r"\."), aliases=aliases)
+    assert ecfg.build_fields()["layers_pattern"] == ecfg.layers_pattern and "aliases" not in ecfg.build_fields()
+    assert ecfg.build_fields() != base.build_fields()  # another engine: other tensors are marked
+    part = M.select_tensors(layers, ecfg, selection=ecfg.selection(), aliases=ecfg.aliases)
+    full = M.select_tensors(layers)
+    assert 0 < len(part.tensors) < len(full.tensors)
