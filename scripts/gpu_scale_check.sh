@@ -28,12 +28,16 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 FLOOR_ARGS=${FLOOR_ARGS:-"--device cuda --ref torch --target torch-fp16 --bert-base --batches 1,8,32 --repeat 2 --folder-feeds 4"}
-SCALE_ARGS=${SCALE_ARGS:-"--device cuda --ref torch --target torch-fp16 --depth 12 --width 768 --heads 12 --seq 128 --batch 8 --feeds 128 --workers 1,2 --ray1"}
+SCALE_ARGS=${SCALE_ARGS:-"--device cuda --ref torch --target torch-fp16 --depth 12 --width 768 --heads 12 --seq 128 --batch 8 --feeds 32 --workers 1,2 --ray1"}
 if [ -z "${SKIP_FLOOR:-}" ]; then
   timeout 270 python3 benchmarks/compare_transformer.py $FLOOR_ARGS >"$OUT/floor.log" 2>&1
   echo "floor rc=$?" >>"$OUT/floor.log"
   tail -40 "$OUT/floor.log"
 fi
-timeout 270 python3 benchmarks/dataset_scaling.py $SCALE_ARGS >"$OUT/scale.log" 2>&1
+timeout 330 python3 benchmarks/dataset_scaling.py $SCALE_ARGS >"$OUT/scale.log" 2>&1
 echo "scale rc=$?" >>"$OUT/scale.log"
 tail -30 "$OUT/scale.log"
+if [ -n "${PROFILE:-}" ]; then
+  timeout 120 python3 scripts/gpu_profile_feed.py >"$OUT/profile.log" 2>&1
+  echo "profile rc=$?" >>"$OUT/profile.log"
+fi
