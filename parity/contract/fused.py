@@ -38,6 +38,18 @@ MAX_OPEN_SHARE = 0.2
 #: smaller pairs use the numpy path: the compiled kernel saves ~4 ms on a 1 Mi-element pair,
 #: and loading it costs ~1.2 s per process, so a run of small tensors never loads it
 MIN_COMPILED_SIZE = 1 << 20
+#: the threshold when a run scores many pairs (a dataset): loading the kernel once pays for itself
+MIN_COMPILED_SIZE_MANY = 1 << 16
+
+
+def expect_many_pairs(many: bool) -> None:
+    """Say whether this run will score many pairs (a dataset of feeds): the compiled kernel then
+    serves pairs from :data:`MIN_COMPILED_SIZE_MANY` elements on (its ~1.2 s load per process is
+    paid once and repaid within a few feeds). The caller decides from the run's settings alone, so
+    every worker of a sharded run takes the same path for the same pair.
+    """
+    global MIN_COMPILED_SIZE
+    MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_MANY if many else 1 << 20
 #: elements converted at once for dtypes the kernel does not take (float16, integers).
 PIECE = 1 << 16
 
