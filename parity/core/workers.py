@@ -45,7 +45,11 @@ def _ray() -> Any:
 class ShardWorker:
     """One Ray actor: both models prepared once, then blocks of feeds compared on request."""
 
-    def __init__(self, settings: CompareSettings) -> None:
+    def __init__(self, settings: CompareSettings, cwd: str | None = None) -> None:
+        # relative paths (--inputs feeds/, data.py:fn, the model file) mean what they mean to the driver:
+        # a worker on the driver's machine works in the driver's folder; on another node, where it exists
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
         self.settings = replace(settings, workers=1, ray_address=None)
         self.prep: Prepared = prepare(self.settings)
 
@@ -110,10 +114,11 @@ def _run(ray: Any, s: CompareSettings) -> Report:
     Actor = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(ShardWorker)
     # the first worker alone first: it fills the cache (exports, converted models) the others reuse
     with step("start workers", n_workers) as task:
-        first = Actor.remote(s)
+        cwd = os.getcwd()
+        first = Actor.remote(s, cwd)
         plan = _get(ray, first.plan.remote(), "starting worker 1")
         task.advance()
-        actors = [first] + [Actor.remote(s) for _ in range(n_workers - 1)]
+        actors = [first] + [Actor.remote(s, cwd) for _ in range(n_workers - 1)]
         for k, a in enumerate(actors[1:], 2):
             _get(ray, a.plan.remote(), f"starting worker {k}")
             task.advance()

@@ -86,9 +86,11 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_counted_twice(tmp_pat
     assert not mark.exists()  # the driver never kills itself
     out = tmp_path / "r.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)}
+    # relative paths, as a user types them: the workers see the driver's folder
     r = subprocess.run([sys.executable, "-m", "parity", "compare", f"{ZOO}:lenet", "--target", "ort-fp16",
-                        "--inputs", spec, "--metrics", ",".join(METRICS), "--workdir", cache, "--workers", "2",
-                        "--json", str(out), "-q"], capture_output=True, text=True, env=env, timeout=600)
+                        "--inputs", "ds.py:feeds", "--metrics", ",".join(METRICS), "--workdir", cache,
+                        "--workers", "2", "--json", "r.json", "-q"], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert mark.exists() and int(mark.read_text()) != os.getpid()  # a worker really died mid-run
     doc = json.loads(out.read_text())
