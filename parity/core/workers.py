@@ -51,10 +51,19 @@ class ShardWorker:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
         self.settings = replace(settings, workers=1, ray_address=None)
-        self.prep: Prepared = prepare(self.settings)
+        # a user error (a bad input file, a model that does not load) is kept and raised by plan():
+        # raised here, Ray would restart the worker for it and report a dead actor
+        self.error: ParityError | None = None
+        try:
+            self.prep: Prepared = prepare(self.settings)
+        except ParityError as e:
+            self.error = ParityError(str(e))
+            self.error.exit_code = e.exit_code
 
     def plan(self) -> dict[str, Any]:
         """What the driver needs to cut the dataset into blocks, and who this worker is."""
+        if self.error is not None:
+            raise self.error
         return {"feeds": self.prep.feeds.known_length(), "pid": os.getpid(), "host": os.uname().nodename}
 
     def usage(self) -> dict[str, Any]:
@@ -97,6 +106,9 @@ def _init(ray: Any, s: CompareSettings) -> bool:
 
 def compare_sharded(s: CompareSettings) -> Report:
     """The comparison of :func:`parity.core.compare.compare`, its feeds sharded over Ray workers."""
+    from parity.core.compare import check_settings
+
+    check_settings(s)  # missing files, sources that cannot run: said before Ray starts
     ray = _ray()
     started = _init(ray, s)
     try:

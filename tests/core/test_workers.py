@@ -123,3 +123,16 @@ def test_blocks_cover_every_feed_once():
             idx = [i for a, b, s in blocks(n, w) for i in range(a, b, s)]
             assert idx == list(range(n))
     assert blocks(None, 2) == [(0, None, 2), (1, None, 2)]
+
+
+def test_a_bad_input_is_the_one_process_error_not_a_dead_worker(tmp_path, cache):
+    d = tmp_path / "bad"
+    d.mkdir()
+    np.save(d / "0.npy", np.zeros((1, 3, 5, 5), np.float32))  # lenet takes [N, 1, 28, 28]
+    s = CompareSettings(model=f"{ZOO}:lenet", target="ort-fp16", inputs=str(d), workdir=cache)
+    with pytest.raises(ParityError) as one:
+        compare(s)
+    with pytest.raises(ParityError) as sharded:
+        compare(CompareSettings(**{**s.__dict__, "workers": 2}))
+    assert str(sharded.value) == str(one.value) and "0.npy" in str(one.value)
+    assert type(sharded.value) is ParityError and "\n" not in str(sharded.value)
