@@ -20,6 +20,7 @@ def csv_text(report: Report) -> str:
             "status", "match", "confidence", *names]
     if multi:
         head += [f"{n}_worst" for n in names] + [f"{n}_worst_input" for n in names]
+        head += [f"{n}_q90" for n in names] + [f"{n}_pooled" for n in names] + ["failing_inputs"]
     local = any(l.local for l in report.layers)
     if local:
         head += [f"local_{n}" for n in names] + ["culprit_rank"]
@@ -35,6 +36,9 @@ def csv_text(report: Report) -> str:
         if multi:
             row += [_num(l.worst[n]) if n in l.worst else "" for n in names]
             row += [l.worst_input.get(n, "") for n in names]
+            row += [_num(l.quantiles[n]["q90"]) if n in l.quantiles else "" for n in names]
+            row += [_num(l.pooled[n]) if n in l.pooled else "" for n in names]
+            row += [l.meta.get("failing_inputs", "")]
         if local:
             row += [_num(l.local[n]) if n in l.local else "" for n in names]
             row += [l.culprit_rank if l.culprit_rank is not None else ""]

@@ -133,3 +133,23 @@ def test_the_verdict_says_how_many_inputs_fail_and_which_are_worst():
     line = next(ln for ln in summary_lines(rep) if ln.startswith("Inputs:"))
     assert line.startswith("Inputs: 2 of 10 fail cosine") and " at a " in line
     assert "img3.npy" in line and "img8.npy" in line and "img0.npy" not in line
+
+
+def test_the_csv_report_carries_q90_pooled_and_failing_inputs():
+    import csv
+    import io
+
+    from parity_builtin_reporters.csv_report import csv_text
+
+    rng = np.random.default_rng(9)
+    stats = DatasetStats()
+    for i in range(6):
+        r = rng.standard_normal(300).astype(np.float32)
+        stats.add(i, f"f{i}", _feed_report(r, r + (0.3 if i == 2 else 1e-4) * rng.standard_normal(300).astype(np.float32)))
+    infos = metric_infos(resolve_metrics(METRICS), {})
+    rep = stats.report(infos, "ref", "tgt")
+    rows = list(csv.DictReader(io.StringIO(csv_text(rep))))
+    first = rep.layers[0]
+    assert float(rows[0]["cosine_q90"]) == pytest.approx(first.quantiles["cosine"]["q90"])
+    assert float(rows[0]["cosine_pooled"]) == pytest.approx(first.pooled["cosine"])
+    assert rows[0]["failing_inputs"] == "1"
