@@ -512,6 +512,9 @@ def _attach_local(s: CompareSettings, tgt_src: Source, cfg: RunConfig, feed: dic
 
     try:
         runs = track(tgt_src.local_errors(cfg, feed), f"layers run alone (input {k + 1})")
+        if cfg.layers is not None:  # --layers: rows exist only for selected layers; score no other
+            names = {r.target_name for r in rep.layers if r.target_name}
+            runs = (r for r in runs if r.key in names)
         n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options)))
     except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
         rep.summary["local_unavailable"] = str(e)
