@@ -49,6 +49,7 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
     show_match = any(l.match not in ("exact",) for l in report.layers)
     show_nonfinite = any(l.ref_nan + l.ref_inf + l.target_nan + l.target_inf for l in report.layers)
     multi = any(l.n_inputs > 1 for l in report.layers)
+    show_failing = multi and any(l.meta.get("failing_inputs") for l in report.layers)
     show_local = any(l.local for l in report.layers)
     show_range = any(l.range.get("risk") for l in report.layers)
     table = Table(title=f"{report.ref_label} vs {report.target_label}", title_justify="left",
@@ -61,7 +62,10 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
         thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{m.threshold:g}{'%' if m.percent else ''})"
         table.add_column(f"{m.name}{' mean' if multi else ''}{thr}", justify="right")
         if multi and m is report.primary:
+            table.add_column(f"{m.name} q90", justify="right")  # 90% of inputs are at least this good
             table.add_column(f"{m.name} worst", justify="right")
+            if show_failing:
+                table.add_column("inputs failing", justify="right")
         if show_local and m is report.primary:
             table.add_column(f"local {m.name}", justify="right")
     if show_range:
@@ -84,7 +88,11 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
         for m in report.metrics:
             cells.append(m.format(layer.values.get(m.name)))
             if multi and m is report.primary:
+                cells.append(m.format(layer.quantiles.get(m.name, {}).get("q90")))
                 cells.append(m.format(layer.worst.get(m.name)))
+                if show_failing:
+                    k = layer.meta.get("failing_inputs")
+                    cells.append(f"{k}/{layer.n_inputs}" if k else "")
             if show_local and m is report.primary:
                 loc = m.format(layer.local.get(m.name))
                 cells.append(loc + (" NaN/Inf" if layer.local.get(NEW_NONFINITE, 0) > 0 else ""))

@@ -153,3 +153,21 @@ def test_the_csv_report_carries_q90_pooled_and_failing_inputs():
     assert float(rows[0]["cosine_q90"]) == pytest.approx(first.quantiles["cosine"]["q90"])
     assert float(rows[0]["cosine_pooled"]) == pytest.approx(first.pooled["cosine"])
     assert rows[0]["failing_inputs"] == "1"
+
+
+def test_the_table_shows_q90_worst_and_inputs_failing():
+    import io
+
+    from parity_builtin_reporters.table import render_table
+
+    rng = np.random.default_rng(9)
+    stats = DatasetStats()
+    for i in range(6):
+        r = rng.standard_normal(300).astype(np.float32)
+        stats.add(i, f"f{i}", _feed_report(r, r + (0.3 if i == 2 else 1e-4) * rng.standard_normal(300).astype(np.float32)))
+    rep = stats.report(metric_infos(resolve_metrics(METRICS), {}), "ref", "tgt")
+    out = io.StringIO()
+    render_table(rep, file=out)
+    text = out.getvalue()
+    assert "cosine q90" in text and "cosine worst" in text and "inputs failing" in text
+    assert "1/6" in text and rep.primary.format(rep.layers[0].quantiles["cosine"]["q90"]) in text
