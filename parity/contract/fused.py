@@ -39,12 +39,12 @@ MAX_OPEN_SHARE = 0.2
 #: and loading it costs ~1.2 s per process, so a run of small tensors never loads it
 MIN_COMPILED_SIZE = 1 << 20
 #: the threshold when a run scores many pairs (a dataset): loading the kernel once pays for itself
-MIN_COMPILED_SIZE_MANY = 1 << 16
+MIN_COMPILED_SIZE_MANY = 1 << 13
 
 
 def expect_many_pairs(many: bool) -> None:
     """Say whether this run will score many pairs (a dataset of feeds): the compiled kernel then
-    serves pairs from :data:`MIN_COMPILED_SIZE_MANY` elements on (its ~1.2 s load per process is
+    serves pairs from :data:`MIN_COMPILED_SIZE_MANY` (8 Ki) elements on (its ~1.2 s load per process is
     paid once and repaid within a few feeds). The caller decides from the run's settings alone, so
     every worker of a sharded run takes the same path for the same pair.
     """
