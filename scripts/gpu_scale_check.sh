@@ -12,12 +12,10 @@
 set -u
 OUT=${OUT:-/tmp/parity-gpu-out}
 mkdir -p "$OUT"
-WHL=/tmp/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
-SHA=b951b40965947a63615830916be04f26440d234de1e9a29dbf2155d03fa9ad2a
-cat /tmp/ray.part.aa .whl/p2/ray.part.ab > "$WHL" || exit 1
-echo "$SHA  $WHL" | sha256sum -c - || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHL" .whl/p2/*.whl || exit 1
+. "$(dirname "$0")/_carry_wheels.sh"
+carry_wheels /tmp/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl \
+    b951b40965947a63615830916be04f26440d234de1e9a29dbf2155d03fa9ad2a \
+    /tmp/ray.part.aa .whl/p2/ray.part.ab || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || {
     cat "$OUT/install.log"; exit 1; }

@@ -12,12 +12,10 @@
 set -u
 OUT=${OUT:-/tmp/parity-gpu-out}
 mkdir -p "$OUT"
-WHL=/tmp/tensorrt_rtx_cu13_libs-1.7.1.116-py3-none-manylinux_2_28_x86_64.whl
-SHA=e3fd45fed001240d63304e77a2d4006319b839994237cb294b6e7ad72acaabcd
-cat /tmp/libs.part.aa .whl/p2/libs.part.ab > "$WHL" || exit 1
-echo "$SHA  $WHL" | sha256sum -c - || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHL" .whl/p2/*.whl || exit 1
+. "$(dirname "$0")/_carry_wheels.sh"
+carry_wheels /tmp/tensorrt_rtx_cu13_libs-1.7.1.116-py3-none-manylinux_2_28_x86_64.whl \
+    e3fd45fed001240d63304e77a2d4006319b839994237cb294b6e7ad72acaabcd \
+    /tmp/libs.part.aa .whl/p2/libs.part.ab || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || {
     cat "$OUT/install.log"; exit 1; }
