@@ -58,3 +58,12 @@ def load_zoo():
     finally:
         sys.path.pop(0)
     return zoo
+
+
+def cli(capsys, *args):
+    """The real command line in this process: (exit code, stdout, stderr lines that are parity's)."""
+    from parity.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, [ln for ln in err.splitlines() if ln.startswith("parity:")]

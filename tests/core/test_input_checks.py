@@ -5,18 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import load_zoo
+from support import cli, load_zoo
 
-from parity.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
 
 
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, [ln for ln in err.splitlines() if ln.startswith("parity:")]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import load_zoo
+from support import cli, load_zoo
 
-from parity.cli import main
 from parity.core.preflight import estimate_memory, memory_verdict, value_range
 from parity.contract.source import InputSpec
 
@@ -24,11 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
 
 
-def cli(capsys, *args):
-    """The real command line in this process: (exit code, stdout, stderr lines that are parity's)."""
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, [ln for ln in err.splitlines() if ln.startswith("parity:")]
 
 
 def parity(*args, cwd=None, env=None):
