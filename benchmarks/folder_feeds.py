@@ -5,7 +5,7 @@
 The model is the zoo ``encoder`` (tests/models/zoo.py, input ``x`` of shape (batch, 8, 32)).
 ``--feeds`` seeded samples are written twice to a temporary folder: as N batch-1 ``.npz`` files
 in one folder, and as one ``.npz`` of batch N. Each figure is a whole ``parity compare ... --ref
-torch --target ort -q`` process, started with ``subprocess`` and timed with ``time.perf_counter``
+torch --target ort -q`` process, started and timed by ``_models.run_process``
 (start-up, imports and exit included); the median of ``--repeat`` runs is printed, divided by
 the number of samples. Cold runs first fill the workdir (one ONNX export per input shape, as the
 export cache keys on it), so export time is in no figure. The ratio is folder / batched: what running each sample as its own feed costs.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import checked, run_process  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[1] / "tests" / "models" / "zoo.py"
 
@@ -28,12 +29,7 @@ ZOO = Path(__file__).resolve().parents[1] / "tests" / "models" / "zoo.py"
 def run(inputs: Path, workdir: Path, target: str, out: Path) -> float:
     argv = [sys.executable, "-m", "parity", "compare", f"{ZOO}:encoder", "--ref", "torch", "--target", target,
             "--inputs", str(inputs), "--workdir", str(workdir), "--json", str(out), "-q"]
-    t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"parity failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return took
+    return checked(run_process(argv), "parity").wall
 
 
 def main() -> None:

@@ -114,7 +114,8 @@ def main() -> None:
                 best = (r, j)
         r, j = best
         onnx_path = str(sorted((Path(wd) / "onnx").glob("*.onnx"))[0])
-        bo = checked(run_process([sys.executable, MODELS_PY, "bare-ort", onnx_path], env=env), "bare ORT")
+        bo = checked(run_process([sys.executable, MODELS_PY, "bare-ort", onnx_path, "--shape", f"{b},{a.seq},384"],
+                                 env=env), "bare ORT")  # without --shape the dynamic batch runs as 1
         print(f"{b} | {j['capture_s']:.2f} | {j['session_run_s']:.2f} | {j['capture_s'] - j['session_run_s']:.2f} | "
               f"{j['sessions']}/{j['runs']} | {r.maxrss / 2**20:.0f} | {bo.maxrss / 2**20:.0f} | {j['bytes'] / 2**20:.0f}", flush=True)
 
