@@ -475,7 +475,7 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
         return _TimedSession(s, ph)
 
     orun.make_session = timed_session  # the runner's own name for it: every capture session
-    ph.wrap(pm.SpillStore, "park", "matcher: park reference (memory within --max-memory, spill beyond)")
+    ph.wrap(pm.Parking, "park", "matcher: park reference (memory within --max-memory, spill beyond)")
     ph.wrap(pe, "score", "engine: score pairs (metrics)")
     if diagnose:
         import parity.core.diagnose as pd

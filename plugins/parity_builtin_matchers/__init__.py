@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from parity import hookimpl
 
-from .auto import AutoMatcher, SpillStore
+from .auto import AutoMatcher
 from .exact import ExactMatcher
 
-__all__ = ["AutoMatcher", "ExactMatcher", "SpillStore", "register_matchers"]
+__all__ = ["AutoMatcher", "ExactMatcher", "register_matchers"]
 
 
 @hookimpl

@@ -92,10 +92,6 @@ def _twins(refs: list[Activation]) -> dict[int, int]:
 TWIN_SAMPLE = 1024
 
 
-#: the parking store under its former name (benchmarks time ``SpillStore.park``)
-SpillStore = Parking
-
-
 def _scopes(a: Activation) -> list[str]:
     s = a.meta.get("scopes")
     if s:

@@ -7,7 +7,8 @@ from parity import Activation, ParityError
 from parity.contract.matcher import MappingRules, MatchContext, metric_similarity, normalize_name
 from parity.core.engine import compare_streams
 from parity.core.registry import get_metric
-from parity_builtin_matchers import AutoMatcher, ExactMatcher, SpillStore
+from parity.contract.parking import Parking
+from parity_builtin_matchers import AutoMatcher, ExactMatcher
 
 
 def _ctx():
@@ -172,7 +173,7 @@ def test_pin_of_unknown_layer_is_an_error(tmp_path, rng):
 
 def test_parking_beyond_budget_spills_to_a_read_only_map(tmp_path, rng):
     """With no memory budget, a parked array is a read-only view of a spill file under spill_dir."""
-    store = SpillStore(0, tmp_path)  # the former name still resolves to the parking store
+    store = Parking(0, tmp_path)
     big = rng.standard_normal(100_000).astype(np.float32)
     parked = store.park(Activation("big", big))
     assert not parked.array.flags.writeable and parked.array is not big
