@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -37,9 +36,14 @@ SAMPLE_MIN = 1 << 18
 MAX_OPEN_SHARE = 0.2
 #: smaller pairs use the numpy path: the compiled kernel saves ~4 ms on a 1 Mi-element pair,
 #: and loading it costs ~1.2 s per process, so a run of small tensors never loads it
-MIN_COMPILED_SIZE = 1 << 20
+MIN_COMPILED_SIZE_ONE = 1 << 20
+MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_ONE
 #: the threshold when a run scores many pairs (a dataset): loading the kernel once pays for itself
 MIN_COMPILED_SIZE_MANY = 1 << 13
+#: elements converted at once for dtypes the kernel does not take (float16, integers).
+PIECE = 1 << 18
+
+_KERNEL: Any = None  # None: not tried yet; False: unavailable
 
 
 def expect_many_pairs(many: bool) -> None:
@@ -49,12 +53,7 @@ def expect_many_pairs(many: bool) -> None:
     every worker of a sharded run takes the same path for the same pair.
     """
     global MIN_COMPILED_SIZE
-    MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_MANY if many else 1 << 20
-#: elements converted at once for dtypes the kernel does not take (float16, integers).
-PIECE = 1 << 18
-
-_KERNEL: Any = None  # None: not tried yet; False: unavailable
-COMPILE_SECONDS: float | None = None  # seconds the kernels' import took in this process
+    MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_MANY if many else MIN_COMPILED_SIZE_ONE
 
 
 def numba_disabled() -> bool:
@@ -78,13 +77,11 @@ def kernel() -> Any:
     (a few seconds, once per machine: ``cache=True`` keeps the machine code on disk) or loads
     from that cache (tens of ms). ``benchmarks/metrics_throughput.py`` prints both.
     """
-    global _KERNEL, COMPILE_SECONDS
+    global _KERNEL
     if numba_disabled():
         return None
     if _KERNEL is None:
-        t0 = time.perf_counter()
         _KERNEL = _build()
-        COMPILE_SECONDS = time.perf_counter() - t0
     return _KERNEL or None
 
 
