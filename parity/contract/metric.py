@@ -413,9 +413,14 @@ def _chunk_moments(chunk: Chunk, acc: np.ndarray, full: bool, tol: tuple[float, 
     if mx > acc[F.A_MAXAD]:
         acc[F.A_MAXAD] = mx
     if tol is not None:
-        lim = np.multiply(chunk.absref, tol[0], out=chunk._out(3))
-        lim += tol[1]
-        acc[F.A_WITHIN] += int(np.count_nonzero(np.less_equal(ad, lim)))
+        acc[F.A_WITHIN] += _chunk_within(chunk, *tol)
+
+
+def _chunk_within(chunk: Chunk, rel: float, atol: float) -> int:
+    """Elements of the chunk with |t - r| <= |r| * rel + atol (scratch buffer 3 holds the limit)."""
+    lim = np.multiply(chunk.absref, rel, out=chunk._out(3))
+    lim += atol
+    return int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
 
 
 def _ref_sumsq(ref: np.ndarray, k: Any) -> tuple[int, float]:
@@ -438,20 +443,10 @@ def _ref_sumsq(ref: np.ndarray, k: Any) -> tuple[int, float]:
     return n, sq
 
 
-def _count_within(ref: np.ndarray, tgt: np.ndarray, rel: float, atol: float, k: Any,
-                  chunk_elements: int) -> int:
-    """Counting-only read of the pair: positions finite on both sides within rel*|r| + atol."""
-    if k is not None:
-        from parity.contract.fused import compiled_count
-
-        return compiled_count(k, ref, tgt, rel, atol)
+def _count_within(ref: np.ndarray, tgt: np.ndarray, rel: float, atol: float, chunk_elements: int) -> int:
+    """Counting-only read of the pair (numpy path): positions finite on both sides within rel*|r| + atol."""
     own = PairContext(int(ref.size), str(ref.dtype), str(tgt.dtype))  # counts go nowhere
-    within = 0
-    for chunk in iter_chunks(ref, tgt, own, chunk_elements):
-        lim = np.multiply(chunk.absref, rel, out=chunk._out(3))
-        lim += atol
-        within += int(np.count_nonzero(np.less_equal(chunk.absdiff, lim)))
-    return within
+    return sum(_chunk_within(chunk, rel, atol) for chunk in iter_chunks(ref, tgt, own, chunk_elements))
 
 
 def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
@@ -528,10 +523,7 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
                 # rms(r) over positions finite on both sides (the reference-only prepass also
                 # held positions where only the target overflowed)
                 atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
-            if atol != lo or atol != hi:
-                acc[F.A_WITHIN] = F.settle_within(k, ref, tgt, acc, open_blocks, rel, lo, hi, atol)
-            elif open_blocks.size:
-                acc[F.A_WITHIN] = F.settle_within(k, ref, tgt, acc, open_blocks, rel, atol, atol, atol)
+            acc[F.A_WITHIN] = F.settle_within(k, ref, tgt, acc, open_blocks, rel, lo, hi, atol)
         if chunked:
             # third-party streaming metrics still get float64 chunks, in a read of their own
             # (the counts were taken by the kernel: this pass counts into a throwaway context)
@@ -552,7 +544,7 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
             # rms(r) is over positions finite on both sides; the reference-only sum also held
             # positions where only the target overflowed: judge again with the exact floor.
             atol = max(abs_tol, rms_tol * math.sqrt(acc[F.A_RR] / ctx.finite_size))
-            acc[F.A_WITHIN] = _count_within(ref, tgt, rel, atol, k, chunk_elements)
+            acc[F.A_WITHIN] = _count_within(ref, tgt, rel, atol, chunk_elements)
     if moment_metrics:
         ctx.moments = {name: float(acc[i]) for i, name in enumerate(MOMENTS)
                        if name in wanted}
