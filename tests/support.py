@@ -67,3 +67,16 @@ def cli(capsys, *args):
     rc = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return rc, out, [ln for ln in err.splitlines() if ln.startswith("parity:")]
+
+
+def use_metric_path(path: str, monkeypatch) -> None:
+    """Send score_pair down one scoring path for a test: ``"numba"`` (the compiled fused kernel,
+    even for small test pairs; skipped without numba) or ``"numpy"`` (``PARITY_NO_NUMBA=1``)."""
+    if path == "numpy":
+        monkeypatch.setenv("PARITY_NO_NUMBA", "1")
+        return
+    pytest.importorskip("numba")
+    from parity.contract import fused
+
+    monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
+    monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)

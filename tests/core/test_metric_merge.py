@@ -16,8 +16,8 @@ import pytest
 from scipy.special import rel_entr, softmax
 
 import parity_builtin_metrics as pbm
-from parity.contract import fused
 from parity.contract.metric import Metric, PairContext, merge_contexts, pooled_value, score_pair
+from support import use_metric_path
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}
 MERGEABLE = sorted(n for n, m in M.items() if m.mergeable)
@@ -26,12 +26,7 @@ COLS = 37  # last axis of every pair (kl-softmax rows); sizes below are multiple
 
 @pytest.fixture(autouse=True, params=["numba", "numpy"])
 def kernel_path(request, monkeypatch):
-    if request.param == "numpy":
-        monkeypatch.setenv("PARITY_NO_NUMBA", "1")
-    else:
-        pytest.importorskip("numba")
-        monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
-        monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)  # small test pairs take the kernel too
+    use_metric_path(request.param, monkeypatch)
 
 
 def make_pairs(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

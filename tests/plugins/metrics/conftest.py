@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from parity.contract import fused
+from support import use_metric_path
 
 
 @pytest.fixture(autouse=True, params=["numba", "numpy"])
 def kernel_path(request, monkeypatch):
-    if request.param == "numpy":
-        monkeypatch.setenv("PARITY_NO_NUMBA", "1")
-    else:
-        pytest.importorskip("numba")
-        monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
-        monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)  # small test pairs take the kernel too
+    use_metric_path(request.param, monkeypatch)
     return request.param
