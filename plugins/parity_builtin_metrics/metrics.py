@@ -102,7 +102,9 @@ class RelDiffMetric(Metric):
     *and* 10% of the tensor's typical magnitude. ``rms_tol=0`` gives the recipe's pure test.
 
     The rms must be known before the first element is judged: ``score_pair`` reads the
-    reference alone first (half a pair), then counts in the fused read of the pair.
+    reference alone first (half a pair), or, for large pairs on the compiled path, counts at both
+    ends of a sampled floor band in the fused read and recounts what the band leaves open
+    (docs/metrics.md, "rel-diff's floor").
 
     Mergeable: the state is (elements within, elements compared); over several pairs the value
     is the share of all their elements within, each element judged with *its own pair's*
