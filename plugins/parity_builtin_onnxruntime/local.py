@@ -203,12 +203,11 @@ def module_plans(orig: "onnx.ModelProto", fetch: dict[str, tuple[str, bool]], ke
     The module's nodes are the fp32 nodes whose scope chain (export provenance) holds that call;
     its run is all of them in the target, fed the reference values of what enters the module.
     """
-    from parity.lib.onnx.provenance import module_output_calls, node_scopes
+    from parity.lib.onnx.provenance import module_provenance
 
-    calls = module_output_calls(orig)
+    calls, chains = module_provenance(orig)
     if not calls:
         return []
-    chains = node_scopes(orig)
     names = [n.name for n in orig.graph.node]
     members: dict[tuple[str, Any], set[str]] = {}
     for name, chain in zip(names, chains):

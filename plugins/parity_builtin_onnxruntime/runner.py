@@ -177,7 +177,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     With ``keep_session`` a one-session capture builds its session here, to be run on many feeds.
     """
     from parity.lib.onnx.graph import FLOAT_TYPES, captured_sites, estimated_bytes, inferred_info, with_outputs
-    from parity.lib.onnx.provenance import module_output_calls, node_scopes
+    from parity.lib.onnx.provenance import innermost_modules, layer_aliases, module_provenance
 
     workdir = Path(cfg.workdir)
     opts = cfg.options
@@ -187,8 +187,10 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     graph_outputs = [o.name for o in orig.graph.output]
     out_pos = {n: i for i, n in enumerate(graph_outputs)}
     sites = captured_sites(orig)
-    calls = module_output_calls(orig, module_names)
-    within = [chain[-1][0] if chain else "" for chain in node_scopes(orig, module_names)]
+    calls, scopes = module_provenance(orig, module_names)
+    within = innermost_modules(scopes)
+    sel = cfg.layers
+    aliases = layer_aliases(orig, calls, scopes) if sel is not None else {}
 
     common: dict[str, Any] = {"precision": precision, "model_file": str(src)}
     if exporter:
@@ -209,14 +211,12 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     max_bytes, max_count = step_limits(cfg)
     shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
     info = inferred_info(runnable, shapes) if (not all_dtypes or max_bytes) else {}
-    sel = cfg.layers
     items: list[tuple[Any, str, bool]] = []
     for s in sites:
         if s.name not in fetch:
             continue
         fname, quant = fetch[s.name]
-        if sel is not None and s.name not in out_pos and not sel.selects(
-                s.name, fname, s.node_name, within[s.node_index], *(p for p, _ in calls.get(s.name, []))):
+        if sel is not None and s.name not in out_pos and not sel.selects(s.name, fname, *aliases.get(s.name, ())):
             continue
         t = info[fname].dtype if fname in info else None
         if not all_dtypes and s.name not in out_pos and t is not None and t not in FLOAT_TYPES:

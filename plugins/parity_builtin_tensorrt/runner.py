@@ -276,8 +276,10 @@ def capture(trt: Any, target: str, precision: str, cfg: RunConfig, feed: dict[st
         onnx_path = typed
         graph = onnx.load(str(onnx_path), load_external_data=False)
     if cfg.layers is not None:  # --layers: mark only the selected tensors (the engine key includes them)
+        from parity.lib.onnx.provenance import layer_aliases, module_provenance
+
         ecfg = replace(ecfg, layers_pattern=cfg.layers.pattern, layers_names=tuple(sorted(cfg.layers.names)),
-                       aliases=layer_aliases(graph, module_names))
+                       aliases=layer_aliases(graph, *module_provenance(graph, module_names)))
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph.node)
     feed = {k: np.asarray(v) for k, v in feed.items()}
     built = build_engine(trt, onnx_path, ecfg, feed, list(cfg.calibration), Path(cfg.workdir), has_qdq)
@@ -327,18 +329,3 @@ def capture(trt: Any, target: str, precision: str, cfg: RunConfig, feed: dict[st
                 rec.meta["is_output"] = True
                 rec.meta["output_position"] = out_pos.get(engine_t, out_pos.get(onnx_t or "", 0))
             yield rec
-
-
-def layer_aliases(graph: Any, module_names: Any) -> dict[str, tuple[str, ...]]:
-    """Per ONNX tensor, the names ``--layers`` may use for it: its producing node, the module the
-    node sits in and the modules whose output it is (the names the other sources' records carry)."""
-    from parity.lib.onnx.provenance import module_output_calls, node_scopes
-
-    calls = module_output_calls(graph, module_names)
-    within = [chain[-1][0] if chain else "" for chain in node_scopes(graph, module_names)]
-    out: dict[str, tuple[str, ...]] = {}
-    for i, node in enumerate(graph.graph.node):
-        for t in node.output:
-            if t:
-                out[t] = tuple(x for x in (node.name, within[i], *(p for p, _ in calls.get(t, []))) if x)
-    return out

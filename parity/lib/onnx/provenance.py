@@ -233,7 +233,11 @@ def module_output_calls(model: "onnx.ModelProto | str | Path", module_names: Ite
                         ) -> dict[str, list[Scope]]:
     """For each tensor that is a module output: the ``(path, call)`` scopes it leaves, innermost first."""
     m = _load(model)
-    scopes = node_scopes(m, module_names)
+    return _output_calls(m, node_scopes(m, module_names))
+
+
+def _output_calls(m: "onnx.ModelProto", scopes: list[list[Scope]]) -> dict[str, list[Scope]]:
+    """:func:`module_output_calls` from already computed :func:`node_scopes`."""
     nodes = list(m.graph.node)
     graph_outputs = {o.name for o in m.graph.output}
     consumers: dict[str, list[int]] = {}
@@ -284,5 +288,31 @@ def scope_of_nodes(model: "onnx.ModelProto | str | Path", module_names: Iterable
                    ) -> dict[str, str]:
     """Node name -> innermost enclosing module path (``""`` for the root): where an op lives."""
     m = _load(model)
-    return {n.name: (chain[-1][0] if chain else "")
-            for n, chain in zip(m.graph.node, node_scopes(m, module_names))}
+    return dict(zip((n.name for n in m.graph.node), innermost_modules(node_scopes(m, module_names))))
+
+
+def innermost_modules(scopes: list[list[Scope]]) -> list[str]:
+    """Per node of :func:`node_scopes`, the innermost module path it sits in (``""`` for the root)."""
+    return [chain[-1][0] if chain else "" for chain in scopes]
+
+
+def module_provenance(model: "onnx.ModelProto | str | Path", module_names: Iterable[str] | None = None
+                      ) -> tuple[dict[str, list[Scope]], list[list[Scope]]]:
+    """``(module_output_calls, node_scopes)`` from one scope walk (the walk is the costly part)."""
+    m = _load(model)
+    scopes = node_scopes(m, module_names)
+    return _output_calls(m, scopes), scopes
+
+
+def layer_aliases(model: "onnx.ModelProto | str | Path", calls: dict[str, list[Scope]],
+                  scopes: list[list[Scope]]) -> dict[str, tuple[str, ...]]:
+    """Per tensor a node outputs, the other names ``--layers`` may select it by: its producing node,
+    the module the node sits in and the modules whose output it is (``calls``, ``scopes``: from
+    :func:`module_provenance`), so every source selects the same tensors for one ``--layers``."""
+    m = _load(model)
+    out: dict[str, tuple[str, ...]] = {}
+    for node, within in zip(m.graph.node, innermost_modules(scopes)):
+        for t in node.output:
+            if t:
+                out[t] = tuple(x for x in (node.name, within, *(p for p, _ in calls.get(t, []))) if x)
+    return out

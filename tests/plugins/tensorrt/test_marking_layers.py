@@ -70,14 +70,14 @@ def test_the_runner_hands_layers_and_aliases_to_the_engine_config(bert, tmp_path
     import onnx
 
     from parity_builtin_tensorrt.config import engine_config
-    from parity_builtin_tensorrt.runner import layer_aliases
+    from parity.lib.onnx.provenance import layer_aliases, module_provenance
 
     layers, _ = bert
     cfg = RunConfig(model=f"{ZOO}:bert", workdir=tmp_path)
     feed = {"input_ids": np.random.default_rng(0).integers(0, 90, size=(2, 16)).astype(np.int64)}
     path, names = onnx_model_for(cfg, feed)
     graph = onnx.load(str(path), load_external_data=False)
-    aliases = layer_aliases(graph, names)
+    aliases = layer_aliases(graph, *module_provenance(graph, names))
     node0 = graph.graph.node[0]
     assert node0.name in aliases[node0.output[0]]
     assert any(SELF1 in a for v in aliases.values() for a in v)
