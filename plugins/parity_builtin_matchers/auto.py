@@ -8,6 +8,7 @@ rules (pins, exclusions) are applied around this matcher by :meth:`parity.contra
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from typing import Iterable, Iterator
 
@@ -38,8 +39,6 @@ def layout_permutation(ref: tuple[int, ...], target: tuple[int, ...]) -> tuple[i
     unrelated elements. None when the layouts agree already, do not permute into each other, or
     more than one order fits (equal sizes: which axis is which cannot be told from shapes).
     """
-    import itertools
-
     rs = tuple(d for d in ref if d != 1)
     ts = tuple(d for d in target if d != 1)
     if rs == ts or sorted(rs) != sorted(ts) or len(ts) > 6:
@@ -53,6 +52,10 @@ def _permuted(t: Activation, ref_shape: tuple[int, ...], perm: tuple[int, ...]) 
     core = np.asarray(t.array).reshape(tuple(d for d in t.shape if d != 1))
     meta = dict(t.meta, layout=f"target {list(t.shape)} read with axes {list(perm)} as {list(ref_shape)}")
     return Activation(t.name, np.transpose(core, perm).reshape(ref_shape), t.output_index, t.order, t.op_type, meta)
+
+
+#: elements sampled per record before two records are compared whole (twins)
+TWIN_SAMPLE = 1024
 
 
 def _twins(refs: list[Activation]) -> dict[int, int]:
@@ -88,10 +91,6 @@ def _twins(refs: list[Activation]) -> dict[int, int]:
     return out
 
 
-#: elements sampled per record before two records are compared whole (twins)
-TWIN_SAMPLE = 1024
-
-
 def _scopes(a: Activation) -> list[str]:
     s = a.meta.get("scopes")
     if s:
@@ -119,8 +118,6 @@ def _provenance_disagrees(r: Activation, t: Activation) -> bool:
 
 def _lis(seq: list[int]) -> list[int]:
     """Indices of a longest strictly increasing subsequence (anchors that agree on order)."""
-    import bisect
-
     tails: list[int] = []
     tails_idx: list[int] = []
     prev = [-1] * len(seq)
@@ -219,11 +216,10 @@ class AutoMatcher(Matcher):
                     k = scope_seen.get(s, 0)
                     scope_seen[s] = k + 1
                     cands = by_scope.get(s, [])
-                    if k < len(cands) and cands[k] not in claimed and all(cands[k] != f for f, _ in found):
-                        if compatible(cands[k], t):
-                            found.append((cands[k], "provenance"))
-                        elif layout_permutation(refs[cands[k]].shape, t.shape) is not None:
-                            found.append((cands[k], "provenance"))  # same tensor in the exporter's layout
+                    if k < len(cands) and cands[k] not in claimed and all(cands[k] != f for f, _ in found) \
+                            and (compatible(cands[k], t)  # or the same tensor in the exporter's layout:
+                                 or layout_permutation(refs[cands[k]].shape, t.shape) is not None):
+                        found.append((cands[k], "provenance"))
             if not found:
                 for i in by_norm.get(normalize_name(t.key), []):
                     if i not in claimed and compatible(i, t):
