@@ -32,6 +32,18 @@ def polygraphy_docs(draw):
     return {"lst": lst, "polygraphy_class": "RunResults"}
 
 
+def _read_mutated(data, raw: bytes, how: str, fmt: str) -> None:
+    """Read ``raw`` (byte-mutated when ``how`` is "bytes") as a ``fmt`` file: it reads, or fails with
+    :func:`fuzzing.check`'s one-line ParityError naming the file; an intact file must read."""
+    if how == "bytes":
+        raw = data.draw(byte_mutations(raw))
+    with scratch() as d:
+        f = write(d / "out.json", raw)
+        outcome = check(lambda: read_all(f, fmt=fmt), d, names_any=(str(f),))
+        if how == "intact":
+            assert outcome == "ok"
+
+
 @given(st.data())
 def test_polygraphy_json_mutated(data):
     doc = data.draw(polygraphy_docs())
@@ -46,14 +58,7 @@ def test_polygraphy_json_mutated(data):
         enc["array"] = base64.b64encode(new).decode()
     if how == "json":
         doc = data.draw(json_mutations(doc))
-    text = json.dumps(doc).encode()
-    if how == "bytes":
-        text = data.draw(byte_mutations(text))
-    with scratch() as d:
-        f = write(d / "out.json", text)
-        outcome = check(lambda: read_all(f, fmt="polygraphy-json"), d, names_any=(str(f),))
-        if how == "intact":
-            assert outcome == "ok"
+    _read_mutated(data, json.dumps(doc).encode(), how, "polygraphy-json")
 
 
 def _trtexec_text(entries: list[dict]) -> str:
@@ -81,14 +86,7 @@ def test_trtexec_json_mutated(data):
         doc = [{"name": e["name"], "dimensions": e["dims"], "values": np.asarray(e["values"]).ravel().tolist()}
                for e in entries]
         text = json.dumps(data.draw(json_mutations(doc)))
-    raw = text.encode()
-    if how == "bytes":
-        raw = data.draw(byte_mutations(raw))
-    with scratch() as d:
-        f = write(d / "out.json", raw)
-        outcome = check(lambda: read_all(f, fmt="trtexec-json"), d, names_any=(str(f),))
-        if how == "intact":
-            assert outcome == "ok"
+    _read_mutated(data, text.encode(), how, "trtexec-json")
 
 
 @given(st.data())
