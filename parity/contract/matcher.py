@@ -108,16 +108,19 @@ class Matcher:
         else:  # a matcher written against the two-argument form
             def inner(r: Iterable[Activation], t: Iterable[Activation]) -> Iterator[Pair]:
                 return self.pairs(r, t)
-        if rules is None or rules.empty:
-            return _closing(inner(ref, target), ctx)
-        return _closing(apply_rules(inner, ref, target, rules, ctx), ctx)
+        pairs = inner(ref, target) if rules is None or rules.empty else apply_rules(inner, ref, target, rules, ctx)
+        return closing_parking(pairs, ctx)
 
     def __repr__(self) -> str:
         return f"<matcher {self.name}>"
 
 
-def _closing(pairs: Iterable[Pair], ctx: MatchContext) -> Iterator[Pair]:
-    """``pairs``, then the run's parking store closed (its spill files removed) however the stream ends."""
+def closing_parking(pairs: Iterable[Pair], ctx: MatchContext) -> Iterator[Pair]:
+    """``pairs``, then ``ctx``'s parking store closed (its spill files removed) however the stream ends.
+
+    :meth:`Matcher.match` wraps every matcher in it; a matcher's ``pairs`` called directly without a
+    context makes its own and wraps itself.
+    """
     try:
         yield from pairs
     finally:

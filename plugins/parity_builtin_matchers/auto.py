@@ -14,8 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from parity.contract.matcher import MatchContext, Matcher, normalize_name
-from parity.contract.parking import Parking
+from parity.contract.matcher import MatchContext, Matcher, closing_parking, normalize_name
 from parity.contract.records import Activation, Pair
 
 #: confidence of each matching method, highest first; the report shows method and confidence
@@ -158,16 +157,13 @@ class AutoMatcher(Matcher):
 
     def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
               ctx: MatchContext | None = None) -> Iterator[Pair]:
-        own = ctx is None
-        ctx = ctx if ctx is not None else MatchContext()
-        try:
-            yield from self._pairs(ref, target, ctx.parking, ctx)
-        finally:
-            if own:  # else Matcher.match closes it when the stream ends
-                ctx.close_parking()
+        if ctx is not None:  # through Matcher.match, which closes ctx.parking when the stream ends
+            return self._pairs(ref, target, ctx)
+        ctx = MatchContext()
+        return closing_parking(self._pairs(ref, target, ctx), ctx)
 
-    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], store: Parking,
-               ctx: MatchContext) -> Iterator[Pair]:
+    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
+        store = ctx.parking
         refs: list[Activation] = [store.park(r) for r in ref]
         by_key: dict[str, int] = {}
         by_scope: dict[str, list[int]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import Iterable, Iterator
 
-from parity.contract.matcher import MatchContext, Matcher
+from parity.contract.matcher import MatchContext, Matcher, closing_parking
 from parity.contract.records import Activation, Pair
 
 
@@ -22,13 +22,10 @@ class ExactMatcher(Matcher):
 
     def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
               ctx: MatchContext | None = None) -> Iterator[Pair]:
-        own = ctx is None
-        ctx = ctx if ctx is not None else MatchContext()
-        try:
-            yield from self._pairs(ref, target, ctx)
-        finally:
-            if own:  # else Matcher.match closes it when the stream ends
-                ctx.close_parking()
+        if ctx is not None:  # through Matcher.match, which closes ctx.parking when the stream ends
+            return self._pairs(ref, target, ctx)
+        ctx = MatchContext()
+        return closing_parking(self._pairs(ref, target, ctx), ctx)
 
     def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
         park = ctx.parking
