@@ -457,8 +457,7 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     ref_src, tgt_src, cfg = prep.ref, prep.target, prep.cfg
     rules = MappingRules.load(s.mapping) if s.mapping else MappingRules()
     stats = stats if stats is not None else DatasetStats()
-    stats.summary.setdefault("ref_label", s.ref)
-    stats.summary.setdefault("target_label", tgt_src.name)
+    stats.labels_of_sides = (s.ref, tgt_src.name)
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
     from parity.contract import fused
@@ -495,9 +494,7 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
             stats.agree += int((rtap.top1[0] == ttap.top1[0]).sum())
             stats.top1_total += int(rtap.top1[0].size)
-        summary = dict(rep.summary)
         stats.add(k, label, rep)
-        stats.summary.update({key: v for key, v in summary.items() if key not in stats.summary})
         del rep, pairs
     return stats
 
@@ -528,8 +525,7 @@ def finish(s: CompareSettings, stats: DatasetStats) -> Report:
     if stats.inputs == 0:
         raise ParityError("no input was compared. Note: the input source yielded nothing.")
     infos = metric_infos(resolve_metrics(s.metrics), s.thresholds)
-    ref_label = stats.summary.pop("ref_label", s.ref)
-    target_label = stats.summary.pop("target_label", s.target)
+    ref_label, target_label = stats.labels_of_sides or (s.ref, s.target)
     report = stats.report(infos, ref_label, target_label)
     n = stats.inputs
     summary: dict[str, Any] = {"inputs": n, "model": s.model}

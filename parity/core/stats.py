@@ -55,7 +55,7 @@ class LayerStats:
     evm: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, index: int, row: LayerResult, infos: list[MetricInfo]) -> "LayerStats":
+    def of(cls, index: int, row: LayerResult) -> "LayerStats":
         pair = row.pair_stats
         st = cls(template=_bare(row), index=index, n=1)
         for name, v in row.values.items():
@@ -66,10 +66,9 @@ class LayerStats:
             # merges may update a state in place: the row's own states stay untouched (flat dicts of
             # numbers, the built-in metrics' states, are copied cheaply)
             st.states = {k: (dict(v) if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())
-                             else copy.deepcopy(v)) for k, v in (getattr(pair, "states", {}) or {}).items()}
+                             else copy.deepcopy(v)) for k, v in pair.states.items()}
             st.pair = copy.copy(pair)
-            if hasattr(st.pair, "states"):
-                st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
+            st.pair.states = {}  # the states live in ``st.states``; the context keeps the counts
         st.counts = {"ref_nan": row.ref_nan, "ref_inf": row.ref_inf, "target_nan": row.target_nan,
                      "target_inf": row.target_inf, "target_new_nonfinite": int(row.meta.get("target_new_nonfinite", 0))}
         for k, v in row.local.items():
@@ -92,8 +91,6 @@ class LayerStats:
             m = by_name.get(name)
             if name in self.states and name in other.states and m is not None:
                 self.states[name] = m.merge(self.states[name], other.states[name])
-            elif self.n == 0 and name in other.states:
-                self.states[name] = other.states[name]
             else:  # some inputs scored this layer without the metric's state: no pooled value
                 self.states.pop(name, None)
         self.n += other.n
@@ -114,13 +111,11 @@ class LayerStats:
         if other.evm is not None:
             self.evm = other.evm if self.evm is None else merge_error_vs_magnitude([self.evm, other.evm])
 
-    def result(self, infos: list[MetricInfo], total: int, labels: dict[int, str]) -> LayerResult:
+    def result(self, infos: list[MetricInfo], total: int) -> LayerResult:
         """The report row over every input seen (the lone row itself when there was one input)."""
         from parity.core.engine import classify
 
         out = _bare(self.template)
-        out.notes = list(self.template.notes)
-        out.meta = dict(self.template.meta)
         if total == 1 and self.n == 1:
             out.values = {k: v[1][0] for k, v in self.samples.items()}
             out.local = {k: v[0] for k, v in self.local.items()}
@@ -220,13 +215,15 @@ class DatasetStats:
     match_stats: dict[str, int] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     summary_index: int = -1
+    #: how the report names the reference and the target (the target source's own name: ``dump:x.json``)
+    labels_of_sides: tuple[str, str] | None = None
 
     def add(self, index: int, label: str, report: Report) -> None:
         """Fold one input's report in (its rows are not kept)."""
         infos = report.metrics
         part = DatasetStats(inputs=1, labels={index: label}, summary=dict(report.summary), summary_index=index)
         for row in report.layers:
-            part.layers[(row.ref_name, row.target_name)] = LayerStats.of(index, row, infos)
+            part.layers[(row.ref_name, row.target_name)] = LayerStats.of(index, row)
         self.merge(part, infos)
 
     def merge(self, other: "DatasetStats", infos: list[MetricInfo]) -> "DatasetStats":
@@ -243,13 +240,14 @@ class DatasetStats:
         self.top1_total += other.top1_total
         for k, v in other.match_stats.items():
             self.match_stats[k] = self.match_stats.get(k, 0) + v
+        self.labels_of_sides = self.labels_of_sides or other.labels_of_sides
         if other.summary_index >= 0 and (self.summary_index < 0 or other.summary_index < self.summary_index):
             self.summary, self.summary_index = dict(other.summary), other.summary_index
         return self
 
     def report(self, infos: list[MetricInfo], ref_label: str, target_label: str) -> Report:
         """The report over every input folded in, rows in execution order."""
-        rows = [st.result(infos, self.inputs, self.labels) for st in self.layers.values()]
+        rows = [st.result(infos, self.inputs) for st in self.layers.values()]
         rows.sort(key=lambda r: (r.order, r.name))
         summary = dict(self.summary)
         if self.inputs > 1:

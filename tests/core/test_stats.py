@@ -171,3 +171,16 @@ def test_the_table_shows_q90_worst_and_inputs_failing():
     text = out.getvalue()
     assert "cosine q90" in text and "cosine worst" in text and "inputs failing" in text
     assert "1/6" in text and rep.primary.format(rep.layers[0].quantiles["cosine"]["q90"]) in text
+
+
+def test_a_dump_target_keeps_its_own_name_over_several_feeds(folder, tmp_path):
+    """The report names the target source as it names itself (``dump:<file>``), not the --target setting."""
+    cache = str(tmp_path / "cache")
+    base = CompareSettings(model=f"{ZOO}:lenet", target="ort-fp16", inputs=str(folder), workdir=cache,
+                           save_target=str(tmp_path / "t"), limit=2)
+    finish(base, run_feeds(prepare(base), base, prepare(base).feeds.iter(), total=2))
+    s = CompareSettings(model=f"{ZOO}:lenet", target="dump", target_dump=str(tmp_path / "t-0"),
+                        inputs=str(folder), workdir=cache)
+    prep = prepare(s)
+    rep = finish(s, run_feeds(prep, s, prep.feeds.iter(), total=1))
+    assert rep.target_label == "dump:t-0" and rep.ref_label == "torch"
