@@ -157,15 +157,14 @@ def _nbytes(item: Any) -> int:
     return int(getattr(arr, "nbytes", 0) or 0)
 
 
-def stream(work: Callable[[Emit], None], what: str, maxsize: int | None = None,
-           thread_name: str = "parity-torch-forward", max_bytes: int | None = None) -> Iterator[Activation]:
+def stream(work: Callable[[Emit], None], what: str, thread_name: str = "parity-torch-forward",
+           max_bytes: int | None = None) -> Iterator[Activation]:
     """Run ``work(emit)`` in a worker thread and yield what it emits, holding at most ``max_bytes`` queued.
 
     Why bytes, not one record: with one record at a time, producer and consumer hand the GIL to each
     other on every record, and each hand-over waits out the interpreter's switch interval (~10 ms a
     record: 0.25 s a feed for a small model); letting the forward run ahead within a byte budget
     keeps memory bounded and the hand-overs few. A record bigger than the budget is queued alone.
-    ``maxsize`` (records) caps the queue too when given.
 
     Closing the generator early cancels the worker at its next emit and joins it. An exception
     in the worker is re-raised here: ParityError as is, anything else as a one-line ParityError
@@ -180,7 +179,7 @@ def stream(work: Callable[[Emit], None], what: str, maxsize: int | None = None,
     def put(item: Any) -> None:
         n = _nbytes(item)
         with cv:
-            while items and (held[0] + n > budget or (maxsize is not None and len(items) >= maxsize)):
+            while items and held[0] + n > budget:
                 if cancel.is_set():
                     raise _Cancelled()
                 cv.wait(0.05)
