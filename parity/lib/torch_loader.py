@@ -75,19 +75,24 @@ def _load_memory(ref: str) -> LoadedModel:
         raise ParityError(f"model {ref}: cannot copy the {type(obj).__name__} ({first_line(e, typed=True)}), and "
                           f"parity never changes the caller's module. Note: pass a Python spec "
                           f"package.module:factory instead") from None
-    if isinstance(module, torch.jit.ScriptModule):
+    kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "python"
+    return _module_loaded(module, kind, ref, f"model {ref}")
+
+
+def _module_loaded(module: Any, kind: str, source: str, where: str, declared: Any = None) -> LoadedModel:
+    """A module in hand as a :class:`LoadedModel`: input names from its signature (TorchScript: its
+    schema) and the shapes it declares. A scripted module's declaration is best effort (a typed
+    instance attribute ``parity_input_shapes``), so a bad one there is no error."""
+    if kind == "torchscript":
         names, optional = _torchscript_inputs(module)
-        kind = "torchscript"
+        try:
+            specs = _declared_specs(module, declared, where)
+        except ParityError:
+            specs = None
     else:
         names, optional = _python_inputs(module)
-        kind = "python"
-    try:
-        declared = _declared_specs(module, None, f"model {ref}")
-    except ParityError:
-        if kind != "torchscript":
-            raise
-        declared = None
-    return LoadedModel(module, kind, declared, ref, names, optional)
+        specs = _declared_specs(module, declared, where)
+    return LoadedModel(module, kind, specs, source, names, optional)
 
 
 @dataclass
@@ -160,12 +165,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
         raise ParityError(f"cannot load TorchScript model {path}: it looks like a torch.jit.save archive "
                           f"but loading failed. Note: {first_line(e, typed=True)}; the file may be corrupt or saved "
                           f"by a newer torch") from None
-    names, optional = _torchscript_inputs(module)
-    try:  # a scripted module keeps a typed instance attribute parity_input_shapes
-        declared = _declared_specs(module, None, str(path))
-    except ParityError:
-        declared = None
-    return LoadedModel(module, "torchscript", declared, str(path), names, optional)
+    return _module_loaded(module, "torchscript", str(path), str(path))
 
 
 def _torchscript_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:
@@ -282,8 +282,7 @@ def _load_saved(path: Path, trust: bool) -> LoadedModel:
             raise ParityError(f"cannot read {path} as a torch.save file: {first_line(e, typed=True)}. Note: the file "
                               f"may be truncated or corrupt") from None
     if isinstance(obj, torch.nn.Module):
-        names, optional = _python_inputs(obj)
-        return LoadedModel(obj, "pickle", _declared_specs(obj, None, str(path)), str(path), names, optional)
+        return _module_loaded(obj, "pickle", str(path), str(path))
     if isinstance(obj, dict):
         raise ParityError(f"{path} holds a state dict or checkpoint (a dict of weights), not a model. "
                           f"Note: give the architecture as a Python spec (package.module:factory or "
@@ -426,9 +425,7 @@ def _load_python(spec: str) -> LoadedModel:
     if not isinstance(result, torch.nn.Module):
         raise ParityError(f"model spec {spec!r}: the factory returned {type(result).__name__}, not a "
                           f"torch.nn.Module. Note: return a module, or (module, {{'x': (1, 3, 224, 224)}})")
-    names, optional = _python_inputs(result)
-    return LoadedModel(result, "python", _declared_specs(result, declared, f"model spec {spec!r}"), spec,
-                       names, optional)
+    return _module_loaded(result, "python", spec, f"model spec {spec!r}", declared)
 
 
 def _load_state_dict(loaded: LoadedModel, sd_path: str) -> None:
