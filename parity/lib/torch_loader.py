@@ -352,9 +352,6 @@ def import_spec(spec: str, what: str = "model spec") -> Any:
     return obj
 
 
-_import_spec = import_spec
-
-
 def _python_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:
     try:
         sig = inspect.signature(module.forward)
@@ -406,7 +403,7 @@ def _declared_specs(module: Any, declared: Any, where: str) -> list[InputSpec] |
 def _load_python(spec: str) -> LoadedModel:
     import torch
 
-    factory = _import_spec(spec)
+    factory = import_spec(spec)
     if isinstance(factory, torch.nn.Module):
         result: Any = factory
     elif callable(factory):
