@@ -401,7 +401,8 @@ def _selected(stream: Iterable[Activation], sel: LayerSelection | None) -> Itera
     """Records ``sel`` selects (and every model output), whatever the source captured."""
     for a in stream:
         if sel is None or a.meta.get("is_output") or sel.selects(
-                a.name, a.key, a.meta.get("module_path"), a.meta.get("onnx_node"), a.meta.get("within")):
+                a.name, a.key, a.meta.get("module_path"), a.meta.get("onnx_node"), a.meta.get("node"),
+                a.meta.get("within")):
             yield a
 
 
