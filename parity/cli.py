@@ -480,19 +480,16 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         workers=getattr(args, "workers", 1) or 1, ray_address=getattr(args, "ray_address", None))
 
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def parse_bytes(text: str | None, option: str) -> int | None:
-    """``2G``, ``512M``, ``1.5GiB``, ``1000000`` -> bytes."""
-    import re
+    """``2G``, ``512M``, ``1.5GiB``, ``1000000`` -> bytes (the contract's one size vocabulary)."""
+    from parity.contract.options import parse_bytes as size
 
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"{option} {text!r}: not a size. Note: write bytes or a number with K, M, G (e.g. 2G).")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return size(text, option)
+    except ParityError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -65,3 +65,26 @@ def option_int(options: Mapping[str, Any], key: str, default: int | None) -> int
 
 def option_list(options: Mapping[str, Any], key: str) -> list[str]:
     return as_list(options.get(key))
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+          "g": 2**30, "gb": 10**9, "gib": 2**30}
+
+
+def parse_bytes(value: Any, what: str = "step_bytes") -> int:
+    """``268435456``, ``"256MiB"``, ``"256M"`` (binary), ``"0.5GB"`` (decimal) as a byte count.
+
+    One vocabulary for every size: ``--max-memory``, ``--step-bytes`` and the ``step_bytes`` option.
+    """
+    import re
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ParityError(f"{what}={value!r} is not a size. Note: write e.g. 268435456, 256MiB or 1G")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if n < 0:
+        raise ParityError(f"{what}={value!r} is negative. Note: use 0 for no byte limit")
+    return int(n)

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from parity.contract.errors import ParityError
-from parity.contract.options import option_bool, option_int
+from parity.contract.options import option_bool, option_int, parse_bytes
 from parity.contract.records import Activation
 from parity.contract.source import RunConfig
 from parity.lib.onnx.session import make_session, run_session, session_options
@@ -43,26 +43,6 @@ from .loader import fetch_for, load_fp32, run_label, runnable_model, target_mode
 #: into steps, so what the capture adds to peak memory stops growing with batch (ONNX Runtime
 #: frees an output block only once every output of the run is released).
 DEFAULT_STEP_BYTES = 256 * 2**20
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
-          "g": 2**30, "gb": 10**9, "gib": 2**30}
-
-
-def parse_bytes(value: Any, what: str = "step_bytes") -> int:
-    """``268435456``, ``"256MiB"``, ``"256M"`` (binary), ``"0.5GB"`` (decimal) as a byte count."""
-    import re
-
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
-        if m is None or m.group(2).lower() not in _UNITS:
-            raise ParityError(f"{what}={value!r} is not a size. Note: write e.g. 268435456, 256MiB or 1G")
-        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if n < 0:
-        raise ParityError(f"{what}={value!r} is negative. Note: use 0 for no byte limit")
-    return int(n)
-
 
 def step_limits(cfg: RunConfig) -> tuple[int | None, int | None]:
     """``(bytes, tensors)`` each capture step may return; ``None`` is no limit of that kind.

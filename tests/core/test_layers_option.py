@@ -35,3 +35,13 @@ def test_a_file_of_names_and_a_bad_regex(tmp_path):
     with pytest.raises(ParityError, match=r"--layers '\(': not a regular expression"):
         compare(CompareSettings(model=f"{ZOO}:int8_outlier", target="ort", layers="(",
                                 workdir=str(tmp_path / "cache")))
+
+
+def test_sizes_read_one_vocabulary_and_a_bad_one_is_a_usage_line(capsys, tmp_path):
+    from parity.contract.options import parse_bytes
+    from support import cli
+
+    assert parse_bytes("2G") == parse_bytes("2GiB") == 2 << 30 and parse_bytes("0.5GB") == 5 * 10**8
+    rc, _, err = cli(capsys, "compare", f"{ZOO}:lenet", "--max-memory", "lots", "--workdir", tmp_path)
+    assert rc == 2 and err == ["parity: error: --max-memory='lots' is not a size. Note: write e.g. 268435456, "
+                               "256MiB or 1G"]
