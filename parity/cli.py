@@ -324,13 +324,15 @@ def _report_requests(args: argparse.Namespace, tag: str | None = None, many: boo
     return reqs
 
 
-def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves: Sequence[tuple[str, str]] = ()) -> None:
+def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves: Sequence[tuple[str, str]] = (),
+                   inputs: Sequence[tuple[str, str]] = ()) -> None:
     """Fail on an unknown reporter name, or an output path that cannot be written, before any model runs.
 
     With several targets, every target's report paths are checked; ``saves`` are further outputs
-    (option, path) such as --save-ref and --write-config.
+    (option, path) such as --save-ref and --write-config; ``inputs`` (what, path) are the files the
+    run reads, which no output may overwrite.
     """
-    from parity.core.preflight import check_distinct_outputs, check_output_path
+    from parity.core.preflight import check_distinct_outputs, check_no_clobber, check_output_path
     from parity.core.report import get_reporters
 
     get_reporters(_report_requests(args))
@@ -340,6 +342,8 @@ def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves:
     for option, path in outputs:
         check_output_path(path, option, folder_ok=option.startswith("--save"))
     check_distinct_outputs(outputs)
+    config = getattr(args, "config", None)
+    check_no_clobber(outputs, [*inputs, *([("--config", config)] if config else [])])
 
 
 def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None) -> int:
@@ -405,7 +409,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from parity.core.analyze import analyze
 
     metrics = _csv_list(args.metrics)
-    _check_reports(args)
+    _check_reports(args, inputs=[(w, p) for w, p in (("reference dump", args.ref), ("target dump", args.target),
+                                                      ("--mapping", args.mapping)) if p])
     report = analyze(args.ref, args.target, ref_tag=args.ref_tag, target_tag=args.target_tag, fmt=args.fmt,
                      metrics=metrics, thresholds=parse_thresholds(args.threshold, metrics),
                      options=_options(args), matcher=args.matcher, mapping=args.mapping)
@@ -510,7 +515,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             settings.save_ref = None  # the reference run is the same for every target: saved once
         runs.append((tgt, settings))
     saves = [(o, p) for _, st in runs for o, p in (("--save-ref", st.save_ref), ("--save-target", st.save_target)) if p]
-    _check_reports(args, targets, saves)
+    from parity.core.compare import input_paths
+
+    _check_reports(args, targets, saves, inputs=[i for _, st in runs for i in input_paths(st)])
     for _, settings in runs:  # every source must be able to run before any runs
         check_settings(settings)
     for tgt, settings in runs:
@@ -551,9 +558,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
     gm = get_metric(goal_metric)
-    _check_reports(args, saves=[(o, p) for o, p in (("--write-config", args.write_config),
-                                                    ("--write-model", args.write_model)) if p])
+    from parity.core.compare import input_paths
+
     settings = _settings(args, args.target, True)
+    _check_reports(args, saves=[(o, p) for o, p in (("--write-config", args.write_config),
+                                                    ("--write-model", args.write_model)) if p],
+                   inputs=input_paths(settings))
     report = compare(settings)
     _emit(report, argparse.Namespace(**{**vars(args), "fail_under": None, "quiet": True}))
     print()
@@ -597,6 +607,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
     settings = CompareSettings(model=args.model, ref="ort", target="ort", inputs=args.inputs,
                                input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
                                workdir=args.workdir, source_options=_source_options(args))
+    from parity.core.compare import input_paths
+    from parity.core.preflight import check_no_clobber
+
+    check_no_clobber([("--out", args.out)], [*input_paths(settings), *([("--config", args.config)] if args.config else [])])
     res = repro(settings, args.layer, args.out)
     print(f"Wrote {res.folder}: {len(res.nodes)} node(s) producing {', '.join(res.outputs)} from "
           f"{', '.join(res.inputs)}; see {res.folder / 'README.txt'}")

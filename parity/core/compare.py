@@ -19,7 +19,8 @@ from parity.core.stats import DatasetStats
 from parity.contract.report import Report
 from parity.contract.errors import ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
-from parity.core.preflight import check_memory, check_output_path, check_workdir, estimate_memory
+from parity.core.preflight import (check_memory, check_no_clobber, check_output_path, check_workdir,
+                                   estimate_memory)
 from parity.contract.matcher import MappingRules
 from parity.contract.progress import log, track
 from parity.contract.dumpformat import AnnotationContext
@@ -341,7 +342,46 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
         if path:
             check_output_path(path, option, folder_ok=True)
+    check_no_clobber([("--save-ref", s.save_ref or ""), ("--save-target", s.save_target or "")], input_paths(s))
     return ref_src, tgt_src
+
+
+def _external_data(model: str) -> list[str]:
+    """The external-data files an ONNX model names (read without loading the weights)."""
+    try:
+        import onnx
+
+        m = onnx.load(model, load_external_data=False)
+    except Exception:  # not loadable: the source reports that with its own message
+        return []
+    locs = {e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
+    return [str(Path(model).parent / loc) for loc in sorted(locs)]
+
+
+def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
+    """Every file the run reads, as (what, path): no output may be written over one (:func:`check_no_clobber`)."""
+    from parity.core.feeds import python_spec_file
+
+    out: list[tuple[str, str]] = []
+    if Path(s.model).is_file():
+        out.append(("model file", s.model))
+        if s.model.endswith(".onnx"):
+            out += [("external data of the model", f) for f in _external_data(s.model)]
+    elif python_spec_file(s.model):
+        out.append((f"the source file of model {s.model}", str(python_spec_file(s.model))))
+    if s.inputs and is_python_dataset(s.inputs):
+        if python_spec_file(s.inputs):
+            out.append((f"the source file of dataset {s.inputs}", str(python_spec_file(s.inputs))))
+    elif s.inputs:
+        out.append(("--inputs", s.inputs))
+    for option, path in (("--state-dict", s.source_options.get("state_dict")), ("--calibration", s.calibration),
+                         ("--mapping", s.mapping), ("--target-dump", s.target_dump),
+                         ("--target-onnx", s.target_onnx), ("--layer-info", s.layer_info),
+                         ("--layers", s.layers[1:] if s.layers and s.layers.startswith("@") else None)):
+        if path:
+            out.append((option, str(path)))
+    return out
 
 
 def prepare(s: CompareSettings) -> Prepared:

@@ -41,6 +41,35 @@ def is_python_dataset(inputs: str | None) -> bool:
     return bool(_PY_SPEC.match(inputs))
 
 
+def python_spec_file(spec: str | None) -> str | None:
+    """The source file a ``module:function`` or ``file.py:function`` spec names, found without importing it.
+
+    Why: an output written over the model's or dataset's own ``.py`` file destroys the user's code;
+    the check runs before anything is imported, so packages are searched, not executed.
+    """
+    import importlib.machinery
+    import os
+    import sys
+
+    mod = (spec or "").rpartition(":")[0]
+    if not mod:
+        return None
+    if mod.endswith(".py") or "/" in mod or os.sep in mod:
+        return mod if Path(mod).is_file() else None
+    path: list[str] | None = [os.getcwd(), *sys.path]
+    found = None
+    for part in mod.split("."):
+        try:
+            found = importlib.machinery.PathFinder.find_spec(part, path)
+        except (ImportError, ValueError, OSError):
+            return None
+        if found is None:
+            return None
+        path = list(found.submodule_search_locations or [])
+    origin = getattr(found, "origin", None)
+    return origin if origin and Path(origin).is_file() else None
+
+
 @dataclass
 class FeedSet:
     """The feeds of one comparison, described, not loaded.
@@ -173,7 +202,7 @@ class FeedSet:
     def _python_feeds(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         names = [s.name for s in self.specs]
         warned = False
-        for k, item in enumerate(self._iterable()):
+        for k, item in enumerate(_guarded(self._iterable(), str(self.spec))):
             where = f"dataset {self.spec} item {k}"
             if isinstance(item, dict):
                 missing = [n for n in names if n not in item]
@@ -225,6 +254,24 @@ class LazyFeeds(Sequence):
 
     def __bool__(self) -> bool:
         return bool(self._get())
+
+
+def _guarded(items: Any, spec: str) -> Iterator[Any]:
+    """The dataset's items; an exception raised by the user's code while iterating becomes one line naming the spec."""
+    it = iter(items)
+    k = 0
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except ParityError:
+            raise
+        except Exception as e:  # the user's generator or DataLoader failed
+            raise ParityError(f"dataset {spec}: item {k} failed: {first_line(e, typed=True)}. "
+                              f"Note: the error is in the dataset's code, not in parity.") from e
+        yield item
+        k += 1
 
 
 def _as_array(v: Any, where: str) -> np.ndarray:

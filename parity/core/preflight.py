@@ -96,6 +96,46 @@ def check_distinct_outputs(paths: Iterable[tuple[str, str]]) -> None:
         seen[key] = f"{option} {path}"
 
 
+def _same(a: str, b: str) -> bool:
+    """One file under two names: the same resolved path, or ``os.path.samefile`` (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): only the resolved path can say
+        return False
+
+
+def _inside(child: str, folder: str) -> bool:
+    """``child`` lies in ``folder`` (resolved paths): writing the folder replaces what it holds."""
+    c, f = os.path.realpath(child), os.path.realpath(folder)
+    return c != f and c.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_no_clobber(outputs: Iterable[tuple[str, str]], inputs: Iterable[tuple[str, str]]) -> None:
+    """Refuse an output that would overwrite (or, as a folder, replace) a file the run reads.
+
+    Why: an output is written atomically, over whatever the path names; ``--json in.npz`` used to
+    replace the input file with the report, exit 0. Checked by resolved path (symlinks) and by
+    ``os.path.samefile`` (hard links), for files in an input folder too, before anything runs.
+    """
+    ins = [(label, str(path)) for label, path in inputs if path]
+    for option, out in outputs:
+        if not out or out == "-":
+            continue
+        out = str(out)
+        for label, src in ins:
+            if _same(out, src):
+                raise UsageError(f"{option} {out}: would overwrite {label} {src}, which this run reads. "
+                                 f"Note: write the output to another path.")
+            if _inside(src, out):
+                raise UsageError(f"{option} {out}: writing it would replace the folder holding {label} {src}, "
+                                 f"which this run reads. Note: write the output to another path.")
+            if os.path.isdir(src) and _inside(out, src) and os.path.lexists(out):
+                raise UsageError(f"{option} {out}: would overwrite a file of {label} {src}, which this run reads. "
+                                 f"Note: write the output to another path.")
+
+
 # -- cache folder -------------------------------------------------------------------------------
 
 def default_workdir() -> str:
