@@ -94,6 +94,9 @@ class LayerResult:
     range: dict[str, Any] = field(default_factory=dict)
     #: 1 for the layer that most explains the loss, 2 for the next... (None: not a culprit)
     culprit_rank: int | None = None
+    #: the culprit whose error this row only carries on (a consumer of its overflow, the module that
+    #: contains it, the same tensor), grouped under it and never ranked; ``meta["consequence"]`` says how
+    caused_by: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     #: the scoring context of one input (counts and the metrics' mergeable states); the core folds it
     #: into dataset statistics and drops it; reporters ignore it
@@ -207,23 +210,55 @@ def _dataset_lines(report: Report) -> list[str]:
             f"(first such layer); worst: {worst}."]
 
 
+def culprit_groups(report: Report) -> list[tuple[LayerResult, list[LayerResult]]]:
+    """The report's one culprit ordering: each culprit by rank, with the rows grouped under it
+    (``caused_by``), in execution order. Every reporter and the API read this, never their own sort."""
+    byname = {r.name: r for r in report.layers}
+    out = []
+    for name in report.summary.get("culprits") or []:
+        r = byname.get(name)
+        if r is not None:
+            out.append((r, [c for c in report.layers if c.caused_by == name]))
+    return out
+
+
+def _alone(r: LayerResult, p: MetricInfo) -> str:
+    """What the culprit does run alone in the target: its overflow in numbers, else its local value."""
+    ov = r.meta.get("overflow") or {}
+    top, fmax = ov.get("ref_absmax"), ov.get("format_max")
+    if ov and top is not None and fmax is not None and top > fmax:
+        return (f"{ov['count']} of its values exceed the {ov.get('format') or 'target'} max {fmax:g} (the reference "
+                f"reaches {top:.4g}) and become Inf")
+    nf = int(ov.get("count") or r.local.get(NEW_NONFINITE, 0))
+    if nf:
+        return f"it produces {nf} NaN/Inf values" + (f" (its reference stays within ±{top:.4g})" if top is not None else "")
+    return f"it reaches {p.name} {p.format(r.local.get(p.name))}"
+
+
 def diagnosis_lines(report: Report) -> list[str]:
     """Plain-words verdict of a diagnosis (culprits, first NaN/Inf, range risks), from the report alone."""
     out = []
     p = report.primary
     byname = {r.name: r for r in report.layers}
-    fc = report.summary.get("first_culprit")
-    if fc and p is not None:
-        r = byname[fc]
+    groups = culprit_groups(report)
+    if groups and p is not None:
+        r, cons = groups[0]
         where = r.meta.get("ref_module_path") or r.meta.get("target_onnx_node") or r.target_name
-        nf = int(r.local.get(NEW_NONFINITE, 0))
-        alone = (f"produces {nf} NaN/Inf values" if nf else
-                 f"reaches {p.name} {r.local.get(p.name, float('nan')):.6g}")
         out.append(f"Culprit: {r.name} ({r.op_type or r.target_op_type or 'layer'}; {where}) — run alone in the "
-                   f"target it {alone}; it causes the loss, the layers after it inherit it.")
-        others = [c for c in report.summary.get("culprits", []) if c != fc]
-        if others:
-            out.append("Other culprits by local error: " + ", ".join(others))
+                   f"target, {_alone(r, p)}; it causes the loss, the layers after it inherit it.")
+        if r.meta.get("culprit_cause") and not r.meta.get("overflow"):
+            out.append(f"cause: {r.meta['culprit_cause']}")
+        if cons:
+            out.append(f"Grouped under {r.name} (they carry its error, not culprits): "
+                       + "; ".join(f"{c.name} ({c.meta.get('consequence', 'inherits it')})" for c in cons[:6])
+                       + (" …" if len(cons) > 6 else ""))
+        if len(groups) > 1:
+            out.append("Other culprits by local error: " + ", ".join(
+                f"#{c.culprit_rank} {c.name}" + (f" (+{len(cs)} grouped)" if cs else "") for c, cs in groups[1:]))
+        fc = report.summary.get("first_culprit")
+        if fc and fc != r.name and fc in byname:
+            out.append(f"First culprit in execution order: {fc} (#{byname[fc].culprit_rank}); the layers after it "
+                       f"read its error.")
     elif any(r.local for r in report.layers) and not report:
         out.append("No layer's local error explains the loss: it builds up over many layers.")
     if report.summary.get("first_nonfinite"):

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 from parity.contract.records import LocalResult
-from parity.contract.report import NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
+from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
 from parity.contract.metric import Metric, score_pair
 
 __all__ = ["FORMATS", "LocalResult", "LocalValues", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "score_local",
@@ -31,6 +31,9 @@ FORMATS: dict[str, dict[str, float]] = {
 INT8_CREST_RISK = 20.0
 #: a layer is a culprit when its local error is at least this share of its accumulated error
 CAUSE_SHARE = 0.5
+#: a layer whose local error is below this share of the error the threshold allows is never a culprit
+#: (the same floor as ``parity fix``'s: keeping such a layer in high precision cannot move the outputs)
+NEGLIGIBLE_SHARE = 0.01
 
 
 def target_format(source_name: str, row: LayerResult | None = None) -> str | None:
@@ -194,33 +197,6 @@ def error_of(value: float | None, info: MetricInfo) -> float | None:
     return None if value is None else info.error(value)
 
 
-def _matches(row: LayerResult, p: MetricInfo) -> bool:
-    """Whether a layer's output agrees with the reference: end to end where it was compared, else alone."""
-    if row.meta.get("target_new_nonfinite", 0) > 0 or row.local.get(NEW_NONFINITE, 0) > 0:
-        return False
-    v = row.worst.get(p.name, row.values.get(p.name))
-    if v is None:
-        v = row.local.get(p.name)
-    return v is not None and p.threshold is not None and not p.fails(v, p.threshold)
-
-
-def _saturation_harmless(row: LayerResult, by_target: dict[str, list[LayerResult]], p: MetricInfo) -> bool:
-    """Saturation to the same-signed infinity is harmless when every consumer's output still matches.
-
-    The consumers are the layers reading this tensor (``local_consumers``, from the source's graph);
-    without that knowledge, the next layer in execution order stands in for them.
-    """
-    names = row.meta.get("local_consumers")
-    if names:
-        rows = [r for n in names for r in by_target.get(n, [])]
-    else:
-        later = [r for r in by_target.get("\0order", []) if r.order > row.order]
-        rows = later[:1]
-    if not rows:
-        return False
-    return all(_matches(r, p) for r in rows)
-
-
 def _quantizer_cause(row: LayerResult) -> str | None:
     """The output quantizer of ``row`` in words, when it leaves the useful values too few levels."""
     q = row.meta.get("local_quantizer")
@@ -237,73 +213,11 @@ def _quantizer_cause(row: LayerResult) -> str | None:
 
 
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
-    """Rank the layers that cause the loss: high local error, and enough of it to explain the drop.
+    """Name the layers that cause the loss, each with the rows that only carry its error, in one
+    ranked order (:func:`parity.core.culprits.find_culprits`, which documents the rules)."""
+    from parity.core.culprits import find_culprits as rank
 
-    A layer qualifies when its local value fails the primary threshold, or when its local
-    error is at least ``CAUSE_SHARE`` of its accumulated error while the accumulated value
-    fails. A layer whose only fault alone is saturation (reference beyond the target format,
-    target the same-signed infinity) qualifies only when a consumer's output no longer matches.
-    The first culprit in execution order is the one to fix first; the ranking is by
-    local error, worst first.
-    """
-    p = report.primary
-    if p is None:
-        return []
-    by_target: dict[str, list[LayerResult]] = {"\0order": sorted(
-        (r for r in report.layers if r.local or r.values), key=lambda r: r.order)}
-    for row in report.layers:
-        if row.target_name is not None:
-            by_target.setdefault(row.target_name, []).append(row)
-    cands = []
-    for row in report.layers:
-        if p.name not in row.local:
-            continue
-        loc = row.local[p.name]
-        acc = row.worst.get(p.name, row.values.get(p.name))
-        e_loc = error_of(loc, p)
-        new_nf = row.local.get(NEW_NONFINITE, 0) > 0
-        if row.local.get(SATURATED, 0) > 0:
-            if _saturation_harmless(row, by_target, p):
-                row.meta["saturation"] = (f"{int(row.local[SATURATED])} values beyond the target format "
-                                          f"become the same-signed infinity; the consumers still match")
-            else:
-                new_nf = True
-                row.meta["saturation"] = (f"{int(row.local[SATURATED])} values beyond the target format "
-                                          f"become infinite and a consumer no longer matches")
-        if new_nf:
-            e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
-        e_acc = error_of(acc, p)
-        fails_local = p.threshold is not None and p.fails(loc, p.threshold)
-        fails_local = fails_local or new_nf
-        fails_acc = row.failing
-        explains = e_loc is not None and e_acc is not None and e_acc > 0 and e_loc >= CAUSE_SHARE * e_acc
-        row.meta["local_share"] = (e_loc / e_acc) if (e_loc is not None and e_acc) else None
-        if fails_local or (fails_acc and explains) or row.status == NONFINITE and explains:
-            cands.append((e_loc if e_loc is not None else 0.0, row))
-    cands.sort(key=lambda x: (-x[0], x[1].order))  # equal local error: the earlier layer first
-    ranked = [r for _, r in cands[:top]]
-    for i, r in enumerate(ranked, 1):
-        r.culprit_rank = i
-    if ranked:
-        first = min(ranked, key=lambda r: r.order)
-        report.summary["first_culprit"] = first.name
-        report.summary["culprits"] = [r.name for r in ranked]
-        cause = _quantizer_cause(first)
-        whole = first.meta.get("local_whole") or {}
-        if cause is None and first.local.get(SATURATED, 0) > 0 and "no longer" in first.meta.get("saturation", ""):
-            top = (first.range.get("ref") or {}).get("absmax")
-            cause = (f"{first.name} alone: {first.meta['saturation']}"
-                     + (f" (the reference reaches {top:.4g})" if top is not None else ""))
-        elif cause is None and p.name in whole and p.threshold is not None and not p.fails(whole[p.name], p.threshold) \
-                and p.fails(first.local.get(p.name), p.threshold):
-            cause = (f"{first.name}'s values below |x| = {first.meta['local_useful_bound']:.4g} are lost while the "
-                     f"{int(first.local.get(MASKED, 0))} values beyond a {SENTINEL_GAP:g}x magnitude gap (a mask "
-                     f"constant or outliers) still agree, so the whole tensor's {p.name} hides it")
-        if cause:
-            first.meta["culprit_cause"] = cause
-            report.summary["first_culprit_cause"] = cause
-            report.summary["cause"] = cause  # printed under the table
-    return ranked
+    return rank(report, top)
 
 
 def trace_ranges(report: Report, fmt: str | None) -> None:
