@@ -114,7 +114,9 @@ def validate(args: argparse.Namespace) -> None:
     from parity.core.inputs import parse_input_shapes
 
     parse_input_shapes(args.input_shape)
-    _at_least(args, "seed", 0)
+    from parity.contract.options import check_seed
+
+    check_seed(args.seed)  # the rule parity.compare(seed=...) applies too
     _at_least(args, "random_inputs", 1)
     _at_least(args, "workers", 1)
     _at_least(args, "limit", 1)
@@ -122,6 +124,10 @@ def validate(args: argparse.Namespace) -> None:
     if args.device != "cpu" and not (args.device == "cuda" or (args.device.startswith("cuda:")
                                                                 and args.device[5:].isdigit())):
         raise UsageError(f"--device {args.device!r}: expected cpu, cuda or cuda:N.")
+    if args.ref is None:  # not given: a reference that can run the model (ONNX Runtime fp32 for an .onnx file)
+        from parity.core.api import default_ref
+
+        args.ref = default_ref(args.model)
     _known("source", args.ref, "--ref")
     targets = args.target if isinstance(args.target, list) else [args.target] if args.target else []
     for t in targets:
@@ -175,7 +181,8 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     co.add_argument("model", help="model: .onnx, TorchScript .pt, ExportedProgram .pt2, or package.module:factory")
-    co.add_argument("--ref", default="torch", help="reference source (default: torch)")
+    co.add_argument("--ref", help="reference source (default: ort, ONNX Runtime fp32, for an .onnx model; "
+                                  "torch otherwise)")
     if several_targets:
         co.add_argument("--target", action="append", help="target source; repeat for several (default: ort)")
     else:
@@ -184,8 +191,9 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     g.add_argument("--inputs", help=".npy/.npz file, a folder of them (one feed per file, streamed), or a "
                                     "Python dataset module:function / data.py:function returning an iterable "
                                     "of feeds or a torch DataLoader")
-    g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
-                   help="shape for random inputs or dynamic dims (repeatable)")
+    g.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224[:DTYPE]",
+                   help="shape for random inputs or dynamic dims, optionally their dtype "
+                        "(input_ids:1x16:int64) (repeatable)")
     g.add_argument("--seed", type=int, default=0, help="seed of random inputs (default 0)")
     g.add_argument("--random-inputs", type=int, default=1, metavar="N", help="number of random feeds (default 1)")
     g.add_argument("--calibration", help="feeds for INT8 calibration (default: the first 64 compared inputs, at most 256 MiB)")
@@ -466,12 +474,13 @@ def _suffixed(path: str | None, tag: str, many: bool) -> str | None:
 
 def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
     from parity.core.compare import CompareSettings
-    from parity.core.inputs import parse_input_shapes
+    from parity.core.inputs import parse_input_dtypes, parse_input_shapes
 
     metrics = _csv_list(args.metrics)
     return CompareSettings(
         model=args.model, ref=args.ref, target=target, inputs=args.inputs,
-        input_shapes=parse_input_shapes(args.input_shape), seed=args.seed, random_inputs=args.random_inputs,
+        input_shapes=parse_input_shapes(args.input_shape), input_dtypes=parse_input_dtypes(args.input_shape),
+        seed=args.seed, random_inputs=args.random_inputs,
         device=args.device, workdir=args.workdir, metrics=metrics,
         thresholds=parse_thresholds(args.threshold, metrics), metric_options=_options(args),
         source_options=_source_options(args), mapping=args.mapping, matcher=args.matcher,

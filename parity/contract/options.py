@@ -88,3 +88,24 @@ def parse_bytes(value: Any, what: str = "step_bytes") -> int:
     if n < 0:
         raise ParityError(f"{what}={value!r} is negative. Note: use 0 for no byte limit")
     return int(n)
+
+
+def check_seed(value: Any) -> int:
+    """The seed of random inputs: an integer >= 0, one rule for ``--seed`` and ``seed=``.
+
+    Why >= 0: numpy's generator (which makes the random feeds) refuses negative seeds, which
+    surfaced mid-run as an internal error; a float or a bool seed is a mistake, not a seed.
+    """
+    import operator
+
+    from parity.contract.errors import UsageError
+    from parity.contract.frontend import given
+
+    try:
+        seed = None if isinstance(value, bool) else operator.index(value)  # int and numpy integers
+    except TypeError:
+        seed = None
+    if seed is None or seed < 0:
+        raise UsageError(f"{given('seed', value)}: the seed of random inputs must be an integer >= 0. "
+                         f"Note: e.g. 0 (the default)")
+    return seed

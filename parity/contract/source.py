@@ -24,6 +24,9 @@ class InputSpec:
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    #: an integer index input's exclusive upper bound where the model tells it (an embedding's row
+    #: count): random values stay below it, as a real index must; None: unknown
+    high: int | None = None
 
 
 @dataclass(frozen=True)

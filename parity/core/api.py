@@ -72,6 +72,19 @@ def model_reference(model: Any, workdir: Path) -> tuple[str, str, Any]:
                       f"an onnx.ModelProto, a path (.onnx, .pt, .pt2) or a spec 'package.module:factory'")
 
 
+def default_ref(model: Any) -> str:
+    """The reference when none is named: ONNX Runtime fp32 (``ort``) for an ONNX model (a ``.onnx``
+    path or an ``onnx.ModelProto``), which torch cannot run; ``torch`` for everything else.
+    ``parity compare model.onnx`` without ``--ref`` uses the same rule."""
+    if _onnx_proto(model):
+        return "ort"
+    if isinstance(model, (str, os.PathLike)):
+        from parity.lib.onnx.models import is_onnx_file
+
+        return "ort" if is_onnx_file(os.fspath(model)) else "torch"
+    return "torch"
+
+
 def _array(x: Any, where: str) -> np.ndarray:
     """A tensor or array as a numpy array (a torch tensor detached and moved to the CPU)."""
     if type(x).__module__.startswith("torch"):
@@ -86,9 +99,20 @@ def _array(x: Any, where: str) -> np.ndarray:
     return a
 
 
+def _tensor_like(x: Any) -> bool:
+    return hasattr(x, "shape") or hasattr(x, "__array__")
+
+
+def _positional(feed: Any) -> bool:
+    """A tuple of tensors is one call's positional inputs, ``model(*feed)`` (as ``torch.onnx.export``
+    takes its args); a list is several feeds."""
+    return isinstance(feed, tuple) and bool(feed) and all(_tensor_like(v) for v in feed)
+
+
 def _feeds(inputs: Any) -> Iterator[Any]:
-    """One feed per element: a lone tensor/array, a dict of them, or a list/iterable of either (streamed)."""
-    if isinstance(inputs, Mapping) or hasattr(inputs, "shape") or hasattr(inputs, "__array__"):
+    """One feed per element: a lone tensor/array, a dict of them, a tuple of positional tensors, or a
+    list/iterable of those (streamed)."""
+    if isinstance(inputs, Mapping) or _tensor_like(inputs) or _positional(inputs):
         yield inputs
         return
     if isinstance(inputs, (str, bytes)):
@@ -107,12 +131,25 @@ def _feeds(inputs: Any) -> Iterator[Any]:
         raise ParityError("inputs: the iterable gave no feed. Note: give at least one tensor, array or dict")
 
 
-def write_feeds(inputs: Any, folder: Path) -> Path:
+def write_feeds(inputs: Any, folder: Path, names: Callable[[], list[str] | None] | None = None) -> Path:
     """In-memory inputs as the feed files :func:`parity.core.inputs.load_feeds` reads (one file per feed,
-    ``feed-000000.npy`` for a lone array, ``.npz`` keyed by input name for a dict), written as the
-    iterable yields them, so a generator of thousands of feeds is never held at once."""
+    ``feed-000000.npy`` for a lone array, ``.npz`` keyed by input name for a dict or a tuple of
+    positional inputs, named by ``names()``, the model's input names), written as the iterable yields
+    them, so a generator of thousands of feeds is never held at once."""
     folder.mkdir(parents=True, exist_ok=True)
+    known: list[str] | None = None
     for k, feed in enumerate(_feeds(inputs)):
+        if _positional(feed):
+            if known is None:
+                known = (names() if names is not None else None) or []
+            if not known:
+                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs, but the model's "
+                                  f"input names are unknown. Note: pass a dict input name -> tensor")
+            if len(feed) > len(known):
+                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs (one call, "
+                                  f"model(*inputs)), but the model takes {len(known)}: {', '.join(known)}. Note: "
+                                  f"pass a list [x1, x2, ...] for several feeds")
+            feed = dict(zip(known, feed))
         if isinstance(feed, Mapping):
             arrays = {str(n): _array(v, f"feed {k} input {n!r}") for n, v in feed.items()}
             if not arrays:
@@ -182,16 +219,24 @@ class ComparisonReport(Report):
             log: Callable[[str], None] | None = None) -> Any:
         """Search and verify layers to keep in fp32 (as ``parity fix``); returns the
         :class:`~parity.core.fix.FixResult` (``.passed``, ``.kept``, ``.forms(target)``)."""
-        metric, value = parse_goal(goal, self.primary.name if self.primary else "cosine")
-        return run_fix(self.settings, self, metric, value, max_steps=max_steps, log=log)
+        from parity.contract.frontend import speaking
+
+        with speaking("api"):
+            metric, value = parse_goal(goal, self.primary.name if self.primary else "cosine")
+            return run_fix(self.settings, self, metric, value, max_steps=max_steps, log=log)
 
     def onnx_model(self) -> Path:
         """The fp32 ONNX graph the target ran: the model itself, or parity's cached export of it."""
+        from parity.contract.frontend import speaking
         from parity.core.compare import prepare
         from parity.lib.onnx.models import onnx_model_for
 
-        prep = prepare(self.settings)
-        return Path(onnx_model_for(prep.cfg, prep.feeds.first()[1]).path)
+        recorded = self.summary.get("target_onnx")
+        if recorded and Path(recorded).is_file():  # what the target ran, as the report recorded it
+            return Path(recorded)
+        with speaking("api"):
+            prep = prepare(self.settings)
+            return Path(onnx_model_for(prep.cfg, prep.feeds.first()[1]).path)
 
     def node_data(self, folder: str | os.PathLike) -> list[Path]:
         """Model Explorer overlays of this report on :meth:`onnx_model` (see :mod:`parity.core.view`)."""
@@ -249,10 +294,60 @@ def _thresholds(threshold: float | Mapping[str, float] | None, metrics: Sequence
     return out
 
 
-def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str = "ort-fp16",
+def _model_input_names(model: Any, ref_model: str, ref: str, target: str, cache: Path,
+                       options: Mapping[str, Any] | None) -> list[str] | None:
+    """The model's input names in call order, to name a tuple of positional inputs: a module's
+    ``forward`` signature, an ONNX graph's inputs, else what the sources say (a spec, a torch file)."""
+    if _torch_module(model):
+        from parity.lib.torch_loader import module_input_names
+
+        return module_input_names(model)
+    from parity.lib.onnx.models import is_onnx_file
+
+    if _onnx_proto(model) or is_onnx_file(ref_model):
+        from parity.lib.onnx.graph import load_model, model_inputs
+
+        proto = model if _onnx_proto(model) else load_model(ref_model, what="model")
+        return [i.name for i in model_inputs(proto)]
+    from parity.contract.source import RunConfig
+    from parity.core.compare import _input_names, _source
+
+    cfg = RunConfig(model=ref_model, workdir=cache, options=dict(options or {}))
+    return _input_names(cfg, _source(ref, "reference"), _source(target, "target"))
+
+
+def _shapes_and_dtypes(input_shapes: Mapping[str, Any] | None, input_dtypes: Mapping[str, Any] | None,
+                       ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """``input_shapes={"x": (1, 3, 224, 224), "ids": ((1, 16), "int64")}`` and ``input_dtypes={"ids":
+    torch.int64}`` as the settings' shapes and numpy dtype names (the ``(shape, dtype)`` pair is the
+    form a model's ``parity_input_shapes`` declaration takes too)."""
+    from parity.core.inputs import input_dtype
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    for name, value in (input_shapes or {}).items():
+        name = str(name)
+        if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], (tuple, list))
+                and not isinstance(value[1], (int, np.integer))):
+            value, dtypes[name] = value[0], input_dtype(value[1], name)
+        try:
+            dims = tuple(int(d) for d in value)
+        except (TypeError, ValueError):
+            raise UsageError(f"input_shapes[{name!r}] = {value!r} is not a shape. Note: give a tuple of sizes such "
+                             f"as (1, 3, 224, 224), or (shape, dtype) such as ((1, 16), 'int64')") from None
+        if not dims or min(dims) < 1:
+            raise UsageError(f"input_shapes[{name!r}] = {value!r}: every size must be at least 1 (an empty input "
+                             f"compares nothing). Note: e.g. (1, 3, 224, 224)")
+        shapes[name] = dims
+    for name, value in (input_dtypes or {}).items():
+        dtypes[str(name)] = input_dtype(value, str(name))
+    return shapes, dtypes
+
+
+def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: str = "ort-fp16",
             diagnose: bool = True, metrics: Sequence[str] | None = None,
-            threshold: float | Mapping[str, float] | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
-            seed: int = 0, random_inputs: int = 1, device: str = "cpu", workdir: str | os.PathLike | None = None,
+            threshold: float | Mapping[str, float] | None = None, input_shapes: Mapping[str, Any] | None = None,
+            input_dtypes: Mapping[str, Any] | None = None, seed: int = 0, random_inputs: int = 1, device: str = "cpu", workdir: str | os.PathLike | None = None,
             options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Any] | None = None,
             matcher: str = "auto", mapping: str | None = None, calibration: Any = None,
             inputs_path: str | os.PathLike | None = None, quiet: bool = False, workers: int = 1,
@@ -262,9 +357,12 @@ def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str =
     """Compare ``model`` in ``ref`` and ``target`` layer by layer, as ``parity compare --diagnose`` does.
 
     ``model``: an ``nn.Module``, an ONNX ``ModelProto``, a path (``.onnx``, ``.pt``, ``.pt2``) or a spec
-    ``package.module:factory``. ``inputs``: a tensor or array, a dict input name -> tensor, or a list
-    (any iterable) of those, one feed each; ``None`` makes random ones from the model's shapes
-    (``input_shapes={"x": (1, 3, 224, 224)}``). ``inputs_path``/``calibration`` also take files as the CLI;
+    ``package.module:factory``. ``ref``: the reference source; by default ``ort`` (ONNX Runtime fp32) for an
+    ONNX model, else ``torch``. ``inputs``: a tensor or array, a dict input name -> tensor, a tuple of
+    tensors (one call's positional inputs, ``model(x, y)``), or a list (any iterable) of those, one feed
+    each; ``None`` makes random ones from the model's shapes (``input_shapes={"x": (1, 3, 224, 224)}``;
+    a dtype as ``{"input_ids": ((1, 16), "int64")}`` or ``input_dtypes={"input_ids": torch.int64}``; an
+    input the model indexes an ``nn.Embedding`` with is found to be int64 without it). ``inputs_path``/``calibration`` also take files as the CLI;
     ``inputs_path`` also a folder of thousands of feeds (streamed) or a dataset spec ``module:function``.
     ``workers``/``ray_address`` shard the feeds over Ray workers (the model must then be a path or a spec);
     ``layers`` (a regex, or a list of names) compares only those layers; ``max_memory``/``step_bytes``
@@ -272,28 +370,53 @@ def compare(model: Any, inputs: Any = None, *, ref: str = "torch", target: str =
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
+    from parity.contract.frontend import speaking
+
+    with speaking("api"):  # errors name this function's parameters (input_shapes=...), not CLI flags
+        return _compare(model, inputs, ref=default_ref(model) if ref is None else ref, target=target,
+                        diagnose=diagnose, metrics=metrics, threshold=threshold, input_shapes=input_shapes,
+                        input_dtypes=input_dtypes, seed=seed, random_inputs=random_inputs, device=device,
+                        workdir=workdir, options=options, metric_options=metric_options, matcher=matcher,
+                        mapping=mapping, calibration=calibration, inputs_path=inputs_path, quiet=quiet,
+                        workers=workers, ray_address=ray_address, layers=layers, max_memory=max_memory,
+                        step_bytes=step_bytes, limit=limit)
+
+
+def _compare(model: Any, inputs: Any, *, ref: str, target: str, diagnose: bool, metrics: Sequence[str] | None,
+             threshold: Any, input_shapes: Mapping[str, Any] | None, input_dtypes: Mapping[str, Any] | None,
+             seed: Any, random_inputs: int, device: str, workdir: Any, options: Mapping[str, Any] | None,
+             metric_options: Mapping[str, Any] | None, matcher: str, mapping: str | None, calibration: Any,
+             inputs_path: Any, quiet: bool, workers: int, ray_address: str | None, layers: Any,
+             max_memory: int | None, step_bytes: int | None, limit: int | None) -> ComparisonReport:
+    from parity.contract.options import check_seed
     from parity.core.compare import compare as run
     from parity.core.preflight import check_workdir
     from parity.core.progress import showing
 
     if inputs is not None and inputs_path is not None:
         raise UsageError("give either inputs or inputs_path, not both")
+    seed = check_seed(seed)
+    shapes, dtypes = _shapes_and_dtypes(input_shapes, input_dtypes)
     cache = check_workdir(workdir)
     if (workers > 1 or ray_address) and _torch_module(model):
         raise ParityError("model: an nn.Module in memory cannot be sent to Ray workers. Note: pass a path "
                           "(.pt2, .onnx) or a spec 'package.module:factory' with workers")
     ref_model, label, keep = model_reference(model, cache)
     tmp = Path(tempfile.mkdtemp(prefix="parity-inputs-", dir=cache))
+
+    def names() -> list[str] | None:
+        return _model_input_names(model, ref_model, ref, target, cache, options)
+
     try:
-        feeds_path = str(write_feeds(inputs, tmp / "inputs")) if inputs is not None else \
+        feeds_path = str(write_feeds(inputs, tmp / "inputs", names)) if inputs is not None else \
             (os.fspath(inputs_path) if inputs_path is not None else None)
         calib_path = None
         if calibration is not None:
             calib_path = os.fspath(calibration) if isinstance(calibration, (str, os.PathLike)) else \
-                str(write_feeds(calibration, tmp / "calibration"))
+                str(write_feeds(calibration, tmp / "calibration", names))
         settings = CompareSettings(
             model=ref_model, ref=ref, target=target, inputs=feeds_path,
-            input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}, seed=seed,
+            input_shapes=shapes, input_dtypes=dtypes, seed=seed,
             random_inputs=random_inputs, device=device, workdir=str(cache), metrics=list(metrics) if metrics else None,
             thresholds=_thresholds(threshold, metrics), metric_options=dict(metric_options or {}),
             source_options=dict(options or {}), mapping=mapping, matcher=matcher, calibration=calib_path,

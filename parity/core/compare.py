@@ -37,6 +37,8 @@ class CompareSettings:
     target: str = "ort"
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: dtypes of random inputs by input name (``--input-shape ids:1x16:int64``, ``input_dtypes=``)
+    input_dtypes: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     random_inputs: int = 1
     device: str = "cpu"
@@ -122,9 +124,9 @@ def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, t
     """
     from parity.core.inputs import peek_shapes
 
-    peek = peek_shapes(path)
+    names = _input_names(cfg, *srcs)
+    peek = peek_shapes(path, names)  # an input named like a label ("y") is the model's when it takes one
     if len(peek) == 1:
-        names = _input_names(cfg, *srcs)
         if names and len(names) == 1 and names[0] not in peek:
             peek = {names[0]: next(iter(peek.values()))}
         elif "" in peek:
@@ -195,7 +197,7 @@ def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
         _check_size(s, None)
         fs = FeedSet("files", _free_batch(specs), path=s.inputs, limit=s.limit)
     else:
-        resolved = resolve_specs(specs, s.input_shapes, s.model)
+        resolved = resolve_specs(specs, s.input_shapes, s.model, s.input_dtypes)
         _check_size(s, resolved)
         fs = FeedSet("random", resolved, seed=s.seed, count=max(1, s.random_inputs), limit=s.limit)
     fs.first()

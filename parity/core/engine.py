@@ -8,6 +8,7 @@ Results are small objects without arrays.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -140,16 +141,19 @@ def run_engine(pairs: Iterable[Pair], metrics: Sequence[str | Metric] | None = N
     infos = metric_infos(ms, thresholds)
     rows: list[LayerResult] = []
     tpos: list[float | None] = []  # each row's position in the target's own order
+    onnx: str | None = None  # the ONNX graph the target ran (its records' model_file): parity view shows it
     for i, pair in enumerate(pairs):
         main = pair.ref if pair.ref is not None else pair.target
         order = float(i) if main is None or main.order is None else float(main.order)
         t = pair.target
+        if onnx is None and t is not None and t.meta.get("model_file"):
+            onnx = os.path.abspath(str(t.meta["model_file"]))
         tpos.append(None if t is None or t.order is None else float(t.order))
         rows.append(score(pair, ms, infos, order, options))
         pair.ref = pair.target = None  # release arrays now, not when the loop variable moves on
     _place_target_only(rows, tpos)
     rows.sort(key=lambda l: (l.order,))
-    return Report(rows, infos, ref_label, target_label)
+    return Report(rows, infos, ref_label, target_label, summary={"target_onnx": onnx} if onnx else {})
 
 
 def _place_target_only(rows: list[LayerResult], tpos: list[float | None]) -> None:

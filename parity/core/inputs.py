@@ -14,20 +14,54 @@ import numpy as np
 
 from parity.contract.dumpformat import check_npy_header, read_npy
 from parity.contract.errors import ParityError, UsageError
+from parity.contract.frontend import option, shape_hint
 from parity.contract.source import InputSpec
 from parity.core.preflight import notice
 
-_SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:[x,]\d+)*)\s*$")
+_SHAPE_RE = re.compile(r"^\s*(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:[x,]\d+)*)(?::(?P<dtype>[A-Za-z][A-Za-z0-9_]*))?\s*$")
+
+#: dtypes random inputs can be made of (floats: standard normal; integers: small indices; bool: ones)
+FEEDABLE_KINDS = "fiub"
+
+
+def input_dtype(value: Any, name: str) -> str:
+    """A dtype as given (``"int64"``, ``np.int64``, ``torch.int64``) as the numpy name feeds use.
+
+    Why here: the command line (``--input-shape ids:1x16:int64``) and the API (``input_dtypes=``)
+    give dtypes in different spellings; both mean one numpy dtype.
+    """
+    text = str(value).replace("torch.", "") if type(value).__module__.startswith("torch") else value
+    if text == "long":
+        text = "int64"
+    try:
+        dt = np.dtype(text)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in FEEDABLE_KINDS:
+        raise UsageError(f"{option('input_dtype')}: {value!r} for input {name!r} is not a dtype parity can feed. "
+                         f"Note: use float32, float16, int64, int32, uint8 or bool")
+    return dt.name
 
 
 def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``--input-shape name:1x3x224x224`` (name optional for a single-input model); usage errors exit 2."""
-    out: dict[str, tuple[int, ...]] = {}
+    """Parse ``--input-shape name:1x3x224x224[:dtype]`` (name optional for a single-input model); usage
+    errors exit 2. The dtypes are read by :func:`parse_input_dtypes`."""
+    return {name: dims for name, (dims, _dtype) in _parse_shape_items(items).items()}
+
+
+def parse_input_dtypes(items: Sequence[str] | None) -> dict[str, str]:
+    """The dtypes ``--input-shape input_ids:1x16:int64`` gives (name -> numpy dtype name)."""
+    return {name: dtype for name, (_dims, dtype) in _parse_shape_items(items).items() if dtype}
+
+
+def _parse_shape_items(items: Sequence[str] | None) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    out: dict[str, tuple[tuple[int, ...], str | None]] = {}
     for item in items or []:
         m = _SHAPE_RE.match(item)
         if not m:
             raise UsageError(f"--input-shape {item!r} is not understood. Note: use NAME:1x3x224x224 "
-                             f"(or 1x3x224x224 for a model with one input).")
+                             f"(or 1x3x224x224 for a model with one input), optionally with a dtype: "
+                             f"input_ids:1x16:int64.")
         dims = tuple(int(d) for d in re.split(r"[x,]", m.group("dims")))
         if 0 in dims:
             raise UsageError(f"--input-shape {item!r} has a dimension of 0, an empty input. "
@@ -35,33 +69,45 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]
         name = (m.group("name") or "").strip()
         if name in out:
             raise UsageError(f"--input-shape gives input {name or '(unnamed)'!r} twice. Note: give each input once.")
-        out[name] = dims
+        out[name] = (dims, input_dtype(m.group("dtype"), name or "(unnamed)") if m.group("dtype") else None)
     return out
 
 
-def resolve_specs(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], model: str) -> list[InputSpec]:
-    """Apply shape overrides; every dimension must be known afterwards."""
+def resolve_specs(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], model: str,
+                  dtypes: dict[str, str] | None = None) -> list[InputSpec]:
+    """Apply shape (and dtype) overrides; every dimension must be known afterwards.
+
+    Errors name the front end's parameter (``--input-shape`` or ``input_shapes=``, see
+    :mod:`parity.contract.frontend`)."""
+    names = ", ".join(s.name for s in specs)
     if "" in shapes:
         if len(specs) != 1:
-            raise ParityError(f"{model}: --input-shape without a name needs a single-input model. "
-                              f"Note: inputs are {', '.join(s.name for s in specs)}.")
+            raise ParityError(f"{model}: {option('input_shape')} without a name needs a single-input model. "
+                              f"Note: inputs are {names}.")
         shapes = {specs[0].name: shapes[""]}
-    unknown = set(shapes) - {s.name for s in specs}
-    if unknown:
-        raise ParityError(f"{model}: --input-shape names unknown input(s) {', '.join(sorted(unknown))}. "
-                          f"Note: inputs are {', '.join(s.name for s in specs)}.")
+    dtypes = dict(dtypes or {})
+    if "" in dtypes and len(specs) == 1:  # --input-shape 1x16:int64 on a single-input model
+        dtypes[specs[0].name] = dtypes.pop("")
+    for what, given in (("input_shape", shapes), ("input_dtype", dtypes)):
+        unknown = set(given) - {s.name for s in specs}
+        if unknown:
+            raise ParityError(f"{model}: {option(what)} names unknown input(s) {', '.join(sorted(unknown))}. "
+                              f"Note: inputs are {names}.")
     out = []
     for s in specs:
         shape = shapes.get(s.name, s.shape)
         if shape is None or any(d is None for d in shape):
             raise ParityError(f"{model}: input {s.name!r} has unknown dimensions {list(shape or [])}. "
-                              f"Note: pass --input-shape {s.name}:1x3x224x224 with the sizes to use.")
-        out.append(InputSpec(s.name, tuple(int(d) for d in shape), s.dtype))
+                              f"Note: pass {shape_hint(s.name, shape or (1, 3, 224, 224))} with the sizes to use.")
+        dtype = dtypes.get(s.name, s.dtype)
+        out.append(InputSpec(s.name, tuple(int(d) for d in shape), dtype,
+                             s.high if dtype == s.dtype else None))
     return out
 
 
 def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """A reproducible feed: standard normal floats, small non-negative integers for index inputs."""
+    """A reproducible feed: standard normal floats, small non-negative integers for index inputs
+    (below the spec's ``high`` where the model tells it, e.g. an embedding's row count)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for s in specs:
@@ -69,12 +115,13 @@ def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
         if dt.kind == "f":
             feed[s.name] = rng.standard_normal(s.shape).astype(dt)
         elif dt.kind in "iu":
-            feed[s.name] = rng.integers(0, 100, size=s.shape).astype(dt)
+            high = 100 if s.high is None else max(1, min(100, int(s.high)))
+            feed[s.name] = rng.integers(0, high, size=s.shape).astype(dt)
         elif dt.kind == "b":
             feed[s.name] = np.ones(s.shape, dtype=dt)
         else:
             raise ParityError(f"input {s.name!r}: cannot make random values of dtype {s.dtype}. "
-                              f"Note: pass --inputs with a .npz file.")
+                              f"Note: pass {option('inputs')} with a .npz file.")
     return feed
 
 
@@ -87,34 +134,74 @@ def data_arrays(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k not in LABEL_KEYS]
 
 
-def _npz_shape(z: Any, key: str, path: Path) -> tuple[int, ...]:
-    """A member's shape from its header, checked before numpy allocates what a damaged header announces."""
+def _npz_header(z: Any, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """A member's shape and dtype from its header, read before numpy decompresses (and allocates) the data."""
     zf = z.zip
     info = zf.getinfo(key + ".npy") if key + ".npy" in zf.namelist() else zf.getinfo(key)
     with zf.open(info) as fh:
-        header = check_npy_header(fh, info.file_size, f"{path} [{key}]")
+        return check_npy_header(fh, info.file_size, f"{path} [{key}]")
+
+
+def _npz_shape(z: Any, key: str, path: Path) -> tuple[int, ...]:
+    """A member's shape from its header, checked before numpy allocates what a damaged header announces."""
+    header = _npz_header(z, key, path)
     return header[0] if header else ()
 
 
-def _npz_member(z: Any, key: str, path: Path) -> np.ndarray:
-    _npz_shape(z, key, path)
-    return z[key]
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    with open(path, "rb") as fh:
+        return check_npy_header(fh, path.stat().st_size, str(path))
+
+
+def declared_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every array of a ``.npy``/``.npz`` file as its header declares it (shape, dtype), no data read.
+
+    Why: a 14 MB ``.npz`` can decompress to gigabytes; its headers say so before a byte of data is read.
+    """
+    if path.suffix == ".npy":
+        header = _npy_header(path)
+        return {"": header} if header else {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: h for k in z.keys() if (h := _npz_header(z, k, path))}
+
+
+def _check_declared(where: str, name: str, header: tuple[tuple[int, ...], np.dtype] | None,
+                    specs: list[InputSpec]) -> None:
+    """The header's shape and dtype against the model's input ``name``, before any data is read."""
+    if header is None:
+        return
+    shape, dtype = header
+    if dtype.kind == "c":
+        raise ParityError(f"{where}: input {name!r} holds complex values ({dtype}); models take real inputs and "
+                          f"casting would drop the imaginary part. Note: save the real (or imaginary) part, "
+                          f"e.g. a.real.astype(np.float32).")
+    decl = next((s.shape for s in specs if s.name == name), None)
+    if decl is not None and (len(decl) != len(shape) or any(d is not None and d != n for d, n in zip(decl, shape))):
+        raise ParityError(f"{where}: input {name!r} has shape {list(shape)} but the model expects "
+                          f"{['?' if d is None else d for d in decl]} (read from its header; no data was read).")
+
+
+def _npz_read(z: Any, keys: dict[str, str], path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (input name -> member) of an open ``.npz``, every header checked before any is read."""
+    for name, key in keys.items():
+        _check_declared(str(path), name, _npz_header(z, key, path), specs)
+    return {name: z[key] for name, key in keys.items()}
 
 
 def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> dict[str, np.ndarray]:
     names = [s.name for s in specs]
     try:
         if path.suffix == ".npy":
-            arr = read_npy(path, str(path))
             if len(names) != 1:
                 raise ParityError(f"{path}: one array given but the model has inputs {', '.join(names)}. "
                                   f"Note: use a .npz with one array per input name.")
-            return {names[0]: arr}
+            _check_declared(str(path), names[0], _npy_header(path), specs)
+            return {names[0]: read_npy(path, str(path))}
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
                 if all(n in keys for n in names):
-                    return {n: _npz_member(z, n, path) for n in names}
+                    return _npz_read(z, {n: n for n in names}, path, specs)
                 if len(names) == 1 and len(keys) >= 1 and names[0] not in keys:
                     data_keys = data_arrays(keys)
                     if len(data_keys) == 1:
@@ -122,7 +209,7 @@ def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> d
                             seen.add(("key", data_keys[0]))
                             notice(f"{path}: array {data_keys[0]!r} is fed to the model's only input {names[0]!r} "
                                    f"(the names differ).")
-                        return {names[0]: _npz_member(z, data_keys[0], path)}
+                        return _npz_read(z, {names[0]: data_keys[0]}, path, specs)
                 raise ParityError(f"{path}: arrays {', '.join(keys)} do not name the model inputs "
                                   f"{', '.join(names)}. Note: save one array per input name.")
     except ParityError:
@@ -174,6 +261,8 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], where: str,
     out = {}
     for s in specs:
         a = feed[s.name]
+        if a.dtype.kind == "c":  # numpy's cast would drop the imaginary part with a bare ComplexWarning
+            _check_declared(where, s.name, (a.shape, a.dtype), specs)
         decl = s.shape
         if decl is not None and (len(decl) != a.ndim or any(d is not None and d != n for d, n in zip(decl, a.shape))):
             raise ParityError(f"{where}: input {s.name!r} has shape {list(a.shape)} but the model expects "
@@ -234,10 +323,11 @@ def load_feeds(path: str | Path, specs: list[InputSpec],
         yield f.name, check_feed(_load_file(f, specs, seen), specs, str(f), seen)
 
 
-def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+def peek_shapes(path: str | Path, names: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
     """Array shapes of the first input file, by name ("" for a lone ``.npy`` array), without loading data.
 
-    Lets a model that declares no input shapes (a TorchScript module) run on the given inputs.
+    Lets a model that declares no input shapes (a TorchScript module) run on the given inputs. Label
+    arrays (``y``, ``labels``) are left out, unless the model's input ``names`` include them.
     """
     p = Path(path)
     files = input_files(p)
@@ -248,6 +338,8 @@ def peek_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         if f.suffix == ".npy":
             return {"": tuple(np.load(f, mmap_mode="r", allow_pickle=False).shape)}
         with np.load(f, allow_pickle=False) as z:
-            return {k: _npz_shape(z, k, f) for k in data_arrays(list(z.keys()))}
+            keys = list(z.keys())
+            wanted = [k for k in keys if k in names] if names and all(n in keys for n in names) else data_arrays(keys)
+            return {k: _npz_shape(z, k, f) for k in wanted}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, ParityError):
         return {}  # load_feeds reports the problem with the file's name

@@ -178,18 +178,26 @@ def write_node_data(report: Report, onnx_path: str | Path, folder: str | Path) -
 
 
 def onnx_for(report: Report, given: str | None, report_path: str) -> Path:
-    """The ONNX graph to show: ``--onnx``, else the report's model when it is an ``.onnx`` file."""
+    """The ONNX graph to show: ``--onnx``; else the graph the target ran, which the report records
+    (``summary.target_onnx``: an ``.onnx`` model itself, or parity's export of a torch model); else
+    the report's model when it is an ``.onnx`` file (reports written before the record existed)."""
     if given:
         p = Path(given)
         if not p.is_file():
             raise ParityError(f"--onnx {given}: file not found.")
         return p
+    recorded = str(report.summary.get("target_onnx") or "")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
     model = str(report.summary.get("model") or "")
     if model.lower().endswith(".onnx") and Path(model).is_file():
         return Path(model)
-    raise ParityError(f"{report_path}: made from model {model or '(unknown)'}, not an .onnx file here; Model Explorer "
-                      f"shows ONNX graphs. Note: give --onnx PATH, the ONNX model the target ran (for a torch model, "
-                      f"parity's cached export: 'parity -v compare ...' prints its path)")
+    if recorded:
+        raise ParityError(f"{report_path}: the ONNX graph the target ran, {recorded}, is gone (a cleared cache, or "
+                          f"another machine). Note: run the comparison again, or give --onnx PATH")
+    raise ParityError(f"{report_path}: made from model {model or '(unknown)'}, and it records no ONNX graph (its "
+                      f"target ran none, or the report predates the record); Model Explorer shows ONNX graphs. "
+                      f"Note: give --onnx PATH, the ONNX model the target ran")
 
 
 def write_view(report_path: str, onnx: str | None = None, out: str | None = None) -> tuple[Path, list[Path]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.contract.errors import ParityError, first_line
+from parity.contract.frontend import option, shape_hint
 from parity.contract.options import option_bool
 from parity.contract.source import InputSpec, RunConfig
 
@@ -370,6 +371,16 @@ def _python_inputs(module: Any) -> tuple[list[str] | None, frozenset[str]]:
     return names, frozenset(optional)
 
 
+def module_input_names(module: Any) -> list[str] | None:
+    """A module's input names in call order (its ``forward`` signature, a scripted module's schema);
+    None where it takes ``*args``. The API names a tuple of positional inputs with them."""
+    import torch
+
+    if isinstance(module, torch.jit.ScriptModule):
+        return _torchscript_inputs(module)[0]
+    return _python_inputs(module)[0]
+
+
 def _as_spec(name: str, value: Any, dtypes: dict[str, str], where: str) -> InputSpec:
     if isinstance(value, InputSpec):
         return value
@@ -504,6 +515,156 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
 
 # --------------------------------------------------------------------------- input specs
 
+def _index_uses() -> dict[Any, Any]:
+    """What an index input is: per function, the tensor argument it takes as indices and the bound
+    the indices must stay under (an embedding's row count, one_hot's class count, the indexed size)."""
+    import torch
+    import torch.nn.functional as F
+
+    def arg(args: tuple, kwargs: dict, pos: int, key: str) -> Any:
+        return args[pos] if len(args) > pos else kwargs.get(key)
+
+    def rows(w: Any) -> int | None:
+        return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() else None
+
+    def classes(n: Any) -> int | None:
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def dim_size(t: Any, d: Any) -> int | None:
+        return int(t.shape[d]) if isinstance(t, torch.Tensor) and isinstance(d, int) else None
+
+    return {
+        F.embedding: lambda a, k: (arg(a, k, 0, "input"), rows(arg(a, k, 1, "weight"))),
+        torch.embedding: lambda a, k: (arg(a, k, 1, "indices"), rows(arg(a, k, 0, "weight"))),
+        F.embedding_bag: lambda a, k: (arg(a, k, 0, "input"), rows(arg(a, k, 1, "weight"))),
+        F.one_hot: lambda a, k: (arg(a, k, 0, "tensor"), classes(arg(a, k, 1, "num_classes"))),
+        torch.index_select: lambda a, k: (arg(a, k, 2, "index"), dim_size(arg(a, k, 0, "input"), arg(a, k, 1, "dim"))),
+    }
+
+
+#: functions whose output is the same values as their first argument, rearranged (a reshaped or
+#: sliced index is still an index)
+_SAME_VALUES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous", "clone", "__getitem__",
+                          "transpose", "permute", "expand", "narrow", "select", "to", "long", "int", "t", "detach"})
+
+
+def infer_index_inputs(loaded: LoadedModel, specs: list[InputSpec]) -> list[InputSpec]:
+    """Undeclared inputs (dtype None) that the model uses as indices become int64, with the bound the
+    index must stay under; the others stay undeclared (random inputs: float32).
+
+    The mechanism: an input that reaches ``F.embedding`` (``nn.Embedding``, ``nn.EmbeddingBag``),
+    ``F.one_hot`` or ``torch.index_select`` as the index argument, directly or through a reshape or a
+    slice, is an index: those functions refuse floats. One forward runs under a
+    ``TorchFunctionMode`` with zero floats for the undeclared inputs; when an index use receives one,
+    the input is recorded and zeros of int64 are passed on instead, so the forward goes on to find the
+    next. It stops as soon as every embedding module has run (the usual case: the embeddings come
+    first). Only for modules that hold an ``nn.Embedding``/``nn.EmbeddingBag``; nothing is learnt from
+    a forward that fails before any index use, and the caller's declarations always win. The result
+    is kept per shapes on ``loaded``, so the probe runs once per model and shapes.
+    """
+    import torch
+
+    module = loaded.module
+    try:
+        embeddings = [m for m in module.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
+    except Exception:
+        return specs
+    if not embeddings:
+        return specs
+    key = tuple((s.name, s.shape, s.dtype) for s in specs)
+    cache = loaded.__dict__.setdefault("_index_inputs", {})
+    if key not in cache:
+        cache[key] = _probe_index_inputs(loaded, specs, embeddings)
+    found = cache[key]
+    return [InputSpec(s.name, s.shape, "int64", found[s.name]) if s.dtype is None and s.name in found else s
+            for s in specs]
+
+
+def _probe_index_inputs(loaded: LoadedModel, specs: list[InputSpec], embeddings: list[Any]) -> dict[str, int | None]:
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    module = loaded.module
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    device = params[0].device if params else torch.device("cpu")
+    fdtype = params[0].dtype if params else torch.float32
+    probes: dict[str, Any] = {}
+    for s in specs:
+        if s.shape is None or any(d is None for d in s.shape):
+            return {}
+        dt = fdtype if s.dtype is None else getattr(torch, str(s.dtype), None)
+        if dt is None:
+            return {}
+        probes[s.name] = torch.zeros(tuple(int(d) for d in s.shape), dtype=dt, device=device)
+    tainted: dict[int, tuple[str, Any]] = {id(probes[s.name]): (s.name, probes[s.name])
+                                           for s in specs if s.dtype is None}
+    found: dict[str, int | None] = {}
+    uses = _index_uses()
+    reached: set[int] = set()
+
+    class _Done(Exception):
+        pass
+
+    def ran(m: Any, _args: Any, _out: Any) -> None:
+        reached.add(id(m))
+        if len(reached) == len(embeddings):
+            raise _Done
+
+    class _Probe(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            kwargs = dict(kwargs or {})
+            use = uses.get(func)
+            if use is not None:
+                index, bound = use(args, kwargs)
+                hit = tainted.get(id(index)) if isinstance(index, torch.Tensor) else None
+                if hit is not None and hit[1] is index and index.is_floating_point():
+                    found[hit[0]] = bound
+                    swap = torch.zeros_like(index, dtype=torch.int64)
+                    args = tuple(swap if a is index else a for a in args)
+                    kwargs = {k: swap if v is index else v for k, v in kwargs.items()}
+            out = func(*args, **kwargs)
+            name = getattr(func, "__name__", "")
+            first = args[0] if args else None
+            if name in _SAME_VALUES and isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor):
+                hit = tainted.get(id(first))
+                if hit is not None and hit[1] is first:
+                    tainted[id(out)] = (hit[0], out)
+            return out
+
+    call_args, call_kwargs = _probe_call(loaded, probes)
+    modes = [(m, m.training) for m in module.modules()]
+    hooks = [m.register_forward_hook(ran) for m in embeddings]
+    try:
+        module.eval()  # a probe must not update batch-norm statistics
+        with torch.no_grad(), _Probe():
+            module(*call_args, **call_kwargs)
+    except _Done:
+        pass
+    except Exception:  # a model that cannot run on zeros: keep what was found before it stopped
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return found
+
+
+def _probe_call(loaded: LoadedModel, feed: dict[str, Any]) -> tuple[tuple, dict]:
+    """``feed`` as the model's call: by position in ``input_names`` order, by keyword after a gap."""
+    names = loaded.input_names or list(feed)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for n in names:
+        if n not in feed:
+            continue
+        if kwargs or len(args) < names.index(n):
+            kwargs[n] = feed[n]
+        else:
+            args.append(feed[n])
+    return tuple(args), kwargs
+
+
 def resolve_input_specs(loaded: LoadedModel, input_shapes: dict[str, tuple[int, ...]] | None,
                         ) -> list[InputSpec]:
     """The model's inputs with the user's ``--input-shape`` overrides applied.
@@ -518,11 +679,11 @@ def resolve_input_specs(loaded: LoadedModel, input_shapes: dict[str, tuple[int, 
         names = list(declared) + [n for n in overrides if n not in declared]
         if not names:
             raise ParityError(f"model {loaded.path}: its input names and shapes are unknown. Note: pass "
-                              f"--input-shape name:1x3x224x224 for each input")
+                              f"{shape_hint('name')} for each input")
     known = set(names)
     unknown = [n for n in overrides if n not in known]
     if unknown:
-        raise ParityError(f"--input-shape names {', '.join(map(repr, unknown))} are not inputs of model "
+        raise ParityError(f"{option('input_shape')} names {', '.join(map(repr, unknown))} are not inputs of model "
                           f"{loaded.path}. Note: its inputs are {', '.join(names)}")
     specs: list[InputSpec] = []
     missing: list[str] = []
@@ -536,8 +697,10 @@ def resolve_input_specs(loaded: LoadedModel, input_shapes: dict[str, tuple[int, 
             specs.append(base)
         elif n not in loaded.optional_inputs:
             missing.append(n)
+    if not missing and loaded.kind in ("python", "pickle") and any(s.dtype is None for s in specs):
+        specs = infer_index_inputs(loaded, specs)
     if missing:
-        example = " ".join(f"--input-shape {n}:1x3x224x224" for n in missing)
+        example = shape_hint(missing)
         hint = {"python": f", or declare {SHAPES_ATTR} on the module / return (module, shapes) from the factory",
                 "pickle": f", or declare {SHAPES_ATTR} on the module",
                 "torchscript": f", or give the module a {SHAPES_ATTR} attribute before torch.jit.script",

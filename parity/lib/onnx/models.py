@@ -15,6 +15,7 @@ import numpy as np
 
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError
+from parity.contract.frontend import option, shape_hint
 from parity.contract.options import option_bool, option_int
 from parity.contract.source import InputSpec, RunConfig
 
@@ -176,7 +177,7 @@ def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
     by = {s.name: s for s in specs}
     unknown = [n for n in cfg.input_shapes if n not in by]
     if unknown:
-        raise ParityError(f"--input-shape names {unknown}, which model {cfg.model} does not have. "
+        raise ParityError(f"{option('input_shape')} names {unknown}, which model {cfg.model} does not have. "
                           f"Note: its inputs are {list(by)}")
     out = []
     for s in specs:
@@ -185,11 +186,11 @@ def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
             continue
         want = tuple(int(d) for d in cfg.input_shapes[s.name])
         if s.shape and len(s.shape) != len(want):
-            raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} has rank {len(want)}; "
+            raise ParityError(f"{shape_hint(s.name, want)} has rank {len(want)}; "
                               f"model {cfg.model} declares {fmt_dims(s.shape)}")
         for have, w in zip(s.shape, want):
             if have is not None and have != w:
-                raise ParityError(f"--input-shape {s.name}:{'x'.join(map(str, want))} conflicts with the "
+                raise ParityError(f"{shape_hint(s.name, want)} conflicts with the "
                                   f"fixed shape {fmt_dims(s.shape)} of model {cfg.model}")
         out.append(InputSpec(s.name, want, s.dtype))
     return out
