@@ -17,7 +17,7 @@ from parity.contract.records import LocalResult
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
 from parity.contract.metric import Metric, score_pair
 
-__all__ = ["FORMATS", "LocalResult", "LocalValues", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "score_local",
+__all__ = ["FORMATS", "LocalResult", "LocalValues", "OUTLIER_RATIO", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "outlier_channels", "quantizer_stats", "score_local",
            "target_format", "trace_ranges"]
 
 #: largest finite value and smallest normal value of each low-precision format
@@ -60,6 +60,10 @@ SATURATED = "_saturated"
 MASKED = "_masked"
 #: an output quantizer that gives the useful values fewer levels than this destroys them
 QUANT_MIN_LEVELS = 8.0
+#: an outlier channel: its absmax is at least this many times the median channel's. A per-tensor
+#: int8 scale set by it (absmax / 127) leaves the median channel 127 / ratio levels, fewer than
+#: ``QUANT_MIN_LEVELS``: derived from the format, not tuned
+OUTLIER_RATIO = 127.0 / QUANT_MIN_LEVELS
 
 
 class LocalValues(dict):
@@ -71,11 +75,21 @@ class LocalValues(dict):
 
 
 def useful_bound(ref: np.ndarray) -> float | None:
-    """Largest magnitude of the tensor's useful part, when a huge-magnitude minority sits above it.
+    """Largest magnitude of the tensor's useful part, when huge-magnitude sentinels sit above it.
 
-    Sorted finite magnitudes above the median are searched for a gap of ``SENTINEL_GAP``; what
-    lies above the widest such gap is a minority of sentinels (a mask constant added to scores),
-    not data. ``None`` when there is no such gap (the common case costs one partition).
+    A sentinel is a value at least ``SENTINEL_GAP`` times every useful value: a mask constant
+    (float32's minimum, -1e9) added to or filled into attention scores. Two cases, both exact:
+
+    - *a minority* of sentinels: the sorted finite magnitudes above the median hold a gap of
+      ``SENTINEL_GAP``; what lies above the widest such gap is left out (a padding mask, an
+      outlier channel far beyond the rest);
+    - *a majority* (a causal mask with padding masks more than half the scores, so the median is
+      itself a sentinel): the values at least ``SENTINEL_GAP`` below the largest one are the useful
+      part, *provided* everything above them is one constant up to the useful values added to it
+      (spread at most twice their bound, plus rounding) -- which is what ``constant + score``
+      looks like, and what real data spread over decades never does.
+
+    ``None`` when there is no such gap (the common case costs one partition and one max).
     """
     a = np.abs(np.asarray(ref, dtype=np.float64).ravel())
     a = a[np.isfinite(a)]
@@ -84,15 +98,27 @@ def useful_bound(ref: np.ndarray) -> float | None:
     mid = a.size // 2
     med = float(np.partition(a, mid)[mid])
     top = float(a.max())
-    if top == 0.0 or top < SENTINEL_GAP * max(med, np.finfo(np.float64).tiny):
+    if top == 0.0:
         return None
-    upper = np.sort(a[a >= med])
-    upper = upper[upper > 0]
-    if upper.size < 2:
+    if top >= SENTINEL_GAP * max(med, np.finfo(np.float64).tiny):
+        upper = np.sort(a[a >= med])
+        upper = upper[upper > 0]
+        if upper.size < 2:
+            return None
+        ratios = upper[1:] / upper[:-1]
+        j = int(np.argmax(ratios))
+        return float(upper[j]) if ratios[j] >= SENTINEL_GAP else None
+    # the median is within SENTINEL_GAP of the top: either no sentinels, or they are the majority
+    lower = a[a * SENTINEL_GAP <= top]
+    if lower.size == 0:
         return None
-    ratios = upper[1:] / upper[:-1]
-    j = int(np.argmax(ratios))
-    return float(upper[j]) if ratios[j] >= SENTINEL_GAP else None
+    bound = float(lower.max())
+    if bound == 0.0:
+        return None
+    upper = a[a > bound]
+    eps = float(np.finfo(np.asarray(ref).dtype if np.asarray(ref).dtype.kind == "f" else np.float32).eps)
+    constant = float(upper.max() - upper.min()) <= 2.0 * bound + 4.0 * eps * top
+    return bound if float(upper.min()) >= SENTINEL_GAP * bound and constant else None
 
 
 def _local_format(lr: LocalResult) -> str | None:
@@ -114,6 +140,122 @@ def _saturated(ref: np.ndarray, tgt: np.ndarray, fmt: str | None) -> int:
     with np.errstate(invalid="ignore"):
         beyond = np.isfinite(r) & (np.abs(r.astype(np.float64)) > FORMATS[fmt]["max"])
         return int(np.count_nonzero(beyond & np.isinf(t) & (np.sign(t) == np.sign(r))))
+
+
+def _sentinels_constant(a: np.ndarray, bound: float) -> bool:
+    """Whether the magnitudes above ``bound`` are one constant up to the useful values added to it
+    (a mask), rather than data spread over decades (an outlier channel)."""
+    upper = a[a > bound]
+    if upper.size == 0:
+        return False
+    top = float(upper.max())
+    return float(upper.max() - upper.min()) <= 2.0 * bound + 4.0 * float(np.finfo(np.float32).eps) * top
+
+
+def outlier_channels(ref: np.ndarray, scale: float, skip: np.ndarray | None = None) -> dict[str, Any] | None:
+    """Per-channel absmax of ``ref`` against a per-tensor quantizer step ``scale``: the outlier channel.
+
+    The channel axis of an ONNX tensor is not written down: it is axis 1 of an NCHW activation and the
+    last axis of a ``[batch, tokens, hidden]`` one, so both are tried and the one where a channel
+    dominates most is reported. ``ratio`` is the largest channel absmax over the median channel's; with
+    ``ratio >= OUTLIER_RATIO`` the median channel keeps fewer than ``QUANT_MIN_LEVELS`` levels.
+    ``dead`` counts channels whose every value rounds to 0 (absmax below half a step), ``coarse``
+    those left fewer than ``QUANT_MIN_LEVELS`` levels. ``skip`` marks elements to leave out (sentinels).
+    ``None`` when no channel qualifies.
+    """
+    a = np.abs(np.asarray(ref, dtype=np.float64))
+    if a.ndim < 2 or not scale > 0:
+        return None
+    a = np.where(np.isfinite(a) & (True if skip is None else ~skip.reshape(a.shape)), a, 0.0)
+    best: dict[str, Any] | None = None
+    for axis in sorted({a.ndim - 1, 1} if a.ndim >= 3 else {a.ndim - 1}):
+        if a.shape[axis] < 4:
+            continue
+        cam = a.max(axis=tuple(i for i in range(a.ndim) if i != axis))
+        med = float(np.median(cam))
+        if med <= 0.0:
+            continue
+        c = int(np.argmax(cam))
+        ratio = float(cam[c]) / med
+        if best is None or ratio > best["ratio"]:
+            live = cam > 0
+            best = {"axis": axis, "channel": c, "channels": int(cam.size), "ratio": ratio,
+                    "channel_absmax": float(cam[c]), "median_absmax": med, "median_levels": med / scale,
+                    "outliers": [int(i) for i in np.flatnonzero(cam >= OUTLIER_RATIO * med)[:8]],
+                    "dead": int(np.count_nonzero(live & (cam < 0.5 * scale))),
+                    "coarse": int(np.count_nonzero(live & (cam < QUANT_MIN_LEVELS * scale)))}
+    return best if best is not None and best["ratio"] >= OUTLIER_RATIO else None
+
+
+def quantizer_stats(ref: np.ndarray, q: dict[str, Any], bound: float | None) -> dict[str, Any]:
+    """A per-tensor quantizer (``scale``, ``zero_point``, ``qmin``/``qmax``) against the values it quantizes.
+
+    The *useful* values are the finite ones at or below ``bound`` (:func:`useful_bound`: the mask
+    constant left out, however many there are). A step ``s`` represents ``x`` as ``round(x/s)``, so a
+    value with ``|x| < s/2`` becomes 0 (``round_to_zero``: share of the nonzero useful values) and one
+    more than half a step beyond ``(qmax - zp)·s`` or ``(qmin - zp)·s`` clips (``clipped``). ``needed_scale`` is the step
+    a min/max calibration on the useful values alone would choose; ``scale_ratio`` how many times
+    larger the real one is; ``levels`` the useful absmax in steps. ``outlier`` is :func:`outlier_channels`.
+    ``bad`` when the useful values get fewer than ``QUANT_MIN_LEVELS`` levels, or an outlier channel
+    leaves the median channel fewer; ``cause`` says so in words.
+    """
+    out = dict(q)
+    scale = float(q["scale"])
+    zp = int(q.get("zero_point") or 0)
+    qmin, qmax = int(q.get("qmin", -128)), int(q.get("qmax", 127))
+    flat = np.asarray(ref, dtype=np.float64).reshape(-1)
+    fin = np.isfinite(flat)
+    if not fin.any() or not scale > 0:
+        return out
+    mag = np.abs(flat)
+    keep = fin & (mag <= bound) if bound is not None else fin
+    useful = flat[keep]
+    if useful.size == 0:
+        return out
+    lo, hi = float(useful.min()), float(useful.max())
+    umax = max(abs(lo), abs(hi))
+    need = (max(hi, 0.0) - min(lo, 0.0)) / float(qmax - qmin)
+    nonzero = useful[useful != 0]
+    zero = float(np.count_nonzero(np.abs(nonzero) < 0.5 * scale) / nonzero.size) if nonzero.size else 0.0
+    # beyond the grid by more than half a step: a value within half a step of an end rounds to it
+    clipped = float(np.count_nonzero((useful > (qmax - zp + 0.5) * scale) | (useful < (qmin - zp - 0.5) * scale))
+                    / useful.size)
+    sentinel = bound is not None and _sentinels_constant(mag[fin], bound)
+    out.update(useful_min=lo, useful_max=hi, useful_absmax=umax, levels=umax / scale,
+               needed_scale=need, scale_ratio=(scale / need) if need > 0 else math.inf,
+               round_to_zero=zero, clipped=clipped, ref_min=float(flat[fin].min()), ref_max=float(flat[fin].max()),
+               sentinels=int(np.count_nonzero(fin) - useful.size) if sentinel else 0)
+    # an outlier channel is data: channels are measured on every finite value unless the values
+    # above the gap are a mask constant (then on the useful ones, or the mask would read as channels)
+    oc = outlier_channels(ref, scale, skip=(~keep) if sentinel else None)
+    if oc is not None:
+        out["outlier"] = oc
+    out["bad"] = bool(out["levels"] < QUANT_MIN_LEVELS or oc is not None)
+    if out["bad"]:
+        out["cause"] = _quantizer_words(out)
+    return out
+
+
+def _quantizer_words(q: dict[str, Any]) -> str:
+    """Why a quantizer destroys its tensor's information, in one sentence naming node, tensor and producer."""
+    who = f"quantizer {q.get('node') or '?'} of {q.get('tensor') or 'the tensor'}"
+    if q.get("producer"):
+        who += f" (output of {q.get('producer_op') or 'node'} {q['producer']})"
+    oc = q.get("outlier")
+    if oc is not None and not q.get("sentinels"):
+        return (f"{who}: channel {oc['channel']} (axis {oc['axis']}) reaches {oc['channel_absmax']:.4g}, "
+                f"{oc['ratio']:.0f}x the median channel's {oc['median_absmax']:.4g}; the per-tensor scale "
+                f"{q['scale']:.4g} it sets leaves the median channel {oc['median_levels']:.2g} levels, "
+                f"{oc['dead']} of {oc['channels']} channels round entirely to 0 and {oc['coarse']} keep fewer than "
+                f"{QUANT_MIN_LEVELS:g} levels; {q['round_to_zero']:.0%} of the values quantize to 0")
+    text = (f"{who} has scale {q['scale']:.4g}, {q['scale_ratio']:.3g}x what its useful values need "
+            f"(within {q['useful_min']:.4g}..{q['useful_max']:.4g}: scale {q['needed_scale']:.4g}, "
+            f"{q['levels']:.3g} steps), so {q['round_to_zero']:.0%} of them quantize to 0"
+            f"{' and ' + format(q['clipped'], '.0%') + ' clip' if q.get('clipped') else ''}")
+    if q.get("sentinels"):
+        text += (f"; calibration saw {q['ref_min']:.4g}..{q['ref_max']:.4g}, including {q['sentinels']} "
+                 f"mask-constant values beyond a {SENTINEL_GAP:g}x magnitude gap")
+    return text
 
 
 def score_local(results: Iterable[LocalResult], metrics: list[Metric],
@@ -153,13 +295,23 @@ def score_local(results: Iterable[LocalResult], metrics: list[Metric],
                     values[m.name] = useful[m.name]
         q = meta.get("quantizer")
         if isinstance(q, dict) and q.get("scale"):
-            fin = ref_flat[np.isfinite(ref_flat)]
-            if fin.size:
-                mag = np.abs(fin.astype(np.float64))
-                useful_max = float(mag[mag <= bound].max()) if bound is not None else float(mag.max())
-                q = dict(q, useful_absmax=useful_max, levels=useful_max / float(q["scale"]),
-                         ref_min=float(fin.min()), ref_max=float(fin.max()))
-                meta["quantizer"] = q
+            q = meta["quantizer"] = quantizer_stats(lr.ref, q, bound)
+            oc = q.get("outlier")
+            if oc is not None and lr.ref.shape == np.shape(lr.target):
+                # the outlier channel dominates a cosine or an SQNR as a mask constant does: score the
+                # other channels too, and keep the worse (what the consumers reading them receive)
+                sel = [slice(None)] * lr.ref.ndim
+                inl = np.ones(lr.ref.shape[oc["axis"]], dtype=bool)
+                inl[oc["outliers"]] = False
+                sel[oc["axis"]] = inl
+                part, _ = score_pair(np.asarray(lr.ref)[tuple(sel)], np.asarray(lr.target)[tuple(sel)], metrics, options)
+                meta.setdefault("local_whole", {m.name: values[m.name] for m in metrics})
+                meta["local_inliers"] = part
+                for m in metrics:
+                    if m.error(part[m.name]) > m.error(values[m.name]):
+                        values[m.name] = part[m.name]
+            if q.get("cause"):
+                meta["cause"] = q["cause"]
         key = (lr.key, meta["module_run"]) if meta.get("module_run") else lr.key
         yield key, LocalValues(values, meta)
 
@@ -185,11 +337,34 @@ def attach_local(report: Report, local: dict[Any, dict[str, float]]) -> int:
         row.local = dict(v)
         meta = getattr(v, "meta", None) or {}
         for k in ("consumers", "quantizer", "useful_bound", "local_whole", "local_useful", "module_run",
-                  "local_nodes"):
+                  "local_nodes", "local_inliers", "input_quantizers"):
             if k in meta:
                 row.meta[f"local_{k}" if not k.startswith("local_") else k] = meta[k]
+        if meta.get("cause"):
+            # the row-level signal find_culprits reads: this row's local error is its quantizer's doing
+            row.meta["cause"] = meta["cause"]
+            row.meta["cause_quantizer"] = (meta.get("quantizer") or {}).get("node")
         n += 1
+    _input_quantizer_causes(report)
     return n
+
+
+def _input_quantizer_causes(report: Report) -> None:
+    """A layer fed through a bad quantizer (an outlier channel's, a mask constant's) inherits its cause.
+
+    An int8 local run includes the quantizers on its inputs (``local_input_quantizers``: the fp32
+    tensors read through one); when the row producing such a tensor carries a bad quantizer, the
+    consumer's row says so (``input_cause``): the Linear after an outlier LayerNorm loses precision
+    at its input, not in its own arithmetic.
+    """
+    by_tensor = {r.target_name: r for r in report.layers if r.target_name and r.meta.get("cause_quantizer")}
+    for row in report.layers:
+        for t in row.meta.get("local_input_quantizers") or []:
+            src = by_tensor.get(t)
+            if src is not None and src is not row:
+                row.meta["input_cause"] = f"its input {t} is read through {src.meta['cause']}"
+                row.meta.setdefault("input_cause_row", src.name)
+                break
 
 
 def error_of(value: float | None, info: MetricInfo) -> float | None:
@@ -198,18 +373,12 @@ def error_of(value: float | None, info: MetricInfo) -> float | None:
 
 
 def _quantizer_cause(row: LayerResult) -> str | None:
-    """The output quantizer of ``row`` in words, when it leaves the useful values too few levels."""
+    """The quantizer of ``row``'s output in words when it destroys the useful values
+    (:func:`quantizer_stats`), else the bad quantizer on one of its inputs."""
     q = row.meta.get("local_quantizer")
-    if not isinstance(q, dict) or q.get("levels") is None or q["levels"] >= QUANT_MIN_LEVELS:
-        return None
-    masked = ""
-    if row.meta.get("local_useful_bound") is not None:
-        masked = (f"; calibration saw {q['ref_min']:.4g}..{q['ref_max']:.4g}, including "
-                  f"{int(row.local.get(MASKED, 0))} values beyond a {SENTINEL_GAP:g}x magnitude gap (a mask "
-                  f"constant or outliers)")
-    return (f"quantizer {q.get('node') or '?'} has scale {q['scale']:.4g}, but {row.name}'s useful values lie "
-            f"within ±{q['useful_absmax']:.4g} ({q['levels']:.3g} steps), so they quantize to "
-            f"{'0' if q['levels'] < 0.5 else 'a few levels'}{masked}")
+    if isinstance(q, dict) and q.get("bad") and q.get("cause"):
+        return str(q["cause"])
+    return row.meta.get("input_cause")
 
 
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:

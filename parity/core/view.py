@@ -76,7 +76,8 @@ def report_from_json(path: str | Path) -> Report:
                             values={k: _num(v) for k, v in (r.get("values") or {}).items()},
                             worst={k: _num(v) for k, v in (r.get("worst") or {}).items()},
                             local={k: _num(v) for k, v in (r.get("local") or {}).items()},
-                            culprit_rank=r.get("culprit_rank"), meta=dict(r.get("meta") or {}))
+                            culprit_rank=r.get("culprit_rank"), caused_by=r.get("caused_by"),
+                            meta=dict(r.get("meta") or {}))
                 for r in doc["layers"]]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ParityError(f"{p}: a layer or metric entry is malformed ({type(e).__name__}: {e}).") from None

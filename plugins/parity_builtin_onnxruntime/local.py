@@ -89,6 +89,7 @@ class LocalPlan:
     module_nodes: set[str] = field(default_factory=set)  # fp32 node names the module run may include
     consumers: dict[str, list[str]] = field(default_factory=dict)  # key -> keys of the layers reading it
     quantizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> its output QuantizeLinear
+    input_quantizers: list[str] = field(default_factory=list)  # fed tensors the run reads through a quantizer
 
 
 def _has_subgraph(node: "onnx.NodeProto") -> bool:
@@ -422,14 +423,22 @@ def _plans(precision: str, orig: "onnx.ModelProto", target: "onnx.ModelProto", k
             if t and first not in readers.setdefault(t, []):
                 readers[t].append(first)
     quant = _output_quantizers(target) if precision == "int8" else {}
+    producers = {o: n for n in orig.graph.node for o in n.output if o}
+    for q in quant.values():
+        n = producers.get(q["tensor"])
+        if n is not None:
+            q.update(producer=n.name, producer_op=n.op_type)
     for pl in plans:
         pl.consumers = {k: readers.get(k, []) for k in pl.keys}
         pl.quantizers = {k: quant[k] for k in pl.keys if k in quant}
+        inside = {target.graph.node[i].name for i in pl.nodes}
+        pl.input_quantizers = [t for t in pl.fed if t in quant and quant[t]["node"] in inside]
     return plans, skips
 
 
 def _output_quantizers(target: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
-    """Tensor -> its per-tensor QuantizeLinear in a QDQ model: node name, scale and zero point."""
+    """Tensor -> its per-tensor QuantizeLinear in a QDQ model: node name, tensor, scale, zero point and the
+    integer range of the zero point's type (int8 -128..127, uint8 0..255; what clips)."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in target.graph.initializer}
@@ -441,8 +450,10 @@ def _output_quantizers(target: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
         if scale.size != 1:
             continue  # per-channel: no single step to report
         zp = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] in inits else None
-        out[n.input[0]] = {"node": n.name, "scale": float(scale.reshape(-1)[0]),
-                           "zero_point": int(zp.reshape(-1)[0]) if zp is not None and zp.size == 1 else 0}
+        info = np.iinfo(zp.dtype) if zp is not None and zp.dtype.kind in "iu" else np.iinfo(np.int8)
+        out[n.input[0]] = {"node": n.name, "tensor": n.input[0], "scale": float(scale.reshape(-1)[0]),
+                           "zero_point": int(zp.reshape(-1)[0]) if zp is not None and zp.size == 1 else 0,
+                           "qmin": int(info.min), "qmax": int(info.max)}
     return out
 
 
@@ -509,6 +520,8 @@ def _run_group(precision: str, cfg: RunConfig, target: "onnx.ModelProto", run_pa
                 meta.update(onnx_node=None, module_run=p.module)
             elif key in p.quantizers:
                 meta["quantizer"] = dict(p.quantizers[key])
+            if p.input_quantizers:
+                meta["input_quantizers"] = list(p.input_quantizers)
             yield LocalResult(key=key, ref=ref[key], target=arr, op_type=None if p.module else p.op_type,
                               meta=meta)
             del arr

@@ -23,7 +23,7 @@ def csv_text(report: Report) -> str:
         head += [f"{n}_q90" for n in names] + [f"{n}_pooled" for n in names] + ["failing_inputs"]
     local = any(l.local for l in report.layers)
     if local:
-        head += [f"local_{n}" for n in names] + ["culprit_rank"]
+        head += [f"local_{n}" for n in names] + ["culprit_rank", "caused_by"]
     head += ["ref_absmax", "range_risk"]
     head += ["ref_nan", "ref_inf", "target_nan", "target_inf", "notes"]
     w.writerow(head)
@@ -41,7 +41,7 @@ def csv_text(report: Report) -> str:
             row += [l.meta.get("failing_inputs", "")]
         if local:
             row += [_num(l.local[n]) if n in l.local else "" for n in names]
-            row += [l.culprit_rank if l.culprit_rank is not None else ""]
+            row += [l.culprit_rank if l.culprit_rank is not None else "", l.caused_by or ""]
         ref = l.range.get("ref") or {}
         row += [_num(ref["absmax"]) if ref else "", l.range.get("risk", "")]
         row += [l.ref_nan, l.ref_inf, l.target_nan, l.target_inf, "; ".join(l.notes)]

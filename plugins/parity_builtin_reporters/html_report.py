@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any, Mapping, TextIO
 
-from parity.contract.report import FAILING, NEW_NONFINITE, LayerResult, MetricInfo, Report, summary_lines
+from parity.contract.report import FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, summary_lines
 from parity.contract.reporter import Reporter
 
 from .html_assets import CSS, JS
@@ -36,6 +36,23 @@ def _num(v: Any) -> Any:
 
 def _error(p: MetricInfo, v: float | None) -> Any:
     return None if v is None else _num(float(p.error(v)))
+
+
+def _depth_errors(p: MetricInfo | None, l: LayerResult) -> tuple[Any, Any]:
+    """The accumulated and local error the depth plot draws: infinite where the layer has new NaN/Inf.
+
+    Why: a metric of a tensor holding Inf is computed on its finite part (cosine ~1 - 1e-7 at an
+    overflowing Linear); plotted as such, the layer that broke the run would sit at the bottom.
+    """
+    if p is None:
+        return None, None
+    acc = _error(p, l.worst.get(p.name, l.values.get(p.name)))
+    if acc is not None and (l.status == NONFINITE or l.meta.get("target_new_nonfinite", 0) > 0):
+        acc = "inf"
+    loc = _error(p, l.local.get(p.name)) if p.name in l.local else None
+    if loc is not None and (l.local.get(NEW_NONFINITE, 0) > 0 or l.meta.get("overflow")):
+        loc = "inf"
+    return acc, loc
 
 
 def _histogram_rows(report: Report) -> list[LayerResult]:
@@ -69,14 +86,14 @@ def page_data(report: Report) -> dict[str, Any]:
         shown = [l.worst.get(m.name, l.values.get(m.name)) if multi else l.values.get(m.name) for m in metrics]
         vals = [[_num(v), m.format(v)] for m, v in zip(metrics, shown)]
         ref = (l.range or {}).get("ref") or {}
+        acc, loc = _depth_errors(p, l)
         rows.append({
             "i": i, "order": _num(l.order), "name": l.name,
             "pair": "" if l.target_name in (None, l.ref_name) or l.ref_name is None else f"{l.ref_name} ↔ {l.target_name}",
             "op": l.op_type or l.target_op_type or "", "shape": "x".join(map(str, l.shape)) if l.shape else "",
-            "status": l.status, "failing": l.status in FAILING, "culprit": l.culprit_rank,
+            "status": l.status, "failing": l.status in FAILING, "culprit": l.culprit_rank, "cb": l.caused_by,
             "v": vals,
-            "acc": _error(p, l.worst.get(p.name, l.values.get(p.name))) if p else None,
-            "loc": _error(p, l.local.get(p.name)) if p and p.name in l.local else None,
+            "acc": acc, "loc": loc,
             "locv": _num(l.local[p.name]) if p and p.name in l.local else None,
             "locf": p.format(l.local[p.name]) if p and p.name in l.local else "",
             "newnf": int(l.local.get(NEW_NONFINITE, 0)),

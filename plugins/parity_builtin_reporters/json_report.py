@@ -16,7 +16,7 @@ from parity.contract.reporter import Reporter
 
 #: the schema identifier of the JSON report (unchanged since schema version 1)
 SCHEMA = "parity.report"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def number(v: Any) -> Any:
@@ -64,7 +64,7 @@ def to_dict(report: Report) -> dict[str, Any]:
             "status": l.status, "match": l.match, "confidence": l.confidence,
             "values": l.values, "worst": l.worst, "worst_input": l.worst_input, "spread": l.spread,
             "n_inputs": l.n_inputs, "pooled": l.pooled, "quantiles": l.quantiles, "worst_inputs": l.worst_inputs,
-            "local": l.local, "range": l.range, "culprit_rank": l.culprit_rank,
+            "local": l.local, "range": l.range, "culprit_rank": l.culprit_rank, "caused_by": l.caused_by,
             "nonfinite": {"ref_nan": l.ref_nan, "ref_inf": l.ref_inf,
                           "target_nan": l.target_nan, "target_inf": l.target_inf},
             "notes": l.notes, "meta": l.meta,

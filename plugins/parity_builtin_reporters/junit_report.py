@@ -39,10 +39,19 @@ def _metric_lines(report: Report, layer: LayerResult) -> list[str]:
     if layer.culprit_rank is not None:
         out.append(f"culprit #{layer.culprit_rank}" + (f": {layer.meta['culprit_cause']}"
                                                        if layer.meta.get("culprit_cause") else ""))
+    elif layer.caused_by is not None:
+        out.append(f"not a culprit: grouped under {_culprit_label(report, layer.caused_by)}"
+                   + (f" ({layer.meta['consequence']})" if layer.meta.get("consequence") else ""))
     if layer.range.get("risk"):
         out.append(f"range: {layer.range['risk']}")
     out += layer.notes
     return out
+
+
+def _culprit_label(report: Report, name: str) -> str:
+    """``culprit #2 fc2``: a culprit by its place in the report's one ranking."""
+    ranked = report.summary.get("culprits") or []
+    return f"culprit #{ranked.index(name) + 1} {name}" if name in ranked else f"culprit {name}"
 
 
 def _failure_message(report: Report, layer: LayerResult) -> str:
@@ -73,6 +82,10 @@ def junit_tree(report: Report) -> ET.ElementTree:
         if layer.status in FAILING:
             failures += 1
             tag = "first divergence: " if layer is first else ""
+            if layer.culprit_rank is not None:
+                tag += f"culprit #{layer.culprit_rank}: "
+            elif layer.caused_by is not None:
+                tag += f"(grouped under {_culprit_label(report, layer.caused_by)}) "
             f = ET.SubElement(case, "failure", message=tag + _failure_message(report, layer), type=layer.status)
             f.text = "\n".join(lines)
         elif layer.status != OK:

@@ -111,6 +111,11 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
             marker = f"◀ CULPRIT #{layer.culprit_rank}"
             if layer is first:
                 marker += ", first divergence"
+        elif layer.caused_by is not None:
+            # a consequence: grouped under its culprit (the report's one ordering), never ranked itself
+            ranked = report.summary.get("culprits") or []
+            marker = (f"↳ of #{ranked.index(layer.caused_by) + 1} {layer.caused_by}" if layer.caused_by in ranked
+                      else f"↳ of {layer.caused_by}") + (", first divergence" if layer is first else "")
         elif layer is first:
             marker = "◀ first divergence"
         elif layer.status in FAILING:
