@@ -158,6 +158,9 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
                    help="histogram bins of the kl metric (default 256; use <= 64 for INT8 targets)")
     g.add_argument("--sort", choices=["order", "worst"], default="order", help="table row order")
     g.add_argument("--max-rows", type=int, default=None, help="print at most N table rows")
+    g.add_argument("--columns", metavar="NAME,...",
+                   help="table columns to show besides #, layer and the marker (shape, op, a metric, local, "
+                        "matched ..., or all); default: what fits the terminal, the hidden ones named under it")
     g.add_argument("--report", action="append", metavar="NAME[=PATH]",
                    help="write the report with reporter NAME (table, json, csv, or a plugin's) to PATH; "
                         "NAME or NAME=- writes to standard output, replacing the table there (repeatable)")
@@ -354,15 +357,18 @@ def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves:
     check_no_clobber(outputs, [*inputs, *([("--config", config)] if config else [])])
 
 
-def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None) -> int:
+def _report_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"sort": args.sort, "max_rows": args.max_rows, "quiet": args.quiet, "columns": getattr(args, "columns", None)}
+
+
+def _emit(report: Any, args: argparse.Namespace, requests: list[Any] | None = None, piped: bool = False) -> int:
     from parity.core.compare import gate
     from parity.core.report import write_reports
 
     reqs = requests if requests is not None else _report_requests(args)
-    options = {"sort": args.sort, "max_rows": args.max_rows, "quiet": args.quiet}
-    written = write_reports(report, reqs, options)
+    written = write_reports(report, reqs, _report_options(args))
     # the paths go where they cannot corrupt a machine-readable report on standard output
-    stream = sys.stderr if any(r.to_stdout and r.name != "table" for r in reqs) else sys.stdout
+    stream = sys.stderr if piped or any(r.to_stdout and r.name != "table" for r in reqs) else sys.stdout
     for name, path in written:
         print(f"{name} report written to {path}", file=stream)
     return _verdict(gate(report, args.fail_under), args)
@@ -529,11 +535,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_reports(args, targets, saves, inputs=[i for _, st in runs for i in input_paths(st)])
     for _, settings in runs:  # every source must be able to run before any runs
         check_settings(settings)
+    # several targets and a machine-readable report on standard output: one document for all (JSON: a list)
+    piped = next((r for r in _report_requests(args) if r.to_stdout and r.name != "table"), None) if many else None
+    reports = []
     for tgt, settings in runs:
         report = compare(settings)
-        rc = max(rc, _emit(report, args, _report_requests(args, tgt, many)))
+        reqs = _report_requests(args, tgt, many)
+        if piped:
+            reports.append(report)
+            reqs = [r for r in reqs if not r.to_stdout]
+        rc = max(rc, _emit(report, args, reqs, piped=piped is not None))
         if many:
-            print()
+            print(file=sys.stderr if piped else sys.stdout)
+    if piped:
+        from parity.core.report import write_stdout_many
+
+        write_stdout_many(reports, piped.name, _report_options(args))
     return rc
 
 

@@ -6,7 +6,7 @@ are reporters registered exactly like a third-party one.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, TextIO
+from typing import Any, ClassVar, Mapping, Sequence, TextIO
 
 from parity.contract.report import Report
 
@@ -27,6 +27,18 @@ class Reporter:
 
     def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
         raise NotImplementedError
+
+    def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
+        """Several reports (one per target of one ``parity compare``) on one stream, standard output.
+
+        The default writes them one after another with a blank line between, which suits text for
+        people; a machine-readable format overrides it so that the stream stays one valid document
+        (the JSON reporter writes one list).
+        """
+        for k, report in enumerate(reports):
+            if k:
+                out.write("\n")
+            self.write(report, out, options)
 
     def __repr__(self) -> str:
         return f"<reporter {self.name}>"

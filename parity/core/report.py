@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Any, Iterable, Mapping, Sequence, TextIO
 
 from parity.contract.atomic import atomic_text
 from parity.contract.errors import UsageError
@@ -18,7 +18,7 @@ from parity.contract.report import Report, summary_lines
 from parity.contract.reporter import Reporter
 
 __all__ = ["STDOUT", "ReportRequest", "get_reporters", "parse_report_arg", "summary_lines", "write_report",
-           "write_reports"]
+           "write_reports", "write_stdout_many"]
 
 #: the path that means standard output
 STDOUT = "-"
@@ -87,3 +87,15 @@ def write_reports(report: Report, requests: Iterable[ReportRequest], options: Ma
         if p is not None:
             written.append((req.name, p))
     return written
+
+
+def write_stdout_many(reports: Sequence[Report], name: str | Reporter, options: Mapping[str, Any] | None = None,
+                      stdout: TextIO | None = None) -> None:
+    """Several reports (one per target) to standard output as the reporter's one document
+    (:meth:`~parity.contract.reporter.Reporter.write_many`: JSON writes a list), not one document each."""
+    from parity.core.registry import get_reporter
+
+    reporter = get_reporter(name) if isinstance(name, str) else name
+    out = stdout or sys.stdout
+    reporter.write_many(list(reports), out, dict(options or {}))
+    out.flush()

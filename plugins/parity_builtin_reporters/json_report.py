@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -83,3 +83,8 @@ class JsonReporter(Reporter):
 
     def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
         out.write(json_text(report))
+
+    def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
+        """Several targets on standard output: one JSON list of report documents, in the targets' order
+        (two documents one after the other would not be JSON)."""
+        out.write(json.dumps([to_dict(r) for r in reports], indent=2, allow_nan=False) + "\n")

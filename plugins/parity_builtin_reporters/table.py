@@ -2,18 +2,32 @@
 
 With the ``quiet`` option it prints only the verdict lines. Every value is printed by its metric
 (:meth:`parity.contract.report.MetricInfo.format`), rows sorted worst-first by the metric's own error.
+
+Why the width logic (docs/reports.md, "The terminal table"): a number cut to ``0.9…`` or a word
+folded to ``prove/nance`` is worse than no column at all. So no cell but a layer name is ever
+shortened: each column is as wide as its widest value (headers wrap at spaces), and when the
+terminal is too narrow, secondary columns are dropped by priority, and a line under the table names
+them and says how to see them (``--columns``, or the JSON/HTML report).
 """
 from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Mapping, TextIO
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, TextIO
 
 from parity.contract.report import (FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report,
                                     summary_lines)
 from parity.contract.reporter import Reporter
 
 SORTS = ("order", "worst")
+#: the width a file or pipe gets at least (room for every column; a terminal gets its own width)
+FILE_WIDTH = 220
+#: a layer name keeps at least this many characters (or a quarter of the width) before secondary
+#: columns are dropped for it: a name broken over lines reads worse than a missing secondary column
+NAME_MIN = 20
+#: columns that are always shown: the row number, the layer and the marker (and the primary metric)
+ALWAYS = ("#", "layer", "")
 
 
 def _badness(layer: LayerResult, info: MetricInfo) -> float:
@@ -35,77 +49,141 @@ def sorted_layers(report: Report, sort: str = "order") -> list[LayerResult]:
     raise ValueError(sort)
 
 
-def render_table(report: Report, sort: str = "order", file: TextIO | None = None,
-                 max_rows: int | None = None, width: int | None = None) -> None:
-    """Print the per-layer table with the first diverging layer marked, then the verdict lines."""
-    from rich.console import Console
-    from rich.table import Table
+@dataclass
+class Col:
+    """One table column. ``drop``: the order in which columns go when the width is short (higher goes
+    first; 0 never goes). ``kind``: ``num`` cells are never wrapped, ``words`` wrap at spaces only,
+    ``name`` may fold a long name (the only cell that is ever broken)."""
 
-    out = file or sys.stdout
-    # a terminal gets its own width; a pipe or file gets room for every column, not rich's 80
-    console = Console(file=out, width=width or (None if out.isatty() else 220), highlight=False,
-                      soft_wrap=False)
+    key: str
+    header: str
+    drop: int = 0
+    kind: str = "num"
+    justify: str = "right"
+    cells: list[str] = field(default_factory=list)
+
+    def _header_min(self) -> int:
+        return max((len(w) for w in self.header.split()), default=0)
+
+    def minimum(self, width: int = 0) -> int:
+        if self.kind == "name":
+            return min(self.natural(), max(NAME_MIN, width // 4))
+        if self.kind == "words":
+            return max([self._header_min()] + [len(w) for c in self.cells for w in c.split()])
+        return max([self._header_min()] + [len(c) for c in self.cells])
+
+    def natural(self) -> int:
+        return max([len(self.header)] + [len(c) for c in self.cells])
+
+
+def _overhead(n: int) -> int:
+    """Characters a table of ``n`` columns spends beside its cells: a border per column and one more,
+    one space of padding either side."""
+    return 3 * n + 1
+
+
+def table_width(cols: Sequence[Col], widths: Sequence[int]) -> int:
+    return sum(widths) + _overhead(len(cols))
+
+
+def fit(cols: list[Col], width: int, chosen: Sequence[str] | None = None) -> tuple[list[Col], list[int], list[Col]]:
+    """The columns to show within ``width`` and their widths, and the columns hidden.
+
+    ``chosen`` (``--columns``) names the columns to show besides the ones always shown, or ``all``;
+    then nothing is dropped and the table may be wider than ``width`` (numbers are never cut).
+    """
+    if chosen is not None:
+        keep = [c for c in cols if c.drop == 0 or "all" in chosen or c.key in chosen]
+        hidden = [c for c in cols if c not in keep]
+    else:
+        keep = list(cols)
+        hidden = []
+        while sum(c.minimum(width) for c in keep) + _overhead(len(keep)) > width:
+            droppable = [c for c in keep if c.drop]
+            if not droppable:
+                break
+            worst = max(droppable, key=lambda c: c.drop)
+            keep.remove(worst)
+            hidden.append(worst)
+        hidden.sort(key=lambda c: cols.index(c))
+    widths = [c.minimum(width) for c in keep]
+    if table_width(keep, widths) > width:  # chosen columns, or nothing left to drop: the name gives way first
+        widths = [min(c.natural(), NAME_MIN) if c.kind == "name" else w for c, w in zip(keep, widths)]
+    room = width - table_width(keep, widths)
+    # spare room: first the layer name, then the marker's words, then headers kept on one line
+    for kind in ("name", "words", "num"):
+        for i, c in enumerate(keep):
+            if room > 0 and c.kind == kind:
+                add = min(room, c.natural() - widths[i])
+                widths[i] += add
+                room -= add
+    return keep, widths, hidden
+
+
+def columns(report: Report, rows: Sequence[LayerResult], max_rows: int | None = None) -> list[Col]:
+    """Every column this report can show, with its cells (the rows already sorted)."""
     first = report.first_divergent
+    p = report.primary
     show_match = any(l.match not in ("exact",) for l in report.layers)
     show_nonfinite = any(l.ref_nan + l.ref_inf + l.target_nan + l.target_inf for l in report.layers)
     multi = any(l.n_inputs > 1 for l in report.layers)
     show_failing = multi and any(l.meta.get("failing_inputs") for l in report.layers)
     show_local = any(l.local for l in report.layers)
     show_range = any(l.range.get("risk") for l in report.layers)
-    table = Table(title=f"{report.ref_label} vs {report.target_label}", title_justify="left",
-                  show_lines=False, pad_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("LayerName", overflow="fold")
-    table.add_column("LayerShape", justify="right")
-    table.add_column("Op")
-    for m in report.metrics:
-        thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{m.threshold:g}{'%' if m.percent else ''})"
-        table.add_column(f"{m.name}{' mean' if multi else ''}{thr}", justify="right")
-        if multi and m is report.primary:
-            table.add_column(f"{m.name} q90", justify="right")  # 90% of inputs are at least this good
-            table.add_column(f"{m.name} worst", justify="right")
+    shown = rows if max_rows is None else rows[:max_rows]
+
+    cols = [Col("#", "#"), Col("layer", "layer", kind="name", justify="left"),
+            Col("shape", "shape", drop=80), Col("op", "op", drop=50, kind="num", justify="left")]
+    for k, m in enumerate(report.metrics):
+        thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{m.threshold:.10g}{'%' if m.percent else ''})"
+        primary = m is p
+        # the primary metric stays; in a multi-input table, its worst value over inputs is the one kept last
+        cols.append(Col(m.name, f"{m.name}{' mean' if multi else ''}{thr}",
+                        drop=(40 if multi else 0) if primary else 90 + k))
+        if multi and primary:
+            cols.append(Col(f"{m.name}-q90", f"{m.name} q90", drop=75))  # 90% of inputs are at least this good
+            cols.append(Col(f"{m.name}-worst", f"{m.name} worst"))
             if show_failing:
-                table.add_column("inputs failing", justify="right")
-        if show_local and m is report.primary:
-            table.add_column(f"local {m.name}", justify="right")
+                cols.append(Col("failing", "inputs failing", drop=35))
+        if show_local and primary:
+            cols.append(Col("local", f"local {m.name}", drop=30))
     if show_range:
-        table.add_column("ref |max|", justify="right")
+        cols.append(Col("absmax", "ref |max|", drop=45))
     if show_nonfinite:
-        table.add_column("NaN/Inf ref|tgt", justify="right")
+        cols.append(Col("naninf", "NaN/Inf ref|tgt", drop=20))
     if show_match:
-        table.add_column("Matched", overflow="fold")
-    table.add_column("")
-    rows = sorted_layers(report, sort)
-    for i, layer in enumerate(rows):
-        if max_rows is not None and i >= max_rows:
-            table.add_row("…", f"{len(rows) - max_rows} more rows (see JSON/CSV)")
-            break
+        cols.append(Col("matched", "matched", drop=100, justify="left"))
+    cols.append(Col("", "", kind="words", justify="left"))
+    by = {c.key: c for c in cols}
+
+    for layer in shown:
         name = layer.name if layer.target_name in (None, layer.ref_name) or layer.ref_name is None \
             else f"{layer.ref_name} ↔ {layer.target_name}"
-        cells = [str(int(layer.order)) if layer.order == int(layer.order) else "", name,
-                 str(list(layer.shape)) if layer.shape is not None else "",
-                 layer.op_type or layer.target_op_type or ""]
+        by["#"].cells.append(str(int(layer.order)) if layer.order == int(layer.order) else "")
+        by["layer"].cells.append(name)
+        by["shape"].cells.append("x".join(map(str, layer.shape)) if layer.shape is not None else "")
+        by["op"].cells.append(layer.op_type or layer.target_op_type or "")
         for m in report.metrics:
-            cells.append(m.format(layer.values.get(m.name)))
-            if multi and m is report.primary:
-                cells.append(m.format(layer.quantiles.get(m.name, {}).get("q90")))
-                cells.append(m.format(layer.worst.get(m.name)))
+            by[m.name].cells.append(m.format(layer.values.get(m.name)))
+            if multi and m is p:
+                by[f"{m.name}-q90"].cells.append(m.format(layer.quantiles.get(m.name, {}).get("q90")))
+                by[f"{m.name}-worst"].cells.append(m.format(layer.worst.get(m.name)))
                 if show_failing:
                     k = layer.meta.get("failing_inputs")
-                    cells.append(f"{k}/{layer.n_inputs}" if k else "")
-            if show_local and m is report.primary:
+                    by["failing"].cells.append(f"{k}/{layer.n_inputs}" if k else "")
+            if show_local and m is p:
                 loc = m.format(layer.local.get(m.name))
-                cells.append(loc + (" NaN/Inf" if layer.local.get(NEW_NONFINITE, 0) > 0 else ""))
+                by["local"].cells.append(loc + (" NaN/Inf" if layer.local.get(NEW_NONFINITE, 0) > 0 else ""))
         if show_range:
             ref = layer.range.get("ref") or {}
             risk = layer.range.get("risk", "")
             flag = " OVERFLOW" if "overflows" in risk else (" risk" if risk else "")
-            cells.append(f"{ref['absmax']:.4g}{flag}" if ref else "")
+            by["absmax"].cells.append(f"{ref['absmax']:.4g}{flag}" if ref else "")
         if show_nonfinite:
-            cells.append(f"{layer.ref_nan + layer.ref_inf}|{layer.target_nan + layer.target_inf}")
+            by["naninf"].cells.append(f"{layer.ref_nan + layer.ref_inf}|{layer.target_nan + layer.target_inf}")
         if show_match:
             fuzzy = layer.match in ("order+shape", "value")
-            cells.append(f"{layer.match} ({layer.confidence:.2f})" if fuzzy else layer.match)
+            by["matched"].cells.append(f"{layer.match} ({layer.confidence:.2f})" if fuzzy else layer.match)
         marker = ""
         if layer.culprit_rank is not None:
             marker = f"◀ CULPRIT #{layer.culprit_rank}"
@@ -122,9 +200,66 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
             marker = "below" if layer.status != NONFINITE else "NaN/Inf"
         elif layer.status != "ok":
             marker = layer.status
+        by[""].cells.append(marker)
+    return cols
+
+
+def column_keys(report: Report) -> list[str]:
+    """The names ``--columns`` accepts for this report (the columns it can show)."""
+    return [c.key for c in columns(report, []) if c.key]
+
+
+def _chosen(report: Report, spec: Any) -> list[str] | None:
+    """``--columns a,b`` as a list of column keys (``all``: every column); unknown names are an error."""
+    if spec is None or spec == "":
+        return None
+    keys = [k.strip() for k in (spec.split(",") if isinstance(spec, str) else spec) if k.strip()]
+    valid = column_keys(report)
+    bad = [k for k in keys if k != "all" and k not in valid]
+    if bad:
+        from parity.contract.errors import UsageError
+
+        raise UsageError(f"--columns: no column {', '.join(map(repr, bad))} in this report. "
+                         f"Note: valid: all, {', '.join(valid)}.")
+    return keys
+
+
+def render_table(report: Report, sort: str = "order", file: TextIO | None = None,
+                 max_rows: int | None = None, width: int | None = None, columns_shown: Any = None) -> None:
+    """Print the per-layer table with the first diverging layer marked, then the verdict lines.
+
+    ``width``: the width to fit (default: the terminal's; a file or pipe gets every column).
+    ``columns_shown``: ``--columns`` (a comma list or a sequence of column keys, or ``all``).
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    out = file or sys.stdout
+    rows = sorted_layers(report, sort)
+    cols = columns(report, rows, max_rows)
+    chosen = _chosen(report, columns_shown)
+    natural = table_width(cols, [c.natural() for c in cols])
+    if width is None:
+        width = Console(file=out).width if out.isatty() else max(FILE_WIDTH, natural)
+    keep, widths, hidden = fit(cols, width, chosen)
+    console = Console(file=out, width=max(width, table_width(keep, widths)), highlight=False, soft_wrap=False)
+    first = report.first_divergent
+    table = Table(title=f"{report.ref_label} vs {report.target_label}", title_justify="left",
+                  show_lines=False, box=box.HEAVY_HEAD)
+    for c, w in zip(keep, widths):
+        # every cell fits its width by construction (fit): only a layer name longer than its column folds
+        table.add_column(c.header, justify=c.justify, width=w, overflow="fold")
+    for i, layer in enumerate(rows if max_rows is None else rows[:max_rows]):
         style = "bold red" if layer is first else ("yellow" if layer.status in FAILING else None)
-        table.add_row(*cells, marker, style=style)
+        table.add_row(*(c.cells[i] for c in keep), style=style)
+    if max_rows is not None and len(rows) > max_rows:
+        table.add_row(*("…" if c.key == "#" else f"{len(rows) - max_rows} more rows (see JSON/CSV)"
+                        if c.key == "layer" else "" for c in keep))
     console.print(table)
+    if hidden and chosen is None:
+        console.print(f"Hidden to fit {width} columns: {', '.join(c.key for c in hidden)}. Show them with "
+                      f"--columns NAME,... (or --columns all), or see the JSON/HTML report.")
     for line in summary_lines(report):
         console.print(line)
 
@@ -144,4 +279,5 @@ class TableReporter(Reporter):
             from parity.contract.errors import UsageError
 
             raise UsageError(f"table: unknown sort {sort!r}. Note: valid: {', '.join(SORTS)}.")
-        render_table(report, sort=sort, file=out, max_rows=options.get("max_rows"), width=options.get("width"))
+        render_table(report, sort=sort, file=out, max_rows=options.get("max_rows"), width=options.get("width"),
+                     columns_shown=options.get("columns"))
