@@ -5,7 +5,8 @@ each chunk many times (conversion, difference, abs, three dots, a max, a compare
 at ~4 GB/s; one compiled loop that converts each element once and folds it into every
 accumulator runs near memory bandwidth. numba is optional (``parity[fast]``); without it,
 or with ``PARITY_NO_NUMBA=1``, :func:`parity.contract.metric.score_pair` uses the numpy chunk
-path, which gives the same values (only float64 summation order differs).
+path, which gives the same values up to float64 summation order; pairs under
+:data:`MIN_COMPILED_SIZE` elements always take the numpy path.
 
 The accumulator vector (float64, ``ACC_LEN`` long) is shared by both paths; positions are
 the ``A_*`` constants. Sums are over positions finite on both sides; a block of ``BLOCK``
@@ -34,26 +35,17 @@ BLOCK = 2048
 SAMPLE_MIN = 1 << 18
 #: a sample where more than this share of blocks would stay open falls back to the prepass
 MAX_OPEN_SHARE = 0.2
-#: smaller pairs use the numpy path: the compiled kernel saves ~4 ms on a 1 Mi-element pair,
-#: and loading it costs ~1.2 s per process, so a run of small tensors never loads it
-MIN_COMPILED_SIZE_ONE = 1 << 20
-MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_ONE
-#: the threshold when a run scores many pairs (a dataset): loading the kernel once pays for itself
-MIN_COMPILED_SIZE_MANY = 1 << 13
+#: smaller pairs use the numpy path. The path is a function of the pair's size alone, never of the
+#: run (how many feeds, how they are sharded over workers): the two paths sum in different orders,
+#: so a pair must take the same one wherever and whenever it is scored for a value to be the same
+#: bit for bit. At 64 Ki elements the kernel saves ~0.25 ms a pair; its load (~1.2 s a process,
+#: from the disk cache) is repaid by a dataset within a few feeds, and a run of small tensors
+#: (LeNet) never loads it.
+MIN_COMPILED_SIZE = 1 << 16
 #: elements converted at once for dtypes the kernel does not take (float16, integers).
 PIECE = 1 << 18
 
 _KERNEL: Any = None  # None: not tried yet; False: unavailable
-
-
-def expect_many_pairs(many: bool) -> None:
-    """Say whether this run will score many pairs (a dataset of feeds): the compiled kernel then
-    serves pairs from :data:`MIN_COMPILED_SIZE_MANY` (8 Ki) elements on (its ~1.2 s load per process is
-    paid once and repaid within a few feeds). The caller decides from the run's settings alone, so
-    every worker of a sharded run takes the same path for the same pair.
-    """
-    global MIN_COMPILED_SIZE
-    MIN_COMPILED_SIZE = MIN_COMPILED_SIZE_MANY if many else MIN_COMPILED_SIZE_ONE
 
 
 def numba_disabled() -> bool:

@@ -503,12 +503,6 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     stats.labels_of_sides = (s.ref, tgt_src.name)
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
-    from parity.contract import fused
-
-    # a dataset scores thousands of pairs: the compiled metric kernel pays for its load; decided from
-    # the dataset's size (the same in every worker), so shards and one process score alike
-    n_feeds = prep.feeds.known_length()
-    fused.expect_many_pairs(n_feeds is None or n_feeds > 4)
     ms = resolve_metrics(s.metrics)
     for feed in track(feeds, "capture input", total=total):
         k, label, arrays = feed.index, feed.label, feed.arrays

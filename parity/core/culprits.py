@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from parity.contract.report import BELOW, NEW_NONFINITE, LayerResult, MetricInfo, Report
+from parity.contract.report import BELOW, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report
 from parity.core.diagnose import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE, SATURATED, SENTINEL_GAP,
                                   _quantizer_cause, error_of)
 
@@ -146,6 +146,35 @@ def _cause_text(row: LayerResult, p: MetricInfo) -> str | None:
     return None
 
 
+def _group_nonfinite_carriers(report: Report, cands: list[LayerResult], by_name: dict[str, LayerResult],
+                              by_target: dict[str, list[LayerResult]],
+                              readers: dict[str, list[LayerResult]] | None) -> None:
+    """Rows that hold new NaN/Inf end to end but compute fine alone go under the cause whose NaN/Inf
+    they receive: the same tensor, a module containing it, or a layer reading a row that carries it."""
+    carriers = list(cands)
+    ids = {id(r) for r in carriers}
+    for row in sorted(report.layers, key=lambda r: r.order):
+        if id(row) in ids or not (row.status == NONFINITE or row.meta.get("target_new_nonfinite", 0) > 0):
+            continue
+        src = next((c for c in carriers if row.target_name is not None and c.target_name == row.target_name), None)
+        why = f"the same {row.target_name} tensor as {src.name}" if src is not None else ""
+        if src is None:
+            src = next((c for c in carriers if _contains(row, c)), None)
+            why = f"the module containing {src.name}" if src is not None else ""
+        if src is None:
+            src = next((q for q in _producers(row, by_target, readers) if id(q) in ids), None)
+            why = f"receives the NaN/Inf of {src.name} end to end; alone it computes without NaN/Inf" if src else ""
+        if src is None:
+            continue
+        root = by_name[src.caused_by] if src.caused_by is not None else src
+        if root.caused_by is not None or not any(root is c for c in cands):
+            continue
+        row.caused_by = root.name
+        row.meta["consequence"] = why
+        carriers.append(row)
+        ids.add(id(row))
+
+
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
     """Name the layers that cause the loss, each with the rows that only carry its error, in one order.
 
@@ -189,6 +218,7 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
     for row in report.layers:
         row.culprit_rank = None
         row.caused_by = None
+        row.meta.pop("consequence", None)
         if p.name not in row.local:
             continue
         loc = row.local[p.name]
@@ -223,7 +253,6 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
     causes: list[LayerResult] = []
     earlier: list[LayerResult] = []
     for _, row in sorted(cands, key=lambda x: x[1].order):
-        row.meta.pop("consequence", None)
         earlier.append(row)
         found = _consequence(row, earlier[:-1], by_name, _producers(row, by_target, readers), fmax, fmt)
         if found is None:
@@ -234,6 +263,7 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
             cause = by_name[cause.caused_by]
         row.caused_by = cause.name
         row.meta["consequence"] = why
+    _group_nonfinite_carriers(report, earlier, by_name, by_target, readers)
     err = {id(r): e for e, r in cands}
     ranked = sorted(causes, key=lambda r: (-err[id(r)], r.order))[:top]
     for k in ("first_culprit", "culprits", "culprit_groups", "first_culprit_cause", "cause"):

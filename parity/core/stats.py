@@ -8,7 +8,9 @@ of feeds is compared on several workers. Each feed's report rows are folded into
 * counts (NaN/Inf, inputs, top-1 agreement, match methods) add;
 * a *mergeable* metric's sufficient statistics (``ctx.states``: float64 sums, extrema, counts)
   merge with the metric's own ``merge`` and give its **pooled** value over the whole dataset
-  (e.g. cosine of all elements of all inputs), equal across shardings up to float64 rounding;
+  (e.g. cosine of all elements of all inputs). The sums of moment states (and of range squares)
+  are kept exactly (:class:`ExactSum`), so the pooled value is the same bit for bit however the
+  inputs were split over workers and in whatever order the parts merged;
 * every metric's per-input values are kept with their input's stable index, so the mean, the
   worst-side quantiles and the worst inputs are computed from the same sorted list whoever
   computed the parts (8 bytes and an index per layer, metric and input);
@@ -23,13 +25,106 @@ from typing import Any
 
 import numpy as np
 
-from parity.contract.metric import PairContext, merge_contexts, pooled_value
+from parity.contract.metric import MOMENTS, Metric, PairContext, merge_contexts, pooled_value
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 
 #: how many worst inputs each layer and metric lists
 WORST_K = 5
 #: worst-side quantiles reported per metric: q90 is the value 90% of inputs are at least as good as
 QUANTILES = (0.5, 0.9, 0.99)
+
+
+class ExactSum:
+    """A sum of float64 values kept exactly, as non-overlapping partials (Shewchuk; what ``math.fsum``
+    does for a list), read as the correctly rounded value of the exact sum.
+
+    Why: float addition is not associative, so a dataset's sums folded feed by feed in one process
+    and folded per shard then across shards differ in the last bits. The exact sum does not depend
+    on the order, so neither does its rounded value: ``--workers N`` gives one process's pooled
+    values bit for bit. A few partials per sum; NaN/Inf values add into ``special`` (their sum is
+    order independent too) and win over the finite part.
+    """
+
+    __slots__ = ("partials", "special")
+
+    def __init__(self, x: float = 0.0) -> None:
+        self.partials: list[float] = []
+        self.special = 0.0
+        self.add(x)
+
+    def add(self, x: float) -> "ExactSum":
+        x = float(x)
+        if not math.isfinite(x):
+            self.special += x
+            return self
+        ps = self.partials
+        i = 0
+        for y in ps:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                ps[i] = lo
+                i += 1
+            x = hi
+        ps[i:] = [x]
+        return self
+
+    def merge(self, other: "ExactSum | float") -> "ExactSum":
+        if isinstance(other, ExactSum):
+            for p in other.partials:
+                self.add(p)
+            self.special += other.special
+        else:
+            self.add(other)
+        return self
+
+    def value(self) -> float:
+        if self.special != 0.0 or math.isnan(self.special):
+            return self.special
+        try:
+            return math.fsum(self.partials)
+        except OverflowError:  # the exact sum is past float64's range
+            return math.copysign(math.inf, sum(self.partials))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exact_sum, (list(self.partials), self.special))
+
+
+def _exact_sum(partials: list[float], special: float) -> ExactSum:
+    out = ExactSum()
+    out.partials, out.special = partials, special
+    return out
+
+
+def _add_exact(a: "ExactSum | float", b: "ExactSum | float") -> ExactSum:
+    """``a + b`` kept exactly; ``a`` is updated in place when it is already an :class:`ExactSum`."""
+    out = a if isinstance(a, ExactSum) else ExactSum(a)
+    return out.merge(b)
+
+
+def _plain(v: Any) -> Any:
+    return v.value() if isinstance(v, ExactSum) else v
+
+
+def _merge_moment_states(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """:func:`parity.contract.metric.merge_moments` with every sum kept exactly (maxima are exact anyway)."""
+    out = a
+    for k, v in b.items():
+        if k not in out:
+            out[k] = ExactSum().merge(v) if isinstance(v, ExactSum) else v
+        elif MOMENTS.get(k) == "max":
+            out[k] = max(_plain(out[k]), _plain(v))
+        else:
+            out[k] = _add_exact(out[k], v)
+    return out
+
+
+def _exact_merge_applies(m: Any, a: Any, b: Any) -> bool:
+    """A moment metric merged by the default rule (sums add, maxima take the max): its sums can be exact."""
+    return (bool(getattr(m, "moments", ())) and type(m).merge is Metric.merge
+            and isinstance(a, dict) and isinstance(b, dict))
 
 
 def _merge_contexts(a: PairContext | None, b: PairContext | None) -> PairContext | None:
@@ -90,7 +185,8 @@ class LayerStats:
         for name in set(self.states) | set(other.states):
             m = by_name.get(name)
             if name in self.states and name in other.states and m is not None:
-                self.states[name] = m.merge(self.states[name], other.states[name])
+                a, b = self.states[name], other.states[name]
+                self.states[name] = _merge_moment_states(a, b) if _exact_merge_applies(m, a, b) else m.merge(a, b)
             else:  # some inputs scored this layer without the metric's state: no pooled value
                 self.states.pop(name, None)
         self.n += other.n
@@ -107,7 +203,8 @@ class LayerStats:
             mine = self.ranges.get(side)
             self.ranges[side] = dict(r) if mine is None else {
                 "min": min(mine["min"], r["min"]), "max": max(mine["max"], r["max"]),
-                "absmax": max(mine["absmax"], r["absmax"]), "ms": mine["ms"] + r["ms"], "n": mine["n"] + r["n"]}
+                "absmax": max(mine["absmax"], r["absmax"]), "ms": _add_exact(mine["ms"], r["ms"]),
+                "n": mine["n"] + r["n"]}
         if other.evm is not None:
             self.evm = other.evm if self.evm is None else merge_error_vs_magnitude([self.evm, other.evm])
 
@@ -150,6 +247,8 @@ class LayerStats:
             m = info.metric
             state = self.states.get(info.name)
             if m is not None and state is not None and getattr(m, "mergeable", False) and self.pair is not None:
+                if isinstance(state, dict) and any(isinstance(v, ExactSum) for v in state.values()):
+                    state = {k: _plain(v) for k, v in state.items()}
                 out.pooled[info.name] = pooled_value(m, state, self.pair)
         if self.n != total:
             out.notes.append(f"present for {self.n} of {total} inputs")
@@ -177,7 +276,7 @@ def _bare(row: LayerResult) -> LayerResult:
 def _ranges(ranges: dict[str, dict[str, float]], evm: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for side, r in ranges.items():
-        out[side] = {"min": r["min"], "max": r["max"], "absmax": r["absmax"], "rms": math.sqrt(r["ms"] / r["n"])}
+        out[side] = {"min": r["min"], "max": r["max"], "absmax": r["absmax"], "rms": math.sqrt(_plain(r["ms"]) / r["n"])}
     if evm is not None:
         out["error_vs_magnitude"] = evm
     return out

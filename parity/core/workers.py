@@ -31,6 +31,25 @@ from parity.core.stats import DatasetStats
 BLOCKS_PER_WORKER = 4
 #: how many times Ray restarts a dead worker and retries its block
 RETRIES = 2
+#: thread-count variables a framework reads to size its CPU thread pool. A matrix product split over
+#: another number of threads sums in another order (torch's Linear differs by ~1e-7 between 1 and 2
+#: threads), and Ray sets OMP_NUM_THREADS=1 in every worker it starts: each worker takes the
+#: driver's values instead (set, or unset) so a sharded run computes what one process computes.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env() -> dict[str, str | None]:
+    """This process's thread-count variables (``None``: unset), as a worker must reproduce them."""
+    return {k: os.environ.get(k) for k in THREAD_VARS}
+
+
+def _use_thread_env(env: dict[str, str | None] | None) -> None:
+    """Make this process's thread-count variables the driver's (before any framework sizes its pool)."""
+    for k, v in (env or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _ray() -> Any:
@@ -45,7 +64,10 @@ def _ray() -> Any:
 class ShardWorker:
     """One Ray actor: both models prepared once, then blocks of feeds compared on request."""
 
-    def __init__(self, settings: CompareSettings, cwd: str | None = None) -> None:
+    def __init__(self, settings: CompareSettings, cwd: str | None = None,
+                 threads: dict[str, str | None] | None = None) -> None:
+        self.threads = threads
+        _use_thread_env(threads)
         # relative paths (--inputs feeds/, data.py:fn, the model file) mean what they mean to the driver:
         # a worker on the driver's machine works in the driver's folder; on another node, where it exists
         if cwd and os.path.isdir(cwd):
@@ -75,6 +97,7 @@ class ShardWorker:
 
     def run(self, start: int, stop: int | None, stride: int) -> tuple[DatasetStats, dict[str, Any]]:
         t0 = time.perf_counter()
+        _use_thread_env(self.threads)  # Ray sets OMP_NUM_THREADS again before each task where it is unset
         stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
         return stats, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "feeds": stats.inputs}
 
@@ -127,10 +150,11 @@ def _run(ray: Any, s: CompareSettings) -> Report:
     # the first worker alone first: it fills the cache (exports, converted models) the others reuse
     with step("start workers", n_workers) as task:
         cwd = os.getcwd()
-        first = Actor.remote(s, cwd)
+        threads = thread_env()
+        first = Actor.remote(s, cwd, threads)
         plan = _get(ray, first.plan.remote(), "starting worker 1")
         task.advance()
-        actors = [first] + [Actor.remote(s, cwd) for _ in range(n_workers - 1)]
+        actors = [first] + [Actor.remote(s, cwd, threads) for _ in range(n_workers - 1)]
         for k, a in enumerate(actors[1:], 2):
             _get(ray, a.plan.remote(), f"starting worker {k}")
             task.advance()

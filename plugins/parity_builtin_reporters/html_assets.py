@@ -352,6 +352,8 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
 })();
 
 // --- the layer table: click a header to sort, type to filter -------------------------------------------
+// a consequence is shown under its culprit, by the culprit's place in the report's one ranking
+function ofCulprit(name) { var k = D.culprits.indexOf(name); return (k >= 0 ? "#" + (k + 1) + " " : "") + name; }
 var cols = [
   {key: "i", label: "#", num: true, get: function (r) { return r.i; }, show: function (r) { return r.i; }},
   {key: "name", label: "layer", get: function (r) { return r.name; }},
@@ -361,7 +363,7 @@ var cols = [
    show: function (r) { return r.shape; }},
   {key: "status", label: "status", get: function (r) { return r.status; }},
   {key: "culprit", label: "culprit", num: true, get: function (r) { return r.culprit; },
-   show: function (r) { return r.culprit ? "#" + r.culprit : ""; }}
+   show: function (r) { return r.culprit ? "#" + r.culprit : r.cb ? "\u21B3 " + ofCulprit(r.cb) : ""; }}
 ];
 D.metrics.forEach(function (m, k) {
   cols.push({key: "m:" + m.name, label: m.name + (D.multi ? " worst" : "") + (m.thrf ? " (" + (m.hib ? "\u2265" : "\u2264") + m.thrf + ")" : ""),
@@ -384,7 +386,7 @@ el("h2", {}, sec, "Layers");
 var tools = el("div", {"class": "tools"}, sec);
 var filt = el("input", {id: "filter", type: "search", placeholder: "filter: words in name, op, status, range, notes", "aria-label": "filter layers"}, tools);
 var count = el("span", {id: "count"}, tools);
-el("span", {"class": "note"}, tools, "click a column to sort; words: failing, culprit, first");
+el("span", {"class": "note"}, tools, "click a column to sort; words: failing, culprit, consequence, first");
 var table = el("table", {id: "layers"}, el("div", {"class": "tablewrap"}, sec));
 var hr = el("tr", {}, el("thead", {}, table));
 var tbody = el("tbody", {}, table);
@@ -399,10 +401,12 @@ var trs = rows.map(function (r) {
       if (r.pair) el("div", {"class": "pair"}, td, r.pair);
       if (r.name === D.first) el("span", {"class": "tag"}, td, " \u25C0 first divergence");
       if (r.culprit) el("span", {"class": "tag"}, td, " \u25C0 culprit #" + r.culprit);
+      else if (r.cb) el("span", {"class": "tag"}, td, " \u21B3 grouped under culprit " + ofCulprit(r.cb));
     }
   });
   tr._search = [r.name, r.pair, r.op, r.status, r.risk, r.notes, r.failing ? "failing" : "",
-                r.culprit ? "culprit" : "", r.name === D.first ? "first" : ""].join(" ").toLowerCase();
+                r.culprit ? "culprit" : "", r.cb ? "consequence " + r.cb : "",
+                r.name === D.first ? "first" : ""].join(" ").toLowerCase();
   return tr;
 });
 var order = trs.slice(), sortKey = null, sortDir = 1;
