@@ -71,12 +71,21 @@ class FixResult:
         toml += [f'  "{k}",' for k in self.kept]
         toml.append("]")
         forms: dict[str, str] = {}
+        int8 = "int8" in target.lower()
         if onnx_nodes and all(onnx_nodes):
-            forms.update(tool_forms([str(n) for n in onnx_nodes]))
+            forms.update((int8_tool_forms if int8 else tool_forms)([str(n) for n in onnx_nodes]))
         else:
             forms["ONNX / TensorRT names"] = ("unknown for this target (it is not ONNX-based); run parity fix "
-                                              "with --target ort-fp16 for node names")
-        forms["torch autocast: run these modules in fp32"] = repr(modules)
+                                              f"with --target {'ort-int8' if int8 else 'ort-fp16'} for node names")
+        if int8:
+            # ModelOpt's torch quantizers sit on modules: a target-only MatMul/Gemm/Conv is its Linear's or
+            # Conv's arithmetic (export namespace), a mask Add or Softmax no quantizer's at all
+            qmods = [r.meta.get("ref_module_path") or r.ref_name if r.ref_name else
+                     (r.meta.get("module") if r.target_op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose") else None)
+                     for r in self.rows]
+            forms.update(modelopt_disable_forms(list(dict.fromkeys(m for m in qmods if m))))
+        else:
+            forms["torch autocast: run these modules in fp32"] = repr(modules)
         forms["parity config (TOML)"] = "\n".join(toml)
         return forms
 
@@ -104,6 +113,53 @@ def tool_forms(nodes: list[str]) -> dict[str, str]:
         "ModelOpt AutoCast": f"convert_to_mixed_precision(onnx_path=..., low_precision_type='fp16', "
                              f"nodes_to_exclude={['^' + re.escape(n) + '$' for n in nodes]!r})",
     }
+
+
+def int8_tool_forms(nodes: list[str]) -> dict[str, str]:
+    """ONNX node names left unquantized (fp32), spelled for each int8 tool; never an fp16 recipe.
+
+    ONNX Runtime's ``quantize_static`` and ModelOpt's ONNX PTQ take node names to exclude (ModelOpt
+    reads them as regular expressions: escaped and anchored). TensorRT's implicit int8 (``--int8`` on
+    a model without Q/DQ nodes, calibrated by TensorRT) takes per-layer precisions as for fp16; a QDQ
+    model's precision is its Q/DQ nodes, so for one, quantize again with the exclusions (or take
+    ``--write-model``'s file).
+    """
+    import re
+    import shlex
+
+    anchored = ["^" + re.escape(n) + "$" for n in nodes]
+    return {
+        "ONNX Runtime int8 (quantize_static)":
+            f"quantize_static(model_input, model_output, calibration_data_reader, quant_format=QuantFormat.QDQ, "
+            f"activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude={nodes!r})",
+        "ModelOpt ONNX PTQ": f"modelopt.onnx.quantization.quantize(onnx_path=..., quantize_mode='int8', "
+                             f"nodes_to_exclude={anchored!r})",
+        "trtexec (implicit int8, a model without Q/DQ)": " ".join(shlex.quote(a) for a in (
+            "--int8",
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes),
+            "--precisionConstraints=obey")),
+        "polygraphy run / convert (implicit int8)": " ".join(["--int8", "--layer-precisions",
+                                                              *(shlex.quote(f"{n}:float32") for n in nodes),
+                                                              "--precision-constraints", "obey"]),
+    }
+
+
+def modelopt_disable_forms(modules: list[str]) -> dict[str, str]:
+    """The kept torch modules' ModelOpt quantizers to disable (fake-quant on the torch model).
+
+    ModelOpt names a module's quantizers ``<module>.input_quantizer`` / ``weight_quantizer`` /
+    ``output_quantizer`` and matches ``quantizer_name`` with fnmatch, so ``<module>.*`` disables
+    exactly that module's. Target-only ONNX nodes (a mask Add, a Softmax) have no module: ModelOpt's
+    torch int8 configurations do not quantize them in the first place.
+    """
+    label = "ModelOpt torch: quantizers to disable"
+    if not modules:
+        return {label: "none: the kept nodes are ONNX nodes without a torch module (exclude them in the ONNX "
+                       "quantizer above)"}
+    entries = [{"quantizer_name": f"{m}.*", "enable": False} for m in modules]
+    calls = "; ".join(f"mtq.disable_quantizer(model, {f'{m}.*'!r})" for m in modules)
+    return {label: f"config['quant_cfg'] += {entries!r}  # or, after mtq.quantize: {calls}"}
 
 
 #: a node whose local error is below this share of the error the goal allows is not a candidate
@@ -205,9 +261,26 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                 todo += consumers(k)
         groups.append(group)
         grouped.update(group)
-    # 2. NaN/Inf produced alone, then 3. local error that can matter at the goal: a layer adding
-    #    less than 1% of the error the goal allows is never a candidate (keeping it changes nothing)
+    # 2. a bad int8 quantizer (a mask constant in its calibration, an outlier channel; see
+    #    diagnose.quantizer_stats): the node producing its tensor and the nodes reading it, one step.
+    #    Excluding the producer alone leaves the quantizer in place for its quantized consumers
+    #    (ORT quantizes a consumer's inputs), so the mask-add goes with its Softmax and the outlier
+    #    LayerNorm with the Linear reading it
     floor = NEGLIGIBLE_SHARE * (metric.error(goal) if math.isfinite(metric.error(goal)) else 0.0)
+    qgroups: list[tuple[float, list[str]]] = []
+    for key in order:
+        q = nodes[key].meta.get("local_quantizer")
+        if key in grouped or not (isinstance(q, dict) and q.get("bad")):
+            continue
+        group = [key] + [c for c in consumers(key) if c not in grouped and c != key]
+        weight = max(error(nodes[k]) for k in group)
+        if weight > floor:
+            qgroups.append((weight, group))
+            grouped.update(group)
+    qgroups.sort(key=lambda x: -x[0])
+    groups += [g for _, g in qgroups]
+    # 3. NaN/Inf produced alone, then 4. local error that can matter at the goal: a layer adding
+    #    less than 1% of the error the goal allows is never a candidate (keeping it changes nothing)
     singles = [k for k in order if k not in grouped and nonfinite(nodes[k])]
     rest = sorted((k for k in order if k not in grouped and k not in singles and error(nodes[k]) > floor),
                   key=lambda k: -error(nodes[k]))
