@@ -221,6 +221,8 @@ def _add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
                    help="compare only layers whose name, module path or ONNX node matches REGEX (or named in "
                         "FILE, one a line); sources capture only those; model outputs always stay")
     g.add_argument("--limit", type=int, metavar="N", help="compare at most the first N feeds of --inputs")
+    g.add_argument("--force", action="store_true",
+                   help="run even when parity's memory estimate exceeds the memory available")
     g.add_argument("--max-memory", metavar="BYTES",
                    help="memory for activations waiting to be paired, e.g. 2G (beyond it they spill to disk)")
     g.add_argument("--step-bytes", metavar="BYTES",
@@ -494,7 +496,7 @@ def _settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
         target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None),
         save_ref=getattr(args, "save_ref", None), save_target=getattr(args, "save_target", None),
         save_format=getattr(args, "save_format", "npy"),
-        layers=getattr(args, "layers", None), limit=getattr(args, "limit", None),
+        layers=getattr(args, "layers", None), limit=getattr(args, "limit", None), force=getattr(args, "force", False),
         max_memory=parse_bytes(getattr(args, "max_memory", None), "--max-memory"),
         step_bytes=parse_bytes(getattr(args, "step_bytes", None), "--step-bytes"),
         workers=getattr(args, "workers", 1) or 1, ray_address=getattr(args, "ray_address", None))
@@ -632,7 +634,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
     settings = CompareSettings(model=args.model, ref="ort", target="ort", inputs=args.inputs,
                                input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
-                               workdir=args.workdir, source_options=_source_options(args))
+                               workdir=args.workdir, source_options=_source_options(args), force=args.force)
     from parity.core.compare import input_paths
     from parity.core.preflight import check_no_clobber
 

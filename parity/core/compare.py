@@ -6,6 +6,8 @@ is matched and scored as it arrives. Per-input reports are merged (mean, worst, 
 """
 from __future__ import annotations
 
+import math
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -14,6 +16,7 @@ import numpy as np
 
 from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
 from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
+from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report
@@ -77,6 +80,8 @@ class CompareSettings:
     ray_address: str | None = None
     #: compare at most this many feeds of the dataset (``--limit``)
     limit: int | None = None
+    #: run even when the memory estimate exceeds what is available (``--force``)
+    force: bool = False
 
 
 def _source(name: str, role: str) -> Source:
@@ -171,22 +176,69 @@ def _model_bytes(s: CompareSettings) -> int:
     return 0
 
 
-def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
-    """Refuse (or warn about) a run too large for this machine, before any input is made or read."""
-    if specs is None:  # input files: their bytes on disk stand for the arrays; they stream one at a time
-        from parity.core.inputs import input_files
+def _activation_bytes(s: CompareSettings, shapes: dict[str, tuple[int, ...]]) -> int:
+    """A lower bound of the activation memory of an ONNX model on inputs of ``shapes`` (shape inference, no run).
 
-        sizes = [f.stat().st_size for f in input_files(Path(str(s.inputs))) if f.is_file()]
-        if len(sizes) > 1:
-            parts = {"inputs": 2 * max(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes)}
-        else:
-            parts = {"inputs": sum(sizes), "models": 2 * _model_bytes(s), "activations": 2 * max(sizes, default=0)}
-        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files")
+    Why: a layer's output is often many times its input (LeNet's first convolution: 20 channels
+    from 1), so an estimate from the input size alone let a 2,000,000-image batch pass as a note.
+    Each side computes the largest node with its inputs and outputs alive at once (the reference in
+    fp32; the target at least half of that, in fp16), and scoring holds that layer's output of both
+    sides. 0 when unknown (not an ONNX file, inference fails): the estimate then rests on the inputs.
+    """
+    if not s.model.endswith(".onnx") or not Path(s.model).is_file():
+        return 0
+    try:
+        import onnx
+
+        from parity.lib.onnx.graph import inferred_info
+
+        model = onnx.load(s.model, load_external_data=False)
+        info = inferred_info(model, shapes)
+    except Exception:  # an unreadable model is reported by its source, with the file's name
+        return 0
+    weights = {t.name for t in model.graph.initializer}
+
+    def size(name: str) -> int:
+        t = info.get(name)
+        return (t.nbytes or 0) if t is not None and name not in weights else 0
+
+    node_io = max((sum(size(n) for n in (*node.input, *node.output) if n) for node in model.graph.node), default=0)
+    largest = max((size(n) for node in model.graph.node for n in node.output if n), default=0)
+    return (node_io + largest) * 3 // 2
+
+
+def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
+    """Refuse (or warn about) a run too large for this machine, before any input is made or read.
+
+    Input files count by what their headers declare, not their size on disk (a compressed ``.npz``
+    of zeros is a thousand times smaller than its arrays). Activations: each side holds at least the
+    largest node's inputs and outputs (:func:`_activation_bytes`), or twice the inputs if unknown.
+    """
+    force = s.force
+    if specs is None:  # input files: their arrays stream one file at a time
+        from parity.core.inputs import declared_arrays, input_files
+
+        sizes, shapes = [], {}
+        for f in input_files(Path(str(s.inputs))):
+            if not f.is_file() or f.suffix not in (".npy", ".npz"):
+                continue
+            try:
+                arrays = declared_arrays(f)
+            except (ParityError, OSError, ValueError, EOFError, zipfile.BadZipFile):
+                continue  # load_feeds reports a damaged file with its name
+            sizes.append(sum(math.prod(sh) * dt.itemsize for sh, dt in arrays.values()))
+            shapes = shapes or {k: sh for k, (sh, _dt) in arrays.items()}
+        activations = _activation_bytes(s, shapes) if shapes and "" not in shapes else 0
+        held = 2 * max(sizes) if len(sizes) > 1 else sum(sizes)
+        parts = {"inputs": held, "models": 2 * _model_bytes(s),
+                 "activations": max(2 * max(sizes, default=0), activations)}
+        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files or batches", force=force)
         return
     parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
+    parts["activations"] = max(parts["activations"], _activation_bytes(s, {x.name: x.shape for x in specs}))
     shapes = " ".join(f"{x.name}:{'x'.join(map(str, x.shape))}" for x in specs)
     check_memory(parts, f"{s.model} on random inputs {shapes}",
-                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs")
+                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs", force=force)
 
 
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
@@ -268,16 +320,22 @@ class _OutputTap:
     it over the last axis of any output of two or more dimensions (per-token logits).
     """
 
-    def __init__(self, asked: bool = False) -> None:
+    def __init__(self, asked: bool = False, keep: bool = False) -> None:
         self.top1: dict[int, np.ndarray] = {}
         self.asked = asked
+        #: the model outputs themselves, by position, when ``keep`` (the deployed-outputs check)
+        self.keep = keep
+        self.outputs: dict[int, Activation] = {}
 
     def __call__(self, stream: Iterable[Activation]) -> Iterator[Activation]:
         for a in stream:
-            if a.meta.get("is_output") and a.array.shape[-1:] > (1,) and \
-                    (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
-                pos = int(a.meta.get("output_position", a.output_index))
-                self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
+            if a.meta.get("is_output"):
+                pos = int(a.meta.get("output_position", a.output_index or 0))
+                if a.array.shape[-1:] > (1,) and (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
+                    self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
+                if self.keep:
+                    self.outputs[pos] = Activation(a.name, np.array(a.array), a.output_index, a.order,
+                                                   a.op_type, dict(a.meta))
             yield a
 
 
@@ -285,6 +343,7 @@ class _DumpTarget(Source):
     """A dump made elsewhere, standing in for a target source: same records for every feed."""
 
     description = "activations imported from a dump file or folder"
+    runs_deployed = False  # a dump holds one run: there is no deployed run to set beside it
 
     def __init__(self, s: CompareSettings) -> None:
         self.name = f"dump:{Path(s.target_dump).name}"  # type: ignore[misc]
@@ -504,9 +563,15 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
     ms = resolve_metrics(s.metrics)
+    deploy = tgt_src.runs_deployed and not s.target_dump
+    if deploy:  # one config object for the whole run, so sources can reuse what they built for it
+        dcfg = replace(cfg, options={**cfg.options, "outputs_only": True})
+        if stats.deployed is None:
+            stats.deployed = DeployedStats(semantics=tgt_src.semantics)
+        dinfos = metric_infos(ms, s.thresholds)
     for feed in track(feeds, "capture input", total=total):
         k, label, arrays = feed.index, feed.label, feed.arrays
-        rtap, ttap = _OutputTap(asked), _OutputTap(asked)
+        rtap, ttap = _OutputTap(asked, keep=deploy), _OutputTap(asked, keep=deploy)
         matcher = get_matcher(s.matcher)
         ref_stream = rtap(_selected(ref_src.run(cfg, arrays), cfg.layers))
         tgt_stream = ttap(_selected(tgt_src.run(cfg, arrays), cfg.layers))
@@ -528,6 +593,16 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
             _attach_local(s, tgt_src, cfg, arrays, rep, ms, k)
         for key, v in mctx.stats.items():
             stats.match_stats[key] = stats.match_stats.get(key, 0) + v
+        if deploy:  # the target as deployed: outputs only, nothing captured (see parity.core.deployed)
+            dtap = _OutputTap(asked)
+            deployed = collect_outputs(dtap(tgt_src.run(dcfg, arrays)))
+            if k == 0:  # run-to-run noise, on the dataset's first feed whichever worker has it
+                again = collect_outputs(tgt_src.run(dcfg, arrays))
+                stats.deployed.noise = max([stats.deployed.noise] + [
+                    relative_diff(again[p].array, deployed[p].array) for p in deployed if p in again])
+            stats.deployed.add(k, rtap.outputs, ttap.outputs, deployed, ms, dinfos, s.metric_options)
+            ttap = dtap  # top-1 agreement is the deployed model's
+            del deployed
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
             stats.agree += int((rtap.top1[0] == ttap.top1[0]).sum())
             stats.top1_total += int(rtap.top1[0].size)
@@ -577,12 +652,24 @@ def finish(s: CompareSettings, stats: DatasetStats) -> Report:
         if matched:
             summary["provenance_share"] = by.get("provenance", 0) / matched
     report.summary.update(summary)
+    if stats.deployed is not None and stats.deployed.outputs:
+        _attach_deployed(report, stats.deployed)
     if s.diagnose:
         from parity.core.diagnose import find_culprits, target_format, trace_ranges
 
         trace_ranges(report, target_format(s.target, report.layers[0] if report.layers else None))
         find_culprits(report)
     return report
+
+
+def _attach_deployed(report: Report, dep: DeployedStats) -> None:
+    """The deployed-outputs check into the report: ``summary["deployed"]``, and a note on every row
+    when capture changed the outputs (the rows then describe a run that is not the deployed one)."""
+    report.summary["deployed"] = dep.summary(report.primary)
+    if report.summary["deployed"]["perturbed"]:
+        for r in report.layers:
+            r.meta["capture_perturbed"] = True
+            r.notes.append("capture perturbed the target run: this row is of the captured run, not of the deployed one")
 
 
 def gate(report: Report, fail_under: float | None = None) -> list[str]:
@@ -599,6 +686,12 @@ def gate(report: Report, fail_under: float | None = None) -> list[str]:
     out: list[str] = []
     if p is None or report.worst_value(p.name) is None:
         return ["no layer was compared"]
+    dep = report.summary.get("deployed") or {}
+    if dep.get("perturbed"):  # the captured run is not the deployed one: judge what is deployed
+        from parity.core.deployed import deployed_failures
+
+        bound = fail_under if fail_under is not None else p.threshold
+        return deployed_failures(dep, p, bound)
     nonfinite = [r for r in report.layers if r.status == NONFINITE]
     if nonfinite:
         out.append(f"{len(nonfinite)} layers produce NaN/Inf where the reference is finite, first "

@@ -237,8 +237,8 @@ def test_a_model_at_a_newer_ir_version_than_the_runtime_reads_still_runs(capsys,
 def test_a_run_too_large_for_the_machine_is_refused_with_the_figure(capsys, tmp_path):
     rc, _out, err = cli(capsys, "compare", f"{ZOO}:lenet", "--target", "torch-fp16", "--input-shape",
                         "x:1x3x100000x100000", "--workdir", tmp_path / "cache")
-    assert rc == 1 and len(err) == 1, err
-    assert "GiB" in err[0] and "--input-shape" in err[0] and "x:1x3x100000x100000" in err[0]
+    assert rc == 2 and len(err) == 1, err
+    assert "GiB" in err[0] and "--input-shape" in err[0] and "x:1x3x100000x100000" in err[0] and "--force" in err[0]
     assert "MemoryError" not in err[0] and "internal" not in err[0]
 
 
