@@ -86,16 +86,46 @@ def test_cli_view_of_an_onnx_report_needs_no_onnx_option(hazard, tmp_path, capsy
     assert doc and all(set(d["results"]) <= graphs[g] for g, d in doc.items())
 
 
-def test_view_of_a_torch_report_asks_for_the_onnx_model(hazard, tmp_path, capsys):
+def test_view_of_a_torch_report_finds_the_onnx_it_compared(hazard, tmp_path, capsys):
+    """A torch model's report records the ONNX graph the target ran (parity's export); the view opens it
+    without --onnx, and its overlays key nodes of that graph as the adapter builds it."""
     out = tmp_path / "t.json"
     rc = main(["compare", f"{ROOT / 'tests' / 'models' / 'zoo.py'}:fp16_hazard", "--target", "ort-fp16",
-               "--json", str(out), "--workdir", str(tmp_path / "c"), "--exit-zero", "--quiet"])
-    assert rc == 0
+               "--input-shape", "x:4x16", "--diagnose", "--json", str(out), "--workdir", str(tmp_path / "c"),
+               "--exit-zero", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    recorded = Path(json.loads(out.read_text())["summary"]["target_onnx"])
+    assert recorded.is_file() and recorded.is_relative_to(tmp_path / "c")  # parity's export, in this cache
+    assert main(["view", str(out), "--no-serve", "--out", str(tmp_path / "nd")]) == 0, capsys.readouterr().err
+    graphs = _adapter_graphs(recorded)
+    doc = json.loads((tmp_path / "nd" / "culprit.json").read_text())
+    keyed = {n for d in doc.values() for n in d["results"]}
+    assert keyed and all(set(d["results"]) <= graphs[g] for g, d in doc.items())
+    flagged = {n for d in doc.values() for n, v in d["results"].items() if v["value"] == 1}
+    rows = json.loads(out.read_text())["layers"]
+    assert flagged == {r["meta"]["target_onnx_node"] for r in rows
+                       if r.get("culprit_rank") is not None and r["meta"].get("target_onnx_node")}
+    # the API's report records the same kind of path, and onnx_model() returns it
+    assert hazard[0].summary["target_onnx"] == str(hazard[1])
+    # the recorded graph gone (a cleared cache): one line saying so, and --onnx still works
+    moved = recorded.rename(tmp_path / "moved.onnx")
     capsys.readouterr()
     assert main(["view", str(out), "--no-serve"]) == 1
     err = capsys.readouterr().err
-    assert "give --onnx PATH" in err and len(err.strip().splitlines()) == 1
-    assert main(["view", str(out), "--no-serve", "--onnx", str(hazard[1])]) == 0
+    assert "is gone" in err and str(recorded) in err and len(err.strip().splitlines()) == 1
+    assert main(["view", str(out), "--no-serve", "--onnx", str(moved)]) == 0
+
+
+def test_view_of_a_report_without_onnx_asks_for_one(tmp_path, capsys):
+    from parity.core.report import write_report
+
+    rep = parity.compare(zoo.fp16_hazard(), torch.randn(4, 16, generator=torch.Generator().manual_seed(0)),
+                         ref="torch", target="torch-fp16", workdir=tmp_path / "c", diagnose=False, quiet=True)
+    assert "target_onnx" not in rep.summary  # torch-fp16 runs no ONNX graph
+    write_report(rep, "json", str(tmp_path / "r.json"))
+    assert main(["view", str(tmp_path / "r.json"), "--no-serve"]) == 1
+    err = capsys.readouterr().err
+    assert "records no ONNX graph" in err and "give --onnx PATH" in err and len(err.strip().splitlines()) == 1
 
 
 def test_view_without_model_explorer_says_how_to_install(tmp_path, capsys, monkeypatch):
