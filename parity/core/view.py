@@ -3,7 +3,9 @@
 Why Model Explorer: a table lists layers, a graph shows where in the model the error starts and
 how it spreads. parity writes per-node values keyed by the ONNX node names its rows already carry
 (``target_onnx_node``; a fused TensorRT layer's ``covers``): the accumulated error and the local
-error of the primary metric (its own error, larger is worse) and the culprit flag. The overlays
+error of the primary metric (its own error, larger is worse) and the culprit flag. A node is
+coloured by the metric's threshold as the table judges it (pass / near / fail, NaN/Inf apart), never
+scaled min-to-max: a report whose worst error is 3e-8 must not show a single red node. The overlays
 are built with Model Explorer's own ``node_data_builder`` and opened with the ``model-explorer-onnx``
 adapter (``pip install 'parity[view]'``); both are optional and imported only here.
 """
@@ -24,6 +26,11 @@ INSTALL = ("pip install 'parity[view]' (or: pip install ai-edge-model-explorer m
 
 #: the ONNX adapter as Model Explorer names its extension
 EXTENSION = "model_explorer_onnx"
+
+#: node colours by verdict: within the threshold by more than a decade of error, within it by less, past it
+PASS, NEAR, FAIL, NONFINITE_COLOR = "#c8e6c9", "#ffe082", "#e53935", "#6a1b9a"
+#: "near": an error within this factor of the threshold's error (one decade on the log scale the plots use)
+NEAR_FACTOR = 10.0
 
 
 def _builder() -> Any:
@@ -122,6 +129,18 @@ def _errors(report: Report, p: MetricInfo, values: str, known: set[str]) -> dict
     return out
 
 
+def band(error: float, limit: float | None) -> str | None:
+    """The colour of a node whose worst error is ``error`` against the threshold's error ``limit``:
+    FAIL past it, NEAR within a decade of it, PASS below; NaN/Inf its own colour; no threshold: none."""
+    if not math.isfinite(error):
+        return NONFINITE_COLOR
+    if limit is None or not math.isfinite(limit):
+        return None
+    if error > limit:
+        return FAIL
+    return NEAR if error * NEAR_FACTOR > limit else PASS
+
+
 def node_data(report: Report, onnx_path: str | Path) -> dict[str, Any]:
     """Overlay name -> ``node_data_builder.ModelNodeData`` for the graph of ``onnx_path``.
 
@@ -135,19 +154,25 @@ def node_data(report: Report, onnx_path: str | Path) -> dict[str, Any]:
     graph_id, nodes = graph_nodes(onnx_path)
     known = set(nodes)
     out: dict[str, Any] = {}
-    white_red = [ndb.GradientItem(stop=0, bgColor="#ffffff"), ndb.GradientItem(stop=1, bgColor="#d32f2f")]
+    # the threshold on the error scale; colours by verdict (the table's), not min-max over the graph
+    limit = float(p.error(p.threshold)) if p.threshold is not None else None
+    legend = [] if limit is None else [ndb.ThresholdItem(value=limit / NEAR_FACTOR, bgColor=PASS),
+                                       ndb.ThresholdItem(value=limit, bgColor=NEAR),
+                                       ndb.ThresholdItem(value=1e300, bgColor=FAIL)]
     for kind in ("accumulated", "local"):
         errs = _errors(report, p, kind, known)
         if not errs:
             continue
         finite = [e for e in errs.values() if math.isfinite(e)]
         top = max(finite, default=1.0)
-        results = {n: (ndb.NodeDataResult(value=e) if math.isfinite(e)
-                       else ndb.NodeDataResult(value=top, bgColor="#6a1b9a", textColor="#ffffff"))
-                   for n, e in errs.items()}
+        results = {}
+        for n, e in errs.items():
+            color = band(e, limit)
+            text = "#ffffff" if color in (FAIL, NONFINITE_COLOR) else None
+            results[n] = ndb.NodeDataResult(value=e if math.isfinite(e) else top, bgColor=color, textColor=text)
         name = f"{kind} {p.name} error"
         out[name] = ndb.ModelNodeData(graphsData={graph_id: ndb.GraphNodeData(
-            results=results, name=name, gradient=white_red)})
+            results=results, name=name, thresholds=legend)})
     ranks: dict[str, int] = {}
     scored: set[str] = set()
     for r in report.layers:

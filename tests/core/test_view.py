@@ -141,3 +141,44 @@ def test_not_a_report_is_one_line(tmp_path, capsys):
     bad.write_text('{"layers": []}')
     assert main(["view", str(bad), "--no-serve"]) == 1
     assert "not a parity JSON report" in capsys.readouterr().err
+
+
+def test_nodes_are_coloured_by_the_threshold_not_scaled_min_to_max(hazard, tmp_path):
+    """A node's colour is the table's verdict (pass / near / fail against the metric's threshold, NaN/Inf
+    apart), recomputed here from the rows' cosine: a tiny error is green, however small the largest one."""
+    from parity.core.view import FAIL, NEAR, NONFINITE_COLOR, PASS
+
+    rep, onnx_path, _ = hazard
+    thr = rep.primary.threshold
+    worst: dict[str, float] = {}
+    for r in rep.layers:
+        node = r.meta.get("target_onnx_node")
+        cos = r.worst.get("cosine", r.values.get("cosine"))
+        if node and (r.status == "nonfinite" or cos is not None):
+            e = float("inf") if r.status == "nonfinite" else 1.0 - cos
+            worst[node] = max(worst.get(node, 0.0), e)
+    doc = json.loads(node_data(rep, onnx_path)["accumulated cosine error"].to_json_string())
+    (data,) = doc.values()
+    assert not data["gradient"] and data["thresholds"]  # bands, not a min-max gradient
+    seen = set()
+    for node, res in data["results"].items():
+        e = worst[node]
+        want = (NONFINITE_COLOR if e == float("inf") else FAIL if e > 1 - thr else
+                NEAR if e > (1 - thr) / 10 else PASS)
+        assert res["bgColor"] == want, (node, e, res)
+        seen.add(want)
+    assert PASS in seen and (FAIL in seen or NONFINITE_COLOR in seen)  # both ends on one graph
+
+
+def test_a_passing_report_has_no_red_node(tmp_path):
+    """Errors of 1e-8 (fp32 against fp32) stay green: min-max scaling painted the largest one red."""
+    rep = parity.compare(zoo.lenet(), torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
+                         target="ort", workdir=tmp_path / "c")
+    from parity.core.view import FAIL, PASS
+
+    for name, nd in node_data(rep, rep.onnx_model()).items():
+        if name == "culprit":
+            continue
+        (data,) = json.loads(nd.to_json_string()).values()
+        colours = {v["bgColor"] for v in data["results"].values()}
+        assert colours == {PASS}, (name, colours)
