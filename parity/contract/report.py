@@ -222,7 +222,6 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
     return lines
 
 
-
 def summary_lines(report: Report) -> list[str]:
     """The verdict under the table, in plain words (also what ``--quiet`` prints)."""
     out: list[str] = []
@@ -246,6 +245,7 @@ def summary_lines(report: Report) -> list[str]:
         v = first.worst.get(p.name, first.values.get(p.name))
         out.append(f"First divergence: {first.name} ({first.op_type or first.target_op_type or 'layer'}), "
                    f"{p.name} {p.format(v)} {'<' if p.higher_is_better else '>'} {p.format(p.threshold)}.")
+    out.extend(deployed_lines(report.summary))
     out.extend(_dataset_lines(report))
     unmatched = [l for l in report.layers if l.status in (REF_ONLY, TARGET_ONLY)]
     if unmatched:
@@ -256,6 +256,35 @@ def summary_lines(report: Report) -> list[str]:
             continue
         out.append(f"{k}: {v}")
     return out + diagnosis_lines(report)
+
+
+def deployed_lines(summary: dict[str, Any]) -> list[str]:
+    """The verdict's lines on the deployed outputs: printed by every reporter that prints a verdict."""
+    dep = summary.get("deployed")
+    if not dep or not dep.get("outputs"):
+        return []
+    p = dep.get("primary")
+    lines: list[str] = []
+    if dep.get("perturbed"):
+        for o in dep["outputs"]:
+            if not o.get("perturbed"):
+                continue
+            what = [f"{o['capture_diff']:.3g} of its magnitude"] if math.isfinite(o["capture_diff"]) else []
+            if o["captured_nonfinite"] != o["nonfinite"]:
+                what.append(f"{o['captured_nonfinite']} NaN/Inf captured vs {o['nonfinite']} deployed")
+            cap, dv = o["captured_values"].get(p), o["values"].get(p)
+            nums = f"; {p} {cap:.7g} captured vs {dv:.7g} deployed" if p and cap is not None and dv is not None else ""
+            lines.append(f"Capture changed the output {o['name']} ({', '.join(what)}){nums}: the per-layer rows "
+                         f"describe the captured run, not the deployed one; the pass/fail verdict uses the "
+                         f"deployed outputs.")
+    else:
+        worst = [o for o in dep["outputs"] if p in o["values"]]
+        if worst and p:
+            vals = ", ".join(f"{o['name']} {o['values'][p]:.7g}" for o in worst[:3])
+            lines.append(f"Deployed outputs (no capture) agree with the captured run; {p}: {vals}.")
+    if dep.get("semantics"):
+        lines.append(f"Target semantics: {dep['semantics']}.")
+    return lines
 
 
 def _dataset_lines(report: Report) -> list[str]:

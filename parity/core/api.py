@@ -28,7 +28,7 @@ import numpy as np
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.progress import step
-from parity.contract.report import LayerResult, Report
+from parity.contract.report import LayerResult, Report, culprit_groups
 from parity.core.compare import CompareSettings
 
 __all__ = ["ComparisonReport", "compare", "run_fix"]
@@ -176,8 +176,10 @@ class ComparisonReport(Report):
 
     @property
     def culprits(self) -> list[LayerResult]:
-        """The layers that cause the loss, the first culprit first (needs ``diagnose=True``)."""
-        return sorted((r for r in self.layers if r.culprit_rank is not None), key=lambda r: r.culprit_rank)
+        """The layers that cause the loss, culprit #1 first (needs ``diagnose=True``): the report's one
+        ordering (``summary["culprits"]``), which the table, HTML and JUnit show too. The rows that only
+        carry a culprit's error are not in it; each names its culprit in ``caused_by``."""
+        return [r for r, _ in culprit_groups(self)]
 
     def to_pandas(self) -> Any:
         """One row per layer: names, op, status, every metric (mean, worst, local), culprit rank."""

@@ -116,10 +116,17 @@ def _consequence(row: LayerResult, earlier: list[LayerResult], by_name: dict[str
             return c, f"the same {c.target_name} tensor as {c.name}"
         if _contains(row, c):
             return c, f"the module containing {c.name}"
+    if not _fault_is_nonfinite(row):
+        return None
     for prod in producers:
-        if id(prod) in ids and _fault_is_nonfinite(row) and _beyond_format(prod, fmax):
-            return prod, (f"reads {prod.name}'s values beyond the {fmt or 'target format'} range "
-                          f"(infinite in the target) and passes the NaN/Inf on")
+        if not _beyond_format(prod, fmax):
+            continue
+        src = prod if id(prod) in ids else next(
+            (c for c in earlier if (prod.target_name is not None and c.target_name == prod.target_name)
+             or _contains(prod, c)), None)
+        if src is not None:
+            return src, (f"reads {prod.name}'s values beyond the {fmt or 'target format'} range "
+                         f"(infinite in the target) and passes the NaN/Inf on")
     return None
 
 
