@@ -618,7 +618,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
     for label, text in res.forms(args.target).items():
         print(f"\n{label}:\n{text}")
     if args.write_config:
-        write_text(args.write_config, res.forms(args.target)["parity config (TOML)"] + "\n")
+        try:
+            write_text(args.write_config, res.forms(args.target)["parity config (TOML)"] + "\n")
+        except OSError as e:
+            from parity.contract.atomic import write_failure
+
+            raise write_failure("--write-config", args.write_config, e) from None
     if args.write_model:
         from parity.core.fix import write_fixed_model
 

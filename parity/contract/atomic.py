@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from parity.contract.errors import ParityError
+
 
 def _create_sibling(dest: Path) -> Path:
     """A new empty file beside ``dest``, hidden, with ``dest``'s suffix last (np.save and friends look at it)."""
@@ -53,3 +55,20 @@ def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_text(path) as f:
         f.write(text)
+
+
+def write_failure(what: str, path: str | os.PathLike, e: OSError) -> ParityError:
+    """One line for an output that could not be written (disk full, quota, I/O error): the file and the cause.
+
+    Why: ``OSError: [Errno 28]`` surfaced as "internal error ... please report it"; and numpy's short
+    write says only "23040 requested and 7136 written", so the space left on the filesystem is named.
+    """
+    cause = e.strerror or str(e) or type(e).__name__
+    try:
+        st = os.statvfs(Path(path).parent if Path(path).parent.exists() else ".")
+        free = st.f_bavail * st.f_frsize
+        room = f"; {free} bytes free on that filesystem" if free < (1 << 30) else ""
+    except (OSError, AttributeError):
+        room = ""
+    return ParityError(f"cannot write {what} {path}: {cause}{room}. Note: free space there or choose another "
+                       f"location; nothing was left half-written.")

@@ -395,21 +395,41 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
         if path:
             check_output_path(path, option, folder_ok=True)
+    check_external_data(s.model)
     check_no_clobber([("--save-ref", s.save_ref or ""), ("--save-target", s.save_target or "")], input_paths(s))
     return ref_src, tgt_src
 
 
-def _external_data(model: str) -> list[str]:
-    """The external-data files an ONNX model names (read without loading the weights)."""
+def _external_data(model: str) -> list[tuple[str, str]]:
+    """(tensor, location) of each external-data reference of an ONNX model (read without loading the weights)."""
     try:
         import onnx
 
         m = onnx.load(model, load_external_data=False)
     except Exception:  # not loadable: the source reports that with its own message
         return []
-    locs = {e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
-    return [str(Path(model).parent / loc) for loc in sorted(locs)]
+    return [(t.name, e.value) for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"]
+
+
+def check_external_data(model: str) -> None:
+    """Every external-data file of an ONNX model lies in the model's folder and exists.
+
+    Why: ONNX refuses a location outside the folder (a model file must not make the reader open
+    arbitrary files), and a missing one fails deep in the loader; both surfaced as internal errors.
+    """
+    if not model.endswith(".onnx") or not Path(model).is_file():
+        return
+    folder = Path(model).resolve().parent
+    for tensor, loc in _external_data(model):
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or folder not in target.parents:
+            raise ParityError(f"{model}: weight {tensor!r} names external data {loc!r}, outside the model's folder "
+                              f"{folder}; ONNX reads external data only from that folder. Note: move the data "
+                              f"file beside the model and save it with location set to its file name.")
+        if not target.is_file():
+            raise ParityError(f"{model}: weight {tensor!r} names external data {loc!r}, which is not in {folder}. "
+                              f"Note: keep the data file beside the model when copying it.")
 
 
 def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
@@ -420,7 +440,8 @@ def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
     if Path(s.model).is_file():
         out.append(("model file", s.model))
         if s.model.endswith(".onnx"):
-            out += [("external data of the model", f) for f in _external_data(s.model)]
+            out += [("external data of the model", str(Path(s.model).parent / loc))
+                    for loc in sorted({loc for _t, loc in _external_data(s.model)})]
     elif python_spec_file(s.model):
         out.append((f"the source file of model {s.model}", str(python_spec_file(s.model))))
     if s.inputs and is_python_dataset(s.inputs):

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from parity.contract.atomic import write_failure
 from parity.contract.errors import ParityError
 from parity.contract.dumpformat import (MANIFEST_NAME, manifest_json, parse_manifest, apply_manifest_entry,
                                         manifest_entry, safe_filename)
@@ -597,7 +598,7 @@ def _unique_keys(recs: Iterable[Activation]) -> Iterator[Activation]:
 
 def _reraise_os(e: BaseException, dest: Path) -> None:
     if isinstance(e, OSError) and not isinstance(e, ParityError):
-        raise ParityError(f"cannot write dump {dest}: {e.strerror or e}") from e
+        raise write_failure("dump", dest, e) from e
 
 
 def _swap_in(tmpdir: Path, dest: Path) -> None:

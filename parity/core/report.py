@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, TextIO
 
-from parity.contract.atomic import atomic_text
+from parity.contract.atomic import atomic_text, write_failure
 from parity.contract.errors import UsageError
 from parity.contract.report import Report, summary_lines
 from parity.contract.reporter import Reporter
@@ -71,8 +71,11 @@ def write_report(report: Report, name: str | Reporter, path: str = STDOUT,
         reporter.write(report, out, opts)
         out.flush()
         return None
-    with atomic_text(path) as f:
-        reporter.write(report, f, opts)
+    try:
+        with atomic_text(path) as f:
+            reporter.write(report, f, opts)
+    except OSError as e:  # disk full, quota, I/O error: one line naming the file, not an internal error
+        raise write_failure(f"{reporter.name} report", path, e) from None
     return str(path)
 
 
