@@ -100,8 +100,9 @@ def resolve_specs(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], mo
             raise ParityError(f"{model}: input {s.name!r} has unknown dimensions {list(shape or [])}. "
                               f"Note: pass {shape_hint(s.name, shape or (1, 3, 224, 224))} with the sizes to use.")
         dtype = dtypes.get(s.name, s.dtype)
+        # an index's bound (an embedding's rows) holds whatever integer type the user picks for it
         out.append(InputSpec(s.name, tuple(int(d) for d in shape), dtype,
-                             s.high if dtype == s.dtype else None))
+                             s.high if dtype is not None and np.dtype(dtype).kind in "iu" else None))
     return out
 
 
