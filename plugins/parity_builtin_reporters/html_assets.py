@@ -16,7 +16,7 @@ margin:0;padding:18px 24px;background:#f7f8fa}h1{font-size:20px;margin:0 0 8px}h
 .fix.none{border-left-color:var(--bad)}pre{background:#f1f3f6;padding:6px 8px;overflow:auto;font-size:12px;margin:4px 0}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:10px}
 figure{margin:0}figcaption{color:var(--mut);font-size:12.5px;margin-top:4px}svg{display:block;width:100%;height:auto;background:#fff}
-svg text{font:11px system-ui,sans-serif;fill:var(--mut)}svg .grid{stroke:#eceff3}svg .axis{stroke:#9aa3b2;fill:none}
+svg text{font:11px system-ui,sans-serif;fill:var(--mut)}svg text.halo{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}svg .grid{stroke:#eceff3}svg .axis{stroke:#9aa3b2;fill:none}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}.legend i{display:inline-block;width:14px;height:3px;
 margin-right:4px;vertical-align:middle}.note{color:var(--mut);font-style:italic}
 .tools{display:flex;gap:12px;align-items:center;margin:6px 0}#filter{width:320px;padding:4px 8px;border:1px solid var(--bd);border-radius:4px}
@@ -69,7 +69,7 @@ function fmt(v) {
 
 // --- a plot frame: linear x (layer index) or log x, log10 y; returns pixel mappers ---------------
 function frame(parent, o) {
-  var W = 640, H = o.h || 280, L = 58, R = 14, T = 14, B = 38;
+  var W = 640, H = o.h || 280, L = 58, R = o.R || 14, T = 14, B = 38;
   var svg = sv("svg", {viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": o.label, "class": "plot"}, parent);
   var pw = W - L - R, ph = H - T - B;
   var x0 = o.x[0], x1 = o.x[1] === o.x[0] ? o.x[0] + 1 : o.x[1];
@@ -135,6 +135,13 @@ function figure(parent, title, caption) {
 
 var P = D.metrics[0] || {name: "metric"};
 var rows = D.rows;
+// plots along depth use a row's execution order, the number in the table's # column (as the terminal's)
+var X = (function () {
+  var o = rows.map(function (r) { return r.order; });
+  var a = o.length ? Math.min.apply(null, o) : 0, z = o.length ? Math.max.apply(null, o) : 1;
+  return [a, z > a ? z : a + 1];
+})();
+function tag(r) { return r.num !== "" ? "#" + r.num + " " : ""; }
 
 // --- verdict ---------------------------------------------------------------------------------------
 var app = document.getElementById("app");
@@ -181,18 +188,19 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     "as its accumulated one causes the loss; error = the metric's own error (" + P.name + ": lower is better here).");
   var acc = rows.map(function (r) { return num(r.acc); }), loc = rows.map(function (r) { return num(r.loc); });
   var yd = logDomain(acc.concat(loc), [num(P.thre)]);
-  var f = frame(body, {x: [0, Math.max(1, rows.length - 1)], y: yd, xlabel: "layer (execution order, table #)",
+  var f = frame(body, {x: X, y: yd, xlabel: "layer (execution order, table #)",
                        ylabel: P.name + " error", label: "error along depth", h: 300});
   f.svg.id = "plot-depth";
   var thr = num(P.thre);
   if (thr !== null && isFinite(thr) && thr > 0) {
     sv("line", {x1: f.L, x2: f.L + f.pw, y1: f.py(Math.log10(thr)), y2: f.py(Math.log10(thr)), stroke: "#888",
                 "stroke-dasharray": "5 4"}, f.g);
-    sv("text", {x: f.L + f.pw - 4, y: f.py(Math.log10(thr)) - 4, "text-anchor": "end"}, f.svg, "threshold " + P.thrf);
+    sv("text", {x: f.L + f.pw - 4, y: f.py(Math.log10(thr)) - 4, "text-anchor": "end", "class": "halo"}, f.svg,
+       "threshold " + P.thrf);
   }
   var firstIdx = rows.findIndex(function (r) { return r.name === D.first; });
   if (firstIdx >= 0) {
-    sv("line", {x1: f.px(firstIdx), x2: f.px(firstIdx), y1: f.top, y2: f.bottom, stroke: "#c62828",
+    sv("line", {x1: f.px(rows[firstIdx].order), x2: f.px(rows[firstIdx].order), y1: f.top, y2: f.bottom, stroke: "#c62828",
                 "stroke-dasharray": "2 3"}, f.g);
   }
   function y(v) { return v === null ? null : (!isFinite(v) || isNaN(v) ? yd[1] : v <= 0 ? yd[0] : Math.log10(v)); }
@@ -201,7 +209,7 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     s[0].forEach(function (v, i) {
       var yy = y(v);
       if (yy === null) return;  // a row without this value: the line passes over it
-      d += (pen ? "L" : "M") + f.px(i).toFixed(1) + " " + f.py(yy).toFixed(1);
+      d += (pen ? "L" : "M") + f.px(rows[i].order).toFixed(1) + " " + f.py(yy).toFixed(1);
       pen = true;
     });
     if (d) sv("path", {d: d, fill: "none", stroke: s[1], "stroke-width": 1.6, "stroke-dasharray": s[3],
@@ -210,10 +218,10 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
       var yy = y(v);
       if (yy === null) return;
       var r = rows[i], bad = !isFinite(v) || isNaN(v);
-      var c = sv("circle", {cx: f.px(i), cy: f.py(yy), r: rows.length > 300 ? 1.6 : 3,
+      var c = sv("circle", {cx: f.px(r.order), cy: f.py(yy), r: rows.length > 300 ? 1.6 : 3,
                             fill: bad ? "#c62828" : s[1], "class": "pt pt-" + s[2]}, f.g);
       c.addEventListener("click", function () { focusRow(r.name); });
-      tip(c, "#" + i + " " + r.name + " (" + (r.op || "layer") + ")\n" + s[2] + " " + P.name + ": " +
+      tip(c, tag(r) + r.name + " (" + (r.op || "layer") + ")\n" + s[2] + " " + P.name + ": " +
           (s[2] === "local" ? r.locf : r.v[0][1]) + (bad ? " (NaN/Inf)" : ""));
     });
   });
@@ -221,9 +229,14 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     if (!r.culprit) return;
     var v = y(loc[i] !== null ? loc[i] : acc[i]);
     if (v === null) return;
-    sv("circle", {cx: f.px(i), cy: f.py(v), r: 7, fill: "none", stroke: "#c62828", "stroke-width": 2,
+    var cx = f.px(r.order), cy = f.py(v);
+    sv("circle", {cx: cx, cy: cy, r: 7, fill: "none", stroke: "#c62828", "stroke-width": 2,
                   "class": "culprit-mark"}, f.g);
-    tip(sv("text", {x: f.px(i) + 6, y: f.py(v) - 8, fill: "#c62828"}, f.svg, "#" + r.culprit), "culprit #" + r.culprit + ": " + r.name);
+    // the label stays inside the frame: left of the ring near the right edge, under it near the top
+    var right = cx > f.L + f.pw - 30;
+    tip(sv("text", {x: right ? cx - 9 : cx + 9, y: cy - 8 < f.top + 10 ? cy + 18 : cy - 8, fill: "#c62828",
+                    "text-anchor": right ? "end" : "start", "class": "halo culprit-label"}, f.svg, "#" + r.culprit),
+        "culprit #" + r.culprit + ": " + r.name);
   });
   var items = [["accumulated", "#1f5fbf"]];
   if (loc.some(function (v) { return v !== null; })) items.push(["local (layer alone)", "#e0701a"]);
@@ -249,27 +262,27 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
   if (D.format === "int8") have.forEach(function (r) { vals.push(num(r.absmax) / 127); });
   var fm = num(D.format_max);
   var yd = logDomain(vals, fm !== null && fm < 1e30 ? [fm] : []);
-  var f = frame(body, {x: [0, Math.max(1, rows.length - 1)], y: yd, xlabel: "layer (execution order, table #)",
+  var f = frame(body, {x: X, y: yd, xlabel: "layer (execution order, table #)",
                        ylabel: "|value|", label: "value range per layer", h: 300});
   f.svg.id = "plot-range";
   var lg = function (v) { return v > 0 ? Math.log10(v) : yd[0]; };
   if (fm !== null && Math.log10(fm) <= yd[1]) {
     sv("line", {x1: f.L, x2: f.L + f.pw, y1: f.py(Math.log10(fm)), y2: f.py(Math.log10(fm)), stroke: "#c62828",
                 "stroke-width": 1.5}, f.g);
-    sv("text", {x: f.L + 4, y: f.py(Math.log10(fm)) - 4}, f.svg, D.format + " max " + fmt(fm));
+    sv("text", {x: f.L + 4, y: f.py(Math.log10(fm)) - 4, "class": "halo"}, f.svg, D.format + " max " + fmt(fm));
   }
   var w = Math.max(1.5, Math.min(10, f.pw / rows.length * 0.6));
   have.forEach(function (r) {
     var mx = num(r.absmax), rms = num(r.rms), over = fm !== null && mx > fm;
     var col = over ? "#c62828" : r.risk ? "#b26a00" : "#1f5fbf";
-    var bar = sv("rect", {x: f.px(r.i) - w / 2, y: f.py(lg(mx)), width: w,
+    var bar = sv("rect", {x: f.px(r.order) - w / 2, y: f.py(lg(mx)), width: w,
                           height: Math.max(1, f.py(lg(rms || mx)) - f.py(lg(mx))), fill: col, opacity: 0.8,
                           "class": "range-bar"}, f.g);
     bar.addEventListener("click", function () { focusRow(r.name); });
-    tip(bar, "#" + r.i + " " + r.name + "\n|max| " + fmt(mx) + ", rms " + fmt(rms) +
+    tip(bar, tag(r) + r.name + "\n|max| " + fmt(mx) + ", rms " + fmt(rms) +
         (r.tabsmax !== null ? "; target |max| " + fmt(num(r.tabsmax)) : "") + (r.risk ? "\n" + r.risk : ""));
     if (D.format === "int8" && mx > 0) {
-      sv("rect", {x: f.px(r.i) - w / 2, y: f.py(lg(mx / 127)) - 1, width: w, height: 2, fill: "#7b1fa2"}, f.g);
+      sv("rect", {x: f.px(r.order) - w / 2, y: f.py(lg(mx / 127)) - 1, width: w, height: 2, fill: "#7b1fa2"}, f.g);
     }
   });
   var items = [["reference rms \u2026 |max|", "#1f5fbf"], ["range risk", "#b26a00"], ["overflow / format max", "#c62828"]];
@@ -307,7 +320,7 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     var ylo = ys.length ? (Math.min.apply(null, ys) - 1) * b : xlo, yhi = ys.length ? Math.max.apply(null, ys) * b : xhi;
     // two strips: one bin below for "exact", one above for "NaN/Inf"
     var f = frame(holder, {x: [xlo, xhi], y: [ylo - b, yhi + b], xlog: true, xlabel: "|reference value|",
-                           ylabel: "|error|", label: "error vs magnitude of " + name, h: 320});
+                           ylabel: "|error|", label: "error vs magnitude of " + name, h: 320, R: 56});
     f.svg.id = "plot-magnitude";
     var shade = function (n, hue) {
       var t = Math.log(1 + n) / Math.log(1 + maxn);
@@ -327,9 +340,11 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     [[ylo, "#9aa3b2"], [yhi, "#9aa3b2"]].forEach(function (s) {
       sv("line", {x1: f.L, x2: f.L + f.pw, y1: f.py(s[0]), y2: f.py(s[0]), stroke: s[1]}, f.g);
     });
-    sv("text", {x: f.L + f.pw - 4, y: f.py(yhi + b) + 12, "text-anchor": "end", fill: "#c62828"}, f.svg, "NaN/Inf");
-    sv("text", {x: f.L + f.pw - 4, y: f.py(ylo) - 3, "text-anchor": "end"}, f.svg, "exact");
-    var guides = [[0, "#c62828", "error = |value|"]];
+    // labels never sit on the cells: the strips are named in the right margin, the guides in a legend
+    sv("text", {x: f.L + f.pw + 5, y: (f.py(yhi + b) + f.py(yhi)) / 2 + 4, fill: "#c62828", "class": "strip-label"},
+       f.svg, "NaN/Inf");
+    sv("text", {x: f.L + f.pw + 5, y: (f.py(ylo) + f.py(ylo - b)) / 2 + 4, "class": "strip-label"}, f.svg, "exact");
+    var guides = [[0, "#c62828", "error = |value|"]], keys = [];
     if (D.rounding) guides.push([Math.log10(D.rounding), "#2e7d32", D.format + " rounding"]);
     guides.forEach(function (g) {
       // error = k * |value|: a diagonal in log-log, drawn where it lies inside the error bins
@@ -337,15 +352,16 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
       if (z <= a) return;
       sv("line", {x1: f.px(a), y1: f.py(a + g[0]), x2: f.px(z), y2: f.py(z + g[0]), stroke: g[1],
                   "stroke-dasharray": "5 4", "stroke-width": 1.3}, f.g);
-      sv("text", {x: f.px(z) - 4, y: f.py(z + g[0]) + 12, "text-anchor": "end", fill: g[1]}, f.g, g[2]);
+      keys.push([g[2] + " (dashed)", g[1]]);
     });
     var fm = num(D.format_max);
     if (fm !== null && Math.log10(fm) > xlo && Math.log10(fm) < xhi) {
       sv("line", {x1: f.px(Math.log10(fm)), x2: f.px(Math.log10(fm)), y1: f.top, y2: f.bottom, stroke: "#c62828",
                   "stroke-width": 1.5}, f.g);
-      sv("text", {x: f.px(Math.log10(fm)) - 4, y: f.top + 12, "text-anchor": "end", fill: "#c62828"}, f.g,
-         D.format + " max");
+      keys.push([D.format + " max " + fmt(fm) + " (vertical line)", "#c62828"]);
     }
+    keys.push(["exact (bottom strip)", "hsl(140,75%,45%)"], ["NaN/Inf (top strip)", "hsl(0,75%,45%)"]);
+    legend(holder, keys);
   }
   sel.addEventListener("change", function () { draw(sel.value); });
   draw(names[0]);
@@ -355,7 +371,7 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
 // a consequence is shown under its culprit, by the culprit's place in the report's one ranking
 function ofCulprit(name) { var k = D.culprits.indexOf(name); return (k >= 0 ? "#" + (k + 1) + " " : "") + name; }
 var cols = [
-  {key: "i", label: "#", num: true, get: function (r) { return r.i; }, show: function (r) { return r.i; }},
+  {key: "i", label: "#", num: true, get: function (r) { return r.i; }, show: function (r) { return r.num; }},
   {key: "name", label: "layer", get: function (r) { return r.name; }},
   {key: "op", label: "op", get: function (r) { return r.op; }},
   {key: "shape", label: "shape", num: true, get: function (r) {

@@ -89,6 +89,8 @@ def page_data(report: Report) -> dict[str, Any]:
         acc, loc = _depth_errors(p, l)
         rows.append({
             "i": i, "order": _num(l.order), "name": l.name,
+            # the # column as the terminal table writes it: the execution order, blank for a row between two
+            "num": str(int(l.order)) if l.order == int(l.order) else "",
             "pair": "" if l.target_name in (None, l.ref_name) or l.ref_name is None else f"{l.ref_name} ↔ {l.target_name}",
             "op": l.op_type or l.target_op_type or "", "shape": "x".join(map(str, l.shape)) if l.shape else "",
             "status": l.status, "failing": l.status in FAILING, "culprit": l.culprit_rank, "cb": l.caused_by,

@@ -173,3 +173,43 @@ def test_a_verified_fix_and_hostile_names_render_as_text(browser, tmp_path):
         assert page.problems == []
     finally:
         page.close()
+
+
+LAYOUT = """() => {
+  const box = e => e.getBoundingClientRect();
+  const inside = (a, b) => a.left >= b.left - 0.5 && a.right <= b.right + 0.5 && a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
+  const meets = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const out = {clipped: [], over: []};
+  document.querySelectorAll("#plots svg").forEach(svg => {
+    const s = box(svg);
+    svg.querySelectorAll("text").forEach(t => { if (!inside(box(t), s)) out.clipped.push(svg.id + ": " + t.textContent); });
+  });
+  const mag = document.getElementById("plot-magnitude");
+  if (mag) {
+    const cells = [...mag.querySelectorAll("rect.cell")].map(box);
+    mag.querySelectorAll("text").forEach(t => { if (cells.some(c => meets(box(t), c))) out.over.push(t.textContent); });
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("name", ["lenet.ort-int8", "lenet.ort-fp16", "encoder"])
+def test_labels_stay_in_their_plot_off_the_cells_and_the_number_column_is_the_terminals(reports, browser, name):
+    """No plot label is clipped by its SVG ("#3" at the right edge), none lies on the heatmap's cells
+    ("float16 rounding", "error = |value|"), and the table's # is the terminal table's (execution order,
+    blank for a row only one side has between two others)."""
+    rep = json.loads((reports / f"{name}.json").read_text())
+    page = open_page(browser, reports / f"{name}.html")
+    try:
+        # every layer the menu offers, not only the first one drawn
+        for option in page.eval_on_selector_all("#mag-layer option", "os => os.map(o => o.value)"):
+            page.select_option("#mag-layer", option)
+            found = page.evaluate(LAYOUT)
+            assert found == {"clipped": [], "over": []}, (option, found)
+        if rep["summary"].get("culprits"):
+            assert page.locator("#plot-depth text.culprit-label").count() > 0
+        want = [str(int(l["order"])) if l["order"] == int(l["order"]) else "" for l in rep["layers"]]
+        assert column(page, "i") == want
+        assert page.problems == []
+    finally:
+        page.close()
