@@ -83,6 +83,12 @@ class Source:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: what this source's numbers mean, in one sentence, when its name does not say it all (an fp16
+    #: target that keeps some ops in fp32): reports and ``parity fix`` print it beside their results
+    semantics: ClassVar[str | None] = None
+    #: whether :meth:`run` with ``outputs_only`` is the model as deployed (nothing captured): the
+    #: driver then runs it beside every capture to check that capturing changed nothing
+    runs_deployed: ClassVar[bool] = True
 
     def check(self) -> str | None:
         """``None`` if this source can run on this machine, else one line saying what is missing."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
 from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
+from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report
@@ -319,16 +320,22 @@ class _OutputTap:
     it over the last axis of any output of two or more dimensions (per-token logits).
     """
 
-    def __init__(self, asked: bool = False) -> None:
+    def __init__(self, asked: bool = False, keep: bool = False) -> None:
         self.top1: dict[int, np.ndarray] = {}
         self.asked = asked
+        #: the model outputs themselves, by position, when ``keep`` (the deployed-outputs check)
+        self.keep = keep
+        self.outputs: dict[int, Activation] = {}
 
     def __call__(self, stream: Iterable[Activation]) -> Iterator[Activation]:
         for a in stream:
-            if a.meta.get("is_output") and a.array.shape[-1:] > (1,) and \
-                    (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
-                pos = int(a.meta.get("output_position", a.output_index))
-                self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
+            if a.meta.get("is_output"):
+                pos = int(a.meta.get("output_position", a.output_index or 0))
+                if a.array.shape[-1:] > (1,) and (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
+                    self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
+                if self.keep:
+                    self.outputs[pos] = Activation(a.name, np.array(a.array), a.output_index, a.order,
+                                                   a.op_type, dict(a.meta))
             yield a
 
 
@@ -336,6 +343,7 @@ class _DumpTarget(Source):
     """A dump made elsewhere, standing in for a target source: same records for every feed."""
 
     description = "activations imported from a dump file or folder"
+    runs_deployed = False  # a dump holds one run: there is no deployed run to set beside it
 
     def __init__(self, s: CompareSettings) -> None:
         self.name = f"dump:{Path(s.target_dump).name}"  # type: ignore[misc]
@@ -387,6 +395,7 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     tgt_src = _DumpTarget(s) if s.target_dump else _source(s.target, "target")
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
+    check_external_data(s.model)
     for option, path in (("--inputs", s.inputs), ("--calibration", s.calibration), ("--mapping", s.mapping)):
         if option == "--inputs" and is_python_dataset(path):
             continue
@@ -395,7 +404,6 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
         if path:
             check_output_path(path, option, folder_ok=True)
-    check_external_data(s.model)
     check_no_clobber([("--save-ref", s.save_ref or ""), ("--save-target", s.save_target or "")], input_paths(s))
     return ref_src, tgt_src
 
@@ -576,9 +584,15 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
     ms = resolve_metrics(s.metrics)
+    deploy = tgt_src.runs_deployed and not s.target_dump
+    if deploy:  # one config object for the whole run, so sources can reuse what they built for it
+        dcfg = replace(cfg, options={**cfg.options, "outputs_only": True})
+        if stats.deployed is None:
+            stats.deployed = DeployedStats(semantics=tgt_src.semantics)
+        dinfos = metric_infos(ms, s.thresholds)
     for feed in track(feeds, "capture input", total=total):
         k, label, arrays = feed.index, feed.label, feed.arrays
-        rtap, ttap = _OutputTap(asked), _OutputTap(asked)
+        rtap, ttap = _OutputTap(asked, keep=deploy), _OutputTap(asked, keep=deploy)
         matcher = get_matcher(s.matcher)
         ref_stream = rtap(_selected(ref_src.run(cfg, arrays), cfg.layers))
         tgt_stream = ttap(_selected(tgt_src.run(cfg, arrays), cfg.layers))
@@ -600,6 +614,16 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
             _attach_local(s, tgt_src, cfg, arrays, rep, ms, k)
         for key, v in mctx.stats.items():
             stats.match_stats[key] = stats.match_stats.get(key, 0) + v
+        if deploy:  # the target as deployed: outputs only, nothing captured (see parity.core.deployed)
+            dtap = _OutputTap(asked)
+            deployed = collect_outputs(dtap(tgt_src.run(dcfg, arrays)))
+            if k == 0:  # run-to-run noise, on the dataset's first feed whichever worker has it
+                again = collect_outputs(tgt_src.run(dcfg, arrays))
+                stats.deployed.noise = max([stats.deployed.noise] + [
+                    relative_diff(again[p].array, deployed[p].array) for p in deployed if p in again])
+            stats.deployed.add(k, rtap.outputs, ttap.outputs, deployed, ms, dinfos, s.metric_options)
+            ttap = dtap  # top-1 agreement is the deployed model's
+            del deployed
         if 0 in rtap.top1 and 0 in ttap.top1 and rtap.top1[0].shape == ttap.top1[0].shape:
             stats.agree += int((rtap.top1[0] == ttap.top1[0]).sum())
             stats.top1_total += int(rtap.top1[0].size)
@@ -649,12 +673,24 @@ def finish(s: CompareSettings, stats: DatasetStats) -> Report:
         if matched:
             summary["provenance_share"] = by.get("provenance", 0) / matched
     report.summary.update(summary)
+    if stats.deployed is not None and stats.deployed.outputs:
+        _attach_deployed(report, stats.deployed)
     if s.diagnose:
         from parity.core.diagnose import find_culprits, target_format, trace_ranges
 
         trace_ranges(report, target_format(s.target, report.layers[0] if report.layers else None))
         find_culprits(report)
     return report
+
+
+def _attach_deployed(report: Report, dep: DeployedStats) -> None:
+    """The deployed-outputs check into the report: ``summary["deployed"]``, and a note on every row
+    when capture changed the outputs (the rows then describe a run that is not the deployed one)."""
+    report.summary["deployed"] = dep.summary(report.primary)
+    if report.summary["deployed"]["perturbed"]:
+        for r in report.layers:
+            r.meta["capture_perturbed"] = True
+            r.notes.append("capture perturbed the target run: this row is of the captured run, not of the deployed one")
 
 
 def gate(report: Report, fail_under: float | None = None) -> list[str]:
@@ -671,6 +707,12 @@ def gate(report: Report, fail_under: float | None = None) -> list[str]:
     out: list[str] = []
     if p is None or report.worst_value(p.name) is None:
         return ["no layer was compared"]
+    dep = report.summary.get("deployed") or {}
+    if dep.get("perturbed"):  # the captured run is not the deployed one: judge what is deployed
+        from parity.core.deployed import deployed_failures
+
+        bound = fail_under if fail_under is not None else p.threshold
+        return deployed_failures(dep, p, bound)
     nonfinite = [r for r in report.layers if r.status == NONFINITE]
     if nonfinite:
         out.append(f"{len(nonfinite)} layers produce NaN/Inf where the reference is finite, first "

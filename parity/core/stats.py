@@ -316,6 +316,8 @@ class DatasetStats:
     summary_index: int = -1
     #: how the report names the reference and the target (the target source's own name: ``dump:x.json``)
     labels_of_sides: tuple[str, str] | None = None
+    #: the deployed-outputs check (:class:`parity.core.deployed.DeployedStats`), None when not run
+    deployed: Any = None
 
     def add(self, index: int, label: str, report: Report) -> None:
         """Fold one input's report in (its rows are not kept)."""
@@ -340,6 +342,8 @@ class DatasetStats:
         for k, v in other.match_stats.items():
             self.match_stats[k] = self.match_stats.get(k, 0) + v
         self.labels_of_sides = self.labels_of_sides or other.labels_of_sides
+        if other.deployed is not None:
+            self.deployed = other.deployed if self.deployed is None else self.deployed.merge(other.deployed, infos)
         if other.summary_index >= 0 and (self.summary_index < 0 or other.summary_index < self.summary_index):
             self.summary, self.summary_index = dict(other.summary), other.summary_index
         return self

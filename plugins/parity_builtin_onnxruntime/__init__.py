@@ -1,4 +1,4 @@
-"""Built-in ONNX Runtime plugin for parity: sources ``ort``, ``ort-fp16`` and ``ort-int8``.
+"""Built-in ONNX Runtime plugin for parity: sources ``ort``, ``ort-fp16``, ``ort-fp16-strict`` and ``ort-int8``.
 
 Registered through the ``parity`` entry-point group like any third-party plugin. Importing
 this package is cheap: onnx, onnxruntime and torch are imported only when a source runs.
@@ -18,6 +18,7 @@ __all__ = ["OnnxGraphAnnotator", "OrtSource"]
 def register_sources(register):  # type: ignore[no-untyped-def]
     register(OrtSource("fp32"), name="ort")
     register(OrtSource("fp16"), name="ort-fp16")
+    register(OrtSource("fp16-strict"), name="ort-fp16-strict")
     register(OrtSource("int8"), name="ort-int8")
 
 

@@ -26,7 +26,19 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 #: source name per precision
-PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "int8": "ort-int8"}
+PRECISIONS = {"fp32": "ort", "fp16": "ort-fp16", "fp16-strict": "ort-fp16-strict", "int8": "ort-int8"}
+#: the precisions that run an fp16-converted model
+HALF = ("fp16", "fp16-strict")
+#: what each precision's numbers mean (reports and ``parity fix`` say which one they measured)
+SEMANTICS = {
+    "fp32": "ONNX Runtime float32",
+    "fp16": ("ONNX Runtime fp16 as deployed on this provider: ops without a float16 kernel run in float32 "
+             "behind casts the session inserts, and a value passing between two of them is never stored "
+             "in float16"),
+    "fp16-strict": ("strict fp16 storage: every float16 node output rounded to float16 before it is read, "
+                    "as GPU kernels and TensorRT store fp16 tensors"),
+    "int8": "ONNX Runtime int8 (QDQ, static calibration)",
+}
 
 
 def check_feed(model: "onnx.ModelProto", feed: dict[str, np.ndarray], path: Path, what: str = "feed") -> None:
@@ -75,10 +87,15 @@ def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelPro
     extra: dict[str, Any] = {}
     if precision == "fp32":
         return src, extra
-    if precision == "fp16":
+    if precision in HALF:
         with step(f"convert {src.name} to fp16"):
-            return to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
-                           keep_tensors=keep), extra
+            path = to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
+                           keep_tensors=keep)
+        if precision == "fp16-strict":  # the strict model is what runs, captured or not
+            from parity.lib.onnx.asrun import as_run_model, strict_storage_model
+
+            path = strict_storage_model(as_run_model(path, _providers(cfg)))
+        return path, extra
     calib = list(cfg.calibration)
     if not calib:
         calib = [feed]
@@ -106,6 +123,27 @@ def load_fp32(cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, Any, "
     return src, module_names, orig
 
 
+def _providers(cfg: RunConfig) -> list[str]:
+    from parity.lib.onnx.session import default_providers
+
+    return option_list(cfg.options, "ort_providers") or default_providers(cfg.device)
+
+
+def capture_path(precision: str, cfg: RunConfig, run_path: Path) -> Path:
+    """The model a capture or a local run executes: what the session runs, with every tensor named.
+
+    For ``fp16`` that is ONNX Runtime's own graph of ``run_path`` (its inserted casts explicit,
+    :func:`parity.lib.onnx.asrun.as_run_model`), so marking a tensor as an output stores it in
+    the precision the deployed session holds it in and adds no rounding. Else ``run_path``.
+    """
+    if precision != "fp16":
+        return run_path
+    from parity.lib.onnx.asrun import as_run_model
+
+    with step(f"learn the graph onnxruntime runs for {run_path.name}"):
+        return as_run_model(run_path, _providers(cfg))
+
+
 def runnable_model(precision: str, run_path: Path, orig: "onnx.ModelProto") -> "onnx.ModelProto":
     """The graph ``precision`` runs: ``orig`` itself for fp32, else the converted file at ``run_path``."""
     import onnx
@@ -120,14 +158,16 @@ def run_label(src: Path, run_path: Path) -> str:
     return f"{Path(run_path).name} (from {src.name})" if Path(run_path) != Path(src) else src.name
 
 
-def fetch_for(precision: str, runnable: "onnx.ModelProto", names: list[str]) -> dict[str, tuple[str, bool]]:
+def fetch_for(precision: str, runnable: "onnx.ModelProto", names: list[str],
+              producers: dict[str, tuple[str, int]] | None = None) -> dict[str, tuple[str, bool]]:
     """For each fp32 tensor name, ``(tensor of runnable read for it, whether it is quantized)``.
 
     fp32 reads every name as is; fp16/int8 map through the conversion (see
-    :func:`parity.lib.onnx.convert.fetch_map`); a name the target graph lost is absent.
+    :func:`parity.lib.onnx.convert.fetch_map`; ``producers``, fp32 tensor -> (node name, output
+    position), finds a tensor the int8 quantizer renamed); a name the target graph lost is absent.
     """
     from parity.lib.onnx.convert import fetch_map
 
     if precision == "fp32":
         return {n: (n, False) for n in names}
-    return fetch_map(runnable, names, quantized=precision == "int8")
+    return fetch_map(runnable, names, quantized=precision == "int8", producers=producers)

@@ -59,7 +59,7 @@ from parity.contract.options import option_int
 from parity.lib.onnx.session import make_session, run_session, session_options
 
 from . import runner
-from .loader import fetch_for, load_fp32, target_model
+from .loader import capture_path, fetch_for, load_fp32, target_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -350,6 +350,7 @@ def local_results(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
     feed = {k: np.asarray(v) for k, v in feed.items()}
     captured = [s.name for s in captured_sites(orig)]
     run_path, _extra = target_model(precision, cfg, src, orig, feed)
+    run_path = capture_path(precision, cfg, run_path)  # layers alone as the session runs them
 
     limits = _Limits.of(cfg, orig, feed)
     batches = limits.chunk(captured)

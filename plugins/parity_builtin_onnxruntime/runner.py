@@ -35,7 +35,7 @@ from parity.contract.source import RunConfig
 from parity.lib.onnx.session import make_session, run_session, session_options
 from parity.lib.onnx.util import feeds_digest
 
-from .loader import fetch_for, load_fp32, run_label, runnable_model, target_model
+from .loader import HALF, SEMANTICS, capture_path, fetch_for, load_fp32, run_label, runnable_model, target_model
 
 #: bytes of captured tensors one session run returns at most, unless set. Why 256 MiB: a small
 #: model at batch 1 (a MiniLM-size encoder at 512 tokens returns ~150 MB in all) still takes
@@ -175,17 +175,31 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     common: dict[str, Any] = {"precision": precision, "model_file": str(src)}
     if exporter:
         common["exporter"] = exporter
-    if option_bool(opts, "outputs_only", False):
+    outputs_only = option_bool(opts, "outputs_only", False)
+    if outputs_only:
         sites = [s for s in sites if s.name in out_pos]
     run_path, extra = target_model(precision, cfg, src, orig, feed)
     common.update(extra)
+    # a capture runs the graph the session runs with every tensor named (fp16: onnxruntime's own
+    # graph, casts explicit), so marking outputs adds no rounding; outputs alone run the deployed file
+    deployed_path = run_path
+    if not outputs_only:
+        run_path = capture_path(precision, cfg, run_path)
+    if precision in HALF:
+        from parity.lib.onnx.asrun import fallback_summary
+
+        common["semantics"] = SEMANTICS[precision]
+        fallback = fallback_summary(capture_path(precision, cfg, deployed_path)) if precision == "fp16" else {}
+        if fallback:
+            common["fp32_fallback_ops"] = fallback
     if precision != "fp32":
         del orig.graph.node[:]  # provenance is computed; free the fp32 weights early
         del orig.graph.initializer[:]
     runnable = runnable_model(precision, run_path, orig)
     del orig
-    fetch = fetch_for(precision, runnable, [s.name for s in sites])
+    fetch = fetch_for(precision, runnable, [s.name for s in sites], {s.name: (s.node_name, s.output_index) for s in sites})
     common["run_model_file"] = str(run_path)
+    common["deployed_model_file"] = str(deployed_path)
 
     all_dtypes = option_bool(opts, "ort_all_dtypes", False)
     max_bytes, max_count = step_limits(cfg)
@@ -204,6 +218,12 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
         items.append((s, fname, quant))
 
     so, providers = session_options(opts, cfg.device)
+    if precision in HALF and run_path != deployed_path:
+        import onnxruntime as ort
+
+        # the captured graph is already the one the session runs: optimizing it again would fuse
+        # away tensors it names
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # Captures larger than the step budget run in consecutive steps, so that ONNX Runtime never
     # holds every activation at once (it frees an output block only when the last output is released).
     if max_bytes:
@@ -249,39 +269,45 @@ def plan_key(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tup
 
 
 class PlanCache:
-    """One :class:`CapturePlan` per source object, reused across the feeds of one run.
+    """:class:`CapturePlan` objects per source object, reused across the feeds of one run.
 
-    A run is one ``RunConfig`` object: an entry is only found for the very ``cfg`` it was built
-    for (and the same :func:`plan_key`), and is dropped when that ``cfg`` is garbage-collected,
-    when another run or signature replaces it, or with :meth:`clear`.
+    A run is one ``RunConfig`` object, or two: the capture's and the deployed-outputs check's
+    (``outputs_only``), which alternate on every feed, so :data:`SLOTS` plans are kept. An entry
+    is only found for the very ``cfg`` it was built for (and the same :func:`plan_key`), and is
+    dropped when that ``cfg`` is garbage-collected, when other runs or signatures push it out,
+    or with :meth:`clear`.
     """
 
+    SLOTS = 2
+
     def __init__(self) -> None:
-        self._cfg: Any = None  # weakref to the run's cfg
-        self._key: tuple[Any, ...] | None = None
-        self._plan: CapturePlan | None = None
+        #: (weakref to the run's cfg, key, plan), most recently used last
+        self._entries: list[tuple[Any, tuple[Any, ...], CapturePlan]] = []
 
     def clear(self) -> None:
-        self._cfg = self._key = self._plan = None
+        self._entries = []
 
     def get(self, precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> CapturePlan:
         key = plan_key(precision, cfg, feed)
         if key is None:
             return plan_capture(precision, cfg, feed)
-        if self._plan is not None and self._cfg is not None and self._cfg() is cfg and self._key == key:
-            return self._plan
-        self.clear()  # release the previous session before building the next one
+        for i, (ref, k, plan) in enumerate(self._entries):
+            if ref() is cfg and k == key:
+                self._entries.append(self._entries.pop(i))
+                return plan
+        # release what no longer fits (and entries of runs that ended) before building the next session
+        self._entries = [e for e in self._entries if e[0]() is not None][-(self.SLOTS - 1):]
         plan = plan_capture(precision, cfg, feed, keep_session=True)
-        self._cfg, self._key, self._plan = weakref.ref(cfg), key, plan
+        self._entries.append((weakref.ref(cfg), key, plan))
         weakref.finalize(cfg, _drop, weakref.ref(self), key)
         return plan
 
 
 def _drop(cache_ref: Any, key: tuple[Any, ...]) -> None:
-    """Finalizer of a run's cfg: release the cache's plan if it still belongs to that run."""
+    """Finalizer of a run's cfg: release the cache's plans whose run has ended."""
     cache = cache_ref()
-    if cache is not None and cache._key == key and (cache._cfg is None or cache._cfg() is None):
-        cache.clear()
+    if cache is not None:
+        cache._entries = [e for e in cache._entries if e[0]() is not None]
 
 
 def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],

@@ -23,7 +23,7 @@ from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
 
-from .loader import PRECISIONS
+from .loader import HALF, PRECISIONS, SEMANTICS
 from .runner import DEFAULT_STEP_BYTES, PlanCache, capture
 
 __all__ = ["DEFAULT_STEP_BYTES", "PRECISIONS", "OrtSource"]
@@ -51,6 +51,7 @@ class OrtSource(Source):
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         self.precision = precision
         self.name = PRECISIONS[precision]  # type: ignore[misc]
+        self.semantics = SEMANTICS[precision]  # type: ignore[misc]
         #: layers the last ``local_errors`` call could not run alone: ``{key, onnx_node, reason}``
         self.last_local_skipped: list[dict[str, str]] = []
         #: models, fetch map and session reused across the feeds of one run (one entry, see ``PlanCache``)
@@ -58,7 +59,7 @@ class OrtSource(Source):
 
     def check(self) -> str | None:
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-        if self.precision == "fp16" and importlib.util.find_spec("onnxconverter_common") is None:
+        if self.precision in HALF and importlib.util.find_spec("onnxconverter_common") is None:
             missing.append("onnxconverter-common")
         if missing:
             return f"needs {', '.join(missing)} (pip install 'parity[onnx]')"

@@ -13,7 +13,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -398,6 +398,10 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
+    from parity.lib.onnx.session import quiet_runtime_logs
+
+    quiet_runtime_logs()  # the quantizer's calibration sessions log warnings through the default logger
+
     opts = dict(options or {})
     per_channel = option_bool(opts, "int8_per_channel", False)
     method_name = str(opts.get("int8_calibrate_method", "minmax")).lower()
@@ -456,19 +460,21 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     return out
 
 
-def fetch_map(model: Any, names: Sequence[str], *, quantized: bool) -> dict[str, tuple[str, bool]]:
+def fetch_map(model: Any, names: Sequence[str], *, quantized: bool,
+              producers: Mapping[str, tuple[str, int]] | None = None) -> dict[str, tuple[str, bool]]:
     """For each fp32 tensor name the running model still computes: (tensor to fetch, quantized?).
 
     fp16 keeps the names, so a tensor is fetched as itself where a node still produces it; a QDQ
-    model is read through :func:`int8_fetch_map`.
+    model is read through :func:`int8_fetch_map` (``producers``: see there).
     """
     if quantized:
-        return int8_fetch_map(model, names)
+        return int8_fetch_map(model, names, producers)
     produced = {o for n in model.graph.node for o in n.output}
     return {t: (t, False) for t in names if t in produced}
 
 
-def int8_fetch_map(qmodel: Any, names: Sequence[str]) -> dict[str, tuple[str, bool]]:
+def int8_fetch_map(qmodel: Any, names: Sequence[str],
+                   producers: Mapping[str, tuple[str, int]] | None = None) -> dict[str, tuple[str, bool]]:
     """For each original tensor name present in the QDQ model: (tensor to fetch, quantized?).
 
     QDQ quantization puts ``QuantizeLinear -> DequantizeLinear`` after a tensor and rewires
@@ -476,6 +482,14 @@ def int8_fetch_map(qmodel: Any, names: Sequence[str]) -> dict[str, tuple[str, bo
     next layers see it (rounded to the int8 grid): it is fetched under the original name.
     A graph output is itself a DequantizeLinear output. Tensors left in float (ops not
     quantized) are fetched as they are.
+
+    A tensor the quantizer renamed: ONNX Runtime's quantizer folds an activation (Relu, Clip)
+    into the QuantizeLinear after the node before it (the clipped int8 range does what the
+    activation did) and removes it; that node then writes the activation's output name, so its own
+    output (a Linear's Gemm output: ``linear``) is gone by name. ``producers`` (fp32 tensor ->
+    (producing node's name, output position), from the fp32 graph) finds it: the node of the same
+    name in the QDQ model, same output position, holds the value (before its QuantizeLinear,
+    hence not rounded to the int8 grid, and before the folded activation) and is fetched for it.
     """
     g = qmodel.graph
     producer = {o: n for n in g.node for o in n.output if o}
@@ -495,4 +509,14 @@ def int8_fetch_map(qmodel: Any, names: Sequence[str]) -> dict[str, tuple[str, bo
             out[t] = (dq_of[q_of[t]], True)
         elif p is not None:
             out[t] = (t, False)
+    if producers:
+        by_name = {n.name: n for n in g.node if n.name}
+        for t in names:
+            if t in out or t in producer or t not in producers:
+                continue
+            node_name, k = producers[t]
+            n = by_name.get(node_name)
+            if n is not None and k < len(n.output) and n.output[k] and n.op_type not in (
+                    "QuantizeLinear", "DequantizeLinear"):
+                out[t] = (n.output[k], False)
     return out

@@ -33,6 +33,20 @@ def ort_message(e: BaseException) -> str:
     return first_line(e, 400)
 
 
+def quiet_runtime_logs() -> None:
+    """ONNX Runtime's own log lines (coloured ``[W:onnxruntime:...]`` warnings from sessions that
+    parity or its quantizer makes) reach the terminal only with ``-v``.
+
+    Why global: ``SessionOptions.log_severity_level`` covers only the sessions parity builds; the
+    quantizer and the environment log through ORT's default logger.
+    """
+    import logging
+
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(2 if logging.getLogger("parity").isEnabledFor(logging.INFO) else 3)
+
+
 def default_providers(device: str = "cpu") -> list[str]:
     """CUDA then CPU when ``device`` is ``cuda*`` and this onnxruntime has CUDA, else CPU only."""
     import onnxruntime as ort
@@ -64,6 +78,7 @@ def session_options(options: Mapping[str, Any], device: str = "cpu") -> tuple[An
     if bad:
         raise ParityError(f"ort_providers asks for {bad}, which this onnxruntime does not have. "
                           f"Note: available providers are {available}")
+    quiet_runtime_logs()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     level = str(options.get("ort_graph_optimization", "all")).strip().lower()
