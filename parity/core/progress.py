@@ -104,11 +104,20 @@ _handler: logging.Handler | None = None
 
 def setup_logging(verbosity: int) -> None:
     """``-v``: what parity does and where its caches are (INFO); ``-vv``: DEBUG. Lines go to stderr
-    through rich, above any progress display; without ``-v`` only warnings, as before."""
+    through rich, above any progress display; without ``-v`` only parity's warnings (libraries' Python
+    warnings and ONNX Runtime's log lines are then silent)."""
     global _handler
     logger = logging.getLogger("parity")
+    # libraries' Python warnings (torch's "Detected pickle protocol 4 in the checkpoint", deprecations)
+    # are not the user's business unless -v: routed into logging, shown only by the -v handler
+    logging.captureWarnings(True)
+    pywarn = logging.getLogger("py.warnings")
+    pywarn.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in pywarn.handlers):
+        pywarn.addHandler(logging.NullHandler())
     if _handler is not None:
         logger.removeHandler(_handler)
+        pywarn.removeHandler(_handler)
         _handler = None
     if verbosity <= 0:
         logger.setLevel(logging.WARNING)
@@ -125,4 +134,5 @@ def setup_logging(verbosity: int) -> None:
     _handler = RichHandler(console=console, show_path=False, show_time=True, markup=False, rich_tracebacks=False)
     _handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(_handler)
+    pywarn.addHandler(_handler)
     logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
