@@ -3,7 +3,7 @@
 The LeNet demo's command (torch vs ort-fp16 and ort-int8, --diagnose, one page per target) and a
 transformer (the zoo's encoder vs ort-int8) are run through the CLI; each page must load with no
 console error and no request leaving the file, draw its plots, sort on a header click and filter.
-scripts/setup.sh installs chromium (as root, once); without it this module skips. Screenshots go to
+PARITY_BROWSER=1 bash scripts/setup.sh installs chromium (as root, once); without it this module skips. Screenshots go to
 $PARITY_SCREENSHOT_DIR when set (docs/img: `PARITY_SCREENSHOT_DIR=docs/img pytest ...`), else tmp.
 """
 import json
@@ -23,7 +23,7 @@ ZOO = ROOT / "tests" / "models" / "zoo.py"
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="chromium not installed (scripts/setup.sh installs it when run as root)")
+                                reason="chromium not installed (PARITY_BROWSER=1 bash scripts/setup.sh installs it, as root)")
 
 
 def parity(*args, ok=(0,)):
