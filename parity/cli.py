@@ -563,7 +563,7 @@ def _record_fix(report: Any, res: Any, gm: Any, args: argparse.Namespace) -> Non
     report.summary["fix"] = {
         "goal_metric": gm.name, "goal": res.goal, "before": res.before, "after": res.after,
         "before_text": gm.format(res.before), "after_text": gm.format(res.after), "passed": res.passed,
-        "kept": list(res.kept), "total_layers": res.total_layers,
+        "kept": list(res.kept), "total_layers": res.total_layers, "semantics": res.semantics,
         "forms": res.forms(args.target) if res.passed and res.kept else {}}
     files = [r for r in _report_requests(args) if not r.to_stdout]
     if files:
@@ -599,14 +599,12 @@ def cmd_fix(args: argparse.Namespace) -> int:
           f"(every step re-runs {args.target}):")
     res = run_fix(settings, report, goal_metric, goal, max_steps=args.max_steps, log=lambda m: print("  " + m))
     _record_fix(report, res, gm, args)
+    if res.semantics:
+        print(f"Measured under: {res.semantics}.")
     cmp = ">=" if gm.higher_is_better else "<="
     if res.before == res.after and not res.kept and res.passed:
         print(f"{args.target} already reaches {goal_metric} {gm.format(res.before)} {cmp} {goal:g} at the outputs: "
               f"nothing to keep.")
-        if not report:
-            print("Note: the diagnosed run above fails inside the model but the outputs pass. Capturing every "
-                  "tensor can change how a runtime stores intermediates (ONNX Runtime's CPU provider keeps more "
-                  "in fp16 when every tensor is an output), so the layer table may be stricter than deployment.")
         return 0
     if not res.passed:
         print(f"No verified fix: keeping {len(res.kept)} of {res.total_layers} target nodes reached {goal_metric} "

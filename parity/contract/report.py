@@ -284,6 +284,9 @@ def deployed_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"Deployed outputs (no capture) agree with the captured run; {p}: {vals}.")
     if dep.get("semantics"):
         lines.append(f"Target semantics: {dep['semantics']}.")
+    if dep.get("fp32_fallback_ops"):
+        ops = ", ".join(f"{k} x{v}" for k, v in dep["fp32_fallback_ops"].items())
+        lines.append(f"Run in float32 by the target (no float16 kernel on its provider): {ops}.")
     return lines
 
 

@@ -128,6 +128,9 @@ class DeployedStats:
     noise: float = 0.0
     #: what the target's numbers mean (``Source.semantics``), when the source says
     semantics: str | None = None
+    #: op type -> nodes the target ran in float32 under a reduced-precision model (its records'
+    #: ``fp32_fallback_ops`` meta: ONNX Runtime's CPU provider for ops without a float16 kernel)
+    fallback: dict[str, int] = field(default_factory=dict)
 
     def add(self, index: int, ref: dict[int, Activation], captured: dict[int, Activation],
             deployed: dict[int, Activation], metrics: list[Metric], infos: list[MetricInfo],
@@ -146,6 +149,7 @@ class DeployedStats:
             oc.worst_input = {k: index for k in oc.values}
             oc.nonfinite = _nonfinite_new(r, d)
             c = captured.get(pos)
+            part.fallback = dict(part.fallback or (c.meta.get("fp32_fallback_ops") or {} if c is not None else {}))
             if c is not None and np.asarray(c.array).size == d.size:
                 ca = np.asarray(c.array)
                 cvalues, _ = score_pair(r, ca, metrics, options)
@@ -165,6 +169,7 @@ class DeployedStats:
                 mine.merge(oc, infos)
         self.noise = max(self.noise, other.noise)
         self.semantics = self.semantics or other.semantics
+        self.fallback = self.fallback or dict(other.fallback)
         return self
 
     def tolerance(self) -> float:
@@ -193,6 +198,8 @@ class DeployedStats:
         }
         if self.semantics:
             out["semantics"] = self.semantics
+        if self.fallback:
+            out["fp32_fallback_ops"] = dict(sorted(self.fallback.items()))
         if primary is not None:
             out["primary"] = primary.name
         return out

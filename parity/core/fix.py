@@ -62,6 +62,9 @@ class FixResult:
     #: the best value measured on the way, and its set (``after`` is the last set's value)
     best: float = math.nan
     best_kept: list[str] = field(default_factory=list)
+    #: what the measured numbers mean (the target source's ``semantics``): a fix verified under a CPU
+    #: provider's fp16 is not one verified under strict fp16 storage
+    semantics: str | None = None
 
     def forms(self, target: str) -> dict[str, str]:
         """The kept set in the spellings users paste into other tools, each as that tool takes it."""
@@ -340,7 +343,7 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
         stopped += f"; {len(skipped)} could not be kept: {'; '.join(skipped[:3])}"
     return FixResult(goal_metric, goal, before, value, passed, kept, [nodes[k] for k in kept], steps,
                      total_layers=len(order), stopped=stopped, candidates=len(cands), tried=tried,
-                     best=best[0], best_kept=best[1])
+                     best=best[0], best_kept=best[1], semantics=tgt_src.semantics)
 
 
 def write_fixed_model(settings: CompareSettings, res: FixResult, path: str) -> str:

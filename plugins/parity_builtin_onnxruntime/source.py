@@ -68,6 +68,17 @@ class OrtSource(Source):
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
         return onnx_input_specs(cfg)
 
+    def details(self) -> dict[str, Any] | None:
+        """For fp16: which common ops this onnxruntime's CPU provider runs in fp32 under an fp16 model."""
+        if self.precision not in HALF or self.check() is not None:
+            return None
+        import onnxruntime
+
+        from parity.lib.onnx.asrun import cpu_fp32_only_ops
+
+        return {"onnxruntime": onnxruntime.__version__, "semantics": self.semantics,
+                "cpu_fp32_only_ops": ", ".join(cpu_fp32_only_ops()) or "none of the common ops"}
+
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         return capture(self.precision, cfg, feed, cache=self._plans)
 
