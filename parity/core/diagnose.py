@@ -108,7 +108,12 @@ def useful_bound(ref: np.ndarray) -> float | None:
         ratios = upper[1:] / upper[:-1]
         j = int(np.argmax(ratios))
         return float(upper[j]) if ratios[j] >= SENTINEL_GAP else None
-    # the median is within SENTINEL_GAP of the top: either no sentinels, or they are the majority
+    # the median is within SENTINEL_GAP of the top: either no sentinels, or they are the majority. A
+    # majority puts the median in the constant top, within 2x the useful bound (<= top / SENTINEL_GAP)
+    # of the largest value: anything else (the common case) is decided here, with no further pass
+    eps = float(np.finfo(np.asarray(ref).dtype if np.asarray(ref).dtype.kind == "f" else np.float32).eps)
+    if med < top * (1.0 - 2.0 / SENTINEL_GAP - 4.0 * eps):
+        return None
     lower = a[a * SENTINEL_GAP <= top]
     if lower.size == 0:
         return None
@@ -116,7 +121,6 @@ def useful_bound(ref: np.ndarray) -> float | None:
     if bound == 0.0:
         return None
     upper = a[a > bound]
-    eps = float(np.finfo(np.asarray(ref).dtype if np.asarray(ref).dtype.kind == "f" else np.float32).eps)
     constant = float(upper.max() - upper.min()) <= 2.0 * bound + 4.0 * eps * top
     return bound if float(upper.min()) >= SENTINEL_GAP * bound and constant else None
 
