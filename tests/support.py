@@ -80,3 +80,25 @@ def use_metric_path(path: str, monkeypatch) -> None:
 
     monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
     monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)
+
+
+def tiny_onnx(path, width: int = 4, hidden: int = 8, unused_initializer: bool = False) -> Path:
+    """A two-node ONNX model (MatMul, Relu) with a free batch: input ``x`` [N, width], output ``y`` [N, hidden].
+
+    Built with onnx.helper (no torch, no export): tests that only need some model to run parity on.
+    ``unused_initializer`` adds a weight no node reads (ONNX Runtime then logs a warning).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((width, hidden)).astype(np.float32), "W")
+    inits = [w] + ([numpy_helper.from_array(np.ones(3, np.float32), "unused")] if unused_initializer else [])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return Path(path)

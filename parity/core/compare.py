@@ -207,7 +207,7 @@ def _activation_bytes(s: CompareSettings, shapes: dict[str, tuple[int, ...]]) ->
     return (node_io + largest) * 3 // 2
 
 
-def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
+def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: int | None = None) -> None:
     """Refuse (or warn about) a run too large for this machine, before any input is made or read.
 
     Input files count by what their headers declare, not their size on disk (a compressed ``.npz``
@@ -232,13 +232,14 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None) -> None:
         held = 2 * max(sizes) if len(sizes) > 1 else sum(sizes)
         parts = {"inputs": held, "models": 2 * _model_bytes(s),
                  "activations": max(2 * max(sizes, default=0), activations)}
-        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files or batches", force=force)
+        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files or batches", available,
+                     force=force)
         return
     parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
     parts["activations"] = max(parts["activations"], _activation_bytes(s, {x.name: x.shape for x in specs}))
     shapes = " ".join(f"{x.name}:{'x'.join(map(str, x.shape))}" for x in specs)
     check_memory(parts, f"{s.model} on random inputs {shapes}",
-                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs", force=force)
+                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs", available, force=force)
 
 
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
