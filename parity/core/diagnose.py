@@ -366,7 +366,8 @@ def _input_quantizer_causes(report: Report) -> None:
         for t in row.meta.get("local_input_quantizers") or []:
             src = by_tensor.get(t)
             if src is not None and src is not row:
-                row.meta["input_cause"] = f"its input {t} is read through {src.meta['cause']}"
+                row.meta["input_cause"] = (f"its input {t} is read through quantizer {src.meta['cause_quantizer']}, "
+                                           f"which destroys it")
                 row.meta.setdefault("input_cause_row", src.name)
                 break
 
