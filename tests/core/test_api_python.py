@@ -194,10 +194,11 @@ def test_print_report_is_a_short_summary(nets, tmp_path):
     assert bool(culprit_line) == bool(culprits)
     if culprits:
         assert [p.split(" (")[0] for p in culprit_line[0].removeprefix("culprits: ").split("), ")][:5] == culprits[:5]
-    # the worst layers: the matched rows by 1 - cosine (worst over inputs), NaN first, computed here apart
+    # the worst layers, computed here apart: layers gaining NaN/Inf first, then by 1 - cosine (worst over
+    # inputs; NaN worst)
     def err(r):
         v = r.worst.get("cosine", r.values.get("cosine"))
-        return math.inf if v is None or math.isnan(v) else 1 - v
+        return (r.status == "nonfinite", math.inf if v is None or math.isnan(v) else 1 - v)
     expected = [r.name for r in sorted((r for r in rep.matched if "cosine" in r.values), key=err, reverse=True)][:5]
     worst = lines[-1].removeprefix("worst layers by cosine: ").split(", ")
     assert lines[-1].startswith("worst layers by cosine: ") and [w.split(" ")[0] for w in worst] == expected
