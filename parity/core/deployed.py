@@ -131,6 +131,8 @@ class DeployedStats:
     #: op type -> nodes the target ran in float32 under a reduced-precision model (its records'
     #: ``fp32_fallback_ops`` meta: ONNX Runtime's CPU provider for ops without a float16 kernel)
     fallback: dict[str, int] = field(default_factory=dict)
+    #: the file the deployed run executed, when the source names it (``deployed_model_file`` meta)
+    model_file: str | None = None
 
     def add(self, index: int, ref: dict[int, Activation], captured: dict[int, Activation],
             deployed: dict[int, Activation], metrics: list[Metric], infos: list[MetricInfo],
@@ -150,6 +152,7 @@ class DeployedStats:
             oc.nonfinite = _nonfinite_new(r, d)
             c = captured.get(pos)
             part.fallback = dict(part.fallback or (c.meta.get("fp32_fallback_ops") or {} if c is not None else {}))
+            part.model_file = part.model_file or deployed[pos].meta.get("deployed_model_file")
             if c is not None and np.asarray(c.array).size == d.size:
                 ca = np.asarray(c.array)
                 cvalues, _ = score_pair(r, ca, metrics, options)
@@ -170,6 +173,7 @@ class DeployedStats:
         self.noise = max(self.noise, other.noise)
         self.semantics = self.semantics or other.semantics
         self.fallback = self.fallback or dict(other.fallback)
+        self.model_file = self.model_file or other.model_file
         return self
 
     def tolerance(self) -> float:
@@ -198,6 +202,8 @@ class DeployedStats:
         }
         if self.semantics:
             out["semantics"] = self.semantics
+        if self.model_file:
+            out["model_file"] = self.model_file
         if self.fallback:
             out["fp32_fallback_ops"] = dict(sorted(self.fallback.items()))
         if primary is not None:
