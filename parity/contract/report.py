@@ -163,16 +163,6 @@ class Report:
     def __str__(self) -> str:
         return "\n".join(short_summary(self))
 
-    # -- what print(report) and a notebook's echo show: a few lines, not a dataclass dump of every row
-
-    def __repr__(self) -> str:
-        shown = f" {self.summary['model']}" if self.summary.get("model") else ""
-        return (f"<{type(self).__name__}{shown}: {self.ref_label} vs {self.target_label}, "
-                f"{len(self.matched)} layers compared, {'PASS' if _passes(self) else 'FAIL'}>")
-
-    def __str__(self) -> str:
-        return "\n".join(short_summary(self))
-
 
 # -- the verdict in plain words, shared by every human-readable reporter ---------------------------
 
@@ -227,63 +217,6 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
         scored = [(r, v) for r, v in scored if v is not None]
         # a layer gaining NaN/Inf fails whatever its score over the finite values: it ranks first
         scored.sort(key=lambda rv: (rv[0].status != NONFINITE, -math.inf if math.isnan(rv[1]) else -p.error(rv[1])))
-        if scored:
-            lines.append(f"worst layers by {p.name}: " + ", ".join(
-                f"{r.name} {p.format(v)}{' (NaN/Inf)' if r.status == NONFINITE else ''}" for r, v in scored[:worst]))
-    return lines
-
-
-
-def _passes(report: Report) -> bool:
-    """The comparison passes: layers were compared, none fails or gains NaN/Inf, no shapes differ."""
-    return bool(report.matched) and bool(report) and not any(l.status == SHAPE_MISMATCH for l in report.layers)
-
-
-def _metric_value(row: LayerResult, p: MetricInfo) -> float | None:
-    v = row.worst.get(p.name, row.values.get(p.name))
-    return None if v is None else float(v)
-
-
-def short_summary(report: Report, worst: int = 5) -> list[str]:
-    """``print(report)``: what was compared, the verdict, the culprits and the worst layers.
-
-    Why not the table: a report printed in a notebook or a script log should answer "did it pass,
-    and where does it break" in a few lines; the full table is one reporter away.
-    """
-    p = report.primary
-    head = f"parity report: {report.ref_label} vs {report.target_label}"
-    if report.summary.get("model"):
-        head += f" on {report.summary['model']}"
-    lines = [head, summary_lines(report)[0]]
-    first = report.first_divergent
-    if _passes(report):
-        lines.append("PASS" + (f": no layer fails {p.name} threshold {p.threshold:g}"
-                               if p is not None and p.threshold is not None else ""))
-    elif not report.matched:
-        lines.append("FAIL: no layer was compared")
-    elif first is not None:
-        lines.append("FAIL: " + summary_lines(report)[1].removeprefix("First divergence: "))
-    else:
-        bad = [l.name for l in report.layers if l.status == SHAPE_MISMATCH]
-        lines.append(f"FAIL: shapes differ at {', '.join(bad[:5])}")
-    byname = {r.name: r for r in report.layers}
-    culprits = sorted((r for r in report.layers if r.culprit_rank is not None), key=lambda r: r.culprit_rank)
-    if culprits:
-        parts = []
-        for r in culprits[:worst]:
-            local = r.local.get(p.name) if p is not None else None
-            nf = int(r.local.get(NEW_NONFINITE, 0))
-            alone = f"alone: {nf} NaN/Inf" if nf else (f"alone: {p.name} {p.format(local)}"
-                                                        if p is not None and local is not None else "")
-            parts.append(f"{r.name} ({r.op_type or r.target_op_type or 'layer'}{'; ' + alone if alone else ''})")
-        more = f" (+{len(culprits) - worst} more)" if len(culprits) > worst else ""
-        lines.append("culprits: " + ", ".join(parts) + more)
-    elif report.summary.get("first_culprit") in byname:
-        lines.append(f"culprits: {report.summary['first_culprit']}")
-    if p is not None:
-        scored = [(r, _metric_value(r, p)) for r in report.matched]
-        scored = [(r, v) for r, v in scored if v is not None]
-        scored.sort(key=lambda rv: (-math.inf if math.isnan(rv[1]) else -p.error(rv[1])))
         if scored:
             lines.append(f"worst layers by {p.name}: " + ", ".join(
                 f"{r.name} {p.format(v)}{' (NaN/Inf)' if r.status == NONFINITE else ''}" for r, v in scored[:worst]))
