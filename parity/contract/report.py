@@ -279,9 +279,10 @@ def deployed_lines(summary: dict[str, Any]) -> list[str]:
                          f"describe the captured run, not the deployed one; the pass/fail verdict uses the "
                          f"deployed outputs.")
     else:
-        worst = [o for o in dep["outputs"] if p in o["values"]]
-        if worst and p:
-            vals = ", ".join(f"{o['name']} {o['values'][p]:.7g}" for o in worst[:3])
+        shown = [o for o in dep["outputs"] if p in o["values"]]
+        if shown and p:
+            vals = ", ".join(f"{o['name']} {o['values'][p]:.7g} deployed / {o['captured_values'].get(p, math.nan):.7g} "
+                             f"captured" for o in shown[:3])
             lines.append(f"Deployed outputs (no capture) agree with the captured run; {p}: {vals}.")
     if dep.get("semantics"):
         lines.append(f"Target semantics: {dep['semantics']}.")
