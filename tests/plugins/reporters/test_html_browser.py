@@ -97,8 +97,8 @@ def test_page_renders_sorts_and_filters(reports, browser, name, shot, tmp_path):
         verdict = page.inner_text("#verdict")
         if rep["first_divergent"]:
             assert f"First divergence: {rep['first_divergent']}" in verdict
-        if rep["summary"].get("first_culprit"):
-            assert f"Culprit: {rep['summary']['first_culprit']}" in verdict
+        if rep["summary"].get("culprits"):  # the verdict leads with culprit #1 of the report's one ranking
+            assert f"Culprit: {rep['summary']['culprits'][0]}" in verdict
         # the plots drew: a point per layer value, a range bar per layer with a range, the histogram's cells
         scored = [l for l in rep["layers"] if "cosine" in l["values"]]
         local = [l for l in rep["layers"] if "cosine" in l["local"]]
