@@ -346,9 +346,12 @@ def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves:
     run reads, which no output may overwrite.
     """
     from parity.core.preflight import check_distinct_outputs, check_no_clobber, check_output_path
-    from parity.core.report import get_reporters
+    from parity.core.engine import DEFAULT_METRICS
+    from parity.core.report import check_report_options, get_reporters
 
     get_reporters(_report_requests(args))
+    check_report_options(_report_requests(args), _report_options(args),
+                         _csv_list(getattr(args, "metrics", None)) or list(DEFAULT_METRICS))
     many = len(targets) > 1
     reqs = [r for t in targets for r in _report_requests(args, t, many)] if many else _report_requests(args)
     outputs = [(f"{r.name} report", r.path) for r in reqs if not r.to_stdout] + list(saves)

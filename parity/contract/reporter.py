@@ -28,6 +28,11 @@ class Reporter:
     def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
+    def check_options(self, options: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        """Refuse options this reporter cannot honour (a :class:`~parity.contract.errors.UsageError`),
+        called before anything runs, so a typo does not cost a comparison. ``metrics``: the metric
+        names the report will have. The default accepts everything."""
+
     def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
         """Several reports (one per target of one ``parity compare``) on one stream, standard output.
 

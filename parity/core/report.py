@@ -18,7 +18,7 @@ from parity.contract.report import Report, summary_lines
 from parity.contract.reporter import Reporter
 
 __all__ = ["STDOUT", "ReportRequest", "get_reporters", "parse_report_arg", "summary_lines", "write_report",
-           "write_reports", "write_stdout_many"]
+           "write_reports", "write_stdout_many", "check_report_options"]
 
 #: the path that means standard output
 STDOUT = "-"
@@ -57,6 +57,14 @@ def get_reporters(requests: Iterable[ReportRequest]) -> list[Reporter]:
         raise UsageError(f"only one report can go to standard output; asked for {', '.join(to_stdout)}. "
                          f"Note: give the others a path, NAME=PATH.")
     return [get_reporter(r.name) for r in reqs]
+
+
+def check_report_options(requests: Iterable[ReportRequest], options: Mapping[str, Any],
+                         metrics: Sequence[str]) -> None:
+    """Each requested reporter's own check of its options (the table's ``--columns`` names), before
+    anything runs: :meth:`~parity.contract.reporter.Reporter.check_options`."""
+    for rep in get_reporters(requests):
+        rep.check_options(options, metrics)
 
 
 def write_report(report: Report, name: str | Reporter, path: str = STDOUT,

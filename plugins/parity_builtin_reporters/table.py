@@ -209,19 +209,34 @@ def column_keys(report: Report) -> list[str]:
     return [c.key for c in columns(report, []) if c.key]
 
 
-def _chosen(report: Report, spec: Any) -> list[str] | None:
-    """``--columns a,b`` as a list of column keys (``all``: every column); unknown names are an error."""
+#: column names that do not depend on the metrics (some appear only with --diagnose, several inputs ...)
+STATIC_COLUMNS = ("#", "layer", "shape", "op", "local", "absmax", "naninf", "matched", "failing")
+
+
+def known_columns(metrics: Sequence[str]) -> list[str]:
+    """Every name ``--columns`` can take for a report with these metrics, present in it or not."""
+    return [*STATIC_COLUMNS, *metrics, *(f"{m}-{k}" for m in metrics[:1] for k in ("q90", "worst"))]
+
+
+def check_columns(spec: Any, metrics: Sequence[str]) -> list[str] | None:
+    """``--columns a,b`` as a list of column keys (``all``: every column); a name no report with these
+    metrics can have is a :class:`~parity.contract.errors.UsageError` listing the names."""
     if spec is None or spec == "":
         return None
     keys = [k.strip() for k in (spec.split(",") if isinstance(spec, str) else spec) if k.strip()]
-    valid = column_keys(report)
+    valid = known_columns(metrics)
     bad = [k for k in keys if k != "all" and k not in valid]
     if bad:
         from parity.contract.errors import UsageError
 
-        raise UsageError(f"--columns: no column {', '.join(map(repr, bad))} in this report. "
-                         f"Note: valid: all, {', '.join(valid)}.")
+        raise UsageError(f"--columns: no column {', '.join(map(repr, bad))}. Note: valid: all, "
+                         f"{', '.join(valid[2:])} (some only with --diagnose or several inputs).")
     return keys
+
+
+def _chosen(report: Report, spec: Any) -> list[str] | None:
+    """The chosen columns; a known name this report has no column for (local without --diagnose) shows nothing."""
+    return check_columns(spec, [m.name for m in report.metrics])
 
 
 def render_table(report: Report, sort: str = "order", file: TextIO | None = None,
@@ -281,3 +296,6 @@ class TableReporter(Reporter):
             raise UsageError(f"table: unknown sort {sort!r}. Note: valid: {', '.join(SORTS)}.")
         render_table(report, sort=sort, file=out, max_rows=options.get("max_rows"), width=options.get("width"),
                      columns_shown=options.get("columns"))
+
+    def check_options(self, options: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        check_columns(options.get("columns"), metrics)

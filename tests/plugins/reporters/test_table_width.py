@@ -106,3 +106,20 @@ def test_columns_option_shows_the_chosen_columns_whole():
     assert "…" not in wide.split("\n└")[0]
     with pytest.raises(UsageError, match="--columns: no column 'nosuch'"):
         _render(rep, 80, "nosuch")
+
+
+def test_a_known_column_this_report_lacks_shows_nothing_and_an_unknown_one_fails_before_the_run(tmp_path, capsys):
+    from pathlib import Path
+
+    from support import cli
+
+    rep = _report()
+    for row in rep.layers:
+        row.local = {}  # no --diagnose: no local column
+    text = _render(rep, 200, "local,shape")
+    assert "local" not in text.splitlines()[2] and "2x64x48" in _row_line(text, 0)
+    zoo = Path(__file__).resolve().parents[2] / "models" / "zoo.py"
+    rc, out, err = cli(capsys, "compare", f"{zoo}:lenet", "--ref", "torch", "--target", "ort", "--columns",
+                       "shape,nosuch", "--workdir", tmp_path / "cache")
+    assert rc == 2 and len(err) == 1 and "--columns: no column 'nosuch'" in err[0] and "naninf" in err[0]
+    assert not (tmp_path / "cache").exists()  # refused before any model ran
