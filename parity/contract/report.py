@@ -138,6 +138,9 @@ class Report:
         return [l for l in self.layers if l.ref_name is not None and l.target_name is not None]
 
     def __bool__(self) -> bool:
+        dep = self.summary.get("deployed") or {}
+        if dep.get("perturbed") and self.primary is not None:  # the rows are not the deployed run
+            return not deployed_failures(dep, self.primary, self.primary.threshold)
         return self.first_divergent is None
 
     def worst_value(self, metric: str) -> float | None:
@@ -198,20 +201,12 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
     else:
         bad = [l.name for l in report.layers if l.status == SHAPE_MISMATCH]
         lines.append(f"FAIL: shapes differ at {', '.join(bad[:5])}")
-    byname = {r.name: r for r in report.layers}
-    culprits = sorted((r for r in report.layers if r.culprit_rank is not None), key=lambda r: r.culprit_rank)
+    culprits = [r for r, _ in culprit_groups(report)]  # the report's one ordering, as every reporter shows it
     if culprits:
-        parts = []
-        for r in culprits[:worst]:
-            local = r.local.get(p.name) if p is not None else None
-            nf = int(r.local.get(NEW_NONFINITE, 0))
-            alone = f"alone: {nf} NaN/Inf" if nf else (f"alone: {p.name} {p.format(local)}"
-                                                        if p is not None and local is not None else "")
-            parts.append(f"{r.name} ({r.op_type or r.target_op_type or 'layer'}{'; ' + alone if alone else ''})")
+        parts = [f"{r.name} ({r.op_type or r.target_op_type or 'layer'}" + (f"; alone, {_alone(r, p)})" if p is not None else ")")
+                 for r in culprits[:worst]]
         more = f" (+{len(culprits) - worst} more)" if len(culprits) > worst else ""
         lines.append("culprits: " + ", ".join(parts) + more)
-    elif report.summary.get("first_culprit") in byname:
-        lines.append(f"culprits: {report.summary['first_culprit']}")
     if p is not None:
         scored = [(r, _metric_value(r, p)) for r in report.matched]
         scored = [(r, v) for r, v in scored if v is not None]
@@ -257,6 +252,19 @@ def summary_lines(report: Report) -> list[str]:
             continue
         out.append(f"{k}: {v}")
     return out + diagnosis_lines(report)
+
+
+def deployed_failures(summary: dict[str, Any], primary: MetricInfo, bound: float | None) -> list[str]:
+    """Why the deployed outputs fail the comparison (the gate when capture perturbed the run)."""
+    out: list[str] = []
+    for o in summary.get("outputs", []):
+        if o["nonfinite"]:
+            out.append(f"deployed output {o['name']} holds {o['nonfinite']} NaN/Inf values where the reference is finite")
+        v = o["values"].get(primary.name)
+        if bound is not None and v is not None and primary.fails(v, bound):
+            side = "below" if primary.higher_is_better else "above"
+            out.append(f"deployed output {o['name']} has {primary.name} {primary.format(v)}, {side} {bound:g}")
+    return out
 
 
 def deployed_lines(summary: dict[str, Any]) -> list[str]:
