@@ -6,6 +6,7 @@ is matched and scored as it arrives. Per-input reports are merged (mean, worst, 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from parity.core.dumps import feed_dump_path
 from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
 from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
 from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
@@ -155,12 +157,6 @@ def _name_lone_shape(cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]
         raise ParityError(f"{cfg.model}: --input-shape gives input {names[0]!r} twice (with and without its name).")
     shapes[names[0]] = dims
     return shapes
-
-
-def _numbered(path: str, suffix: str) -> str:
-    """``dumps/ref`` -> ``dumps/ref-3`` (one dump per input when there are several)."""
-    p = Path(path)
-    return str(p.with_name(p.stem + suffix + p.suffix)) if suffix else path
 
 
 def _free_batch(specs: list[InputSpec]) -> list[InputSpec]:
@@ -565,8 +561,42 @@ def compare(s: CompareSettings) -> Report:
 
         return compare_sharded(s)
     prep = prepare(s)
-    stats = run_feeds(prep, s, prep.feeds.iter(), total=prep.feeds.known_length())
+    with save_dumps(s) as (staged, done):
+        stats = done(run_feeds(prep, staged, prep.feeds.iter(), total=prep.feeds.known_length()))
     return finish(s, stats)
+
+
+@contextlib.contextmanager
+def save_dumps(s: CompareSettings) -> Iterator[tuple[CompareSettings, Callable[[DatasetStats], DatasetStats]]]:
+    """``--save-ref``/``--save-target``: ONE dump per side, whatever the number of feeds.
+
+    Yields the settings to run with (each save path replaced by a hidden staging folder that
+    :func:`run_feeds` writes one dump per feed into, at ``feed_dump_path``: Ray workers write into
+    the same folder) and ``done(stats)``, which moves each side's dump into place: the lone feed's
+    dump for one feed, else a folder of the feeds' dumps with its feeds manifest
+    (docs/formats.md). If the run fails or is interrupted, the staging is removed: nothing appears.
+    """
+    from parity.core.dumps import FeedDumpWriter
+
+    writers: dict[str, FeedDumpWriter] = {}
+    try:
+        for name in ("save_ref", "save_target"):
+            path = getattr(s, name)
+            if path:
+                writers[name] = FeedDumpWriter(path, s.save_format)
+                writers[name].start()
+        staged = replace(s, **{k: str(w.staging) for k, w in writers.items()}) if writers else s
+
+        def done(stats: DatasetStats) -> DatasetStats:
+            for w in writers.values():
+                w.finish(stats.labels)
+            return stats
+
+        yield staged, done
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
 
 
 def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: int | None = None,
@@ -597,11 +627,10 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
         matcher = get_matcher(s.matcher)
         ref_stream = rtap(_selected(ref_src.run(cfg, arrays), cfg.layers))
         tgt_stream = ttap(_selected(tgt_src.run(cfg, arrays), cfg.layers))
-        suffix = f"-{k}" if total is None or total > 1 else ""
-        if s.save_ref:
-            ref_stream = _tee_to_dump(ref_stream, _numbered(s.save_ref, suffix), s.save_format)
+        if s.save_ref:  # a staging folder here (see save_dumps): one dump per feed inside it
+            ref_stream = _tee_to_dump(ref_stream, feed_dump_path(s.save_ref, k), s.save_format)
         if s.save_target:
-            tgt_stream = _tee_to_dump(tgt_stream, _numbered(s.save_target, suffix), s.save_format)
+            tgt_stream = _tee_to_dump(tgt_stream, feed_dump_path(s.save_target, k), s.save_format)
         try:
             pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules, max_memory=s.max_memory)
             rep = run_engine(pairs, ms, thresholds=s.thresholds, options=mopts,
@@ -710,7 +739,7 @@ def gate(report: Report, fail_under: float | None = None) -> list[str]:
         return ["no layer was compared"]
     dep = report.summary.get("deployed") or {}
     if dep.get("perturbed"):  # the captured run is not the deployed one: judge what is deployed
-        from parity.core.deployed import deployed_failures
+        from parity.contract.report import deployed_failures
 
         bound = fail_under if fail_under is not None else p.threshold
         return deployed_failures(dep, p, bound)

@@ -32,12 +32,12 @@ import numpy as np
 
 from parity.contract.metric import Metric, score_pair
 from parity.contract.records import Activation
-from parity.contract.report import MetricInfo
+from parity.contract.report import MetricInfo, deployed_failures
 
 #: relative difference (to the output's largest magnitude) above which capture changed an output
 PERTURB_RTOL = 2.0 ** -13
 
-__all__ = ["DeployedStats", "OutputCheck", "PERTURB_RTOL", "collect_outputs"]
+__all__ = ["DeployedStats", "OutputCheck", "PERTURB_RTOL", "collect_outputs", "deployed_failures"]
 
 
 def collect_outputs(stream: Iterable[Activation]) -> dict[int, Activation]:
@@ -209,16 +209,3 @@ class DeployedStats:
         if primary is not None:
             out["primary"] = primary.name
         return out
-
-
-def deployed_failures(summary: dict[str, Any], primary: MetricInfo, bound: float | None) -> list[str]:
-    """Why the deployed outputs fail the comparison (the gate when capture perturbed the run)."""
-    out: list[str] = []
-    for o in summary.get("outputs", []):
-        if o["nonfinite"]:
-            out.append(f"deployed output {o['name']} holds {o['nonfinite']} NaN/Inf values where the reference is finite")
-        v = o["values"].get(primary.name)
-        if bound is not None and v is not None and primary.fails(v, bound):
-            side = "below" if primary.higher_is_better else "above"
-            out.append(f"deployed output {o['name']} has {primary.name} {primary.format(v)}, {side} {bound:g}")
-    return out
