@@ -45,7 +45,7 @@ def failure_message(report: Any, reasons: list[str], worst: int = 5) -> str:
     return "\n".join(lines)
 
 
-def assert_parity(model: Any, inputs: Any = None, *, target: str = "ort-fp16", ref: str = "torch",
+def assert_parity(model: Any, inputs: Any = None, *, target: str = "ort-fp16", ref: str | None = None,
                   min_cosine: float = 0.999, worst: int = 5, **compare_args: Any) -> Any:
     """Compare ``model`` on ``inputs`` (see :func:`parity.compare`) and fail the test, listing the worst
     layers, when any compared layer's cosine is below ``min_cosine`` or the target gains NaN/Inf.
