@@ -6,9 +6,10 @@ while the command line is read, as one line naming the option and what is wrong,
 "internal error" naming a hidden temporary file after the work is done.
 
 Exit codes (README "Exit codes"): a wrong command line (unknown option or name, malformed or
-out-of-range value, conflicting options) is a :class:`UsageError` (2); a well-formed command
-line naming something that is bad (a missing or malformed file, an output that cannot be
-written, a run too large for this machine) is a :class:`ParityError` (1).
+out-of-range value, conflicting options, an output that would overwrite an input, a run whose
+memory estimate exceeds what is available without ``--force``) is a :class:`UsageError` (2); a
+well-formed command line naming something that is bad (a missing or malformed file, an output
+that cannot be written) is a :class:`ParityError` (1).
 """
 from __future__ import annotations
 
