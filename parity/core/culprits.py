@@ -141,9 +141,10 @@ def _cause_text(row: LayerResult, p: MetricInfo) -> str | None:
         if top is not None and fmax is not None and top > fmax:
             return (f"{row.name} alone: {ov['count']} values exceed the {ov['format']} max {fmax:g} (the "
                     f"reference reaches {top:.4g}) and become infinite; a consumer no longer matches")
-        return (f"{row.name} alone produces {ov['count']} NaN/Inf values"
-                + (f" although its reference output stays within ±{top:.4g}" if top is not None else "")
-                + f": an intermediate value inside the layer exceeds the {ov['format'] or 'target'} format")
+        if top is None:  # a target-only node: no reference range of its own to say where the NaN/Inf comes from
+            return f"{row.name} alone produces {ov['count']} NaN/Inf values where the reference is finite"
+        return (f"{row.name} alone produces {ov['count']} NaN/Inf values although its reference output stays "
+                f"within ±{top:.4g}: an intermediate value inside the layer exceeds the {ov['format'] or 'target'} format")
     whole = row.meta.get("local_whole") or {}
     if p.name in whole and p.threshold is not None and not p.fails(whole[p.name], p.threshold) \
             and p.fails(row.local.get(p.name), p.threshold) and row.meta.get("local_useful_bound") is not None:
