@@ -260,7 +260,7 @@ def build_local_model(target: "onnx.ModelProto", plans: list[LocalPlan], fed_typ
             n.CopyFrom(tg.node[i])
             n.input[:] = [ren(t) for t in n.input]
             n.output[:] = [ren(t) for t in n.output]
-            n.name = pre + n.name
+            n.name = pre + (n.name or f"#{i}")  # an as-run graph has unnamed nodes (inserted casts)
             g.node.append(n)
         names = [ren(f) for f in p.fetches]
         for nm in names:
