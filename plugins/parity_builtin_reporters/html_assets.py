@@ -61,6 +61,8 @@ function pow10(e) {
   if (e > -4 && e < 5) return String(Math.pow(10, e).toPrecision(1) * 1);
   return "1e" + e;
 }
+// a format's largest value in full where it is short (fp16's 65504, not 4 digits' 65500)
+function fmax(v) { return v < 1e7 ? String(v) : fmt(v); }
 function fmt(v) {
   if (v === null || v === undefined) return "";
   if (!isFinite(v)) return String(v);
@@ -269,7 +271,7 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
   if (fm !== null && Math.log10(fm) <= yd[1]) {
     sv("line", {x1: f.L, x2: f.L + f.pw, y1: f.py(Math.log10(fm)), y2: f.py(Math.log10(fm)), stroke: "#c62828",
                 "stroke-width": 1.5}, f.g);
-    sv("text", {x: f.L + 4, y: f.py(Math.log10(fm)) - 4, "class": "halo"}, f.svg, D.format + " max " + fmt(fm));
+    sv("text", {x: f.L + 4, y: f.py(Math.log10(fm)) - 4, "class": "halo"}, f.svg, D.format + " max " + fmax(fm));
   }
   var w = Math.max(1.5, Math.min(10, f.pw / rows.length * 0.6));
   have.forEach(function (r) {
@@ -358,7 +360,7 @@ var plots = el("section", {"class": "plots", id: "plots"}, app);
     if (fm !== null && Math.log10(fm) > xlo && Math.log10(fm) < xhi) {
       sv("line", {x1: f.px(Math.log10(fm)), x2: f.px(Math.log10(fm)), y1: f.top, y2: f.bottom, stroke: "#c62828",
                   "stroke-width": 1.5}, f.g);
-      keys.push([D.format + " max " + fmt(fm) + " (vertical line)", "#c62828"]);
+      keys.push([D.format + " max " + fmax(fm) + " (vertical line)", "#c62828"]);
     }
     keys.push(["exact (bottom strip)", "hsl(140,75%,45%)"], ["NaN/Inf (top strip)", "hsl(0,75%,45%)"]);
     legend(holder, keys);
