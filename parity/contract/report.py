@@ -335,9 +335,9 @@ def _alone(r: LayerResult, p: MetricInfo) -> str:
     """What the culprit does run alone in the target: its overflow in numbers, else its local value."""
     ov = r.meta.get("overflow") or {}
     top, fmax = ov.get("ref_absmax"), ov.get("format_max")
-    if ov and top is not None and fmax is not None and top > fmax:
-        return (f"{ov['count']} of its values exceed the {ov.get('format') or 'target'} max {fmax:g} (the reference "
-                f"reaches {top:.4g}) and become Inf")
+    if ov and fmax is not None and (top is not None and top > fmax or ov.get("saturated")):
+        return (f"{ov['count']} of its values exceed the {ov.get('format') or 'target'} max {fmax:g}"
+                + (f" (the reference reaches {top:.4g})" if top is not None else "") + " and become Inf")
     nf = int(ov.get("count") or r.local.get(NEW_NONFINITE, 0))
     if nf:
         return f"it produces {nf} NaN/Inf values" + (f" (its reference stays within ±{top:.4g})" if top is not None else "")

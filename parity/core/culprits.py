@@ -138,9 +138,10 @@ def _cause_text(row: LayerResult, p: MetricInfo) -> str | None:
     ov = row.meta.get("overflow")
     if ov:
         top, fmax = ov.get("ref_absmax"), ov.get("format_max")
-        if top is not None and fmax is not None and top > fmax:
-            return (f"{row.name} alone: {ov['count']} values exceed the {ov['format']} max {fmax:g} (the "
-                    f"reference reaches {top:.4g}) and become infinite; a consumer no longer matches")
+        if fmax is not None and (top is not None and top > fmax or ov.get("saturated")):
+            return (f"{row.name} alone: {ov['count']} values exceed the {ov['format']} max {fmax:g}"
+                    + (f" (the reference reaches {top:.4g})" if top is not None else "")
+                    + " and become infinite; a consumer no longer matches")
         if top is None:  # a target-only node: no reference range of its own to say where the NaN/Inf comes from
             return f"{row.name} alone produces {ov['count']} NaN/Inf values where the reference is finite"
         return (f"{row.name} alone produces {ov['count']} NaN/Inf values although its reference output stays "
@@ -244,7 +245,8 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         ref_absmax = (row.range.get("ref") or {}).get("absmax") if row.range else None
         if new_nf or "no longer" in row.meta.get("saturation", ""):
             count = int(row.local.get(NEW_NONFINITE, 0)) + (sat if "no longer" in row.meta.get("saturation", "") else 0)
-            row.meta["overflow"] = {"count": count, "ref_absmax": ref_absmax, "format": fmt, "format_max": fmax}
+            row.meta["overflow"] = {"count": count, "ref_absmax": ref_absmax, "format": fmt, "format_max": fmax,
+                                    "saturated": sat if "no longer" in row.meta.get("saturation", "") else 0}
             new_nf = True
             e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
         else:
