@@ -15,7 +15,7 @@ import torch
 import parity
 from parity.cli import main
 from parity.contract.frontend import front_end
-from support import load_zoo
+from support import ZOO, load_zoo
 
 zoo = load_zoo()
 
@@ -243,3 +243,35 @@ def test_an_onnx_model_needs_no_ref(nets, tmp_path, capsys):
     assert main(["compare", str(path), "--ref", "torch", "--target", "ort", "--input-shape", "x:4x8",
                  "--input-shape", "y:4x8", "--workdir", str(tmp_path / "c")]) == 1
     assert "looks like an ONNX model" in capsys.readouterr().err
+
+
+def _real_zoo():
+    """tests/models/real_zoo.py, imported by file as support.load_zoo imports zoo.py."""
+    spec = importlib.util.spec_from_file_location("real_zoo", ZOO.parent / "real_zoo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("arch", ["BertEncoder", "Gpt2Decoder"])
+def test_token_ids_of_real_transformers_are_found_without_a_declaration(arch, tmp_path):
+    """Hugging Face BERT and GPT-2 layouts (tests/models/real_zoo.py), undeclared: the probe finds
+    input_ids through their embedding modules, bounded by the vocabulary; the ONNX export then takes
+    int64 ids, as the graph's input type shows."""
+    import onnx
+
+    pytest.importorskip("transformers")
+    from parity.contract.source import RunConfig
+    from parity.lib.torch_loader import load_torch_model, register_memory_model, resolve_input_specs
+
+    real_zoo = _real_zoo()
+    model = getattr(real_zoo, arch)().eval()
+    assert not hasattr(model, "parity_input_shapes")  # nothing declared: only the probe can tell
+    loaded = load_torch_model(RunConfig(model=register_memory_model(model, arch)))
+    (spec,) = resolve_input_specs(loaded, {"input_ids": (2, real_zoo.SEQ)})
+    assert (spec.dtype, spec.high) == ("int64", real_zoo.VOCAB)
+    rep = parity.compare(model, input_shapes={"input_ids": (2, real_zoo.SEQ)}, ref="torch", target="ort",
+                         diagnose=False, workdir=tmp_path / "c", quiet=True)
+    assert rep.matched
+    (inp,) = [i for i in onnx.load(str(rep.onnx_model())).graph.input if i.name == "input_ids"]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
