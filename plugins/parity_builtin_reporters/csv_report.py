@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 from parity.contract.report import Report
 from parity.contract.reporter import Reporter
@@ -56,3 +56,17 @@ class CsvReporter(Reporter):
 
     def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
         out.write(csv_text(report))
+
+    def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
+        """Several targets on standard output: one table with a leading ``target`` column and the
+        union of the reports' columns (two header lines would not be one CSV table)."""
+        texts = [csv_text(r) for r in reports]
+        tables = [list(csv.DictReader(io.StringIO(t))) for t in texts]
+        head = ["target"]
+        for t in texts:
+            head += [name for name in next(csv.reader(io.StringIO(t))) if name not in head]
+        w = csv.DictWriter(out, head, lineterminator="\n", restval="")
+        w.writeheader()
+        for r, rows in zip(reports, tables):
+            for row in rows:
+                w.writerow({"target": r.target_label, **row})

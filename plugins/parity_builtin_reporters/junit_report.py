@@ -10,7 +10,7 @@ shapes could not be compared, is ``<skipped>`` with the reason: it was not judge
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 from parity.contract.report import FAILING, NONFINITE, OK, LayerResult, Report
 from parity.contract.reporter import Reporter
@@ -115,3 +115,17 @@ class JunitReporter(Reporter):
 
     def write(self, report: Report, out: TextIO, options: Mapping[str, Any]) -> None:
         out.write(junit_text(report))
+
+    def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
+        """Several targets on standard output: one ``<testsuites>`` document, a testsuite per target
+        (two XML documents one after the other would not parse)."""
+        root = ET.Element("testsuites", name="parity")
+        for key in ("tests", "failures", "errors"):
+            root.set(key, "0")
+        for report in reports:
+            one = junit_tree(report).getroot()
+            for key in ("tests", "failures", "errors"):
+                root.set(key, str(int(root.get(key, "0")) + int(one.get(key, "0"))))
+            root.extend(list(one))
+        ET.indent(root)
+        out.write(ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
