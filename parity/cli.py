@@ -109,7 +109,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.command == "analyze":
         if args.fmt:
             _known("dump-format", args.fmt, "--format")
-        _known("matcher", args.matcher, "--matcher")
+        if args.matcher:
+            _known("matcher", args.matcher, "--matcher")
         return
     from parity.core.inputs import parse_input_shapes
 
@@ -255,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--ref-tag", help="run tag of the reference in a single-folder layout (e.g. fp32)")
     an.add_argument("--target-tag", help="run tag of the target in a single-folder layout (e.g. fp16)")
     an.add_argument("--format", dest="fmt", help="dump format name (default: by file extension)")
-    an.add_argument("--matcher", default="exact", help="layer matcher (default: exact names)")
+    an.add_argument("--matcher", help="layer matcher (default: exact names, or auto when exact names leave layers "
+                                      "unmatched on both sides; --matcher exact then fails instead)")
     an.add_argument("--mapping", help="TOML file pinning or excluding layer pairs, for any matcher "
                                       "(see configs/mapping.example.toml)")
     _add_report_args(an)

@@ -30,7 +30,7 @@ from parity.contract.records import Activation
 TAG_SEPARATORS = ("_", "-", ".")
 
 __all__ = ["TAG_SEPARATORS", "read_dump", "write_dump", "detect_tags", "natural_key", "split_tag",
-           "understood_extensions"]
+           "understood_extensions", "FEEDS_MANIFEST", "FeedDump", "FeedDumpWriter", "feed_dump_path", "feed_dumps"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -203,6 +203,12 @@ def _plan(p: Path, tag: str | None, fmt: str | None) -> list[_Item]:
         fmt_obj = get_dump_format(fmt)
     if tag is not None and (tag.strip(".") == "" or any(s in tag for s in "/\\")):
         raise ParityError(f"run tag {tag!r} is not valid. Note: a tag is a plain word such as fp32 or fp16.")
+    if p.is_dir() and (p / FEEDS_MANIFEST).is_file():
+        feeds = feed_dumps(p) or []  # an incomplete one is refused as such
+        first = feeds[0].path if feeds else p
+        raise ParityError(f"{p} is a dump of {len(feeds)} feeds ({FEEDS_MANIFEST}), one dump per feed inside it. "
+                          f"Note: compare two such dumps with parity analyze (feed by feed), or read one feed's "
+                          f"dump, e.g. {first}.")
     if p.is_dir():
         items = _plan_folder(p, tag, fmt_obj)
     else:
@@ -498,7 +504,7 @@ def _check_destination(dest: Path, multi: bool, overwrite: bool) -> None:
         raise ParityError(f"refusing to replace {dest}: it is a file, and this dump is a folder. "
                           f"Note: choose another path.")
     contents = [p for p in dest.iterdir()]
-    if contents and not (dest / MANIFEST_NAME).is_file():
+    if contents and not (dest / MANIFEST_NAME).is_file() and not (dest / FEEDS_MANIFEST).is_file():
         raise ParityError(f"refusing to replace folder {dest}: it is not a parity dump (no {MANIFEST_NAME}) "
                           f"and holds {len(contents)} entries. Note: only empty folders and folders written "
                           f"by parity are replaced; choose another path.")
@@ -614,3 +620,172 @@ def _swap_in(tmpdir: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmpdir, dest)
+
+
+# --------------------------------------------------------------------------- dumps of several feeds
+
+#: the manifest of a dump of several feeds (``--save-ref DIR`` over a dataset): which feed is where
+FEEDS_MANIFEST = "parity-feeds.json"
+_FEEDS_KIND = "parity-feeds"
+_FEEDS_SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedDump:
+    """One feed of a dump of several feeds: its stable index, its label, and its own dump."""
+
+    index: int
+    label: str
+    path: Path
+
+
+def feed_dump_path(root: str | os.PathLike[str], index: int) -> str:
+    """Where the dump of feed ``index`` lies inside a dump of several feeds (or its staging folder):
+    ``ROOT/feed-00003`` (a multi format adds its extension: ``feed-00003.npz``)."""
+    return str(Path(root) / f"feed-{index:05d}")
+
+
+def _feeds_json(feeds: list[FeedDump], dump_format: str, complete: bool) -> str:
+    import json
+
+    from parity import __version__
+
+    head = json.dumps({"kind": _FEEDS_KIND, "schema_version": _FEEDS_SCHEMA, "parity_version": __version__,
+                       "dump_format": dump_format, "complete": bool(complete)})[:-1]
+    rows = ",\n ".join(json.dumps({"index": f.index, "label": f.label, "dump": f.path.name}) for f in feeds)
+    return f'{head}, "feeds": [\n {rows}\n]}}\n' if rows else f'{head}, "feeds": []}}\n'
+
+
+def feed_dumps(path: str | os.PathLike[str]) -> list[FeedDump] | None:
+    """The feeds of a dump of several feeds, by index; ``None`` when ``path`` is no such dump.
+
+    Refused in one line: a manifest cut short (``complete`` false: its run was interrupted), one that
+    is not valid, or one listing a feed dump that is missing.
+    """
+    import json
+
+    root = Path(path)
+    mpath = root / FEEDS_MANIFEST
+    if not root.is_dir() or not mpath.is_file():
+        return None
+    try:
+        doc = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ParityError(f"{mpath}: not a readable feeds manifest ({type(e).__name__}). "
+                          f"Note: write the dump again.") from None
+    if not isinstance(doc, dict) or doc.get("kind") != _FEEDS_KIND or not isinstance(doc.get("feeds"), list):
+        raise ParityError(f"{mpath}: not a parity feeds manifest (kind {_FEEDS_KIND!r} with a list of feeds).")
+    if not isinstance(doc.get("schema_version"), int) or doc["schema_version"] > _FEEDS_SCHEMA:
+        raise ParityError(f"{mpath}: schema_version {doc.get('schema_version')!r} is not one this parity reads "
+                          f"(up to {_FEEDS_SCHEMA}). Note: upgrade parity.")
+    if doc.get("complete") is not True:
+        raise ParityError(f"{mpath}: the dump is incomplete (manifest says complete=false): its run was "
+                          f"interrupted or failed. Note: run the comparison again to write it.")
+    out: list[FeedDump] = []
+    for i, e in enumerate(doc["feeds"]):
+        ok = (isinstance(e, dict) and isinstance(e.get("index"), int) and isinstance(e.get("label"), str)
+              and isinstance(e.get("dump"), str) and e["dump"] and "/" not in e["dump"] and "\\" not in e["dump"]
+              and e["dump"] not in (".", ".."))
+        if not ok:
+            raise ParityError(f"{mpath}: feeds[{i}] is not {{index: int, label: str, dump: plain name}}.")
+        p = root / e["dump"]
+        if not p.exists():
+            raise ParityError(f"{mpath}: lists feed {e['index']} in {e['dump']!r}, which is missing. "
+                              f"Note: the dump was copied incompletely; write it again.")
+        out.append(FeedDump(e["index"], e["label"], p))
+    if len({f.index for f in out}) != len(out):
+        raise ParityError(f"{mpath}: lists a feed index twice.")
+    return sorted(out, key=lambda f: f.index)
+
+
+class FeedDumpWriter:
+    """One dump of one side over all the feeds of a run, written atomically.
+
+    Each feed's dump is written (by :func:`write_dump`, itself atomic) into a hidden staging
+    sibling of the destination, at :func:`feed_dump_path` (so Ray workers write theirs into the
+    same staging folder, and a retried block simply replaces a feed's dump); :meth:`finish` puts
+    down the feeds manifest and moves the staging folder into place. A run of one feed gives a
+    plain dump at the destination instead, as it always did. :meth:`abort` removes the staging.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], fmt: str) -> None:
+        from parity.core.registry import get_dump_format
+
+        self.dest = Path(dest)
+        self.fmt = fmt
+        self.multi = bool(get_dump_format(fmt).multi)
+        self.staging = _temp_sibling(self.dest, "tmp")
+
+    def start(self) -> str:
+        """Check the destination can be replaced, make the staging folder; return its path."""
+        _check_feeds_destination(self.dest, self.multi)
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ParityError(f"cannot create folder {self.dest.parent}: {e.strerror or e}") from e
+        _clear_stale(self.dest)
+        try:
+            self.staging.mkdir()
+            (self.staging / FEEDS_MANIFEST).write_text(_feeds_json([], self.fmt, complete=False), encoding="utf-8")
+        except OSError as e:
+            raise write_failure("dump", self.dest, e) from e
+        return str(self.staging)
+
+    def finish(self, labels: dict[int, str]) -> Path:
+        """Move the finished dump into place: the lone feed's dump itself, or the folder of feeds."""
+        try:
+            entries = sorted((p for p in self.staging.iterdir() if re.fullmatch(r"feed-\d+(\.[A-Za-z0-9]+)?", p.name)),
+                             key=lambda p: natural_key(p.name))
+            for p in self.staging.iterdir():  # what a killed worker's attempt left (hidden temporaries)
+                if p.name.startswith("."):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            feeds = [FeedDump(int(re.match(r"feed-(\d+)", p.name)[1]), "", p) for p in entries]  # type: ignore[index]
+            feeds = [FeedDump(f.index, labels.get(f.index, str(f.index)), f.path) for f in feeds]
+            if not feeds:  # no feed was compared (the run says so): no dump
+                self.abort()
+                return self.dest
+            if len(feeds) == 1:
+                one = feeds[0].path
+                dest = self.dest
+                if self.multi and one.suffix and not dest.name.lower().endswith(one.suffix.lower()):
+                    dest = dest.with_name(dest.name + one.suffix)
+                _check_destination(dest, self.multi, overwrite=True)
+                if self.multi:
+                    os.replace(one, dest)
+                else:
+                    _swap_in(one, dest)
+                shutil.rmtree(self.staging, ignore_errors=True)
+                return dest
+            if self.dest.is_file() or self.dest.is_symlink():
+                raise ParityError(f"refusing to replace {self.dest} with a dump of {len(feeds)} feeds: it is a "
+                                  f"file, and such a dump is a folder. Note: choose another path.")
+            final = self.staging / f".{FEEDS_MANIFEST}.tmp"
+            final.write_text(_feeds_json(feeds, self.fmt, complete=True), encoding="utf-8")
+            os.replace(final, self.staging / FEEDS_MANIFEST)
+            _swap_in(self.staging, self.dest)
+        except BaseException as e:
+            self.abort()
+            _reraise_os(e, self.dest)
+            raise
+        return self.dest
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _check_feeds_destination(dest: Path, multi: bool) -> None:
+    """The destination of a dump of several feeds: absent, an empty folder, or a dump parity wrote
+    (a file too for an archive format: a run of one feed writes one archive)."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        contents = list(dest.iterdir())
+        if contents and not (dest / MANIFEST_NAME).is_file() and not (dest / FEEDS_MANIFEST).is_file():
+            raise ParityError(f"refusing to replace folder {dest}: it is not a parity dump (no {MANIFEST_NAME} or "
+                              f"{FEEDS_MANIFEST}) and holds {len(contents)} entries. Note: only empty folders and "
+                              f"folders written by parity are replaced; choose another path.")
+        return
+    if multi and dest.is_file():
+        return
+    raise ParityError(f"refusing to replace {dest}: it is not a folder, and a dump of several feeds is one. "
+                      f"Note: choose another path.")

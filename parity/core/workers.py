@@ -23,7 +23,7 @@ from typing import Any
 from parity.contract.errors import ParityError, first_line
 from parity.contract.progress import log, step
 from parity.contract.report import Report
-from parity.core.compare import CompareSettings, Prepared, finish, prepare, run_feeds
+from parity.core.compare import CompareSettings, Prepared, finish, prepare, run_feeds, save_dumps
 from parity.core.stats import DatasetStats
 
 #: blocks per worker when the number of feeds is known: small enough to balance load and to make
@@ -135,13 +135,14 @@ def compare_sharded(s: CompareSettings) -> Report:
     ray = _ray()
     started = _init(ray, s)
     try:
-        return _run(ray, s)
+        with save_dumps(s) as (staged, done):  # --save-*: workers write each feed's dump into one staging folder
+            return _run(ray, staged, done)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray: Any, s: CompareSettings) -> Report:
+def _run(ray: Any, s: CompareSettings, done: Any = None) -> Report:
     n_workers = max(1, s.workers)
     resources: dict[str, Any] = {"num_cpus": 1}
     if s.device.startswith("cuda"):
@@ -188,6 +189,8 @@ def _run(ray: Any, s: CompareSettings) -> Report:
     total = DatasetStats()
     for b in sorted(results):  # block order: the same merge whatever order the blocks finished in
         total.merge(results[b], infos)
+    if done is not None:
+        done(total)
     report = finish(s, total)
     report.summary["workers"] = n_workers
     detail = []

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from parity.contract.errors import ParityError
-from parity.core.dumps import read_dump
+from parity.core.dumps import feed_dumps, read_dump
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
-#: dumps of a run with --random-inputs 2: one per input
-DUMPS = ("ref-0", "ref-1", "tgt-0", "tgt-1")
+#: dumps of a run with --random-inputs 2: one per side, each holding both inputs' dumps
+DUMPS = ("ref", "tgt")
 SEED = int(os.environ.get("PARITY_INTERRUPT_SEED", "20240610"))
 KILLS = int(os.environ.get("PARITY_INTERRUPT_RUNS", "3"))  # per signal
 
@@ -39,7 +39,14 @@ def _command(out: Path, fmt: str) -> list[str]:
 
 
 def _dump_path(out: Path, name: str, fmt: str) -> Path:
-    return out / (name + ".npz" if fmt == "npz" else name)
+    return out / name  # a folder of the feeds' dumps, whatever the format
+
+
+def _layers(path: Path) -> dict[int, dict[str, tuple]]:
+    """Per feed, the layer keys and shapes of a dump of several feeds (reading every array)."""
+    feeds = feed_dumps(path)
+    assert feeds is not None, f"{path} is not a dump of several feeds"
+    return {f.index: {a.key: np.asarray(a.array).shape for a in read_dump(f.path)} for f in feeds}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,8 @@ def complete_layers(tmp_path_factory):
         d = tmp_path_factory.mktemp(f"full-{fmt}")
         r = subprocess.run(_command(d, fmt), capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 0, r.stderr
-        out[fmt] = {name: {a.key: a.array.shape for a in read_dump(_dump_path(d, name, fmt))} for name in DUMPS}
-        assert all(len(v) >= 20 for v in out[fmt].values())
+        out[fmt] = {name: _layers(_dump_path(d, name, fmt)) for name in DUMPS}
+        assert all(len(v) == 2 and all(len(f) >= 20 for f in v.values()) for v in out[fmt].values())
     return out
 
 
@@ -82,8 +89,8 @@ def _check_left(out: Path, fmt: str, complete: dict[str, dict[str, tuple]], sig:
         p = _dump_path(out, name, fmt)
         if not p.exists():
             continue
-        got = {a.key: np.asarray(a.array).shape for a in read_dump(p)}  # reads every array
-        assert got == complete[name], f"{p} is incomplete: {len(got)} of {len(complete[name])} layers"
+        got = _layers(p)  # reads every array of every feed
+        assert got == complete[name], f"{p} is incomplete"
         found.append(name)
     allowed = {_dump_path(out, n, fmt).name for n in DUMPS} | {"r.json"}
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.exists() else set()
