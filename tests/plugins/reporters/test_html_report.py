@@ -95,3 +95,15 @@ def test_a_fix_with_a_nan_baseline_is_carried(rng):
                           "total_layers": 3, "forms": {}}
     fix = _embedded(html_text(rep))["fix"]
     assert fix["before"] == "nan" and fix["after"] == 0.9999 and fix["kept"] == ["big"]
+
+
+def test_the_number_column_is_the_terminal_tables(rng):
+    """The page's # is what the terminal table prints in its # column, row for row (it was the row's
+    index, so a row only one side has shifted every number after it)."""
+    from parity_builtin_reporters.table import columns
+
+    rep = _report(rng)
+    rep.layers[-1].order = 1.5  # a row between two others, as a target-only node gets
+    rep.layers.sort(key=lambda l: l.order)
+    terminal = next(c for c in columns(rep, rep.layers) if c.key == "#").cells
+    assert [r["num"] for r in page_data(rep)["rows"]] == terminal == ["0", "1", "", "2"]
