@@ -26,7 +26,8 @@ _FRONT: ContextVar[str] = ContextVar("parity_front_end", default="cli")
 OPTIONS: dict[str, tuple[str, str]] = {
     "input_shape": ("--input-shape", "input_shapes"),
     "input_dtype": ("--input-shape", "input_dtypes"),
-    "inputs": ("--inputs", "inputs"),
+    "inputs": ("--inputs", "inputs_path"),
+    "mapping": ("--mapping", "mapping"),
     "seed": ("--seed", "seed"),
     "random_inputs": ("--random-inputs", "random_inputs"),
     "calibration": ("--calibration", "calibration"),

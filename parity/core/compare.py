@@ -22,6 +22,7 @@ from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report
+from parity.contract import frontend
 from parity.contract.errors import ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
 from parity.core.preflight import (check_memory, check_no_clobber, check_output_path, check_workdir,
@@ -235,7 +236,9 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
     parts["activations"] = max(parts["activations"], _activation_bytes(s, {x.name: x.shape for x in specs}))
     shapes = " ".join(f"{x.name}:{'x'.join(map(str, x.shape))}" for x in specs)
     check_memory(parts, f"{s.model} on random inputs {shapes}",
-                 "smaller sizes or a smaller batch in --input-shape, or fewer --random-inputs", available, force=force)
+                 f"smaller sizes or a smaller batch in {frontend.option('input_shape')}, or fewer "
+                 f"{frontend.option('random_inputs')}",
+                 available, force=force)
 
 
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
@@ -393,11 +396,11 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
     check_external_data(s.model)
-    for option, path in (("--inputs", s.inputs), ("--calibration", s.calibration), ("--mapping", s.mapping)):
-        if option == "--inputs" and is_python_dataset(path):
+    for key, path in (("inputs", s.inputs), ("calibration", s.calibration), ("mapping", s.mapping)):
+        if key == "inputs" and is_python_dataset(path):
             continue
-        if path and not Path(path).exists():
-            raise ParityError(f"{option} {path}: file or folder not found.")
+        if path and not Path(path).exists():  # named as the user gave it: --inputs PATH, inputs_path='PATH'
+            raise ParityError(f"{frontend.given(key, path)}: file or folder not found.")
     for option, path in (("--save-ref", s.save_ref), ("--save-target", s.save_target)):
         if path:
             check_output_path(path, option, folder_ok=True)

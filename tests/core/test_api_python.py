@@ -120,6 +120,8 @@ def test_errors_name_the_parameters_of_the_front_end_used(nets, tmp_path, capsys
         parity.compare(net, None, target="ort", input_shapes={"x": (2, 8), "y": (2, 8), "z": (2, 8)},
                        workdir=tmp_path / "c")
     assert "input_shapes names 'z'" in str(e.value) and "--input-shape" not in str(e.value)
+    with pytest.raises(parity.ParityError, match=r"^inputs_path='/no/such/feeds': file or folder not found"):
+        parity.compare(net, inputs_path="/no/such/feeds", workdir=tmp_path / "c")
     assert front_end() == "cli"  # the API's wording ends with its call
     model = f"{nets.PATH}:two_inputs"
     assert main(["compare", model, "--target", "ort", "--workdir", str(tmp_path / "c")]) == 1
@@ -129,6 +131,8 @@ def test_errors_name_the_parameters_of_the_front_end_used(nets, tmp_path, capsys
                  "--input-shape", "y:2x8", "--input-shape", "z:2x8"]) == 1
     err = capsys.readouterr().err
     assert "--input-shape names 'z'" in err and "input_shapes=" not in err
+    assert main(["compare", model, "--inputs", "/no/such/feeds", "--workdir", str(tmp_path / "c")]) == 1
+    assert "--inputs /no/such/feeds: file or folder not found" in capsys.readouterr().err
 
 
 def test_an_input_that_indexes_an_embedding_is_int64_below_its_rows(nets, tmp_path, capsys):
