@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, TextIO
 
+from rich.cells import cell_len
+
 from parity.contract.report import (FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report,
                                     summary_lines)
 from parity.contract.reporter import Reporter
@@ -52,28 +54,29 @@ def sorted_layers(report: Report, sort: str = "order") -> list[LayerResult]:
 @dataclass
 class Col:
     """One table column. ``drop``: the order in which columns go when the width is short (higher goes
-    first; 0 never goes). ``kind``: ``num`` cells are never wrapped, ``words`` wrap at spaces only,
-    ``name`` may fold a long name (the only cell that is ever broken)."""
+    first; 0 never goes). ``kind``: ``whole`` cells (numbers, shapes, ops) are never wrapped, ``words``
+    wrap at spaces only, ``name`` may fold a long name (the only cell that is ever broken). Widths are
+    terminal cells (``rich.cells.cell_len``: a wide character counts two)."""
 
     key: str
     header: str
     drop: int = 0
-    kind: str = "num"
+    kind: str = "whole"
     justify: str = "right"
     cells: list[str] = field(default_factory=list)
 
     def _header_min(self) -> int:
-        return max((len(w) for w in self.header.split()), default=0)
+        return max((cell_len(w) for w in self.header.split()), default=0)
 
     def minimum(self, width: int = 0) -> int:
         if self.kind == "name":
             return min(self.natural(), max(NAME_MIN, width // 4))
         if self.kind == "words":
-            return max([self._header_min()] + [len(w) for c in self.cells for w in c.split()])
-        return max([self._header_min()] + [len(c) for c in self.cells])
+            return max([self._header_min()] + [cell_len(w) for c in self.cells for w in c.split()])
+        return max([self._header_min()] + [cell_len(c) for c in self.cells])
 
     def natural(self) -> int:
-        return max([len(self.header)] + [len(c) for c in self.cells])
+        return max([cell_len(self.header)] + [cell_len(c) for c in self.cells])
 
 
 def _overhead(n: int) -> int:
@@ -111,7 +114,7 @@ def fit(cols: list[Col], width: int, chosen: Sequence[str] | None = None) -> tup
         widths = [min(c.natural(), NAME_MIN) if c.kind == "name" else w for c, w in zip(keep, widths)]
     room = width - table_width(keep, widths)
     # spare room: first the layer name, then the marker's words, then headers kept on one line
-    for kind in ("name", "words", "num"):
+    for kind in ("name", "words", "whole"):
         for i, c in enumerate(keep):
             if room > 0 and c.kind == kind:
                 add = min(room, c.natural() - widths[i])
@@ -133,7 +136,7 @@ def columns(report: Report, rows: Sequence[LayerResult], max_rows: int | None = 
     shown = rows if max_rows is None else rows[:max_rows]
 
     cols = [Col("#", "#"), Col("layer", "layer", kind="name", justify="left"),
-            Col("shape", "shape", drop=80), Col("op", "op", drop=50, kind="num", justify="left")]
+            Col("shape", "shape", drop=80), Col("op", "op", drop=50, justify="left")]
     for k, m in enumerate(report.metrics):
         thr = "" if m.threshold is None else f" ({'≥' if m.higher_is_better else '≤'}{m.threshold:.10g}{'%' if m.percent else ''})"
         primary = m is p
