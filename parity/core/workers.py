@@ -142,7 +142,7 @@ def compare_sharded(s: CompareSettings) -> Report:
             ray.shutdown()
 
 
-def _run(ray: Any, s: CompareSettings, done: Any = None) -> Report:
+def _run(ray: Any, s: CompareSettings, save_done: Any = None) -> Report:
     n_workers = max(1, s.workers)
     resources: dict[str, Any] = {"num_cpus": 1}
     if s.device.startswith("cuda"):
@@ -189,8 +189,8 @@ def _run(ray: Any, s: CompareSettings, done: Any = None) -> Report:
     total = DatasetStats()
     for b in sorted(results):  # block order: the same merge whatever order the blocks finished in
         total.merge(results[b], infos)
-    if done is not None:
-        done(total)
+    if save_done is not None:  # the dumps the workers wrote, moved into place
+        save_done(total)
     report = finish(s, total)
     report.summary["workers"] = n_workers
     detail = []

@@ -88,7 +88,8 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_counted_twice(tmp_pat
     # relative paths, as a user types them: the workers see the driver's folder
     r = subprocess.run([sys.executable, "-m", "parity", "compare", f"{ZOO}:lenet", "--target", "ort-fp16",
                         "--inputs", "ds.py:feeds", "--metrics", ",".join(METRICS), "--workdir", cache,
-                        "--workers", "2", "--json", "r.json", "-q"], capture_output=True, text=True, env=env,
+                        "--workers", "2", "--json", "r.json", "--save-ref", "ref", "--save-target", "tgt", "-q"],
+                       capture_output=True, text=True, env=env,
                        timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert mark.exists() and int(mark.read_text()) != os.getpid()  # a worker really died mid-run
@@ -102,6 +103,18 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_counted_twice(tmp_pat
         assert got["values"] == l.values  # bit for bit (JSON writes floats as repr: they round-trip)
         assert got["worst_inputs"] == l.worst_inputs
         assert got["pooled"] == l.pooled
+    # the workers' dumps: one per side, every feed once (feed 37's block was retried), and the
+    # target's dumps re-analyzed against the reference's give the report bit for bit
+    from parity.core.analyze import analyze
+    from parity.core.dumps import feed_dumps
+
+    for side in ("ref", "tgt"):
+        assert [f.index for f in feed_dumps(tmp_path / side)] == list(range(64))
+    again = analyze(tmp_path / "ref", tmp_path / "tgt", metrics=METRICS)
+    b = {(r.ref_name, r.target_name): r for r in again.matched}
+    for l in one.matched:
+        assert b[(l.ref_name, l.target_name)].values == l.values and b[(l.ref_name, l.target_name)].pooled == l.pooled
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_workers_without_ray_say_how_to_install_it(monkeypatch):
