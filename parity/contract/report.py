@@ -339,6 +339,9 @@ def _alone(r: LayerResult, p: MetricInfo) -> str:
         return (f"{ov['count']} of its values exceed the {ov.get('format') or 'target'} max {fmax:g}"
                 + (f" (the reference reaches {top:.4g})" if top is not None else "") + " and become Inf")
     nf = int(ov.get("count") or r.local.get(NEW_NONFINITE, 0))
+    if nf and ov.get("input_from") is not None and fmax is not None:
+        return (f"it produces {nf} NaN/Inf values: its input {ov['input_from']} reaches {ov['input_absmax']:.4g} "
+                f"(reference) > the {ov.get('format') or 'target'} max {fmax:g} and is Inf once cast for it")
     if nf:
         return f"it produces {nf} NaN/Inf values" + (f" (its reference stays within ±{top:.4g})" if top is not None else "")
     return f"it reaches {p.name} {p.format(r.local.get(p.name))}"
