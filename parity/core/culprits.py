@@ -142,6 +142,11 @@ def _cause_text(row: LayerResult, p: MetricInfo) -> str | None:
             return (f"{row.name} alone: {ov['count']} values exceed the {ov['format']} max {fmax:g}"
                     + (f" (the reference reaches {top:.4g})" if top is not None else "")
                     + " and become infinite; a consumer no longer matches")
+        if ov.get("input_from") is not None and fmax is not None:
+            return (f"{row.name} alone produces {ov['count']} NaN/Inf values: it reads {ov['input_from']}, whose "
+                    f"reference reaches {ov['input_absmax']:.4g} > the {ov['format']} max {fmax:g}, so that value is "
+                    f"infinite once cast to {ov['format']} for {row.name} (keep {row.name} in float32, or bring "
+                    f"{ov['input_from']}'s values into range)")
         if top is None:  # a target-only node: no reference range of its own to say where the NaN/Inf comes from
             return f"{row.name} alone produces {ov['count']} NaN/Inf values where the reference is finite"
         return (f"{row.name} alone produces {ov['count']} NaN/Inf values although its reference output stays "
@@ -283,6 +288,14 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
     groups = []
     for i, r in enumerate(ranked, 1):
         r.culprit_rank = i
+        ov = r.meta.get("overflow")
+        if ov and not ov.get("saturated"):
+            # NaN/Inf from a layer whose own output fits the format: an input beyond the format (a value
+            # computed in float32 by a fallback op, cast to the format on its way in) is the usual reason
+            src = next((q for q in _producers(r, by_target, readers) if _beyond_format(q, fmax)
+                        and (q.range.get("ref") or {}).get("absmax") is not None), None)
+            if src is not None:
+                ov["input_from"], ov["input_absmax"] = src.name, src.range["ref"]["absmax"]
         cause = _cause_text(r, p)
         if cause:
             r.meta["culprit_cause"] = cause

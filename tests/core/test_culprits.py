@@ -221,3 +221,27 @@ def test_api_culprits_follow_the_same_order(tmp_path):
     rep = parity.compare(mod.overflow_mlp(), x, ref="torch", target="torch-fp16", workdir=tmp_path / "c")
     assert [r.name for r in rep.culprits] == rep.summary["culprits"] == ["block.fc"]
     assert {r.name for r in rep.layers if r.caused_by == "block.fc"} >= {"block", "head"}
+
+
+def test_nan_from_an_input_beyond_the_format_names_that_input(rng):
+    """ONNX Runtime's CPU provider runs a Mul in float32 behind casts: its value past 65504 is finite in
+    the target, and becomes Inf only when cast to float16 for the LayerNorm that reads it. The LayerNorm
+    is the culprit (its own output stays small); the verdict names the input that is beyond the format."""
+    x = rng.standard_normal(1024).astype(np.float32)
+    boost = (x * 2e5).astype(np.float32)
+    norm = ((boost - boost.mean()) / boost.std()).astype(np.float32)
+    norm_t = np.full_like(norm, np.nan)
+    ref = [Activation("boost", boost, order=0, op_type="Mul"), Activation("norm", norm, order=1, op_type="LayerNorm")]
+    tgt = [Activation("boost", boost, order=0), Activation("norm", norm_t, order=1)]
+    local = [LocalResult("boost", boost, boost, meta={"precision": "fp16", "consumers": ["norm"]}),
+             LocalResult("norm", norm, norm_t, meta={"precision": "fp16", "consumers": []})]
+    rep = compare_streams(iter(ref), iter(tgt), ["cosine"], options={"ranges": True})
+    trace_ranges(rep, "float16")
+    attach_local(rep, dict(score_local(local, resolve_metrics(["cosine"]))))
+    assert [r.name for r in find_culprits(rep)] == ["norm"]
+    ov = {r.name: r for r in rep.layers}["norm"].meta["overflow"]
+    top = float(np.abs(boost).max())
+    assert ov["count"] == norm.size and ov["input_from"] == "boost" and ov["input_absmax"] == pytest.approx(top, rel=1e-6)
+    text = " ".join(diagnosis_lines(rep))
+    assert f"its input boost reaches {top:.4g} (reference) > the float16 max 65504" in text
+    assert "reads boost" in rep.summary["first_culprit_cause"]
