@@ -93,11 +93,12 @@ def test_a_tuple_is_one_call_of_positional_inputs(nets, tmp_path):
     kw = dict(ref="torch", target="torch-fp16", workdir=tmp_path / "c", quiet=True)
     by_tuple = parity.compare(net, (x, y), **kw)
     by_name = parity.compare(net, {"x": x, "y": y}, **kw)
+    by_spec = parity.compare(f"{nets.PATH}:two_inputs", (x, y), **kw)  # names from the sources, not a module
     assert by_tuple.summary["inputs"] == 1
     # x went to forward's x and y to y: the reference's value range of each layer is that of the known forward
     with torch.no_grad():
         known = {"a": net.a(x), "b": net.b(y)}
-    for rep in (by_tuple, by_name):
+    for rep in (by_tuple, by_name, by_spec):
         rows = {r.name: r for r in rep.layers}
         for name, t in known.items():
             got = rows[name].range["ref"]
