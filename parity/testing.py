@@ -39,6 +39,9 @@ def failure_message(report: Any, reasons: list[str], worst: int = 5) -> str:
             v = r.worst.get(p.name, r.values.get(p.name))
             extra = f", local {p.format(r.local[p.name])}" if p.name in r.local else ""
             mark = f"  <- culprit #{r.culprit_rank}" if r.culprit_rank is not None else ""
+            if r.culprit_rank is None and r.caused_by is not None:  # grouped under its culprit, never ranked
+                ranked = report.summary.get("culprits") or []
+                mark = f"  <- carries {'#%d ' % (ranked.index(r.caused_by) + 1) if r.caused_by in ranked else ''}{r.caused_by}"
             status = "" if r.status == OK else f" [{r.status}]"
             lines.append(f"  {r.name} ({r.op_type or r.target_op_type or 'layer'}): {p.name} {p.format(v)}{extra}"
                          f"{status}{mark}")

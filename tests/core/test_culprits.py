@@ -221,6 +221,11 @@ def test_api_culprits_follow_the_same_order(tmp_path):
     rep = parity.compare(mod.overflow_mlp(), x, ref="torch", target="torch-fp16", workdir=tmp_path / "c")
     assert [r.name for r in rep.culprits] == rep.summary["culprits"] == ["block.fc"]
     assert {r.name for r in rep.layers if r.caused_by == "block.fc"} >= {"block", "head"}
+    from parity.testing import failure_message
+
+    msg = failure_message(rep, ["why"], worst=10)
+    assert "block.fc (Linear)" in msg and "<- culprit #1" in msg and "head (Linear)" in msg
+    assert re.search(r"head \(Linear\).*<- carries #1 block\.fc", msg)
 
 
 def test_nan_from_an_input_beyond_the_format_names_that_input(rng):
