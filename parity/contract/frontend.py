@@ -8,7 +8,8 @@ context variable that ``parity.compare`` sets to ``"api"`` for the duration of i
 command line is the default, so every existing entry point keeps its wording).
 
 A thread started inside a call does not inherit it (Python copies no context into a new
-thread); input shapes and options are checked on the calling thread, before any source runs.
+thread); input shapes and options are checked on the calling thread, before any source runs. Ray
+workers are handed the driver's front end (:mod:`parity.core.workers`).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from parity.contract.errors import ParityError, first_line
+from parity.contract.frontend import front_end, speaking
 from parity.contract.progress import log, step
 from parity.contract.report import Report
 from parity.core.compare import CompareSettings, Prepared, finish, prepare, run_feeds, save_dumps
@@ -65,8 +66,9 @@ class ShardWorker:
     """One Ray actor: both models prepared once, then blocks of feeds compared on request."""
 
     def __init__(self, settings: CompareSettings, cwd: str | None = None,
-                 threads: dict[str, str | None] | None = None) -> None:
+                 threads: dict[str, str | None] | None = None, front: str = "cli") -> None:
         self.threads = threads
+        self.front = front  # the driver's front end: a worker's errors name parity.compare's parameters too
         _use_thread_env(threads)
         # relative paths (--inputs feeds/, data.py:fn, the model file) mean what they mean to the driver:
         # a worker on the driver's machine works in the driver's folder; on another node, where it exists
@@ -77,7 +79,8 @@ class ShardWorker:
         # raised here, Ray would restart the worker for it and report a dead actor
         self.error: ParityError | None = None
         try:
-            self.prep: Prepared = prepare(self.settings)
+            with speaking(front):
+                self.prep: Prepared = prepare(self.settings)
         except ParityError as e:
             self.error = ParityError(str(e))
             self.error.exit_code = e.exit_code
@@ -98,7 +101,8 @@ class ShardWorker:
     def run(self, start: int, stop: int | None, stride: int) -> tuple[DatasetStats, dict[str, Any]]:
         t0 = time.perf_counter()
         _use_thread_env(self.threads)  # Ray sets OMP_NUM_THREADS again before each task where it is unset
-        stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
+        with speaking(self.front):
+            stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
         return stats, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "feeds": stats.inputs}
 
 
@@ -152,10 +156,11 @@ def _run(ray: Any, s: CompareSettings, save_done: Any = None) -> Report:
     with step("start workers", n_workers) as task:
         cwd = os.getcwd()
         threads = thread_env()
-        first = Actor.remote(s, cwd, threads)
+        front = front_end()
+        first = Actor.remote(s, cwd, threads, front)
         plan = _get(ray, first.plan.remote(), "starting worker 1")
         task.advance()
-        actors = [first] + [Actor.remote(s, cwd, threads) for _ in range(n_workers - 1)]
+        actors = [first] + [Actor.remote(s, cwd, threads, front) for _ in range(n_workers - 1)]
         for k, a in enumerate(actors[1:], 2):
             _get(ray, a.plan.remote(), f"starting worker {k}")
             task.advance()

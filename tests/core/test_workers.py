@@ -146,3 +146,22 @@ def test_a_bad_input_is_the_one_process_error_not_a_dead_worker(tmp_path, cache)
         compare(CompareSettings(**{**s.__dict__, "workers": 2}))
     assert str(sharded.value) == str(one.value) and "0.npy" in str(one.value)
     assert type(sharded.value) is ParityError and "\n" not in str(sharded.value)
+
+
+def test_a_workers_error_names_the_api_parameters_when_the_api_asked(tmp_path, cache):
+    """A shape error found inside a Ray worker speaks the driver's front end: parity.compare's
+    ``input_shapes``, where the command line's run says ``--input-shape``."""
+    import parity
+
+    d = tmp_path / "feeds"
+    d.mkdir()
+    for k in range(2):
+        np.save(d / f"{k}.npy", np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(ParityError) as api:
+        parity.compare(f"{ZOO}:lenet", inputs_path=d, input_shapes={"z": (1, 2)}, target="ort", workers=2,
+                       workdir=cache, quiet=True)
+    assert "input_shapes names 'z'" in str(api.value) and "--input-shape" not in str(api.value)
+    with pytest.raises(ParityError) as cli:
+        compare(CompareSettings(model=f"{ZOO}:lenet", target="ort", inputs=str(d), input_shapes={"z": (1, 2)},
+                                workers=2, workdir=cache))
+    assert "--input-shape names 'z'" in str(cli.value)
