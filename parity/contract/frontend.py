@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "layers": ("--layers", "layers"),
     "limit": ("--limit", "limit"),
     "threshold": ("--threshold", "threshold"),
+    "trust_model": ("--trust-model", "options={'trust_model': True}"),
 }
 
 

@@ -504,10 +504,10 @@ def layer_selection(s: CompareSettings) -> LayerSelection | None:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise ParityError(f"--layers {pattern}: cannot read {path} ({first_line(e)}).") from None
+            raise ParityError(f"{frontend.given('layers', pattern)}: cannot read {path} ({first_line(e)}).") from None
         names |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
         if not names:
-            raise ParityError(f"--layers {pattern}: {path} names no layer.")
+            raise ParityError(f"{frontend.given('layers', pattern)}: {path} names no layer.")
         pattern = None
     if pattern:
         import re
@@ -515,7 +515,7 @@ def layer_selection(s: CompareSettings) -> LayerSelection | None:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ParityError(f"--layers {pattern!r}: not a regular expression ({e}).") from None
+            raise ParityError(f"{frontend.option('layers')} {pattern!r}: not a regular expression ({e}).") from None
     return LayerSelection(pattern or None, frozenset(names))
 
 

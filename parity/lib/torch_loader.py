@@ -277,7 +277,7 @@ def _load_saved(path: Path, trust: bool) -> LoadedModel:
         except pickle.UnpicklingError:
             raise ParityError(f"{path} is not TorchScript and may be a pickled nn.Module, which parity does "
                               f"not unpickle by default (unpickling runs arbitrary code). Note: pass "
-                              f"--trust-model if you trust this file, or re-save it with torch.jit.save / "
+                              f"{option('trust_model')} if you trust this file, or re-save it with torch.jit.save / "
                               f"torch.export.save") from None
         except Exception as e:
             raise ParityError(f"cannot read {path} as a torch.save file: {first_line(e, typed=True)}. Note: the file "

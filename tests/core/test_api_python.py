@@ -123,6 +123,8 @@ def test_errors_name_the_parameters_of_the_front_end_used(nets, tmp_path, capsys
     assert "input_shapes names 'z'" in str(e.value) and "--input-shape" not in str(e.value)
     with pytest.raises(parity.ParityError, match=r"^inputs_path='/no/such/feeds': file or folder not found"):
         parity.compare(net, inputs_path="/no/such/feeds", workdir=tmp_path / "c")
+    with pytest.raises(parity.ParityError, match=r"^layers '\(': not a regular expression"):
+        parity.compare(net, _xy(), layers="(", workdir=tmp_path / "c")
     assert front_end() == "cli"  # the API's wording ends with its call
     model = f"{nets.PATH}:two_inputs"
     assert main(["compare", model, "--target", "ort", "--workdir", str(tmp_path / "c")]) == 1
