@@ -228,7 +228,9 @@ class ComparisonReport(Report):
             return run_fix(self.settings, self, metric, value, max_steps=max_steps, log=log)
 
     def onnx_model(self) -> Path:
-        """The fp32 ONNX graph the target ran: the model itself, or parity's cached export of it."""
+        """The fp32 ONNX graph the target ran: the model itself, or parity's cached export of it (the
+        path the report recorded, ``summary["target_onnx"]``; else made again from the settings, e.g.
+        for a torch-fp16 target, which runs none)."""
         from parity.contract.frontend import speaking
         from parity.core.compare import prepare
         from parity.lib.onnx.models import onnx_model_for
