@@ -356,6 +356,8 @@ def diagnosis_lines(report: Report) -> list[str]:
     if groups and p is not None:
         r, cons = groups[0]
         where = r.meta.get("ref_module_path") or r.meta.get("target_onnx_node") or r.target_name
+        if not r.meta.get("ref_module_path") and r.meta.get("module"):  # a target-only node: the module it sits in
+            where = f"{where} in {r.meta['module']}"
         out.append(f"Culprit: {r.name} ({r.op_type or r.target_op_type or 'layer'}; {where}) — run alone in the "
                    f"target, {_alone(r, p)}; it causes the loss, the layers after it inherit it.")
         if r.meta.get("culprit_cause") and not r.meta.get("overflow"):
