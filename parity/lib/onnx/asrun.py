@@ -42,7 +42,7 @@ FP16_COPY = "::fp16"
 #: suffix of the stored (rounded) value a strict-storage model hands to consumers
 STORED = "::stored"
 #: bumped when the derived graphs change, so stale cache files are not reused
-_VERSION = "1"
+_VERSION = "4"
 
 __all__ = ["FP16_COPY", "INSERTED_CAST", "STORED", "as_run_model", "fallback_summary", "strict_storage_model",
            "cpu_fp32_only_ops"]
@@ -126,13 +126,54 @@ def as_run_model(src: Path, providers: list[str] | None = None) -> Path:
             renamed.add(name)
         if any(o in renamed for o in n.output) and n.op_type != "Cast":
             fp32_nodes.append({"node": n.name, "op_type": n.op_type})
-    stale = renamed | {t + FP16_COPY for t in renamed}
+    restored = _restore_removed_casts(onnx.load(str(src), load_external_data=False), g)
+    stale = renamed | {t + FP16_COPY for t in renamed} | restored
     kept = [vi for vi in g.value_info if vi.name not in stale]  # the renamed tensors' types changed
     del g.value_info[:]
     g.value_info.extend(kept)
     _save_atomic(model, out)
-    side.write_text(json.dumps({"fp32_nodes": fp32_nodes, "fp32_held": sorted(renamed)}), encoding="utf-8")
+    side.write_text(json.dumps({"fp32_nodes": fp32_nodes, "fp32_held": sorted(renamed | restored)}), encoding="utf-8")
     return out
+
+
+def _restore_removed_casts(converted: Any, g: Any) -> set[str]:
+    """Tensors of the converted model that the session's cast removal took away, named again.
+
+    The converter rounds a node kept in float32 back to float16 (``T = Cast(U, to=float16)``); when
+    every reader of ``T`` runs in float32 too, ONNX Runtime drops that cast and the one it inserted
+    after it, and the readers read ``U``: ``T`` is gone, and its deployed value is ``U``, unrounded.
+    ``T = Identity(U)`` names it again and the readers read ``T``, as in the original graph, so it is
+    captured (as held: float32) and a local run traces through it.
+    """
+    from onnx import TensorProto, helper
+
+    produced = {o for n in g.node for o in n.output if o} | {i.name for i in g.input}
+    outputs = {o.name for o in g.output}
+    back: dict[str, str] = {}
+    for n in converted.graph.node:
+        if n.op_type != "Cast" or not n.input or not n.output or n.output[0] in produced:
+            continue
+        to = next((a.i for a in n.attribute if a.name == "to"), None)
+        if to == TensorProto.FLOAT16 and n.input[0] in produced and n.input[0] not in outputs:
+            back[n.input[0]] = n.output[0]
+    if not back:
+        return set()
+    for n in g.node:
+        for i, t in enumerate(n.input):
+            if t in back:
+                n.input[i] = back[t]
+    nodes = []
+    for u in (i.name for i in g.input):  # a graph input read through a removed cast
+        if u in back:
+            nodes.append(helper.make_node("Identity", [u], [back[u]], name=f"{back[u]}::as_held"))
+    for n in g.node:
+        nodes.append(n)
+        for u in n.output:  # right after its producer: the node list stays in topological order
+            if u in back:
+                nodes.append(helper.make_node("Identity", [u], [back[u]], name=f"{back[u]}::as_held"))
+    del g.node[:]
+    g.node.extend(nodes)
+    return set(back.values())
 
 
 def _is_weight_cast(node: Any, graph: Any) -> bool:
@@ -157,11 +198,11 @@ def strict_storage_model(as_run: Path) -> Path:
     """The as-run graph (:func:`as_run_model`) with every tensor it holds in float32 only rounded to
     float16 before anything reads it (cached beside it).
 
-    Each such tensor ``T`` is renamed ``T::fp32`` at its producer, and an explicit
-    ``Cast(float16) -> Cast(float32)`` pair makes ``T`` again: the rounded value, which every
-    consumer and a capture read. ONNX Runtime removes only cast pairs it inserted itself; a pair in
-    the model runs (checked at every optimization level). Tensors the as-run graph holds in float16
-    already are stored so; graph outputs stay as they are.
+    Each such tensor ``T`` is renamed ``T::fp32`` at its producer; an explicit ``Cast(float16)``
+    makes ``T`` again, now the float16 value a capture reads, and a ``Cast(float32)`` of it,
+    ``T::stored``, is what every consumer reads. ONNX Runtime removes only cast pairs it inserted
+    itself; a pair in the model runs (checked at every optimization level). Tensors the as-run
+    graph holds in float16 already are stored so; graph outputs stay as they are.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -174,19 +215,26 @@ def strict_storage_model(as_run: Path) -> Path:
     g = model.graph
     outputs = {o.name for o in g.output}
     producer = {o: n for n in g.node for o in n.output if o}
-    new_nodes = []
     rounded = {t for t in held if t in producer and t not in outputs}
+    for n in g.node:  # consumers read the stored (rounded) value
+        for i, t in enumerate(n.input):
+            if t in rounded:
+                n.input[i] = t + STORED
+    new_nodes = []
     for n in g.node:
         new_nodes.append(n)
         for i, o in enumerate(n.output):
             if o not in rounded:
                 continue
-            raw, half = o + "::fp32", o + FP16_COPY + "r"
+            raw = o + "::fp32"
             n.output[i] = raw
-            new_nodes.append(helper.make_node("Cast", [raw], [half], name=f"{o}::round_fp16", to=TensorProto.FLOAT16))
-            new_nodes.append(helper.make_node("Cast", [half], [o], name=f"{o}::stored", to=TensorProto.FLOAT))
+            new_nodes.append(helper.make_node("Cast", [raw], [o], name=f"{o}::round_fp16", to=TensorProto.FLOAT16))
+            new_nodes.append(helper.make_node("Cast", [o], [o + STORED], name=f"{o}{STORED}", to=TensorProto.FLOAT))
     del g.node[:]
     g.node.extend(new_nodes)
+    stale = [vi for vi in g.value_info if vi.name in rounded]
+    for vi in stale:
+        g.value_info.remove(vi)
     _save_atomic(model, out)
     return out
 

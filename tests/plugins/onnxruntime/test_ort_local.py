@@ -159,8 +159,9 @@ def outlier(tmp_path_factory):
 # ----------------------------------------------------------------------------- fp16 local runs
 
 def test_fp16_local_finds_the_overflowing_layer_not_those_that_inherit(hazard, tmp_path):
+    """Strict fp16 storage: the Mul's output is stored in float16 where it is written."""
     cfg = cfg_for(hazard["onnx"], tmp_path)
-    src = OrtSource("fp16")
+    src = OrtSource("fp16-strict")
     acc = {a.name: a.array for a in src.run(cfg, hazard["feed"])}
     local = {lr.key: lr for lr in src.local_errors(cfg, hazard["feed"])}
     assert src.last_local_skipped == []
@@ -188,13 +189,14 @@ def test_fp16_local_finds_the_overflowing_layer_not_those_that_inherit(hazard, t
 
 
 def test_fp16_local_gemm_equals_numpy_on_fp16_operands(hazard, tmp_path):
-    """head, fed the fp32 relu output rounded to float16, recomputed in numpy.
+    """head under strict fp16 storage, fed the fp32 relu output rounded to float16, recomputed in numpy.
 
     (fc1 reads the model input through the converter's Cast, which onnxruntime on CPU drops
     before an op without a float16 kernel, in the full run and the local run alike.)
     """
     w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(hazard["onnx"])).graph.initializer}
-    local = {lr.key: lr for lr in OrtSource("fp16").local_errors(cfg_for(hazard["onnx"], tmp_path), hazard["feed"])}
+    local = {lr.key: lr for lr in OrtSource("fp16-strict").local_errors(cfg_for(hazard["onnx"], tmp_path),
+                                                                        hazard["feed"])}
     h16 = lambda a: a.astype(np.float16).astype(np.float32)  # noqa: E731
     inp = hazard["ref"][hazard["relu"]]
     expect = (h16(inp) @ h16(w["head.weight"]).T + h16(w["head.bias"])).astype(np.float16)
@@ -356,7 +358,8 @@ def test_fp16_keep_high_precision_fixes_the_output(hazard, tmp_path):
     assert math.isnan(producer_only) or producer_only < 0.999
     # with its consumer kept too, the tensor between them stays float32
     assert out_cos([k["scale"], k["ln"]]) >= 0.999
-    newest = max((tmp_path / "ort").glob("*fp16*.onnx"), key=lambda p: p.stat().st_mtime_ns)
+    converted = [p for p in (tmp_path / "ort").glob("*fp16*.onnx") if ".asrun-" not in p.name and ".strict-" not in p.name]
+    newest = max(converted, key=lambda p: p.stat().st_mtime_ns)
     m = onnx.load(str(newest))
     producer = {o: n for n in m.graph.node for o in n.output}
     ln_node = next(n for n in m.graph.node if n.op_type == "LayerNormalization")
@@ -365,7 +368,7 @@ def test_fp16_keep_high_precision_fixes_the_output(hazard, tmp_path):
     assert all(producer[t].op_type == "Cast" and producer[t].attribute[0].i == TensorProto.FLOAT
                for t in ln_node.input[1:])
     # three keep sets, three cached conversions
-    assert len(list((tmp_path / "ort").glob("*fp16*.onnx"))) == 3
+    assert len(converted) == 3
 
 
 def test_int8_keep_high_precision_improves_the_output(outlier, tmp_path):
@@ -413,7 +416,8 @@ def test_outputs_only_yields_the_graph_outputs_with_full_run_values(outlier, tmp
 def test_cli_compare_diagnose_names_the_planted_layer(hazard, tmp_path):
     out = tmp_path / "out.json"
     r = subprocess.run([sys.executable, "-m", "parity", "compare", hazard["spec"], "--ref", "torch",
-                        "--target", "ort-fp16", "--diagnose", "--json", str(out), "--workdir", str(hazard["workdir"])],
+                        "--target", "ort-fp16-strict", "--diagnose", "--json", str(out), "--workdir",
+                        str(hazard["workdir"])],
                        capture_output=True, text=True, timeout=300)
     assert out.exists(), r.stderr[-2000:]
     rep = json.loads(out.read_text())

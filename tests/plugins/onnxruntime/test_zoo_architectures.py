@@ -80,7 +80,8 @@ def test_dead_leaves_are_the_unused_poolers():
 
 
 def test_gpt2_residual_overflow_names_the_projection_that_writes_it(tmp_path):
-    rep = _run("gpt2", "ort-fp16", tmp_path, diagnose=True)
+    """Strict fp16 storage (as on a GPU): the projection's output is stored in fp16 where it is written."""
+    rep = _run("gpt2", "ort-fp16-strict", tmp_path, diagnose=True)
     by = {r.name: r for r in rep.layers}
     first = by[rep.summary["first_culprit"]]
     # c_proj itself, or its Gemm (a target-only row inside it: the exported Conv1D is Gemm + Reshape)
@@ -92,8 +93,23 @@ def test_gpt2_residual_overflow_names_the_projection_that_writes_it(tmp_path):
     assert ln.order > {r.name: r for r in rep.layers}["gpt2.h.0.mlp.c_proj"].order
 
 
+def test_gpt2_residual_overflow_on_the_cpu_provider_shows_where_it_is_stored_in_fp16(tmp_path):
+    """As deployed on the CPU provider, the projection and the residual Add run in float32 (no fp16
+    kernel): the 9e4 residual first becomes Inf where it is stored in fp16, at the input of the next
+    block's LayerNorm (an op with an fp16 kernel). The diagnosis names that LayerNorm, says that its
+    input holds the out-of-range value and which layer wrote it."""
+    from parity.lib.onnx.asrun import cpu_fp32_only_ops
+
+    rep = _run("gpt2", "ort-fp16", tmp_path, diagnose=True)
+    assert "LayerNormalization" not in cpu_fp32_only_ops(("LayerNormalization",))
+    assert rep.summary["first_culprit"] == "gpt2.h.1.ln_1"
+    assert "gpt2.h.0.mlp.c_proj" in rep.summary["overflow_layers"]
+    assert rep.summary["deployed"]["perturbed"] is False and rep.summary["deployed"]["outputs"][0]["nonfinite"] > 0
+
+
 def test_resnet_dead_channel_batch_norm_overflows_fp16(tmp_path):
-    rep = _run("resnet", "ort-fp16", tmp_path, diagnose=True)
+    """Strict fp16 storage (as on a GPU): the batch norm's output is stored in fp16."""
+    rep = _run("resnet", "ort-fp16-strict", tmp_path, diagnose=True)
     first = {r.name: r for r in rep.layers}[rep.summary["first_culprit"]]
     assert first.name == "resnet.embedder.embedder.normalization"
     assert first.range["ref"]["absmax"] > 65504
