@@ -41,8 +41,9 @@ class ExactSum:
     Why: float addition is not associative, so a dataset's sums folded feed by feed in one process
     and folded per shard then across shards differ in the last bits. The exact sum does not depend
     on the order, so neither does its rounded value: ``--workers N`` gives one process's pooled
-    values bit for bit. A few partials per sum; NaN/Inf values add into ``special`` (their sum is
-    order independent too) and win over the finite part.
+    values bit for bit. A few partials per sum (~2 us an addition in Python: a feed of 200 layers
+    folds in a few ms more than with plain floats); NaN/Inf values add into ``special`` (their sum
+    is order independent too) and win over the finite part.
     """
 
     __slots__ = ("partials", "special")
@@ -108,6 +109,10 @@ def _plain(v: Any) -> Any:
     return v.value() if isinstance(v, ExactSum) else v
 
 
+#: moments that count elements: exact in float64 whatever the order
+_COUNTS = frozenset({"n", "within"})
+
+
 def _merge_moment_states(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """:func:`parity.contract.metric.merge_moments` with every sum kept exactly (maxima are exact anyway)."""
     out = a
@@ -116,6 +121,8 @@ def _merge_moment_states(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]
             out[k] = ExactSum().merge(v) if isinstance(v, ExactSum) else v
         elif MOMENTS.get(k) == "max":
             out[k] = max(_plain(out[k]), _plain(v))
+        elif k in _COUNTS and not isinstance(out[k], ExactSum) and not isinstance(v, ExactSum):
+            out[k] = out[k] + v  # whole numbers: float64 adds them exactly (below 2**53)
         else:
             out[k] = _add_exact(out[k], v)
     return out
