@@ -21,7 +21,9 @@ def settings(model, target, tmp_path, **kw):
 
 
 def test_fp16_overflow_is_the_culprit_and_the_fix_keeps_it(tmp_path):
-    s = settings("fp16_hazard", "ort-fp16", tmp_path)
+    # strict fp16 storage: boost stores its out-of-range output in fp16 (as deployed on the CPU provider
+    # the Mul runs in fp32 and the LayerNorm reading it is the culprit: next test)
+    s = settings("fp16_hazard", "ort-fp16-strict", tmp_path)
     rep = compare(s)
     by = {r.name: r for r in rep.layers}
     boost = by["boost"]
@@ -41,6 +43,20 @@ def test_fp16_overflow_is_the_culprit_and_the_fix_keeps_it(tmp_path):
     assert len(res.kept) <= 2
     # the verified value is the measurement of exactly this set
     assert res.steps[-1].kept == res.kept and res.steps[-1].value == res.after
+
+
+def test_fp16_overflow_as_deployed_names_the_layer_that_reads_it(tmp_path):
+    """ONNX Runtime's CPU provider runs boost (a Mul) in fp32: its 1.7e5 becomes Inf only when cast to fp16 for
+    the LayerNorm, which is then the culprit; the verdict names boost as the input beyond the format, and
+    the layers after the LayerNorm are grouped under it."""
+    rep = compare(settings("fp16_hazard", "ort-fp16", tmp_path))
+    by = {r.name: r for r in rep.layers}
+    assert rep.summary["culprits"][0] == rep.summary["first_culprit"] == "norm"
+    ov = by["norm"].meta["overflow"]
+    assert ov["input_from"] == "boost" and ov["input_absmax"] == by["boost"].range["ref"]["absmax"] > 65504
+    assert "it reads boost" in rep.summary["first_culprit_cause"]
+    for later in ("act", "fc2", "head"):
+        assert by[later].culprit_rank is None and by[later].caused_by == "norm"
 
 
 def test_int8_outlier_layer_is_found_and_the_fix_lifts_similarity(tmp_path):
