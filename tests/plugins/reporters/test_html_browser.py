@@ -213,3 +213,34 @@ def test_labels_stay_in_their_plot_off_the_cells_and_the_number_column_is_the_te
         assert page.problems == []
     finally:
         page.close()
+
+
+def test_overflow_page_shows_the_culprit_first_and_its_consequences_under_it(browser, tmp_path):
+    """tests/models/overflow.py vs torch-fp16: block.fc overflows. The depth plot draws its accumulated
+    point failing (red, at the top), not its finite-part cosine error (~1e-7); the magnitude plot opens on
+    culprit #1; each row grouped under it says so, and the word 'consequence' filters them."""
+    model = ROOT / "tests" / "models" / "overflow.py"
+    parity("compare", f"{model}:overflow_mlp", "--target", "torch-fp16", "--diagnose", "--workdir", tmp_path / "c",
+           "-q", "--html", tmp_path / "o.html", "--json", tmp_path / "o.json", ok=(1,))
+    rep = json.loads((tmp_path / "o.json").read_text())
+    grouped = [l["name"] for l in rep["layers"] if l["caused_by"] == "block.fc"]
+    assert rep["summary"]["culprits"][0] == "block.fc" and grouped
+    page = open_page(browser, tmp_path / "o.html")
+    try:
+        i = next(k for k, l in enumerate(rep["layers"]) if l["name"] == "block.fc")
+        pts = page.eval_on_selector_all("#plot-depth circle.pt-accumulated",
+                                        "cs => cs.map(c => [+c.getAttribute('cy'), c.getAttribute('fill')])")
+        top = min(cy for cy, _ in pts)
+        cy, fill = pts[i]  # one point per scored row, in table order (every row of this report is scored)
+        assert fill == "#c62828" and cy == top
+        assert page.eval_on_selector("#mag-layer", "s => s.value") == "block.fc"
+        assert "culprit #1" in page.inner_text("#mag-layer option:checked")
+        assert "culprit #1" in page.inner_text(f"#layers tbody tr[data-name='block.fc']")
+        for n in grouped:
+            assert "grouped under culprit #1 block.fc" in page.inner_text(f"#layers tbody tr[data-name='{n}']")
+        page.fill("#filter", "consequence")
+        shown = page.eval_on_selector_all("#layers tbody tr", "trs => trs.map(t => t.dataset.name)")
+        assert shown == grouped
+        assert page.problems == []
+    finally:
+        page.close()
