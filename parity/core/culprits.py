@@ -10,6 +10,7 @@ and never ranked. docs/diagnosis.md, section "Culprits", states the rules.
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 from parity.contract.report import BELOW, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report
@@ -17,6 +18,10 @@ from parity.core.diagnose import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE
                                   _quantizer_cause, error_of)
 
 __all__ = ["find_culprits"]
+
+
+def _order(row: LayerResult) -> float:
+    return row.order
 
 
 def _matches(row: LayerResult, p: MetricInfo) -> bool:
@@ -35,8 +40,9 @@ def _consumers(row: LayerResult, by_target: dict[str, list[LayerResult]]) -> lis
     names = row.meta.get("local_consumers")
     if names:
         return [r for n in names for r in by_target.get(n, [])]
-    later = [r for r in by_target.get("\0order", []) if r.order > row.order]
-    return later[:1]
+    seq = by_target.get("\0order", [])
+    i = bisect.bisect_right(seq, row.order, key=_order)
+    return seq[i:i + 1]
 
 
 def _producers(row: LayerResult, by_target: dict[str, list[LayerResult]],
@@ -45,8 +51,9 @@ def _producers(row: LayerResult, by_target: dict[str, list[LayerResult]],
     the graph (``readers``), else the previous layer in execution order."""
     if readers is not None:
         return list(readers.get(row.target_name or "", []))
-    earlier = [r for r in by_target.get("\0order", []) if r.order < row.order]
-    return earlier[-1:]
+    seq = by_target.get("\0order", [])
+    i = bisect.bisect_left(seq, row.order, key=_order)
+    return seq[i - 1:i] if i else []
 
 
 def _beyond_format(row: LayerResult, fmax: float | None) -> bool:

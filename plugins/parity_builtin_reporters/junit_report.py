@@ -92,7 +92,9 @@ def junit_tree(report: Report) -> ET.ElementTree:
             skipped += 1
             why = {"ref-only": f"only in {report.ref_label}", "target-only": f"only in {report.target_label}"}
             ET.SubElement(case, "skipped", message=f"{layer.status}: " + why.get(layer.status, "not compared")
-                          + ("; " + "; ".join(layer.notes) if layer.notes else ""))
+                          + ("; " + "; ".join(layer.notes) if layer.notes else "")
+                          + (f"; grouped under {_culprit_label(report, layer.caused_by)}" if layer.caused_by else "")
+                          + (f"; {_culprit_label(report, layer.name)}" if layer.culprit_rank is not None else ""))
         elif lines:
             ET.SubElement(case, "system-out").text = "\n".join(lines)
     for el in (suites, suite):

@@ -201,8 +201,8 @@ def test_cli_overflowing_linear_is_culprit_one_everywhere(target, tmp_path, caps
         fail = cases[n].find("failure")
         if fail is not None:
             assert "grouped under culprit #1 block.fc" in fail.get("message")
-        else:  # target-only rows are skipped, not judged; their text still names the culprit
-            assert cases[n].find("skipped") is not None
+        else:  # target-only rows are skipped, not judged; their message still names the culprit
+            assert "grouped under culprit #1 block.fc" in cases[n].find("skipped").get("message")
     # CSV: caused_by per row
     import csv
 
