@@ -240,6 +240,7 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         row.culprit_rank = None
         row.caused_by = None
         row.meta.pop("consequence", None)
+        row.meta.pop("culprit_cause", None)
         if p.name not in row.local:
             continue
         loc = row.local[p.name]
