@@ -250,3 +250,20 @@ def test_nan_from_an_input_beyond_the_format_names_that_input(rng):
     text = " ".join(diagnosis_lines(rep))
     assert f"its input boost reaches {top:.4g} (reference) > the float16 max 65504" in text
     assert "reads boost" in rep.summary["first_culprit_cause"]
+
+
+def test_int8_softmax_reading_a_destroyed_quantizer_is_grouped_under_the_mask_add(tmp_path):
+    """tests/models/heldout.py's causal decoder vs ort-int8: the mask-add's quantizer (scale ~1e36) destroys
+    every real score; the Softmax reading them through that quantizer is the same loss, not a culprit."""
+    pytest.importorskip("onnxruntime")
+    from parity.core.compare import CompareSettings, compare
+
+    model = Path(__file__).resolve().parents[1] / "models" / "heldout.py"
+    rep = compare(CompareSettings(model=f"{model}:causal_decoder", ref="torch", target="ort-int8",
+                                  workdir=str(tmp_path / "c"), diagnose=True))
+    by = {r.name: r for r in rep.layers}
+    first = by[rep.summary["culprits"][0]]
+    assert first.target_op_type == "Add" and first.culprit_rank == 1 and rep.summary["first_culprit"] == first.name
+    soft = [r for r in rep.layers if r.target_op_type == "Softmax" and r.meta.get("input_cause_row") == first.name]
+    assert soft and all(r.caused_by == first.name and r.culprit_rank is None for r in soft)
+    assert all(s.name in rep.summary["culprit_groups"][0]["consequences"] for s in soft)
