@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
-from parity.core.diagnose import SATURATED, error_of
+from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric, score_pair
@@ -165,8 +165,8 @@ def modelopt_disable_forms(modules: list[str]) -> dict[str, str]:
     return {label: f"config['quant_cfg'] += {entries!r}  # or, after mtq.quantize: {calls}"}
 
 
-#: a node whose local error is below this share of the error the goal allows is not a candidate
-NEGLIGIBLE_SHARE = 0.01
+#: a node whose local error is below ``NEGLIGIBLE_SHARE`` (diagnose: the same floor keeps such a layer
+#: from being a culprit) of the error the goal allows is not a candidate
 
 
 def _goal_passes(value: float, goal: float, metric: Metric) -> bool:
