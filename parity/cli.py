@@ -706,6 +706,17 @@ COMMANDS = {"plugins": cmd_plugins, "analyze": cmd_analyze, "compare": cmd_compa
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the process's own entry point: what is written is complete now, and a
+            # Ctrl-C landing during interpreter shutdown would otherwise turn exit 0/130 into death by SIGINT
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if not args.command:

@@ -19,7 +19,7 @@ def test_assert_parity_passes_and_fails_with_the_worst_layers(pytester, tmp_path
             assert rep.matched
 
         def test_fp16_overflow():
-            assert_parity("{ZOO}:fp16_hazard", target="ort-fp16", min_cosine=0.999, workdir=r"{tmp_path / 'c'}")
+            assert_parity("{ZOO}:fp16_hazard", target="ort-fp16-strict", min_cosine=0.999, workdir=r"{tmp_path / 'c'}")
 
         def test_int8_outlier():
             assert_parity("{ZOO}:int8_outlier", target="ort-int8", min_cosine=0.9999, workdir=r"{tmp_path / 'c'}")
@@ -28,7 +28,7 @@ def test_assert_parity_passes_and_fails_with_the_worst_layers(pytester, tmp_path
     result.assert_outcomes(passed=1, failed=2)
     # pytest prints whole messages again in the short summary when CI is set: read the failure sections only
     out = result.stdout.str().split("short test summary info")[0]
-    assert "parity: torch vs ort-fp16 on " in out and "fails:" in out
+    assert "parity: torch vs ort-fp16-strict on " in out and "fails:" in out
     assert "layers produce NaN/Inf where the reference is finite, first boost" in out
     assert "parity: torch vs ort-int8 on " in out and "have cosine below min_cosine 0.9999" in out
     assert out.count("worst layers by cosine:") == 2
