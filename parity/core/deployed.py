@@ -183,8 +183,7 @@ class DeployedStats:
         """Outputs whose captured values are not the deployed ones (see the module docstring)."""
         tol = self.tolerance()
         return [oc for _, oc in sorted(self.outputs.items())
-                if oc.capture_diff > tol or oc.nonfinite != oc.captured_nonfinite
-                or (oc.nonfinite == 0) != (oc.captured_nonfinite == 0)]
+                if oc.capture_diff > tol or oc.nonfinite != oc.captured_nonfinite]
 
     def summary(self, primary: MetricInfo | None) -> dict[str, Any]:
         """The report's ``summary["deployed"]`` (schema in docs/report-schema.md)."""

@@ -131,8 +131,12 @@ def as_run_model(src: Path, providers: list[str] | None = None) -> Path:
     kept = [vi for vi in g.value_info if vi.name not in stale]  # the renamed tensors' types changed
     del g.value_info[:]
     g.value_info.extend(kept)
+    # the side file first, both atomically: a worker that sees the model also finds a whole side file
+    fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=side.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"fp32_nodes": fp32_nodes, "fp32_held": sorted(renamed | restored)}, f)
+    os.replace(tmp, side)
     _save_atomic(model, out)
-    side.write_text(json.dumps({"fp32_nodes": fp32_nodes, "fp32_held": sorted(renamed | restored)}), encoding="utf-8")
     return out
 
 
