@@ -62,9 +62,16 @@ def complete_layers(tmp_path_factory):
     return out
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C handled as a terminal would deliver it, even when this test runs where SIGINT
+    is ignored (a shell's background job), which the child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(out: Path, fmt: str, sig: int, delay: float) -> int:
     """Start a run, wait until a dump is being written, wait ``delay`` more, send ``sig``; the exit code."""
-    proc = subprocess.Popen(_command(out, fmt), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(_command(out, fmt), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     try:
         while proc.poll() is None and time.monotonic() < deadline:

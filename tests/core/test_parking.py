@@ -222,7 +222,9 @@ def test_an_interrupted_process_leaves_no_spill_files(tmp_path, how):
             os.kill(os.getpid(), signal.SIGINT)
         raise RuntimeError("boom")
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # SIGINT as a terminal delivers it, even where this test runs with SIGINT ignored (a background job)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "spilled" in r.stdout, r.stderr
     assert ("KeyboardInterrupt" if how == "SIGINT" else "boom") in r.stderr
     assert r.returncode != 0
