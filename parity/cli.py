@@ -610,6 +610,11 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if res.before == res.after and not res.kept and res.passed:
         print(f"{args.target} already reaches {goal_metric} {gm.format(res.before)} {cmp} {goal:g} at the outputs: "
               f"nothing to keep.")
+        if not report:  # same run, other criterion: the compare gate judges every layer, the goal the outputs
+            culprit = report.summary.get("first_culprit")
+            print(f"Note: layers inside the model fail the compare threshold"
+                  + (f" (culprit {culprit})" if culprit else "")
+                  + f", but the outputs meet the goal; pass a stricter --goal to search a fix for them.")
         return 0
     if not res.passed:
         print(f"No verified fix: keeping {len(res.kept)} of {res.total_layers} target nodes reached {goal_metric} "

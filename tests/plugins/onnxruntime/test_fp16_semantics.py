@@ -164,3 +164,16 @@ def test_cpu_fp32_only_ops_match_the_casts_a_session_inserts(tmp_path):
     for op in ("MatMul", "Transpose", "Relu"):
         assert (op in listed) == inserts_casts(op), op
     assert "Transpose" not in listed  # a data-movement op keeps its float16 kernel
+
+
+def test_fix_says_when_layers_fail_but_the_outputs_meet_the_goal(tmp_path, capsys):
+    """compare's gate judges every layer against its threshold, fix's goal the outputs: when they part,
+    fix says so instead of a bare 'nothing to keep'."""
+    feed = _feed()
+    np.savez(tmp_path / "in.npz", **feed)
+    common = ["--ref", "torch", "--target", "ort-fp16", "--inputs", tmp_path / "in.npz", "--workdir", tmp_path / "w"]
+    rc, out, err = cli(capsys, "fix", SPEC, *common, "--threshold", "0.99999999", "--goal", "cosine=0.99")
+    assert rc == 0, (out, err)
+    assert "nothing to keep" in out and "Note: layers inside the model fail the compare threshold" in out
+    rc, out, err = cli(capsys, "fix", SPEC, *common)
+    assert "nothing to keep" in out and "Note: layers inside" not in out
