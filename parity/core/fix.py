@@ -6,9 +6,12 @@ Transpose or Cast the reference never names can be the node that must stay fp32)
 1. out-of-range groups: a node whose reference values exceed the target format, with the nodes
    that pass the value on still out of range and the nodes that consume it (keeping only the
    producer hands an fp32 value to an fp16 consumer, which overflows all the same);
-2. nodes producing NaN/Inf alone;
-3. nodes by local error (accumulated error where no local run exists), skipping those that add
-   less than ``NEGLIGIBLE_SHARE`` of the error the goal allows.
+2. bad int8 quantizers (``diagnose.quantizer_stats``): the node producing the tensor with the
+   nodes reading it, worst first;
+3. nodes producing NaN/Inf alone;
+4. nodes by local error (accumulated error where no local run exists), skipping those that add
+   less than ``NEGLIGIBLE_SHARE`` of the error the goal allows (``diagnose``: the same floor keeps
+   such a layer from being a culprit).
 
 They are added greedily, a group at a time, re-running the target after each addition and
 measuring the model outputs against the reference; then each kept node is dropped again if the
@@ -27,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
-from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of
+from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of, target_format
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric, score_pair
@@ -74,7 +77,7 @@ class FixResult:
         toml += [f'  "{k}",' for k in self.kept]
         toml.append("]")
         forms: dict[str, str] = {}
-        int8 = "int8" in target.lower()
+        int8 = target_format(target) == "int8"
         if onnx_nodes and all(onnx_nodes):
             forms.update((int8_tool_forms if int8 else tool_forms)([str(n) for n in onnx_nodes]))
         else:
@@ -163,10 +166,6 @@ def modelopt_disable_forms(modules: list[str]) -> dict[str, str]:
     entries = [{"quantizer_name": f"{m}.*", "enable": False} for m in modules]
     calls = "; ".join(f"mtq.disable_quantizer(model, {f'{m}.*'!r})" for m in modules)
     return {label: f"config['quant_cfg'] += {entries!r}  # or, after mtq.quantize: {calls}"}
-
-
-#: a node whose local error is below ``NEGLIGIBLE_SHARE`` (diagnose: the same floor keeps such a layer
-#: from being a culprit) of the error the goal allows is not a candidate
 
 
 def _goal_passes(value: float, goal: float, metric: Metric) -> bool:
