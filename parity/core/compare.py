@@ -21,7 +21,7 @@ from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
 from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
 
-from parity.contract.report import Report
+from parity.contract.report import Report, deployed_failures
 from parity.contract import frontend
 from parity.contract.errors import ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
@@ -211,7 +211,6 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
     of zeros is a thousand times smaller than its arrays). Activations: each side holds at least the
     largest node's inputs and outputs (:func:`_activation_bytes`), or twice the inputs if unknown.
     """
-    force = s.force
     if specs is None:  # input files: their arrays stream one file at a time
         from parity.core.inputs import declared_arrays, input_files
 
@@ -230,7 +229,7 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
         parts = {"inputs": held, "models": 2 * _model_bytes(s),
                  "activations": max(2 * max(sizes, default=0), activations)}
         check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files or batches", available,
-                     force=force)
+                     force=s.force)
         return
     parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
     parts["activations"] = max(parts["activations"], _activation_bytes(s, {x.name: x.shape for x in specs}))
@@ -238,7 +237,7 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
     check_memory(parts, f"{s.model} on random inputs {shapes}",
                  f"smaller sizes or a smaller batch in {frontend.option('input_shape')}, or fewer "
                  f"{frontend.option('random_inputs')}",
-                 available, force=force)
+                 available, force=s.force)
 
 
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
@@ -450,11 +449,11 @@ def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
         if s.model.endswith(".onnx"):
             out += [("external data of the model", str(Path(s.model).parent / loc))
                     for loc in sorted({loc for _t, loc in _external_data(s.model)})]
-    elif python_spec_file(s.model):
-        out.append((f"the source file of model {s.model}", str(python_spec_file(s.model))))
+    elif model_src := python_spec_file(s.model):
+        out.append((f"the source file of model {s.model}", model_src))
     if s.inputs and is_python_dataset(s.inputs):
-        if python_spec_file(s.inputs):
-            out.append((f"the source file of dataset {s.inputs}", str(python_spec_file(s.inputs))))
+        if data_src := python_spec_file(s.inputs):
+            out.append((f"the source file of dataset {s.inputs}", data_src))
     elif s.inputs:
         out.append(("--inputs", s.inputs))
     for option, path in (("--state-dict", s.source_options.get("state_dict")), ("--calibration", s.calibration),
@@ -618,7 +617,7 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
     ms = resolve_metrics(s.metrics)
-    deploy = tgt_src.runs_deployed and not s.target_dump
+    deploy = tgt_src.runs_deployed
     if deploy:  # one config object for the whole run, so sources can reuse what they built for it
         dcfg = replace(cfg, options={**cfg.options, "outputs_only": True})
         if stats.deployed is None:
@@ -742,8 +741,6 @@ def gate(report: Report, fail_under: float | None = None) -> list[str]:
         return ["no layer was compared"]
     dep = report.summary.get("deployed") or {}
     if dep.get("perturbed"):  # the captured run is not the deployed one: judge what is deployed
-        from parity.contract.report import deployed_failures
-
         bound = fail_under if fail_under is not None else p.threshold
         return deployed_failures(dep, p, bound)
     nonfinite = [r for r in report.layers if r.status == NONFINITE]
