@@ -23,20 +23,12 @@ FRONT_ENDS = ("cli", "api")
 
 _FRONT: ContextVar[str] = ContextVar("parity_front_end", default="cli")
 
-#: what the user writes for each setting: (command-line option, Python API parameter of parity.compare)
+#: (command-line option, parameter of parity.compare) for the settings not spelt ``--key-name`` and
+#: ``key``; :func:`option` derives the others (``seed``, ``layers``, ``random_inputs``, ...)
 OPTIONS: dict[str, tuple[str, str]] = {
     "input_shape": ("--input-shape", "input_shapes"),
     "input_dtype": ("--input-shape", "input_dtypes"),
     "inputs": ("--inputs", "inputs_path"),
-    "mapping": ("--mapping", "mapping"),
-    "seed": ("--seed", "seed"),
-    "random_inputs": ("--random-inputs", "random_inputs"),
-    "calibration": ("--calibration", "calibration"),
-    "ref": ("--ref", "ref"),
-    "target": ("--target", "target"),
-    "layers": ("--layers", "layers"),
-    "limit": ("--limit", "limit"),
-    "threshold": ("--threshold", "threshold"),
     "trust_model": ("--trust-model", "options={'trust_model': True}"),
 }
 
