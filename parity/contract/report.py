@@ -189,7 +189,8 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
     head = f"parity report: {report.ref_label} vs {report.target_label}"
     if report.summary.get("model"):
         head += f" on {report.summary['model']}"
-    lines = [head, summary_lines(report)[0]]
+    verdict = summary_lines(report)
+    lines = [head, verdict[0]]
     first = report.first_divergent
     if _passes(report):
         lines.append("PASS" + (f": no layer fails {p.name} threshold {p.threshold:g}"
@@ -197,7 +198,7 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
     elif not report.matched:
         lines.append("FAIL: no layer was compared")
     elif first is not None:
-        lines.append("FAIL: " + summary_lines(report)[1].removeprefix("First divergence: "))
+        lines.append("FAIL: " + verdict[1].removeprefix("First divergence: "))
     else:
         bad = [l.name for l in report.layers if l.status == SHAPE_MISMATCH]
         lines.append(f"FAIL: shapes differ at {', '.join(bad[:5])}")
