@@ -638,9 +638,7 @@ def _probe_index_inputs(loaded: LoadedModel, specs: list[InputSpec], embeddings:
         module.eval()  # a probe must not update batch-norm statistics
         with torch.no_grad(), _Probe():
             module(*call_args, **call_kwargs)
-    except _Done:
-        pass
-    except Exception:  # a model that cannot run on zeros: keep what was found before it stopped
+    except Exception:  # _Done (every embedding ran), or a model that cannot run on zeros: keep what was found
         pass
     finally:
         for h in hooks:
