@@ -28,8 +28,6 @@ FILE_WIDTH = 220
 #: a layer name keeps at least this many characters (or a quarter of the width) before secondary
 #: columns are dropped for it: a name broken over lines reads worse than a missing secondary column
 NAME_MIN = 20
-#: columns that are always shown: the row number, the layer and the marker (and the primary metric)
-ALWAYS = ("#", "layer", "")
 
 
 def _badness(layer: LayerResult, info: MetricInfo) -> float:
@@ -95,13 +93,14 @@ def fit(cols: list[Col], width: int, chosen: Sequence[str] | None = None) -> tup
     ``chosen`` (``--columns``) names the columns to show besides the ones always shown, or ``all``;
     then nothing is dropped and the table may be wider than ``width`` (numbers are never cut).
     """
+    least = {c.key: c.minimum(width) for c in cols}  # each scans every cell: once, not per dropped column
     if chosen is not None:
         keep = [c for c in cols if c.drop == 0 or "all" in chosen or c.key in chosen]
         hidden = [c for c in cols if c not in keep]
     else:
         keep = list(cols)
         hidden = []
-        while sum(c.minimum(width) for c in keep) + _overhead(len(keep)) > width:
+        while sum(least[c.key] for c in keep) + _overhead(len(keep)) > width:
             droppable = [c for c in keep if c.drop]
             if not droppable:
                 break
@@ -109,7 +108,7 @@ def fit(cols: list[Col], width: int, chosen: Sequence[str] | None = None) -> tup
             keep.remove(worst)
             hidden.append(worst)
         hidden.sort(key=lambda c: cols.index(c))
-    widths = [c.minimum(width) for c in keep]
+    widths = [least[c.key] for c in keep]
     if table_width(keep, widths) > width:  # chosen columns, or nothing left to drop: the name gives way first
         widths = [min(c.natural(), NAME_MIN) if c.kind == "name" else w for c, w in zip(keep, widths)]
     room = width - table_width(keep, widths)
@@ -237,11 +236,6 @@ def check_columns(spec: Any, metrics: Sequence[str]) -> list[str] | None:
     return keys
 
 
-def _chosen(report: Report, spec: Any) -> list[str] | None:
-    """The chosen columns; a known name this report has no column for (local without --diagnose) shows nothing."""
-    return check_columns(spec, [m.name for m in report.metrics])
-
-
 def render_table(report: Report, sort: str = "order", file: TextIO | None = None,
                  max_rows: int | None = None, width: int | None = None, columns_shown: Any = None) -> None:
     """Print the per-layer table with the first diverging layer marked, then the verdict lines.
@@ -256,10 +250,11 @@ def render_table(report: Report, sort: str = "order", file: TextIO | None = None
     out = file or sys.stdout
     rows = sorted_layers(report, sort)
     cols = columns(report, rows, max_rows)
-    chosen = _chosen(report, columns_shown)
-    natural = table_width(cols, [c.natural() for c in cols])
+    # a known name this report has no column for (local without --diagnose) shows nothing
+    chosen = check_columns(columns_shown, [m.name for m in report.metrics])
     if width is None:
-        width = Console(file=out).width if out.isatty() else max(FILE_WIDTH, natural)
+        width = Console(file=out).width if out.isatty() else \
+            max(FILE_WIDTH, table_width(cols, [c.natural() for c in cols]))
     keep, widths, hidden = fit(cols, width, chosen)
     console = Console(file=out, width=max(width, table_width(keep, widths)), highlight=False, soft_wrap=False)
     first = report.first_divergent
