@@ -121,8 +121,7 @@ def useful_bound(ref: np.ndarray) -> float | None:
     if bound == 0.0:
         return None
     upper = a[a > bound]
-    constant = float(upper.max() - upper.min()) <= 2.0 * bound + 4.0 * eps * top
-    return bound if float(upper.min()) >= SENTINEL_GAP * bound and constant else None
+    return bound if float(upper.min()) >= SENTINEL_GAP * bound and _sentinels_constant(upper, bound, eps) else None
 
 
 def _local_format(lr: LocalResult) -> str | None:
@@ -146,14 +145,14 @@ def _saturated(ref: np.ndarray, tgt: np.ndarray, fmt: str | None) -> int:
         return int(np.count_nonzero(beyond & np.isinf(t) & (np.sign(t) == np.sign(r))))
 
 
-def _sentinels_constant(a: np.ndarray, bound: float) -> bool:
+def _sentinels_constant(a: np.ndarray, bound: float, eps: float = float(np.finfo(np.float32).eps)) -> bool:
     """Whether the magnitudes above ``bound`` are one constant up to the useful values added to it
-    (a mask), rather than data spread over decades (an outlier channel)."""
+    (a mask), rather than data spread over decades (an outlier channel); ``eps``: the values' rounding."""
     upper = a[a > bound]
     if upper.size == 0:
         return False
     top = float(upper.max())
-    return float(upper.max() - upper.min()) <= 2.0 * bound + 4.0 * float(np.finfo(np.float32).eps) * top
+    return float(top - upper.min()) <= 2.0 * bound + 4.0 * eps * top
 
 
 def outlier_channels(ref: np.ndarray, scale: float, skip: np.ndarray | None = None) -> dict[str, Any] | None:
