@@ -118,10 +118,12 @@ def _unmatched(report: Report) -> tuple[int, int, int]:
 
 def _pair(read_ref: Any, read_tgt: Any, matcher: str | None, labels: tuple[str, str], where: str,
           **kw: Any) -> Report:
-    """One comparison of two dumps (read by the callables, twice if the auto matcher must retry)."""
-    report = compare_streams(read_ref(), read_tgt(), kw["metrics"], matcher=matcher or "exact",
-                             thresholds=kw["thresholds"], options=kw["options"], ref_label=labels[0],
-                             target_label=labels[1], rules=kw["rules"])
+    """One comparison of two dumps (read by the callables, twice if the auto matcher must retry);
+    ``kw``: :func:`compare_streams`'s metrics, thresholds, options and rules."""
+    def run(m: str) -> Report:
+        return compare_streams(read_ref(), read_tgt(), matcher=m, ref_label=labels[0], target_label=labels[1], **kw)
+
+    report = run(matcher or "exact")
     if not report.layers:
         raise ParityError(f"{where}: no activations found to compare.")
     paired, ro, to = _unmatched(report)
@@ -132,8 +134,7 @@ def _pair(read_ref: Any, read_tgt: Any, matcher: str | None, labels: tuple[str, 
                           f"({ro} reference and {to} target layers left unmatched). Note: use --matcher auto "
                           f"(pairs by graph outputs, provenance, normalized names, order and shape, values), "
                           f"or a --mapping file that pins the pairs.")
-    auto = compare_streams(read_ref(), read_tgt(), kw["metrics"], matcher="auto", thresholds=kw["thresholds"],
-                           options=kw["options"], ref_label=labels[0], target_label=labels[1], rules=kw["rules"])
+    auto = run("auto")
     auto.summary["matcher"] = (f"auto: exact names paired {paired} of {paired + ro} reference layers, "
                                f"{ro} and {to} left unmatched")
     return auto
