@@ -32,12 +32,12 @@ import numpy as np
 
 from parity.contract.metric import Metric, score_pair
 from parity.contract.records import Activation
-from parity.contract.report import MetricInfo, deployed_failures
+from parity.contract.report import MetricInfo
 
 #: relative difference (to the output's largest magnitude) above which capture changed an output
 PERTURB_RTOL = 2.0 ** -13
 
-__all__ = ["DeployedStats", "OutputCheck", "PERTURB_RTOL", "collect_outputs", "deployed_failures"]
+__all__ = ["DeployedStats", "OutputCheck", "PERTURB_RTOL", "collect_outputs", "relative_diff"]
 
 
 def collect_outputs(stream: Iterable[Activation]) -> dict[int, Activation]:
@@ -151,7 +151,8 @@ class DeployedStats:
             oc.worst_input = {k: index for k in oc.values}
             oc.nonfinite = _nonfinite_new(r, d)
             c = captured.get(pos)
-            part.fallback = dict(part.fallback or (c.meta.get("fp32_fallback_ops") or {} if c is not None else {}))
+            if c is not None and not part.fallback:
+                part.fallback = dict(c.meta.get("fp32_fallback_ops") or {})
             part.model_file = part.model_file or deployed[pos].meta.get("deployed_model_file")
             if c is not None and np.asarray(c.array).size == d.size:
                 ca = np.asarray(c.array)

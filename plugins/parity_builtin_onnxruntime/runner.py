@@ -35,7 +35,7 @@ from parity.contract.source import RunConfig
 from parity.lib.onnx.session import make_session, run_session, session_options
 from parity.lib.onnx.util import feeds_digest
 
-from .loader import HALF, SEMANTICS, capture_path, fetch_for, load_fp32, run_label, runnable_model, target_model
+from .loader import HALF, capture_path, fetch_for, load_fp32, run_label, runnable_model, target_model
 
 #: bytes of captured tensors one session run returns at most, unless set. Why 256 MiB: a small
 #: model at batch 1 (a MiniLM-size encoder at 512 tokens returns ~150 MB in all) still takes
@@ -185,11 +185,10 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     deployed_path = run_path
     if not outputs_only:
         run_path = capture_path(precision, cfg, run_path)
-    if precision in HALF:
+    if precision == "fp16" and not outputs_only:  # the ops the session runs in fp32 (the report lists them)
         from parity.lib.onnx.asrun import fallback_summary
 
-        common["semantics"] = SEMANTICS[precision]
-        fallback = fallback_summary(capture_path(precision, cfg, deployed_path)) if precision == "fp16" else {}
+        fallback = fallback_summary(run_path)
         if fallback:
             common["fp32_fallback_ops"] = fallback
     if precision != "fp32":
@@ -299,11 +298,11 @@ class PlanCache:
         self._entries = [e for e in self._entries if e[0]() is not None][-(self.SLOTS - 1):]
         plan = plan_capture(precision, cfg, feed, keep_session=True)
         self._entries.append((weakref.ref(cfg), key, plan))
-        weakref.finalize(cfg, _drop, weakref.ref(self), key)
+        weakref.finalize(cfg, _drop, weakref.ref(self))
         return plan
 
 
-def _drop(cache_ref: Any, key: tuple[Any, ...]) -> None:
+def _drop(cache_ref: Any) -> None:
     """Finalizer of a run's cfg: release the cache's plans whose run has ended."""
     cache = cache_ref()
     if cache is not None:

@@ -67,19 +67,6 @@ def _save_atomic(model: Any, path: Path) -> None:
         raise
 
 
-def _rename(graph: Any, old: str, new: str) -> None:
-    for n in graph.node:
-        for i, t in enumerate(n.input):
-            if t == old:
-                n.input[i] = new
-        for i, t in enumerate(n.output):
-            if t == old:
-                n.output[i] = new
-    for vi in list(graph.value_info) + list(graph.output):
-        if vi.name == old:
-            vi.name = new
-
-
 def as_run_model(src: Path, providers: list[str] | None = None) -> Path:
     """The graph ONNX Runtime runs for ``src`` (see the module docstring), cached beside ``src``.
 
@@ -109,23 +96,31 @@ def as_run_model(src: Path, providers: list[str] | None = None) -> Path:
     produced = {o for n in g.node for o in n.output if o}
     outputs = {o.name for o in g.output}
     sources = {t.name for t in g.initializer} | {i.name for i in g.input}
-    fp32_nodes: list[dict[str, str]] = []
+    inits = {t.name for t in g.initializer}
+    back: dict[str, str] = {}  # ONNX Runtime's float32 tensor -> the original name it takes back
     renamed: set[str] = set()
-    for n in list(g.node):
-        for o in list(n.output):
-            if not o.startswith(INSERTED_CAST) or n.op_type == "Cast" and _is_weight_cast(n, g):
-                continue
-            name = o[len(INSERTED_CAST):]
-            if not name or name in renamed or name in sources:
-                continue
-            if name in produced:
-                if name in outputs:
-                    continue  # a graph output keeps its name; the float32 value stays as ONNX Runtime named it
-                _rename(g, name, name + FP16_COPY)
-            _rename(g, o, name)
-            renamed.add(name)
-        if any(o in renamed for o in n.output) and n.op_type != "Cast":
-            fp32_nodes.append({"node": n.name, "op_type": n.op_type})
+    for n in g.node:
+        if n.op_type == "Cast" and n.input and n.input[0] in inits:
+            continue  # a weight's cast: the weight keeps its own name
+        for o in n.output:
+            name = o[len(INSERTED_CAST):] if o.startswith(INSERTED_CAST) else ""
+            if name and name not in sources and name not in renamed and not (name in produced and name in outputs):
+                back[o] = name  # (a graph output keeps its name; its float32 value stays as named)
+                renamed.add(name)
+    # one pass over the graph: the float16 copy of a renamed tensor becomes <name>::fp16 in the same pass
+    mapping = {**{t: t + FP16_COPY for t in renamed if t in produced}, **back}
+    for n in g.node:
+        for i, t in enumerate(n.input):
+            if t in mapping:
+                n.input[i] = mapping[t]
+        for i, t in enumerate(n.output):
+            if t in mapping:
+                n.output[i] = mapping[t]
+    for vi in list(g.value_info) + list(g.output):
+        if vi.name in mapping:
+            vi.name = mapping[vi.name]
+    fp32_nodes = [{"node": n.name, "op_type": n.op_type} for n in g.node
+                  if n.op_type != "Cast" and any(o in renamed for o in n.output)]
     restored = _restore_removed_casts(onnx.load(str(src), load_external_data=False), g)
     stale = renamed | {t + FP16_COPY for t in renamed} | restored
     kept = [vi for vi in g.value_info if vi.name not in stale]  # the renamed tensors' types changed
@@ -178,11 +173,6 @@ def _restore_removed_casts(converted: Any, g: Any) -> set[str]:
     del g.node[:]
     g.node.extend(nodes)
     return set(back.values())
-
-
-def _is_weight_cast(node: Any, graph: Any) -> bool:
-    inits = {t.name for t in graph.initializer}
-    return bool(node.input) and node.input[0] in inits
 
 
 def fallback_summary(as_run: Path) -> dict[str, int]:
