@@ -11,9 +11,8 @@ from parity.contract.reporter import Reporter
 from .json_report import number as _num
 
 
-def csv_text(report: Report) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+def csv_table(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """The CSV's header and rows (one per layer)."""
     names = [m.name for m in report.metrics]
     multi = any(l.n_inputs > 1 for l in report.layers)
     head = ["order", "name", "ref_name", "target_name", "shape", "ref_dtype", "target_dtype", "op_type",
@@ -26,7 +25,7 @@ def csv_text(report: Report) -> str:
         head += [f"local_{n}" for n in names] + ["culprit_rank", "caused_by"]
     head += ["ref_absmax", "range_risk"]
     head += ["ref_nan", "ref_inf", "target_nan", "target_inf", "notes"]
-    w.writerow(head)
+    rows = []
     for l in report.layers:
         row: list[Any] = [l.order, l.name, l.ref_name or "", l.target_name or "",
                           "x".join(map(str, l.shape)) if l.shape is not None else "",
@@ -45,7 +44,16 @@ def csv_text(report: Report) -> str:
         ref = l.range.get("ref") or {}
         row += [_num(ref["absmax"]) if ref else "", l.range.get("risk", "")]
         row += [l.ref_nan, l.ref_inf, l.target_nan, l.target_inf, "; ".join(l.notes)]
-        w.writerow(row)
+        rows.append(row)
+    return head, rows
+
+
+def csv_text(report: Report) -> str:
+    head, rows = csv_table(report)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    w.writerows(rows)
     return buf.getvalue()
 
 
@@ -60,13 +68,12 @@ class CsvReporter(Reporter):
     def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
         """Several targets on standard output: one table with a leading ``target`` column and the
         union of the reports' columns (two header lines would not be one CSV table)."""
-        texts = [csv_text(r) for r in reports]
-        tables = [list(csv.DictReader(io.StringIO(t))) for t in texts]
+        tables = [csv_table(r) for r in reports]
         head = ["target"]
-        for t in texts:
-            head += [name for name in next(csv.reader(io.StringIO(t))) if name not in head]
+        for names, _ in tables:
+            head += [name for name in names if name not in head]
         w = csv.DictWriter(out, head, lineterminator="\n", restval="")
         w.writeheader()
-        for r, rows in zip(reports, tables):
+        for r, (names, rows) in zip(reports, tables):
             for row in rows:
-                w.writerow({"target": r.target_label, **row})
+                w.writerow({"target": r.target_label, **dict(zip(names, row))})

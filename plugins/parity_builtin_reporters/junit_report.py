@@ -106,8 +106,12 @@ def junit_tree(report: Report) -> ET.ElementTree:
     return ET.ElementTree(suites)
 
 
+def _xml_text(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
 def junit_text(report: Report) -> str:
-    return ET.tostring(junit_tree(report).getroot(), encoding="unicode", xml_declaration=True) + "\n"
+    return _xml_text(junit_tree(report).getroot())
 
 
 class JunitReporter(Reporter):
@@ -121,13 +125,10 @@ class JunitReporter(Reporter):
     def write_many(self, reports: Sequence[Report], out: TextIO, options: Mapping[str, Any]) -> None:
         """Several targets on standard output: one ``<testsuites>`` document, a testsuite per target
         (two XML documents one after the other would not parse)."""
+        suites = [s for r in reports for s in junit_tree(r).getroot()]
         root = ET.Element("testsuites", name="parity")
         for key in ("tests", "failures", "errors"):
-            root.set(key, "0")
-        for report in reports:
-            one = junit_tree(report).getroot()
-            for key in ("tests", "failures", "errors"):
-                root.set(key, str(int(root.get(key, "0")) + int(one.get(key, "0"))))
-            root.extend(list(one))
+            root.set(key, str(sum(int(s.get(key, "0")) for s in suites)))
+        root.extend(suites)
         ET.indent(root)
-        out.write(ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+        out.write(_xml_text(root))
