@@ -20,6 +20,7 @@ from parity.contract.reporter import Reporter
 
 from .html_assets import CSS, JS
 from .json_report import _clean, number
+from .table import order_label
 
 #: at most this many layers carry their error-vs-magnitude histogram into the page
 MAX_HISTOGRAMS = 12
@@ -89,8 +90,7 @@ def page_data(report: Report) -> dict[str, Any]:
         acc, loc = _depth_errors(p, l)
         rows.append({
             "i": i, "order": _num(l.order), "name": l.name,
-            # the # column as the terminal table writes it: the execution order, blank for a row between two
-            "num": str(int(l.order)) if l.order == int(l.order) else "",
+            "num": order_label(l),  # the # column as the terminal table writes it
             "pair": "" if l.target_name in (None, l.ref_name) or l.ref_name is None else f"{l.ref_name} ↔ {l.target_name}",
             "op": l.op_type or l.target_op_type or "", "shape": "x".join(map(str, l.shape)) if l.shape else "",
             "status": l.status, "failing": l.status in FAILING, "culprit": l.culprit_rank, "cb": l.caused_by,

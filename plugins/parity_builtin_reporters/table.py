@@ -49,6 +49,11 @@ def sorted_layers(report: Report, sort: str = "order") -> list[LayerResult]:
     raise ValueError(sort)
 
 
+def order_label(layer: LayerResult) -> str:
+    """The ``#`` column (the HTML page's too): the execution order, blank for a row between two others."""
+    return str(int(layer.order)) if layer.order == int(layer.order) else ""
+
+
 @dataclass
 class Col:
     """One table column. ``drop``: the order in which columns go when the width is short (higher goes
@@ -161,7 +166,7 @@ def columns(report: Report, rows: Sequence[LayerResult], max_rows: int | None = 
     for layer in shown:
         name = layer.name if layer.target_name in (None, layer.ref_name) or layer.ref_name is None \
             else f"{layer.ref_name} ↔ {layer.target_name}"
-        by["#"].cells.append(str(int(layer.order)) if layer.order == int(layer.order) else "")
+        by["#"].cells.append(order_label(layer))
         by["layer"].cells.append(name)
         by["shape"].cells.append("x".join(map(str, layer.shape)) if layer.shape is not None else "")
         by["op"].cells.append(layer.op_type or layer.target_op_type or "")
