@@ -132,5 +132,7 @@ def test_int8_capture_that_blocks_qdq_fusion_is_reported_against_a_plain_session
     assert dep["perturbed"], "QDQ fusion blocked by capture should move the int8 outputs"
     ref = next(a.array for a in read_dump(tmp_path / "ref") if a.meta.get("is_output"))  # torch's, as saved
     assert o["values"]["cosine"] == pytest.approx(_cos(ref, plain), abs=1e-7)
+    # top-1 agreement is the deployed model's: the plain session's arg-max against torch's
+    assert rep["summary"]["top1_agreement"] == pytest.approx(float(np.mean(ref.argmax(-1) == plain.argmax(-1))))
     assert "Capture changed the output" in out
     assert all(r["meta"].get("capture_perturbed") for r in rep["layers"])
