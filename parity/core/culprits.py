@@ -248,18 +248,19 @@ def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
         e_loc = error_of(loc, p)
         new_nf = row.local.get(NEW_NONFINITE, 0) > 0
         sat = int(row.local.get(SATURATED, 0))
+        felt = 0  # saturated values a consumer feels
         if sat > 0:
             if _saturation_harmless(row, by_target, p, fmax):
                 row.meta["saturation"] = (f"{sat} values beyond the target format "
                                           f"become the same-signed infinity; the consumers still match")
             else:
+                felt = sat
                 row.meta["saturation"] = (f"{sat} values beyond the target format "
                                           f"become infinite and a consumer no longer matches")
         ref_absmax = (row.range.get("ref") or {}).get("absmax") if row.range else None
-        if new_nf or "no longer" in row.meta.get("saturation", ""):
-            count = int(row.local.get(NEW_NONFINITE, 0)) + (sat if "no longer" in row.meta.get("saturation", "") else 0)
-            row.meta["overflow"] = {"count": count, "ref_absmax": ref_absmax, "format": fmt, "format_max": fmax,
-                                    "saturated": sat if "no longer" in row.meta.get("saturation", "") else 0}
+        if new_nf or felt:
+            row.meta["overflow"] = {"count": int(row.local.get(NEW_NONFINITE, 0)) + felt, "ref_absmax": ref_absmax,
+                                    "format": fmt, "format_max": fmax, "saturated": felt}
             new_nf = True
             e_loc = math.inf  # the layer alone overflows: it causes, whatever the finite values say
         else:
