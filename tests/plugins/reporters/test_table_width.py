@@ -123,3 +123,26 @@ def test_a_known_column_this_report_lacks_shows_nothing_and_an_unknown_one_fails
                        "shape,nosuch", "--workdir", tmp_path / "cache")
     assert rc == 2 and len(err) == 1 and "--columns: no column 'nosuch'" in err[0] and "naninf" in err[0]
     assert not (tmp_path / "cache").exists()  # refused before any model ran
+
+
+def test_columns_go_in_the_documented_order_and_a_file_gets_them_all():
+    """docs/reports.md, "The terminal table": the order in which secondary columns are dropped, and a file
+    or pipe (no terminal width) gets every column."""
+    from parity_builtin_reporters.table import columns, fit
+
+    rep = _report()
+    documented = ["matched", "nonfinite", "max-abs", "rel-diff", "shape", "cosine-q90", "op", "absmax", "cosine",
+                  "failing", "local", "naninf"]  # "cosine": its mean over several inputs (its worst stays)
+    cols = columns(rep, rep.layers)
+    droppable = [c.key for c in cols if c.drop]
+    order = [k for k in documented if k in droppable]
+    assert sorted(order) == sorted(droppable)
+    for width in range(20, 201, 5):
+        hidden = [c.key for c in fit(cols, width)[2]]
+        assert set(hidden) == set(order[:len(hidden)]), (width, hidden)  # always the first ones of the order
+    assert {c.key for c in fit(cols, 20)[2]} == set(order)
+    text = _render(rep, None)  # a StringIO: not a terminal
+    assert _shown_and_hidden(text) == [] and "Hidden" not in text
+    line = _row_line(text, 0)
+    for m in rep.metrics:
+        assert m.format(rep.layers[0].values[m.name]) in line
