@@ -351,17 +351,23 @@ def _check_reports(args: argparse.Namespace, targets: Sequence[str] = (), saves:
     from parity.core.engine import DEFAULT_METRICS
     from parity.core.report import check_report_options, get_reporters
 
-    get_reporters(_report_requests(args))
-    check_report_options(_report_requests(args), _report_options(args),
+    requests = _report_requests(args)
+    get_reporters(requests)
+    check_report_options(requests, _report_options(args),
                          _csv_list(getattr(args, "metrics", None)) or list(DEFAULT_METRICS))
     many = len(targets) > 1
-    reqs = [r for t in targets for r in _report_requests(args, t, many)] if many else _report_requests(args)
+    reqs = [r for t in targets for r in _report_requests(args, t, many)] if many else requests
     outputs = [(f"{r.name} report", r.path) for r in reqs if not r.to_stdout] + list(saves)
     for option, path in outputs:
         check_output_path(path, option, folder_ok=option.startswith("--save"))
     check_distinct_outputs(outputs)
+    check_no_clobber(outputs, _read_paths(args, inputs))
+
+
+def _read_paths(args: argparse.Namespace, inputs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The files a run reads, (what, path): ``inputs`` and --config, which no output may overwrite."""
     config = getattr(args, "config", None)
-    check_no_clobber(outputs, [*inputs, *([("--config", config)] if config else [])])
+    return [*inputs, *([("--config", config)] if config else [])]
 
 
 def _report_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -651,7 +657,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from parity.core.compare import input_paths
     from parity.core.preflight import check_no_clobber
 
-    check_no_clobber([("--out", args.out)], [*input_paths(settings), *([("--config", args.config)] if args.config else [])])
+    check_no_clobber([("--out", args.out)], _read_paths(args, input_paths(settings)))
     res = repro(settings, args.layer, args.out)
     print(f"Wrote {res.folder}: {len(res.nodes)} node(s) producing {', '.join(res.outputs)} from "
           f"{', '.join(res.inputs)}; see {res.folder / 'README.txt'}")
