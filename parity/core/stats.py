@@ -82,21 +82,12 @@ class ExactSum:
         return self
 
     def value(self) -> float:
-        if self.special != 0.0 or math.isnan(self.special):
+        if self.special != 0.0:  # NaN too (NaN != 0)
             return self.special
         try:
             return math.fsum(self.partials)
         except OverflowError:  # the exact sum is past float64's range
             return math.copysign(math.inf, sum(self.partials))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_exact_sum, (list(self.partials), self.special))
-
-
-def _exact_sum(partials: list[float], special: float) -> ExactSum:
-    out = ExactSum()
-    out.partials, out.special = partials, special
-    return out
 
 
 def _add_exact(a: "ExactSum | float", b: "ExactSum | float") -> ExactSum:
