@@ -2,7 +2,7 @@
 # Set up a virtual environment in .venv with parity and everything its tests and example need.
 # Idempotent: a second run only checks. Versions are pinned through constraints.txt.
 #
-# What it installs, and how to choose (README.md, "Set up"):
+# What it installs, and how to choose (README.md, "Two commands"):
 #   torch 2.13.0 from your pip index (PyPI by default). On Linux x86_64, PyPI's torch wheel is the CUDA
 #   build (several GB with its nvidia-* libraries) even where no GPU is used. For the CPU-only wheel:
 #     PARITY_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
