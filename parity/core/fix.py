@@ -96,6 +96,20 @@ class FixResult:
         return forms
 
 
+def _tensorrt_args(nodes: list[str], flags: list[str] | None = None) -> tuple[str, str]:
+    """trtexec's and Polygraphy's arguments keeping ``nodes`` in fp32 (after ``flags``), shell-quoted."""
+    import shlex
+
+    trtexec = " ".join(shlex.quote(a) for a in (
+        *(flags or []),
+        "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
+        "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes),
+        "--precisionConstraints=obey"))
+    polygraphy = " ".join([*(flags or []), "--layer-precisions", *(shlex.quote(f"{n}:float32") for n in nodes),
+                           "--precision-constraints", "obey"])
+    return trtexec, polygraphy
+
+
 def tool_forms(nodes: list[str]) -> dict[str, str]:
     """ONNX node names kept in fp32, spelled for each tool: shell arguments quoted, Python lists as literals.
 
@@ -104,15 +118,11 @@ def tool_forms(nodes: list[str]) -> dict[str, str]:
     ``obey`` makes the builder fail rather than silently ignore a constraint.
     """
     import re
-    import shlex
 
+    trtexec, polygraphy = _tensorrt_args(nodes)
     return {
-        "trtexec": " ".join(shlex.quote(a) for a in (
-            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
-            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes),
-            "--precisionConstraints=obey")),
-        "polygraphy run / convert": " ".join(["--layer-precisions", *(shlex.quote(f"{n}:float32") for n in nodes),
-                                              "--precision-constraints", "obey"]),
+        "trtexec": trtexec,
+        "polygraphy run / convert": polygraphy,
         "ONNX Runtime fp16 (onnxconverter-common)":
             f"float16.convert_float_to_float16(model, keep_io_types=True, node_block_list={nodes!r})",
         # AutoCast reads each entry as a regular expression: escaped and anchored, it names one node
@@ -131,8 +141,8 @@ def int8_tool_forms(nodes: list[str]) -> dict[str, str]:
     ``--write-model``'s file).
     """
     import re
-    import shlex
 
+    trtexec, polygraphy = _tensorrt_args(nodes, ["--int8"])
     anchored = ["^" + re.escape(n) + "$" for n in nodes]
     return {
         "ONNX Runtime int8 (quantize_static)":
@@ -140,14 +150,8 @@ def int8_tool_forms(nodes: list[str]) -> dict[str, str]:
             f"activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude={nodes!r})",
         "ModelOpt ONNX PTQ": f"modelopt.onnx.quantization.quantize(onnx_path=..., quantize_mode='int8', "
                              f"nodes_to_exclude={anchored!r})",
-        "trtexec (implicit int8, a model without Q/DQ)": " ".join(shlex.quote(a) for a in (
-            "--int8",
-            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
-            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes),
-            "--precisionConstraints=obey")),
-        "polygraphy run / convert (implicit int8)": " ".join(["--int8", "--layer-precisions",
-                                                              *(shlex.quote(f"{n}:float32") for n in nodes),
-                                                              "--precision-constraints", "obey"]),
+        "trtexec (implicit int8, a model without Q/DQ)": trtexec,
+        "polygraphy run / convert (implicit int8)": polygraphy,
     }
 
 
