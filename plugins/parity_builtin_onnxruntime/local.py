@@ -424,16 +424,18 @@ def _plans(precision: str, orig: "onnx.ModelProto", target: "onnx.ModelProto", k
             if t and first not in readers.setdefault(t, []):
                 readers[t].append(first)
     quant = _output_quantizers(target) if precision == "int8" else {}
-    producers = {o: n for n in orig.graph.node for o in n.output if o}
-    for q in quant.values():
-        n = producers.get(q["tensor"])
-        if n is not None:
-            q.update(producer=n.name, producer_op=n.op_type)
+    if quant:
+        producers = {o: n for n in orig.graph.node for o in n.output if o}
+        for q in quant.values():
+            n = producers.get(q["tensor"])
+            if n is not None:
+                q.update(producer=n.name, producer_op=n.op_type)
     for pl in plans:
         pl.consumers = {k: readers.get(k, []) for k in pl.keys}
-        pl.quantizers = {k: quant[k] for k in pl.keys if k in quant}
-        inside = {target.graph.node[i].name for i in pl.nodes}
-        pl.input_quantizers = [t for t in pl.fed if t in quant and quant[t]["node"] in inside]
+        if quant:
+            pl.quantizers = {k: quant[k] for k in pl.keys if k in quant}
+            inside = {target.graph.node[i].name for i in pl.nodes}
+            pl.input_quantizers = [t for t in pl.fed if t in quant and quant[t]["node"] in inside]
     return plans, skips
 
 
