@@ -27,6 +27,7 @@ import numpy as np
 
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, UsageError
+from parity.contract.frontend import speaking
 from parity.contract.progress import step
 from parity.contract.report import LayerResult, Report, culprit_groups
 from parity.core.compare import CompareSettings
@@ -221,8 +222,6 @@ class ComparisonReport(Report):
             log: Callable[[str], None] | None = None) -> Any:
         """Search and verify layers to keep in fp32 (as ``parity fix``); returns the
         :class:`~parity.core.fix.FixResult` (``.passed``, ``.kept``, ``.forms(target)``)."""
-        from parity.contract.frontend import speaking
-
         with speaking("api"):
             metric, value = parse_goal(goal, self.primary.name if self.primary else "cosine")
             return run_fix(self.settings, self, metric, value, max_steps=max_steps, log=log)
@@ -231,7 +230,6 @@ class ComparisonReport(Report):
         """The fp32 ONNX graph the target ran: the model itself, or parity's cached export of it (the
         path the report recorded, ``summary["target_onnx"]``; else made again from the settings, e.g.
         for a torch-fp16 target, which runs none)."""
-        from parity.contract.frontend import speaking
         from parity.core.compare import prepare
         from parity.lib.onnx.models import onnx_model_for
 
@@ -348,6 +346,7 @@ def _shapes_and_dtypes(input_shapes: Mapping[str, Any] | None, input_dtypes: Map
     return shapes, dtypes
 
 
+@speaking("api")  # errors name this function's parameters (input_shapes=...), not CLI flags
 def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: str = "ort-fp16",
             diagnose: bool = True, metrics: Sequence[str] | None = None,
             threshold: float | Mapping[str, float] | None = None, input_shapes: Mapping[str, Any] | None = None,
@@ -374,29 +373,13 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
-    from parity.contract.frontend import speaking
-
-    with speaking("api"):  # errors name this function's parameters (input_shapes=...), not CLI flags
-        return _compare(model, inputs, ref=default_ref(model) if ref is None else ref, target=target,
-                        diagnose=diagnose, metrics=metrics, threshold=threshold, input_shapes=input_shapes,
-                        input_dtypes=input_dtypes, seed=seed, random_inputs=random_inputs, device=device,
-                        workdir=workdir, options=options, metric_options=metric_options, matcher=matcher,
-                        mapping=mapping, calibration=calibration, inputs_path=inputs_path, quiet=quiet,
-                        workers=workers, ray_address=ray_address, layers=layers, max_memory=max_memory,
-                        step_bytes=step_bytes, limit=limit)
-
-
-def _compare(model: Any, inputs: Any, *, ref: str, target: str, diagnose: bool, metrics: Sequence[str] | None,
-             threshold: Any, input_shapes: Mapping[str, Any] | None, input_dtypes: Mapping[str, Any] | None,
-             seed: Any, random_inputs: int, device: str, workdir: Any, options: Mapping[str, Any] | None,
-             metric_options: Mapping[str, Any] | None, matcher: str, mapping: str | None, calibration: Any,
-             inputs_path: Any, quiet: bool, workers: int, ray_address: str | None, layers: Any,
-             max_memory: int | None, step_bytes: int | None, limit: int | None) -> ComparisonReport:
     from parity.contract.options import check_seed
     from parity.core.compare import compare as run
     from parity.core.preflight import check_workdir
     from parity.core.progress import showing
 
+    if ref is None:
+        ref = default_ref(model)
     if inputs is not None and inputs_path is not None:
         raise UsageError("give either inputs or inputs_path, not both")
     seed = check_seed(seed)
