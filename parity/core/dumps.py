@@ -734,13 +734,12 @@ class FeedDumpWriter:
     def finish(self, labels: dict[int, str]) -> Path:
         """Move the finished dump into place: the lone feed's dump itself, or the folder of feeds."""
         try:
-            entries = sorted((p for p in self.staging.iterdir() if re.fullmatch(r"feed-\d+(\.[A-Za-z0-9]+)?", p.name)),
-                             key=lambda p: natural_key(p.name))
-            for p in self.staging.iterdir():  # what a killed worker's attempt left (hidden temporaries)
+            listing = list(self.staging.iterdir())
+            for p in listing:  # what a killed worker's attempt left (hidden temporaries)
                 if p.name.startswith("."):
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            feeds = [FeedDump(int(re.match(r"feed-(\d+)", p.name)[1]), "", p) for p in entries]  # type: ignore[index]
-            feeds = [FeedDump(f.index, labels.get(f.index, str(f.index)), f.path) for f in feeds]
+            by_index = {int(m[1]): p for p in listing if (m := re.fullmatch(r"feed-(\d+)(\.[A-Za-z0-9]+)?", p.name))}
+            feeds = [FeedDump(i, labels.get(i, str(i)), by_index[i]) for i in sorted(by_index)]
             if not feeds:  # no feed was compared (the run says so): no dump
                 self.abort()
                 return self.dest
