@@ -15,7 +15,7 @@ import math
 
 from parity.contract.report import BELOW, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report
 from parity.core.diagnose import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE, SATURATED, SENTINEL_GAP,
-                                  _quantizer_cause, error_of)
+                                  error_of)
 
 __all__ = ["find_culprits"]
 
@@ -135,6 +135,15 @@ def _consequence(row: LayerResult, earlier: list[LayerResult], by_name: dict[str
             return src, (f"reads {prod.name}'s values beyond the {fmt or 'target format'} range "
                          f"(infinite in the target) and passes the NaN/Inf on")
     return None
+
+
+def _quantizer_cause(row: LayerResult) -> str | None:
+    """The quantizer of ``row``'s output in words when it destroys the useful values
+    (:func:`parity.core.diagnose.quantizer_stats`), else the bad quantizer on one of its inputs."""
+    q = row.meta.get("local_quantizer")
+    if isinstance(q, dict) and q.get("bad") and q.get("cause"):
+        return str(q["cause"])
+    return row.meta.get("input_cause")
 
 
 def _cause_text(row: LayerResult, p: MetricInfo) -> str | None:

@@ -344,7 +344,8 @@ def attach_local(report: Report, local: dict[Any, dict[str, float]]) -> int:
             if k in meta:
                 row.meta[f"local_{k}" if not k.startswith("local_") else k] = meta[k]
         if meta.get("cause"):
-            # the row-level signal find_culprits reads: this row's local error is its quantizer's doing
+            # this row's local error is its quantizer's doing (docs/diagnosis.md); _input_quantizer_causes
+            # reads cause_quantizer to tell the rows reading this tensor
             row.meta["cause"] = meta["cause"]
             row.meta["cause_quantizer"] = (meta.get("quantizer") or {}).get("node")
         n += 1
@@ -374,15 +375,6 @@ def _input_quantizer_causes(report: Report) -> None:
 def error_of(value: float | None, info: MetricInfo) -> float | None:
     """The metric's own error for ``value`` (0 = no loss, ``inf`` for NaN); ``None`` for no value."""
     return None if value is None else info.error(value)
-
-
-def _quantizer_cause(row: LayerResult) -> str | None:
-    """The quantizer of ``row``'s output in words when it destroys the useful values
-    (:func:`quantizer_stats`), else the bad quantizer on one of its inputs."""
-    q = row.meta.get("local_quantizer")
-    if isinstance(q, dict) and q.get("bad") and q.get("cause"):
-        return str(q["cause"])
-    return row.meta.get("input_cause")
 
 
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:
