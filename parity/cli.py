@@ -12,7 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from parity.contract.errors import ParityError, UsageError, one_line
-from parity.contract.options import as_list
+from parity.contract.options import as_list, check_seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,8 +115,6 @@ def validate(args: argparse.Namespace) -> None:
     from parity.core.inputs import parse_input_shapes
 
     parse_input_shapes(args.input_shape)
-    from parity.contract.options import check_seed
-
     check_seed(args.seed)  # the rule parity.compare(seed=...) applies too
     _at_least(args, "random_inputs", 1)
     _at_least(args, "workers", 1)

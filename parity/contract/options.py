@@ -7,9 +7,11 @@ once read ``export_dynamic_batch=false`` as on.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Mapping
 
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, UsageError
+from parity.contract.frontend import given
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "y"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", "n", ""})
@@ -96,11 +98,6 @@ def check_seed(value: Any) -> int:
     Why >= 0: numpy's generator (which makes the random feeds) refuses negative seeds, which
     surfaced mid-run as an internal error; a float or a bool seed is a mistake, not a seed.
     """
-    import operator
-
-    from parity.contract.errors import UsageError
-    from parity.contract.frontend import given
-
     try:
         seed = None if isinstance(value, bool) else operator.index(value)  # int and numpy integers
     except TypeError:
