@@ -320,6 +320,16 @@ def _dataset_lines(report: Report) -> list[str]:
             f"(first such layer); worst: {worst}."]
 
 
+def made_nonfinite(layer: LayerResult, local: bool = False) -> bool:
+    """Whether the layer produced NaN/Inf where the reference is finite: end to end, or run alone
+    (``local``). Its error is then infinite, whatever a metric computed on the finite part says (an
+    overflowing Linear reads cosine 1 - 1e-7 there): every reporter that ranks or colours by error asks this.
+    """
+    if local:
+        return layer.local.get(NEW_NONFINITE, 0) > 0 or bool(layer.meta.get("overflow"))
+    return layer.status == NONFINITE or layer.meta.get("target_new_nonfinite", 0) > 0
+
+
 def culprit_groups(report: Report) -> list[tuple[LayerResult, list[LayerResult]]]:
     """The report's one culprit ordering: each culprit by rank, with the rows grouped under it
     (``caused_by``), in execution order. Every reporter and the API read this, never their own sort."""

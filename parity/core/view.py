@@ -18,7 +18,7 @@ from typing import Any
 
 from parity.contract.atomic import write_text
 from parity.contract.errors import ParityError, first_line
-from parity.contract.report import NONFINITE, LayerResult, MetricInfo, Report
+from parity.contract.report import LayerResult, MetricInfo, Report, made_nonfinite
 
 __all__ = ["INSTALL", "graph_nodes", "node_data", "report_from_json", "serve", "write_node_data", "write_view"]
 
@@ -117,7 +117,7 @@ def _errors(report: Report, p: MetricInfo, values: str, known: set[str]) -> dict
             v = r.local.get(p.name)
         else:
             v = r.worst.get(p.name, r.values.get(p.name))
-        if r.status == NONFINITE and values != "local":
+        if made_nonfinite(r, local=values == "local"):
             e = math.inf
         elif v is None or (isinstance(v, float) and math.isnan(v)):
             continue

@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any, Mapping, TextIO
 
-from parity.contract.report import FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, summary_lines
+from parity.contract.report import (FAILING, NEW_NONFINITE, LayerResult, MetricInfo, Report, made_nonfinite,
+                                    summary_lines)
 from parity.contract.reporter import Reporter
 
 from .html_assets import CSS, JS
@@ -48,10 +49,10 @@ def _depth_errors(p: MetricInfo | None, l: LayerResult) -> tuple[Any, Any]:
     if p is None:
         return None, None
     acc = _error(p, l.worst.get(p.name, l.values.get(p.name)))
-    if acc is not None and (l.status == NONFINITE or l.meta.get("target_new_nonfinite", 0) > 0):
+    if acc is not None and made_nonfinite(l):
         acc = "inf"
     loc = _error(p, l.local.get(p.name)) if p.name in l.local else None
-    if loc is not None and (l.local.get(NEW_NONFINITE, 0) > 0 or l.meta.get("overflow")):
+    if loc is not None and made_nonfinite(l, local=True):
         loc = "inf"
     return acc, loc
 

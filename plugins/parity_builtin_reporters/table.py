@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, TextIO
 
 from rich.cells import cell_len
 
-from parity.contract.report import (FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report,
+from parity.contract.report import (FAILING, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report, made_nonfinite,
                                     summary_lines)
 from parity.contract.reporter import Reporter
 
@@ -33,7 +33,7 @@ NAME_MIN = 20
 def _badness(layer: LayerResult, info: MetricInfo) -> float:
     """Sort key: larger is worse (the metric's own error). Unscored rows go last."""
     v = layer.worst.get(info.name, layer.values.get(info.name))
-    if layer.status == NONFINITE:
+    if made_nonfinite(layer):
         return math.inf
     if v is None:
         return -math.inf

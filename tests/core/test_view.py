@@ -182,3 +182,23 @@ def test_a_passing_report_has_no_red_node(tmp_path):
         (data,) = json.loads(nd.to_json_string()).values()
         colours = {v["bgColor"] for v in data["results"].values()}
         assert colours == {PASS}, (name, colours)
+
+
+def test_a_layer_that_overflows_alone_is_not_green_on_the_local_overlay():
+    """The local overlay, like the HTML depth plot, counts a layer that makes NaN/Inf alone as infinite
+    error, not by the cosine of its finite part (an overflowing Linear reads 1 - 1e-7 there)."""
+    import math
+
+    from parity.contract.report import NEW_NONFINITE, LayerResult, Report
+    from parity.core.engine import metric_infos, resolve_metrics
+    from parity.core.view import _errors
+
+    p = metric_infos(resolve_metrics(["cosine"]), {})[0]
+    fc = LayerResult(name="fc", ref_name="fc", target_name="linear", order=0, values={"cosine": 0.9999999},
+                     local={"cosine": 0.9999999, NEW_NONFINITE: 12}, meta={"target_onnx_node": "node_linear"})
+    ok = LayerResult(name="head", ref_name="head", target_name="y", order=1, values={"cosine": 0.9999999},
+                     local={"cosine": 0.9999999}, meta={"target_onnx_node": "node_head"})
+    rep = Report([fc, ok], [p], "torch", "t")
+    local = _errors(rep, p, "local", {"node_linear", "node_head"})
+    assert local["node_linear"] == math.inf
+    assert local["node_head"] == pytest.approx(1e-7, rel=0.01)
