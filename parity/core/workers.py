@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from parity.contract.errors import ParityError, first_line
 from parity.contract.frontend import front_end, speaking
@@ -146,7 +146,9 @@ def compare_sharded(s: CompareSettings) -> Report:
             ray.shutdown()
 
 
-def _run(ray: Any, s: CompareSettings, save_done: Any = None) -> Report:
+def _run(ray: Any, s: CompareSettings, save_done: Callable[[DatasetStats], DatasetStats]) -> Report:
+    """``s``: the run's settings with its save paths staged; ``save_done`` moves the workers' dumps into place
+    (both from :func:`parity.core.compare.save_dumps`)."""
     n_workers = max(1, s.workers)
     resources: dict[str, Any] = {"num_cpus": 1}
     if s.device.startswith("cuda"):
@@ -194,8 +196,7 @@ def _run(ray: Any, s: CompareSettings, save_done: Any = None) -> Report:
     total = DatasetStats()
     for b in sorted(results):  # block order: the same merge whatever order the blocks finished in
         total.merge(results[b], infos)
-    if save_done is not None:  # the dumps the workers wrote, moved into place
-        save_done(total)
+    save_done(total)  # the dumps the workers wrote, moved into place
     report = finish(s, total)
     report.summary["workers"] = n_workers
     detail = []
