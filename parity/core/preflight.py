@@ -242,16 +242,14 @@ def check_memory(parts: Mapping[str, int], subject: str, lowers: str, available:
     if verdict == "ok":
         return
     detail = ", ".join(f"{k} {human_bytes(v)}" for k, v in parts.items() if v)
-    if verdict == "refuse" and not force:
-        raise UsageError(f"{subject}: needs at least {human_bytes(need)} of memory ({detail}) but "
-                         f"{human_bytes(avail or 0)} is available. Note: lower it with {lowers}, or pass --force "
-                         f"to run anyway.")
+    head, have = f"{subject}: needs at least {human_bytes(need)} of memory ({detail})", human_bytes(avail or 0)
     if verdict == "refuse":
-        notice(f"{subject}: needs at least {human_bytes(need)} of memory ({detail}) but {human_bytes(avail or 0)} "
-               f"is available; running anyway (--force).")
+        if not force:
+            raise UsageError(f"{head} but {have} is available. Note: lower it with {lowers}, or pass --force "
+                             f"to run anyway.")
+        notice(f"{head} but {have} is available; running anyway (--force).")
         return
-    notice(f"{subject}: needs at least {human_bytes(need)} of memory ({detail}), more than half of the "
-           f"{human_bytes(avail or 0)} available; {lowers} lowers it.")
+    notice(f"{head}, more than half of the {have} available; {lowers} lowers it.")
 
 
 # -- metric values ------------------------------------------------------------------------------
