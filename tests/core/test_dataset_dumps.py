@@ -88,6 +88,31 @@ def test_a_feed_dump_is_not_read_as_one_run(saved):
         analyze(out / "ref", one)
 
 
+def test_a_damaged_feeds_manifest_or_other_feeds_are_refused_in_one_line(saved, tmp_path):
+    """formats.md's refusals: an incomplete manifest, a newer schema, a listed dump that is missing, and
+    (analyze) two dumps of different feeds, each one line naming the file or the feeds."""
+    import shutil
+
+    out, _ = saved
+    doc = json.loads((out / "ref" / FEEDS_MANIFEST).read_text())
+    cases = {"incomplete": ({**doc, "complete": False}, "incomplete"),
+             "newer": ({**doc, "schema_version": 99}, "upgrade parity"),
+             "missing": ({**doc, "feeds": [*doc["feeds"], {"index": 9, "label": "x", "dump": "feed-00009"}]},
+                         "missing"),
+             "twice": ({**doc, "feeds": [*doc["feeds"], {**doc["feeds"][0], "dump": "feed-00001"}]}, "twice")}
+    for name, (bad, says) in cases.items():
+        d = shutil.copytree(out / "ref", tmp_path / name)
+        (d / FEEDS_MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(ParityError, match=says) as e:
+            feed_dumps(d)
+        assert "\n" not in str(e.value) and FEEDS_MANIFEST in str(e.value), str(e.value)
+    fewer = shutil.copytree(out / "tgt", tmp_path / "fewer")
+    (fewer / FEEDS_MANIFEST).write_text(json.dumps({**doc, "feeds": doc["feeds"][:2]}))
+    with pytest.raises(ParityError, match=r"hold different feeds \(3 and 2; only in the reference: \[2\]") as e:
+        analyze(out / "ref", fewer, metrics=METRICS)
+    assert "\n" not in str(e.value)
+
+
 def test_archive_format_and_one_feed(feeds, tmp_path):
     """npz: the feeds' archives inside one folder; a run of one feed still writes one plain archive."""
     s = CompareSettings(model=f"{ZOO}:lenet", target="torch-fp16", inputs=str(feeds), metrics=METRICS,
