@@ -192,7 +192,11 @@ def short_summary(report: Report, worst: int = 5) -> list[str]:
     verdict = summary_lines(report)
     lines = [head, verdict[0]]
     first = report.first_divergent
-    if _passes(report):
+    dep = report.summary.get("deployed") or {}
+    if dep.get("perturbed") and p is not None and report.matched:  # the deployed outputs decide, as the gate does
+        why = deployed_failures(dep, p, p.threshold)
+        lines.append(f"FAIL: {why[0]}" if why else "PASS: the deployed outputs pass (capture changed the captured run)")
+    elif _passes(report):
         lines.append("PASS" + (f": no layer fails {p.name} threshold {p.threshold:g}"
                                if p is not None and p.threshold is not None else ""))
     elif not report.matched:

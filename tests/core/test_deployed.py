@@ -136,3 +136,15 @@ def test_int8_capture_that_blocks_qdq_fusion_is_reported_against_a_plain_session
     assert rep["summary"]["top1_agreement"] == pytest.approx(float(np.mean(ref.argmax(-1) == plain.argmax(-1))))
     assert "Capture changed the output" in out
     assert all(r["meta"].get("capture_perturbed") for r in rep["layers"])
+
+
+def test_print_report_follows_the_deployed_outputs_when_capture_perturbed():
+    from parity.contract.report import LayerResult, Report
+
+    infos = metric_infos(resolve_metrics(["cosine"]), {})
+    rows = [LayerResult(name="a", ref_name="a", target_name="a", order=0, values={"cosine": 0.5})]
+    rep = Report(rows, infos, "torch", "t")
+    rep.summary["deployed"] = {"perturbed": True, "outputs": [{"name": "y", "values": {"cosine": 0.9999}, "nonfinite": 0}]}
+    assert "PASS: the deployed outputs pass" in str(rep) and bool(rep)
+    rep.summary["deployed"]["outputs"][0]["nonfinite"] = 2
+    assert "FAIL: deployed output y holds 2 NaN/Inf" in str(rep) and not bool(rep)
