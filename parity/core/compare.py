@@ -7,6 +7,8 @@ is matched and scored as it arrives. Per-input reports are merged (mean, worst, 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import math
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -408,15 +410,25 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
 
 
 def _external_data(model: str) -> list[tuple[str, str]]:
-    """(tensor, location) of each external-data reference of an ONNX model (read without loading the weights)."""
+    """(tensor, location) of each external-data reference of an ONNX model (read without loading the weights).
+
+    Asked several times before a run (the external-data check, every target's output-over-input
+    check): the file is parsed once per version of it (path, mtime, size).
+    """
+    st = os.stat(model)
+    return list(_external_data_of(str(Path(model).resolve()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _external_data_of(model: str, _mtime: int, _size: int) -> tuple[tuple[str, str], ...]:
     try:
         import onnx
 
         m = onnx.load(model, load_external_data=False)
     except Exception:  # not loadable: the source reports that with its own message
-        return []
-    return [(t.name, e.value) for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"]
+        return ()
+    return tuple((t.name, e.value) for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location")
 
 
 def check_external_data(model: str) -> None:
