@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import zipfile
+import zlib
 
 
 class ParityError(Exception):
@@ -19,6 +21,13 @@ class UsageError(ParityError):
 
     exit_code = 2
 
+
+
+#: what reading a damaged or unusual zip archive (an ``.npz``) raises besides ParityError: a bad
+#: directory or CRC, an encrypted member (RuntimeError), a compression method Python lacks
+#: (NotImplementedError), a corrupt deflate stream (zlib.error), a short read or a bad header
+ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError,
+                                                   EOFError, ValueError, RuntimeError, NotImplementedError)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

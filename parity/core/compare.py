@@ -10,7 +10,6 @@ import contextlib
 import functools
 import os
 import math
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report, deployed_failures
 from parity.contract import frontend
-from parity.contract.errors import ParityError, first_line
+from parity.contract.errors import ARCHIVE_ERRORS, ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
 from parity.core.preflight import (check_memory, check_no_clobber, check_output_path, check_workdir,
                                    estimate_memory)
@@ -222,7 +221,7 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
                 continue
             try:
                 arrays = declared_arrays(f)
-            except (ParityError, OSError, ValueError, EOFError, zipfile.BadZipFile):
+            except (ParityError, *ARCHIVE_ERRORS):
                 continue  # load_feeds reports a damaged file with its name
             sizes.append(sum(math.prod(sh) * dt.itemsize for sh, dt in arrays.values()))
             shapes = shapes or {k: sh for k, (sh, _dt) in arrays.items()}

@@ -6,14 +6,13 @@ dataset over which per-layer metrics are aggregated (mean and worst).
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from parity.contract.dumpformat import check_npy_header, read_npy
-from parity.contract.errors import ParityError, UsageError
+from parity.contract.errors import ARCHIVE_ERRORS, ParityError, UsageError
 from parity.contract.frontend import option, shape_hint
 from parity.contract.source import InputSpec
 from parity.core.preflight import notice
@@ -220,7 +219,7 @@ def _load_file(path: Path, specs: list[InputSpec], seen: set | None = None) -> d
             raise ParityError(f"{path}: holds pickled objects, which parity never loads. "
                               f"Note: save plain numeric arrays.") from None
         raise ParityError(f"{path}: not a readable numpy file ({e}).") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except ARCHIVE_ERRORS as e:
         raise ParityError(f"{path}: not a readable numpy file ({e}).") from None
     raise ParityError(f"{path}: unsupported input file. Note: use .npy, .npz or a folder of them.")
 
@@ -342,5 +341,5 @@ def peek_shapes(path: str | Path, names: Sequence[str] | None = None) -> dict[st
             keys = list(z.keys())
             wanted = [k for k in keys if k in names] if names and all(n in keys for n in names) else data_arrays(keys)
             return {k: _npz_shape(z, k, f) for k in wanted}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, ParityError):
+    except (ParityError, *ARCHIVE_ERRORS):
         return {}  # load_feeds reports the problem with the file's name

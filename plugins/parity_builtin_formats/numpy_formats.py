@@ -13,6 +13,7 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from parity import Activation, ParityError
+from parity.contract.errors import ARCHIVE_ERRORS
 from parity.contract.dumpformat import (MANIFEST_NAME, DumpFormat, apply_manifest_entry, atomic_write_path,
                                         check_npy_dtype, check_npy_header, manifest_entry, manifest_json,
                                         parse_manifest, read_npy, safe_filename)
@@ -78,7 +79,7 @@ class NpzFormat(DumpFormat):
         path = Path(path)
         try:
             zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except ARCHIVE_ERRORS as e:
             raise ParityError(f"{path}: not a valid .npz archive ({e}). Note: write it with numpy.savez.") from e
         with zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -113,7 +114,7 @@ class NpzFormat(DumpFormat):
     def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
         try:
             return zf.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except ARCHIVE_ERRORS as e:
             raise ParityError(f"{path} [{info.filename}]: damaged archive member ({e}). Note: rewrite it.") from e
 
     @staticmethod
@@ -125,7 +126,7 @@ class NpzFormat(DumpFormat):
                 arr = npformat.read_array(fh, allow_pickle=False)
         except ParityError:
             raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except ARCHIVE_ERRORS as e:
             refusal = _pickle_refusal(e, where)
             raise (refusal or ParityError(f"{where}: damaged array member ({e}). Note: rewrite the archive.")) from e
         _check_dtype(arr.dtype, where)

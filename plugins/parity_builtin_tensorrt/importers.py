@@ -25,14 +25,13 @@ import io
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from parity.contract.atomic import atomic_path
-from parity.contract.errors import ParityError, first_line
+from parity.contract.errors import ARCHIVE_ERRORS, ParityError, first_line
 from parity.contract.dumpformat import DumpFormat, check_npy_dtype, read_npy
 from parity.contract.records import Activation
 from parity.lib.polygraphy_json import TYPE_KEY as _TYPE_KEY, save_polygraphy_inputs  # noqa: F401 - re-exported
@@ -96,7 +95,7 @@ def decode_polygraphy_array(obj: Any, where: str) -> np.ndarray:
                     arr = z[names[0]]
             except ParityError:
                 raise
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            except ARCHIVE_ERRORS as e:
                 raise ParityError(f"{where}: the encoded .npz archive cannot be read ({first_line(e, 200)}). "
                                   f"Note: parity never unpickles dump files; save numeric arrays") from None
             check_npy_dtype(arr.dtype, where)

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 from fuzzing import arrays, byte_mutations, check, json_mutations, npy_bytes, npy_header_surgery, scratch, touch, write
 
 from parity.contract.source import InputSpec
+from parity.contract.errors import ParityError
 from parity.core.inputs import load_feeds, peek_shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,3 +110,28 @@ def test_cli_compare_refuses_a_damaged_input_file_with_one_line(kind, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f.name in lines[0] and "internal error" not in lines[0], lines[0]
+
+
+def _stored_npz(flag_bits: int = 0, method: int = 0) -> bytes:
+    """A one-member .npz whose member claims an encryption flag or a compression method Python lacks."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.npy", npy_bytes(np.zeros((2, 3), np.float32)))
+    raw = bytearray(buf.getvalue())
+    for sig, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = raw.index(sig)
+        raw[at + flag_at:at + flag_at + 2] = flag_bits.to_bytes(2, "little")
+        raw[at + method_at:at + method_at + 2] = method.to_bytes(2, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("flag_bits,method,what", [(1, 0, "encrypted"), (0, 99, "compression")])
+def test_npz_with_encrypted_or_unknown_compression_member_is_a_one_line_error(tmp_path, flag_bits, method, what):
+    # found by the fuzzer: zipfile raises RuntimeError / NotImplementedError for these, which escaped as tracebacks
+    f = write(tmp_path / "in.npz", _stored_npz(flag_bits, method))
+    with pytest.raises(ParityError) as e:
+        _load(f)
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+    assert what in str(e.value).lower()
