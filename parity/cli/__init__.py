@@ -1,0 +1,78 @@
+"""Command line: parses arguments and calls the public API. Nothing else lives here.
+
+One module per command (``compare``, ``fix``, ...), each with ``add_parser(sub)`` for its flags and
+``run(args)`` calling the Python API; ``_common`` holds what several commands share. A new command
+is a new module and one line in ``COMMANDS`` (the order there is the order of ``parity --help``).
+
+Every ParityError becomes one line on stderr and a non-zero exit (2 for usage, 1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import ModuleType
+from typing import Sequence
+
+from parity.cli import analyze, compare, doctor, example, fix, plugins, repro, view
+from parity.cli._common import Parser, validate
+from parity.contract.errors import ParityError, one_line
+
+COMMANDS: dict[str, ModuleType] = {"plugins": plugins, "analyze": analyze, "compare": compare, "fix": fix,
+                                   "repro": repro, "doctor": doctor, "example": example, "view": view}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from parity import __version__
+
+    p = Parser(prog="parity", description="Find where a neural network loses accuracy between frameworks "
+                                          "and precisions, layer by layer.")
+    p.add_argument("--version", action="version", version=f"parity {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say what parity does and where its caches are (-vv: debug details)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    for sp in sub.choices.values():  # -v after the command too; the top-level count stays when not given
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="say what parity does and where its caches are (-vv: debug details)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the process's own entry point: what is written is complete now, and a
+            # Ctrl-C landing during interpreter shutdown would otherwise turn exit 0/130 into death by SIGINT
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        validate(args)
+        from parity.core.progress import setup_logging, showing
+
+        setup_logging(getattr(args, "verbose", 0))
+        with showing(quiet=bool(getattr(args, "quiet", False))):
+            return COMMANDS[args.command].run(args)
+    except ParityError as e:
+        print(f"parity: error: {one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("PARITY_TRACEBACK"):
+            raise
+        print(f"parity: internal error: {type(e).__name__}: {one_line(str(e))} (set PARITY_TRACEBACK=1 for the traceback; "
+              f"please report it)", file=sys.stderr)
+        return 1
+
