@@ -150,6 +150,9 @@ class ProcResult:
     rc: int
     stdout: str
     stderr: str
+    #: page faults of that child: minor (a fresh page mapped) and major (read from disk)
+    minflt: int = 0
+    majflt: int = 0
 
 
 def run_process(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> ProcResult:
@@ -164,7 +167,8 @@ def run_process(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str
     out.seek(0)
     err.seek(0)
     return ProcResult(wall, ru.ru_maxrss * 1024, ru.ru_utime, ru.ru_stime, p.returncode,
-                      out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                      out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                      ru.ru_minflt, ru.ru_majflt)
 
 
 def checked(r: ProcResult, what: str) -> ProcResult:
