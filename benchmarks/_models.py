@@ -453,7 +453,7 @@ def phases(spec: str, target: str, workdir: str, diagnose: bool, options: dict[s
     import parity.lib.onnx.export as oexp
     import parity.lib.onnx.graph as ograph
     import parity.lib.onnx.models as omodels
-    import parity.contract.parking as pm
+    import parity.lib.parking as pm
     import parity_builtin_onnxruntime.runner as orun
     import parity_builtin_torch.loader as tload
     import parity_builtin_torch.source as tsrc

@@ -1,4 +1,4 @@
-"""Throughput and extra memory of per-layer scoring (parity.contract.metric.score_pair).
+"""Throughput and extra memory of per-layer scoring (parity.lib.scoring.score_pair).
 
     python benchmarks/metrics_throughput.py [--gb 1.0] [--metrics cosine,kl] [--repeat 3]
 
@@ -42,7 +42,7 @@ import tracemalloc
 
 import numpy as np
 
-from parity.contract.metric import CHUNK_ELEMENTS, score_pair
+from parity.lib.scoring import CHUNK_ELEMENTS, score_pair
 from parity.core.registry import all_of
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +126,7 @@ def bandwidth(ref: np.ndarray, tgt: np.ndarray, repeat: int) -> dict[str, float]
 _FIRST_USE = """
 import time, numpy as np
 t0 = time.perf_counter()
-from parity.contract.metric import score_pair
+from parity.lib.scoring import score_pair
 from parity.core.registry import all_of
 ms = [all_of("metric")[n] for n in {names!r}]
 t1 = time.perf_counter()

@@ -76,7 +76,7 @@ def use_metric_path(path: str, monkeypatch) -> None:
         monkeypatch.setenv("PARITY_NO_NUMBA", "1")
         return
     pytest.importorskip("numba")
-    from parity.contract import fused
+    from parity.lib.scoring import fused
 
     monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
     monkeypatch.setattr(fused, "MIN_COMPILED_SIZE", 0)

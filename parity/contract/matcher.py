@@ -17,13 +17,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from parity.contract.errors import ParityError
-from parity.contract.metric import Metric, score_pair
-from parity.contract.parking import Parking, ParkingStats
 from parity.contract.records import Activation, Pair
 
 #: confidence of a pair the user pinned in a mapping file
@@ -33,17 +31,69 @@ Similarity = Callable[[np.ndarray, np.ndarray], float]
 
 
 @dataclass
+class ParkingStats:
+    """What a parking store did, for reports and benchmarks (bytes, counts)."""
+
+    held_bytes: int = 0
+    peak_held_bytes: int = 0
+    spilled_bytes: int = 0
+    spilled_arrays: int = 0
+    parked_arrays: int = 0
+    copied_arrays: int = 0
+    files_created: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ParkingStore(Protocol):
+    """Where a matcher keeps records waiting for their partner (``ctx.parking``).
+
+    The store itself (in memory within a budget, spill files beyond it) is
+    :class:`parity.lib.parking.Parking`; a matcher needs only this much of it.
+    """
+
+    closed: bool
+    stats: ParkingStats
+
+    def park(self, a: Activation) -> Activation:
+        """``a`` with its array kept (in memory or a read-only view of a spill file): keep this one."""
+        ...
+
+    def release(self, a: Activation | np.ndarray) -> None:
+        """Give back the memory share of a parked record once it is paired."""
+        ...
+
+    def close(self) -> None:
+        """Remove what the store wrote; its statistics stay readable."""
+        ...
+
+
+#: ``new_parking(max_memory, spill_dir)``: a fresh parking store
+ParkingFactory = Callable[[int | None, str | None], ParkingStore]
+#: the factory of a :class:`MatchContext` given none; :mod:`parity.lib.parking` installs its
+#: ``Parking`` here when imported (the contract imports nothing of parity above it)
+_default_parking: list[ParkingFactory] = []
+
+
+def set_default_parking(factory: ParkingFactory) -> None:
+    """Install the parking store a :class:`MatchContext` without ``new_parking`` uses."""
+    _default_parking[:] = [factory]
+
+
+@dataclass
 class MatchContext:
     """What the core hands a matcher for one run.
 
     ``similarity`` scores two equal-size arrays with the metric the matcher asked for by name
     (:attr:`Matcher.similarity_metric`), computed by that registered metric; ``None`` when the
     matcher asked for none or it is not installed. A matcher keeps records waiting for their
-    partner through :attr:`parking` (a :class:`parity.contract.parking.Parking`): in memory up to
-    ``max_memory`` bytes (``None``: :func:`parity.contract.parking.default_budget`), beyond it in
-    a few spill files under ``spill_dir`` (``None``: the system's temporary folder).
-    :meth:`Matcher.match` closes it when the pair stream ends or is closed. A matcher counts how
-    it matched into ``stats`` (method -> pairs); the core reports the counts.
+    partner through :attr:`parking` (a :class:`ParkingStore`, made by ``new_parking``; the core
+    passes :class:`parity.lib.parking.Parking`): in memory up to ``max_memory`` bytes (``None``:
+    :func:`parity.lib.parking.default_budget`), beyond it in a few spill files under
+    ``spill_dir`` (``None``: the system's temporary folder). :meth:`Matcher.match` closes it when
+    the pair stream ends or is closed. A matcher counts how it matched into ``stats``
+    (method -> pairs); the core reports the counts.
     """
 
     similarity: Similarity | None = None
@@ -51,13 +101,19 @@ class MatchContext:
     stats: dict[str, int] = field(default_factory=dict)
     #: bytes of parked activations held in memory (``--max-memory``); None: the default budget
     max_memory: int | None = None
-    _parking: Parking | None = field(default=None, init=False, repr=False, compare=False)
+    #: makes the run's parking store; None: the installed default (:func:`set_default_parking`)
+    new_parking: ParkingFactory | None = None
+    _parking: ParkingStore | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def parking(self) -> Parking:
+    def parking(self) -> ParkingStore:
         """The run's parking store, created at first use (a closed one is replaced by a fresh one)."""
         if self._parking is None or self._parking.closed:
-            self._parking = Parking(self.max_memory, self.spill_dir)
+            factory = self.new_parking or (_default_parking[0] if _default_parking else None)
+            if factory is None:
+                raise ParityError("this match has no parking store. Note: pass MatchContext(new_parking="
+                                  "parity.lib.parking.Parking), or import parity.lib.parking")
+            self._parking = factory(self.max_memory, self.spill_dir)
         return self._parking
 
     @property
@@ -71,38 +127,46 @@ class MatchContext:
             self._parking.close()
 
 
-def metric_similarity(metric: Metric, options: dict | None = None) -> Similarity:
-    """A ``similarity(a, b)`` callable computed by ``metric`` (the one chunked pass of the contract)."""
-
-    def similarity(a: np.ndarray, b: np.ndarray) -> float:
-        return score_pair(np.asarray(a), np.asarray(b), [metric], options)[0][metric.name]
-
-    return similarity
-
-
 class Matcher:
     """Base class for matcher plugins.
 
-    Implement :meth:`pairs`. It may take a third parameter, ``ctx`` (a :class:`MatchContext`), to
-    use a similarity metric or ``ctx.parking`` (records waiting for a partner: park them there,
-    release them once paired) and to report its counts. Set
+    Implement :meth:`stream`: the matching itself, handed the run's :class:`MatchContext` (a
+    similarity metric, ``ctx.parking`` for records waiting for a partner: park them there,
+    release them once paired, and ``ctx.stats`` for its counts). :meth:`pairs` (and
+    :meth:`match`, what the core calls) are shared: a matcher called without a context gets a
+    fresh one whose parking store is closed when its pair stream ends. Set
     :attr:`similarity_metric` to the name of a registered metric to get ``ctx.similarity``.
+
+    A matcher written against the older form overrides :meth:`pairs` instead (two parameters,
+    or three with ``ctx``); :meth:`match` still calls it.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     #: name of the registered metric whose value ``ctx.similarity`` computes (None: needs none)
     similarity_metric: ClassVar[str | None] = None
+    #: the parking store of a context this matcher makes itself (None: the installed default)
+    new_parking: ClassVar[ParkingFactory | None] = None
+
+    def stream(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
+        """Yield the pairs of the two streams (one-sided layers as pairs with the other side None)."""
+        raise NotImplementedError
 
     def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
               ctx: MatchContext | None = None) -> Iterator[Pair]:
-        raise NotImplementedError
+        """:meth:`stream` with ``ctx``; without one, with a fresh context closed when the pairs end."""
+        if ctx is not None:  # through Matcher.match, which closes ctx.parking when the stream ends
+            return self.stream(ref, target, ctx)
+        ctx = MatchContext(new_parking=type(self).new_parking)
+        return closing_parking(self.stream(ref, target, ctx), ctx)
 
     def match(self, ref: Iterable[Activation], target: Iterable[Activation],
               rules: MappingRules | None = None, ctx: MatchContext | None = None) -> Iterator[Pair]:
         """What the core calls: :meth:`pairs` with the mapping ``rules`` applied around it."""
-        ctx = ctx if ctx is not None else MatchContext()
-        if "ctx" in inspect.signature(self.pairs).parameters:
+        ctx = ctx if ctx is not None else MatchContext(new_parking=type(self).new_parking)
+        if ctx.new_parking is None:
+            ctx.new_parking = type(self).new_parking
+        if type(self).pairs is Matcher.pairs or "ctx" in inspect.signature(self.pairs).parameters:
             def inner(r: Iterable[Activation], t: Iterable[Activation]) -> Iterator[Pair]:
                 return self.pairs(r, t, ctx)
         else:  # a matcher written against the two-argument form

@@ -30,7 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from parity.contract.metric import Metric, score_pair
+from parity.contract.metric import Metric
+from parity.lib.scoring import score_pair
 from parity.contract.records import Activation
 from parity.contract.report import MetricInfo
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from parity.contract.records import LocalResult
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
-from parity.contract.metric import Metric, score_pair
+from parity.contract.metric import Metric
+from parity.lib.scoring import score_pair
 
 __all__ = ["FORMATS", "LocalResult", "LocalValues", "OUTLIER_RATIO", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "outlier_channels", "quantizer_stats", "score_local",
            "target_format", "trace_ranges"]

@@ -14,11 +14,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from parity.contract.errors import ParityError
-from parity.contract.matcher import MappingRules, MatchContext, Matcher, metric_similarity
-from parity.contract.metric import Metric, score_pair
+from parity.contract.matcher import MappingRules, MatchContext, Matcher
+from parity.contract.metric import Metric
 from parity.contract.records import Activation, Pair
 from parity.contract.report import (BELOW, NEW_NONFINITE, NONFINITE, OK, REF_ONLY, SHAPE_MISMATCH, TARGET_ONLY,
                                     LayerResult, MetricInfo, Report)
+from parity.lib.parking import Parking
+from parity.lib.scoring import metric_similarity, score_pair
 
 DEFAULT_METRICS = ("cosine", "rel-diff", "max-abs", "nonfinite")
 
@@ -107,7 +109,7 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         row.meta["dtype_differs"] = True
     values, ctx = score_pair(_as_numeric(r.array), _as_numeric(t.array), metrics, options)
     if options and options.get("ranges"):
-        from parity.contract.metric import value_stats
+        from parity.lib.scoring import value_stats
 
         row.range = {"ref": value_stats(r.array), "target": value_stats(t.array),
                      "error_vs_magnitude": error_vs_magnitude(_as_numeric(r.array), _as_numeric(t.array))}
@@ -192,7 +194,7 @@ def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | 
             similarity = metric_similarity(get_metric(name))
         except ParityError:  # not installed (PARITY_LOAD_PLUGINS): the matcher goes without its value step
             similarity = None
-    ctx = MatchContext(similarity=similarity, spill_dir=spill_dir)
+    ctx = MatchContext(similarity=similarity, spill_dir=spill_dir, new_parking=Parking)
     if max_memory is not None and hasattr(ctx, "max_memory"):
         ctx.max_memory = max_memory
     return ctx

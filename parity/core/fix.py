@@ -33,7 +33,8 @@ from parity.core.compare import CompareSettings, prepare
 from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of, target_format
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 from parity.contract.errors import ParityError, first_line
-from parity.contract.metric import Metric, score_pair
+from parity.contract.metric import Metric
+from parity.lib.scoring import score_pair
 from parity.core.registry import get_metric
 from parity.contract.source import RunConfig
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.contract.metric import MOMENTS, Metric, PairContext, merge_contexts, pooled_value
+from parity.contract.metric import MOMENTS, Metric, PairContext, merge_contexts
+from parity.lib.scoring import pooled_value
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 
 #: how many worst inputs each layer and metric lists

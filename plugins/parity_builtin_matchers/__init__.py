@@ -1,5 +1,6 @@
 """Built-in matchers plugin for parity: ``exact`` and ``auto``, offered through the same hook a
-third-party matcher uses and written against the contract only (:mod:`parity.contract.matcher`).
+third-party matcher uses and written against the contract (:mod:`parity.contract.matcher`) and
+the shared parking store (:mod:`parity.lib.parking`).
 
 Mapping rules (pins, exclusions) are not theirs to apply: :meth:`parity.contract.matcher.Matcher.match`
 applies them around whichever matcher is selected.

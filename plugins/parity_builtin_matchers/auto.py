@@ -14,8 +14,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from parity.contract.matcher import MatchContext, Matcher, closing_parking, normalize_name
+from parity.contract.matcher import MatchContext, Matcher, normalize_name
 from parity.contract.records import Activation, Pair
+from parity.lib.parking import Parking
 
 #: confidence of each matching method, highest first; the report shows method and confidence
 #: (pinned pairs, confidence 1.0, come from the mapping rules around the matcher)
@@ -150,19 +151,13 @@ class AutoMatcher(Matcher):
     name = "auto"
     description = "cross-framework: exact, outputs, export provenance, normalized names, order+shape, values"
     similarity_metric = "cosine"
+    new_parking = Parking  # for a context this matcher makes itself (called without the core)
 
     def __init__(self, value_min_similarity: float = 0.99):
         #: the value step pairs two layers only when their similarity reaches this
         self.value_min_similarity = value_min_similarity
 
-    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
-              ctx: MatchContext | None = None) -> Iterator[Pair]:
-        if ctx is not None:  # through Matcher.match, which closes ctx.parking when the stream ends
-            return self._pairs(ref, target, ctx)
-        ctx = MatchContext()
-        return closing_parking(self._pairs(ref, target, ctx), ctx)
-
-    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
+    def stream(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
         store = ctx.parking
         refs: list[Activation] = [store.park(r) for r in ref]
         by_key: dict[str, int] = {}

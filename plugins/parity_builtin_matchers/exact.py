@@ -4,8 +4,9 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import Iterable, Iterator
 
-from parity.contract.matcher import MatchContext, Matcher, closing_parking
+from parity.contract.matcher import MatchContext, Matcher
 from parity.contract.records import Activation, Pair
+from parity.lib.parking import Parking
 
 
 class ExactMatcher(Matcher):
@@ -19,15 +20,9 @@ class ExactMatcher(Matcher):
 
     name = "exact"
     description = "pair layers with identical names (same framework, or dumps named alike)"
+    new_parking = Parking  # for a context this matcher makes itself (called without the core)
 
-    def pairs(self, ref: Iterable[Activation], target: Iterable[Activation],
-              ctx: MatchContext | None = None) -> Iterator[Pair]:
-        if ctx is not None:  # through Matcher.match, which closes ctx.parking when the stream ends
-            return self._pairs(ref, target, ctx)
-        ctx = MatchContext()
-        return closing_parking(self._pairs(ref, target, ctx), ctx)
-
-    def _pairs(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
+    def stream(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
         park = ctx.parking
         waiting_ref: dict[str, Activation] = {}
         waiting_tgt: dict[str, Activation] = {}

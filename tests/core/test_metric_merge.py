@@ -16,7 +16,8 @@ import pytest
 from scipy.special import rel_entr, softmax
 
 import parity_builtin_metrics as pbm
-from parity.contract.metric import Metric, PairContext, merge_contexts, pooled_value, score_pair
+from parity.contract.metric import Metric, PairContext, merge_contexts
+from parity.lib.scoring import pooled_value, score_pair
 from support import use_metric_path
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}

@@ -1,4 +1,4 @@
-"""Parking activations (parity.contract.parking): in memory within the budget, a few spill files beyond it.
+"""Parking activations (parity.lib.parking): in memory within the budget, a few spill files beyond it.
 
 Why: the auto matcher holds the whole reference stream while the target runs; one file per tensor
 cost ~1 ms each (the largest step of a warm run), and holding everything in memory does not scale.
@@ -16,7 +16,7 @@ import pytest
 
 from parity.contract.errors import ParityError
 from parity.contract.matcher import MatchContext, Matcher
-from parity.contract.parking import MIN_DEFAULT_BUDGET, MAX_DEFAULT_BUDGET, Parking, default_budget
+from parity.lib.parking import MIN_DEFAULT_BUDGET, MAX_DEFAULT_BUDGET, Parking, default_budget
 from parity.contract.records import Activation, Pair
 
 
@@ -157,7 +157,7 @@ def test_close_removes_the_folder_and_views_stay_readable(tmp_path, rng):
 def test_a_full_disk_is_a_parity_error(tmp_path, rng):
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
-    from parity.contract import parking
+    from parity.lib import parking
 
     p = Parking(budget=0, spill_dir=tmp_path)
     seg = parking._Segment.__new__(parking._Segment)  # a segment whose writes fail like a full disk
@@ -212,7 +212,7 @@ def test_an_interrupted_process_leaves_no_spill_files(tmp_path, how):
     """Ctrl-C (KeyboardInterrupt anywhere, even outside the matcher) or an error: the folder goes at exit."""
     script = textwrap.dedent(f"""
         import os, signal, sys, numpy as np
-        from parity.contract.parking import Parking
+        from parity.lib.parking import Parking
         from parity.contract.records import Activation
         p = Parking(budget=0, spill_dir={str(tmp_path)!r})
         held = [p.park(Activation(str(i), np.ones(50_000, np.float32))) for i in range(5)]
@@ -235,7 +235,7 @@ def test_a_hard_kill_leaves_one_recognizable_folder(tmp_path):
     """Documented limit: SIGKILL cannot clean up; what it leaves is one parity-park-* folder, not loose files."""
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from parity.contract.parking import Parking
+        from parity.lib.parking import Parking
         from parity.contract.records import Activation
         p = Parking(budget=0, spill_dir={str(tmp_path)!r})
         x = p.park(Activation("a", np.ones(50_000, np.float32)))

@@ -18,7 +18,8 @@ import pytest
 
 from parity import ParityError, hookimpl
 from parity.core import registry as plugins
-from parity.contract.metric import Metric, score_pair
+from parity.contract.metric import Metric
+from parity.lib.scoring import score_pair
 
 EXAMPLE_MODULE = '''\
 """parity-example-metric: the largest relative error, as a parity metric."""

@@ -4,7 +4,8 @@ never flat; when shapes cannot tell the axes apart, the pair is refused."""
 import numpy as np
 
 from parity import Activation
-from parity.contract.matcher import MatchContext, metric_similarity
+from parity.contract.matcher import MatchContext
+from parity.lib.scoring import metric_similarity
 from parity.core.registry import get_metric
 from parity_builtin_matchers import AutoMatcher
 from parity_builtin_matchers.auto import layout_permutation

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from parity import Activation, ParityError
-from parity.contract.matcher import MappingRules, MatchContext, metric_similarity, normalize_name
+from parity.contract.matcher import MappingRules, MatchContext, normalize_name
 from parity.core.engine import compare_streams
 from parity.core.registry import get_metric
-from parity.contract.parking import Parking
+from parity.lib.parking import Parking
+from parity.lib.scoring import metric_similarity
 from parity_builtin_matchers import AutoMatcher, ExactMatcher
 
 

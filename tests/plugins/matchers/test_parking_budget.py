@@ -3,7 +3,8 @@ few files, and the report is the same as with everything held in memory."""
 import numpy as np
 import pytest
 
-from parity.contract.matcher import MatchContext, Matcher, metric_similarity
+from parity.contract.matcher import MatchContext, Matcher
+from parity.lib.scoring import metric_similarity
 from parity.contract.records import Activation
 from parity.contract.source import RunConfig
 from parity.core.engine import run_engine

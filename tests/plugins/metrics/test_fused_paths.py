@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import parity_builtin_metrics as pbm
-from parity.contract import fused
-from parity.contract.metric import Metric, score_pair
+from parity.contract.metric import Metric
+from parity.lib.scoring import fused, score_pair
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}
 PAIRWISE = ["cosine", "l2", "max-abs", "mean-abs", "nonfinite", "rel-diff", "sqnr"]
@@ -214,10 +214,10 @@ def test_numba_missing_falls_back_to_numpy(rng, monkeypatch):
     monkeypatch.delenv("PARITY_NO_NUMBA", raising=False)
     import sys
 
-    import parity.contract
+    import parity.lib.scoring
 
-    monkeypatch.setitem(sys.modules, "parity.contract._fused_kernels", None)  # the import fails
-    monkeypatch.delattr(parity.contract, "_fused_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "parity.lib.scoring.kernels", None)  # the import fails
+    monkeypatch.delattr(parity.lib.scoring, "kernels", raising=False)
     monkeypatch.setattr(fused, "_KERNEL", None)
     assert fused.kernel() is None
     ref, tgt = _pair(rng, 5000)

@@ -17,7 +17,7 @@ from scipy.stats import entropy
 import parity_builtin_metrics as pbm
 from parity import ParityError
 from parity.core import registry as plugins
-from parity.contract.metric import CHUNK_ELEMENTS, score_pair
+from parity.lib.scoring import CHUNK_ELEMENTS, score_pair
 
 M = {cls.name: cls() for cls in pbm.ALL_METRICS}
 NAMES = sorted(M)

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from parity import ParityError  # noqa: E402
 from parity.core.diagnose import LocalResult  # noqa: E402
-from parity.contract.metric import score_pair  # noqa: E402
+from parity.lib.scoring import score_pair  # noqa: E402
 from parity.core.registry import get_metric  # noqa: E402
 from parity.contract.source import RunConfig  # noqa: E402
 from parity_builtin_onnxruntime import OrtSource  # noqa: E402

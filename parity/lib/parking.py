@@ -25,13 +25,13 @@ import os
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parity.contract.errors import ParityError
+from parity.contract.matcher import ParkingStats, set_default_parking
 from parity.contract.records import Activation
 
 #: smallest spill file: arrays are appended to one segment until it is full (a larger array gets
@@ -65,22 +65,6 @@ def default_budget() -> int:
         except (ValueError, OSError, AttributeError):
             avail = 2 << 30
     return int(min(max(avail, MIN_DEFAULT_BUDGET), MAX_DEFAULT_BUDGET))
-
-
-@dataclass
-class ParkingStats:
-    """What a :class:`Parking` did, for reports and benchmarks (bytes, counts)."""
-
-    held_bytes: int = 0
-    peak_held_bytes: int = 0
-    spilled_bytes: int = 0
-    spilled_arrays: int = 0
-    parked_arrays: int = 0
-    copied_arrays: int = 0
-    files_created: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 def _file_backed(arr: np.ndarray) -> bool:
@@ -275,3 +259,7 @@ class Parking:
         s = self.stats
         return (f"<Parking budget={self.budget} held={s.held_bytes} spilled={s.spilled_bytes} "
                 f"files={s.files_created}{' closed' if self.closed else ''}>")
+
+
+# a MatchContext made without ``new_parking`` (a matcher called directly, a third-party test) parks here
+set_default_parking(Parking)

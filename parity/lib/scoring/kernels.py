@@ -1,4 +1,4 @@
-"""The numba kernels of :mod:`parity.contract.fused` (imported only when numba is importable).
+"""The numba kernels of :mod:`parity.lib.scoring.fused` (imported only when numba is importable).
 
 Module level, not built in a function: numba caches a function on disk (``cache=True``) only
 when what it calls is a global, so the compile cost is paid once per machine, not per process.
@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numba
 import numpy as np
 
-from parity.contract.fused import BLOCK
+from parity.lib.scoring.layout import BLOCK
 
 
 # reassoc lets the sums vectorize; no nnan/ninf (the finiteness tests must stay). The block

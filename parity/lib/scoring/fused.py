@@ -4,14 +4,14 @@ Why: scoring a pair with cosine, max-abs and rel-diff through per-chunk numpy ca
 each chunk many times (conversion, difference, abs, three dots, a max, a compare) and runs
 at ~4 GB/s; one compiled loop that converts each element once and folds it into every
 accumulator runs near memory bandwidth. numba is optional (``parity[fast]``); without it,
-or with ``PARITY_NO_NUMBA=1``, :func:`parity.contract.metric.score_pair` uses the numpy chunk
+or with ``PARITY_NO_NUMBA=1``, :func:`parity.lib.scoring.score_pair` uses the numpy chunk
 path, which gives the same values up to float64 summation order; pairs under
 :data:`MIN_COMPILED_SIZE` elements always take the numpy path.
 
 The accumulator vector (float64, ``ACC_LEN`` long) is shared by both paths; positions are
-the ``A_*`` constants. Sums are over positions finite on both sides; a block of ``BLOCK``
-elements whose r.r and t.t block sums are finite has no NaN/Inf (a NaN or Inf element makes
-its square's sum non-finite), so the common case runs a branch-free, vectorized loop and
+the ``A_*`` constants of :mod:`parity.lib.scoring.layout`. Sums are over positions finite on
+both sides; a block of ``BLOCK`` elements whose r.r and t.t block sums are finite has no
+NaN/Inf (a NaN or Inf element makes its square's sum non-finite), so the common case runs a branch-free, vectorized loop and
 only blocks with a non-finite value (or a float64 square overflow) take the exact
 per-element path.
 """
@@ -23,13 +23,11 @@ from typing import Any
 
 import numpy as np
 
-A_N, A_RR, A_TT, A_RT, A_DD, A_AD, A_MAXAD, A_WITHIN = range(8)
-A_REF_NAN, A_REF_INF, A_TGT_NAN, A_TGT_INF, A_NEW_NONFINITE = range(8, 13)
-A_AMBIGUOUS = 13  # number of blocks whose within count waits for the exact floor
-ACC_LEN = 14
-#: elements per block of the compiled loop: both sides of a block stay in L1 for the rare
-#: rescan of its max, and a non-finite value sends only its own block down the exact path.
-BLOCK = 2048
+from parity.lib.scoring.layout import (  # noqa: F401 (re-exported: F.A_N, F.ACC_LEN, ...)
+    A_AD, A_AMBIGUOUS, A_DD, A_MAXAD, A_N, A_NEW_NONFINITE, A_REF_INF, A_REF_NAN, A_RR, A_RT, A_TGT_INF,
+    A_TGT_NAN, A_TT, A_WITHIN, ACC_LEN, BLOCK,
+)
+
 #: pairs up to this size read the reference alone for rms(r) (cheap, and it stays in cache);
 #: larger ones guess the floor from a sample (see ``sample_floor_band``)
 SAMPLE_MIN = 1 << 18
@@ -56,7 +54,7 @@ def numba_disabled() -> bool:
 def _build() -> Any:
     """The compiled kernels by name; ``False`` when numba is not importable."""
     try:
-        from parity.contract import _fused_kernels as K
+        from parity.lib.scoring import kernels as K
     except ImportError:
         return False
     return {"fused": K.fused, "count_only": K.count_only, "ref_sumsq": K.ref_sumsq}
@@ -109,7 +107,7 @@ def compiled_moments(k: Any, ref: np.ndarray, tgt: np.ndarray, full: bool, count
                      rel: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Accumulators of one fused read of the pair, and the start index of every block whose
     within count is left open (its counts at floors ``lo`` and ``hi`` differ, or it holds a
-    non-finite value): see ``_fused_kernels.fused``."""
+    non-finite value): see ``kernels.fused``."""
     acc = np.zeros(ACC_LEN)
     amb = np.empty(ref.size // BLOCK + 2 + ref.size // PIECE, dtype=np.int64) if count else np.empty(1, np.int64)
     off = 0
