@@ -14,12 +14,13 @@ import sys
 from types import ModuleType
 from typing import Sequence
 
-from parity.cli import analyze, compare, doctor, example, fix, plugins, repro, view
+from parity.cli import analyze, compare, doctor, example, fix, generate, plugins, repro, view
 from parity.cli._common import Parser, validate
 from parity.contract.errors import ParityError, one_line
 
 COMMANDS: dict[str, ModuleType] = {"plugins": plugins, "analyze": analyze, "compare": compare, "fix": fix,
-                                   "repro": repro, "doctor": doctor, "example": example, "view": view}
+                                   "repro": repro, "generate": generate, "doctor": doctor, "example": example,
+                                   "view": view}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,5 +67,13 @@ def register_dump_annotators(register: Register) -> None:
     :class:`parity.contract.dumpformat.DumpAnnotator` instances (``--target-onnx``, ``--layer-info``)."""
 
 
+@hookspec
+def register_decoders(register: Register) -> None:
+    """Contribute language-model decoders for ``parity generate``: ``register(decoder, name=None)`` with
+    :class:`parity.contract.decoder.Decoder` instances (one class usually serves several names:
+    ``torch``, ``torch-bf16``)."""
+
+
 HOOKS: tuple[str, ...] = ("register_metrics", "register_dump_formats", "register_sources", "register_matchers",
-                          "register_reporters", "register_input_readers", "register_dump_annotators")
+                          "register_reporters", "register_input_readers", "register_dump_annotators",
+                          "register_decoders")

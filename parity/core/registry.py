@@ -25,7 +25,8 @@ GROUP = "parity"
 #: hook -> the kind of object it registers (the keys of :func:`registry`)
 KINDS = {"register_metrics": "metric", "register_dump_formats": "dump-format",
          "register_sources": "source", "register_matchers": "matcher", "register_reporters": "reporter",
-         "register_input_readers": "input-reader", "register_dump_annotators": "dump-annotator"}
+         "register_input_readers": "input-reader", "register_dump_annotators": "dump-annotator",
+         "register_decoders": "decoder"}
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,10 @@ def get_reporter(name: str) -> Any:
 
 def get_source(name: str) -> Any:
     return _lookup("source", name)
+
+
+def get_decoder(name: str) -> Any:
+    return _lookup("decoder", name)
 
 
 def get_matcher(name: str) -> Any:

@@ -1,0 +1,99 @@
+"""Decoders: what ``parity generate`` asks of a language model, one step at a time.
+
+Why a contract of its own and not a :class:`parity.contract.source.Source`: a source runs one
+forward pass and yields every activation; generation is a loop of forward passes that carry a KV
+cache from one to the next, and what users see drift is the token picked at each step. A decoder
+plugin therefore hands the core a *session* with one method that matters, :meth:`DecoderSession.forward`
+(tokens and a cache in, next-token logits and the grown cache out); the core owns the loop, the
+teacher forcing and the statistics, so every framework is driven the same way.
+
+Two optional methods let the core say *which layer* flipped a token: :meth:`DecoderSession.trace`
+(each decoder layer's input and output at every position) and :meth:`DecoderSession.run_layer`
+(one layer alone on given inputs, the local error of ``--diagnose``). A session that cannot do them
+(an ONNX graph without hidden states) returns ``None``; the core then compares the KV cache per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Decoder", "DecoderSession", "LayerTrace", "Step"]
+
+
+@dataclass
+class Step:
+    """One forward pass: ``logits`` ``[T, vocab]`` float32 for the ``T`` tokens fed, and the cache after them.
+
+    ``cache`` is the session's own object (a transformers cache, a list of ONNX arrays), handed back
+    unchanged to the next :meth:`DecoderSession.forward`; :meth:`DecoderSession.cache_arrays` turns it
+    into numpy for comparison.
+    """
+
+    logits: Any
+    cache: Any = None
+
+
+@dataclass
+class LayerTrace:
+    """One decoder layer's hidden states, ``[T, hidden]`` float32 each: what it read and what it wrote."""
+
+    name: str
+    input: Any
+    output: Any
+
+
+@dataclass
+class DecoderSession:
+    """A loaded decoder (base class; plugins subclass it).
+
+    ``layers``: the decoder layers' names in order (``model.layers.0`` ...), the same on the reference
+    and the target when they come from the same model, so the core can pair them by name.
+    """
+
+    name: str = "decoder"
+    layers: list[str] = field(default_factory=list)
+    vocab_size: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, tokens: Any, cache: Any = None) -> Step:
+        """Feed ``tokens`` (int64 ``[T]``) after the prefix ``cache`` holds (``None``: an empty prefix)."""
+        raise NotImplementedError
+
+    def cache_arrays(self, cache: Any) -> list[tuple[Any, Any]]:
+        """The cache as ``(keys, values)`` float32 numpy arrays per layer, ``[heads, positions, head_dim]``."""
+        raise NotImplementedError
+
+    def trace(self, tokens: Any) -> list[LayerTrace] | None:
+        """Each decoder layer's input and output over ``tokens`` (one pass, no cache); ``None``: not available."""
+        return None
+
+    def run_layer(self, tokens: Any, index: int, hidden: Any) -> Any | None:
+        """Layer ``index`` alone on ``hidden`` (``[T, hidden]``, the reference's input to it) over
+        ``tokens``' positions: its output ``[T, hidden]`` float32; ``None``: not available."""
+        return None
+
+    def close(self) -> None:
+        """Release what the session holds (GPU memory, ONNX Runtime sessions)."""
+
+
+class Decoder:
+    """A registered decoder kind (``torch``, ``torch-bf16``, ``ort-int8`` ...): loads sessions.
+
+    ``precision`` is the number format the target computes in (``fp32``, ``fp16``, ``bf16``,
+    ``int8``); the core reports it and picks the format limits of the diagnosis from it.
+    """
+
+    name: str = "decoder"
+    precision: str = "fp32"
+    description: str = ""
+
+    def available(self, device: str = "cpu") -> str | None:
+        """``None`` when this decoder can run here on ``device``, else why not (one line)."""
+        return None
+
+    def load(self, model: str, *, device: str = "cpu", calibration: list[list[int]] | None = None,
+             workdir: str | None = None) -> DecoderSession:
+        """Load ``model`` (a transformers folder, ``file.py:factory``, an ``.onnx`` decoder; what a plugin
+        accepts is its own) on ``device``. ``calibration``: token sequences for an int8 target.
+        ``workdir``: where derived files (exports, converted models) may be written."""
+        raise NotImplementedError
