@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
 from parity.contract.errors import ParityError
 from parity.contract.records import Activation, LocalResult
 
@@ -89,6 +90,21 @@ class Source:
     #: whether :meth:`run` with ``outputs_only`` is the model as deployed (nothing captured): the
     #: driver then runs it beside every capture to check that capturing changed nothing
     runs_deployed: ClassVar[bool] = True
+    #: the number format this target computes in, typed (never read from the name): diagnosis picks
+    #: the format's range and ``parity fix`` the tool recipes by it. A source that says nothing is fp32;
+    #: one class serving several precisions sets it per instance in its constructor
+    number_format: NumberFormat = NumberFormat.FP32
+    #: optional capabilities this source offers beyond running (see :meth:`offers`)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def offers(self, capability: Capability) -> bool:
+        """Whether this source implements ``capability``; the core asks before dispatching to it.
+
+        ``RUN_LAYER_ALONE`` is also offered by a source setting the older ``supports_local``.
+        """
+        if capability is Capability.RUN_LAYER_ALONE and self.supports_local:
+            return True
+        return capability in self.capabilities
 
     def check(self) -> str | None:
         """``None`` if this source can run on this machine, else one line saying what is missing."""
@@ -125,6 +141,31 @@ class Source:
         this model cannot be cut into layers.
         """
         raise ParityError(f"source {self.name!r} cannot run layers alone")
+
+    def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
+                          dest: Path) -> FixedModel:
+        """Write the model this target runs with the records ``keep`` in high precision to ``dest``
+        (``Capability.WRITE_FIXED_MODEL``; ``parity fix --write-model``).
+
+        Why a capability: only the source knows how its precision is made (a conversion with a block
+        list, a quantization with exclusions), so only it can write the file the fix measured. ``keep``
+        holds record keys as :meth:`run` names them (``cfg.options["keep_high_precision"]``'s form);
+        ``feed`` is the first input, for a model that must be resolved or exported first. ``dest`` is a
+        temporary name the core renames once this returns; raise :class:`ParityError` when no single
+        file can hold the model.
+        """
+        raise ParityError(f"source {self.name!r} cannot write a fixed model")
+
+    def write_repro(self, cfg: RunConfig, feed: dict[str, np.ndarray], layer: str, folder: Path,
+                    model_label: str) -> ReproResult:
+        """Write ``layer`` cut out of the float32 model as a standalone repro into the empty ``folder``
+        (``Capability.WRITE_REPRO``; ``parity repro``): the cut model, the float32 values reaching it
+        for ``feed``, the float32 outputs they give, and a README saying how to run it.
+
+        ``layer`` is whatever the user named (a node, tensor or module path); ``model_label`` names the
+        model in the README. ``folder`` is a temporary folder the core renames once this returns.
+        """
+        raise ParityError(f"source {self.name!r} cannot cut a layer into a standalone repro")
 
     def details(self) -> list[dict[str, Any]] | dict[str, Any] | None:
         """Extra lines for ``parity doctor`` (library versions, devices, what works)."""

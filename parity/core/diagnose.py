@@ -13,12 +13,13 @@ import math
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+from parity.contract.capability import NumberFormat
 from parity.contract.records import LocalResult
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
 from parity.contract.metric import Metric
 from parity.lib.scoring import score_pair
 
-__all__ = ["FORMATS", "LocalResult", "LocalValues", "OUTLIER_RATIO", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "outlier_channels", "quantizer_stats", "score_local",
+__all__ = ["FORMATS", "LocalResult", "LocalValues", "OUTLIER_RATIO", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "number_format_of", "outlier_channels", "quantizer_stats", "score_local",
            "target_format", "trace_ranges"]
 
 #: largest finite value and smallest normal value of each low-precision format
@@ -37,17 +38,43 @@ CAUSE_SHARE = 0.5
 NEGLIGIBLE_SHARE = 0.01
 
 
-def target_format(source_name: str, row: LayerResult | None = None) -> str | None:
-    """The number format a target computes in, from its name (``ort-fp16``) or the row's dtype."""
-    n = source_name.lower()
-    if "int8" in n:
-        return "int8"
-    if "bf16" in n:
-        return "bfloat16"
-    if "fp16" in n or "half" in n:
-        return "float16"
+def number_format_of(target: Any) -> NumberFormat | None:
+    """The typed number format of ``target``: a source object's ``number_format``, or that of the
+    source registered under the name ``target``; None for a name no source is registered under
+    (``dump``: a dump made elsewhere says nothing of its format)."""
+    if isinstance(target, str):
+        from parity.core.registry import all_of
+
+        target = all_of("source").get(target)
+    fmt = getattr(target, "number_format", None)
+    return NumberFormat(fmt) if fmt is not None else None
+
+
+def target_format(target: Any, row: LayerResult | None = None) -> str | None:
+    """The number format a target computes in, as reports name it (``float16``, ``bfloat16``, ``int8``).
+
+    From the source's typed ``number_format`` (``target`` is a source or its registered name), never
+    from the name's spelling; where that has float32's range (fp32, tf32), is mixed or unknown, from
+    the row's dtype (a source storing fp16 tensors without saying so).
+    """
+    fmt = number_format_of(target)
+    if fmt is not None and fmt.report_name is not None:
+        return fmt.report_name
     if row is not None and row.target_dtype in FORMATS and row.target_dtype != "float32":
         return row.target_dtype
+    return None
+
+
+def _precision_format(precision: str) -> str | None:
+    """A local run's ``meta["precision"]`` (``fp16``, ``fp16-strict``, ``bf16``, ``int8`` as the built-in
+    sources write it into a record) as a report's format name; None for another spelling."""
+    p = precision.lower()
+    if "int8" in p:
+        return "int8"
+    if "bf16" in p:
+        return "bfloat16"
+    if "fp16" in p or "half" in p:
+        return "float16"
     return None
 
 
@@ -128,7 +155,7 @@ def useful_bound(ref: np.ndarray) -> float | None:
 def _local_format(lr: LocalResult) -> str | None:
     """The float format the local run computed in: from its meta (``precision``/``dtype``) or its dtype."""
     meta = lr.meta or {}
-    fmt = target_format(str(meta.get("precision") or meta.get("dtype") or ""))
+    fmt = _precision_format(str(meta.get("precision") or meta.get("dtype") or ""))
     if fmt in FORMATS:
         return fmt
     dt = str(lr.target.dtype)

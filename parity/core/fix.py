@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.core.compare import CompareSettings, prepare
-from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of, target_format
+from parity.core.diagnose import NEGLIGIBLE_SHARE, SATURATED, error_of
+from parity.contract.capability import NumberFormat
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
 from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric
@@ -69,6 +70,8 @@ class FixResult:
     #: what the measured numbers mean (the target source's ``semantics``): a fix verified under a CPU
     #: provider's fp16 is not one verified under strict fp16 storage
     semantics: str | None = None
+    #: the target's number format (its source's typed ``number_format``): which tools' recipes apply
+    number_format: NumberFormat = NumberFormat.FP16
 
     def forms(self, target: str) -> dict[str, str]:
         """The kept set in the spellings users paste into other tools, each as that tool takes it."""
@@ -78,7 +81,7 @@ class FixResult:
         toml += [f'  "{k}",' for k in self.kept]
         toml.append("]")
         forms: dict[str, str] = {}
-        int8 = target_format(target) == "int8"
+        int8 = self.number_format is NumberFormat.INT8
         if onnx_nodes and all(onnx_nodes):
             forms.update((int8_tool_forms if int8 else tool_forms)([str(n) for n in onnx_nodes]))
         else:
@@ -347,44 +350,28 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
         stopped += f"; {len(skipped)} could not be kept: {'; '.join(skipped[:3])}"
     return FixResult(goal_metric, goal, before, value, passed, kept, [nodes[k] for k in kept], steps,
                      total_layers=len(order), stopped=stopped, candidates=len(cands), tried=tried,
-                     best=best[0], best_kept=best[1], semantics=tgt_src.semantics)
+                     best=best[0], best_kept=best[1], semantics=tgt_src.semantics,
+                     number_format=getattr(tgt_src, "number_format", NumberFormat.FP32))
 
 
 def write_fixed_model(settings: CompareSettings, res: FixResult, path: str) -> str:
-    """Write the target's ONNX model with ``res.kept`` left in fp32 to ``path`` (atomically).
+    """Write the target's model with ``res.kept`` left in fp32 to ``path`` (atomically).
 
-    The same conversion the ONNX Runtime targets run (:mod:`parity.lib.onnx.convert`): fp16 or bf16
-    with the kept nodes block-listed, or int8 with them excluded from quantization, so the file is
-    the model the fix measured. Only ONNX-based targets have one: a torch target keeps modules.
+    The target's source writes it (``Capability.WRITE_FIXED_MODEL``: the ONNX Runtime targets run the
+    same conversion with the kept nodes block-listed or excluded from quantization), so the file is
+    the model the fix measured. A target without it is refused, naming the targets that have it.
     """
-    import shutil
-    from pathlib import Path
+    from parity.contract.capability import Capability
+    from parity.core.capabilities import require, write_fixed_model as dispatch
+    from parity.core.registry import get_source
 
-    from parity.contract.atomic import atomic_path
-    from parity.contract.options import option_list
-    from parity.lib.onnx.convert import to_bf16, to_fp16, to_int8
-    from parity.lib.onnx.models import onnx_model_for
-
+    what = f"--write-model {path}"
     if not res.kept or not all(r.meta.get("target_onnx_node") for r in res.rows):
-        raise ParityError(f"--write-model {path}: no ONNX model to write for target {settings.target!r}. "
+        raise ParityError(f"{what}: no ONNX model to write for target {settings.target!r}. "
                           f"Note: {'nothing was kept' if not res.kept else 'its layers are not ONNX nodes'}; "
-                          f"the fixed model is written for ONNX targets (ort-fp16, ort-bf16, ort-int8)")
+                          f"the fixed model is written for ONNX targets (ort-fp16, ort-fp16-strict, ort-int8)")
+    # refused before anything runs: a target that cannot write one may not even run here (TensorRT)
+    require(get_source(settings.target), Capability.WRITE_FIXED_MODEL, settings.target, what)
     prep = prepare(settings)
-    cfg = prep.cfg
-    src, _ = onnx_model_for(cfg, prep.feeds.first()[1])
-    workdir, opts, kept = Path(cfg.workdir), cfg.options, list(res.kept)
-    t = settings.target.lower()
-    if "int8" in t:
-        fixed = to_int8(src, workdir, list(cfg.calibration), {**opts, "keep_high_precision": kept})
-    else:
-        half = to_bf16 if "bf16" in t else to_fp16
-        fixed = half(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
-                     keep_tensors=kept)
-    if any(fixed.parent.glob(fixed.name + "*.data")):
-        raise ParityError(f"--write-model {path}: the fixed model {fixed} keeps its weights in external data "
-                          f"files beside it. Note: copy it and its .data file from there")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        shutil.copyfile(fixed, tmp)
-    return str(out)
+    fixed = dispatch(prep.target, settings.target, prep.cfg, prep.feeds.first()[1], list(res.kept), path, what)
+    return str(fixed.path)

@@ -171,3 +171,32 @@ def fetch_for(precision: str, runnable: "onnx.ModelProto", names: list[str],
     if precision == "fp32":
         return {n: (n, False) for n in names}
     return fetch_map(runnable, names, quantized=precision == "int8", producers=producers)
+
+
+def write_fixed(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str], dest: Path) -> Path:
+    """Copy the model ``precision`` runs with the fp32 tensors ``keep`` left in fp32 to ``dest``.
+
+    The same conversion the run made (:mod:`parity.lib.onnx.convert`): fp16 with the producers of
+    ``keep`` block-listed (``keep_fp32_ops`` / ``keep_fp32_nodes`` still honoured), or int8 with them
+    excluded from quantization, calibrated on ``cfg.calibration``; so the file is the model the fix
+    measured (``fp16-strict``'s storage rounding is an analysis device, not part of the model).
+    """
+    import shutil
+
+    from parity.lib.onnx.convert import to_fp16, to_int8
+
+    if precision not in PRECISIONS or precision == "fp32":
+        raise ParityError(f"{PRECISIONS.get(precision, precision)} runs the fp32 model: there is no lower "
+                          f"precision to keep layers out of. Note: write a fixed model for ort-fp16 or ort-int8")
+    src, _ = onnx_model_for(cfg, feed)
+    workdir, opts, kept = Path(cfg.workdir), cfg.options, list(keep)
+    if precision == "int8":
+        fixed = to_int8(src, workdir, list(cfg.calibration), {**opts, "keep_high_precision": kept})
+    else:
+        fixed = to_fp16(src, workdir, option_list(opts, "keep_fp32_ops"), option_list(opts, "keep_fp32_nodes"),
+                        keep_tensors=kept)
+    if any(fixed.parent.glob(fixed.name + "*.data")):
+        raise ParityError(f"the fixed model {fixed} keeps its weights in external data files beside it. "
+                          f"Note: copy it and its .data file from there")
+    shutil.copyfile(fixed, dest)
+    return dest

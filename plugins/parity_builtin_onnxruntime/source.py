@@ -7,6 +7,8 @@ A thin adapter over the plugin's parts and the shared ONNX library:
 * the model each precision runs (fp16 / int8 conversion, cache): :mod:`.loader`;
 * run and capture: :mod:`.runner`;
 * each layer alone for ``--diagnose``: :mod:`.local`;
+* capabilities: the fixed model ``parity fix --write-model`` writes (:func:`.loader.write_fixed`) and a
+  layer cut into a standalone repro for ``parity repro`` (:mod:`.repro`);
 * sessions: :mod:`parity.lib.onnx.session`.
 
 Records carry the tensor names of the fp32 graph for every precision, so ``ort``, ``ort-fp16``
@@ -15,10 +17,12 @@ and ``ort-int8`` records of one model pair by name.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
@@ -26,7 +30,11 @@ from parity.lib.onnx.models import onnx_input_specs
 from .loader import HALF, PRECISIONS, SEMANTICS
 from .runner import DEFAULT_STEP_BYTES, PlanCache, capture
 
-__all__ = ["DEFAULT_STEP_BYTES", "PRECISIONS", "OrtSource"]
+__all__ = ["DEFAULT_STEP_BYTES", "NUMBER_FORMATS", "PRECISIONS", "OrtSource"]
+
+#: the number format each precision computes in (``fp16-strict`` is fp16 with every output stored in fp16)
+NUMBER_FORMATS = {"fp32": NumberFormat.FP32, "fp16": NumberFormat.FP16, "fp16-strict": NumberFormat.FP16,
+                  "int8": NumberFormat.INT8}
 
 
 class OrtSource(Source):
@@ -52,6 +60,10 @@ class OrtSource(Source):
         self.precision = precision
         self.name = PRECISIONS[precision]  # type: ignore[misc]
         self.semantics = SEMANTICS[precision]  # type: ignore[misc]
+        self.number_format = NUMBER_FORMATS[precision]
+        # every precision cuts fp32 repros; a fixed model exists only below fp32
+        caps = {Capability.WRITE_REPRO} | ({Capability.WRITE_FIXED_MODEL} if precision != "fp32" else set())
+        self.capabilities = frozenset(caps)  # type: ignore[misc]
         #: layers the last ``local_errors`` call could not run alone: ``{key, onnx_node, reason}``
         self.last_local_skipped: list[dict[str, str]] = []
         #: models, fetch map and session reused across the feeds of one run (one entry, see ``PlanCache``)
@@ -97,3 +109,18 @@ class OrtSource(Source):
         from .local import local_results
 
         yield from local_results(self.precision, cfg, feed, skipped=self.last_local_skipped)
+
+    def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
+                          dest: Path) -> FixedModel:
+        """This precision's model with the fp32 tensors ``keep`` left in fp32 (see :func:`.loader.write_fixed`)."""
+        from .loader import write_fixed
+
+        write_fixed(self.precision, cfg, feed, keep, dest)
+        return FixedModel(dest, tuple(keep), self.number_format)
+
+    def write_repro(self, cfg: RunConfig, feed: dict[str, np.ndarray], layer: str, folder: Path,
+                    model_label: str) -> ReproResult:
+        """LAYER cut out of the fp32 ONNX model, whatever this target's precision (see :mod:`.repro`)."""
+        from .repro import write_repro
+
+        return write_repro(cfg, feed, layer, folder, model_label)

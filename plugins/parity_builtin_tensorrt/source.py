@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from parity.contract.capability import NumberFormat
 from parity.contract.errors import ParityError
 from parity.contract.records import Activation, LocalResult
 from parity.contract.source import InputSpec, RunConfig, Source
@@ -26,6 +27,10 @@ from parity.lib.onnx.models import onnx_input_specs
 
 from .config import TENSORRT, Library
 from .loader import import_tensorrt, tensorrt_with_cuda
+
+#: the number format each precision computes in (tf32: fp32's range, a 10-bit mantissa in matrix products)
+NUMBER_FORMATS = {"fp32": NumberFormat.FP32, "tf32": NumberFormat.TF32, "fp16": NumberFormat.FP16,
+                  "bf16": NumberFormat.BF16, "int8": NumberFormat.INT8}
 
 
 class TrtSource(Source):
@@ -38,6 +43,7 @@ class TrtSource(Source):
         self.precision = precision
         self.library = library
         self.name = f"{library.prefix}-{precision}"  # type: ignore[misc]
+        self.number_format = NUMBER_FORMATS[precision]
         if library.strongly_typed:
             self.description = (f"{library.label} engine, strongly typed (the ONNX model cast to {precision} "  # type: ignore[misc]
                                 f"first); captures every layer during the run")

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from parity.contract.capability import NumberFormat
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.torch_loader import resolve_input_specs
@@ -20,10 +21,12 @@ from parity.lib.torch_loader import resolve_input_specs
 from . import local, runner
 from .loader import CAPTURE_MODES, PRECISIONS, PreparedCache, unavailable
 
-__all__ = ["CAPTURE_MODES", "PRECISIONS", "SOURCE_NAMES", "TorchSource"]
+__all__ = ["CAPTURE_MODES", "NUMBER_FORMATS", "PRECISIONS", "SOURCE_NAMES", "TorchSource"]
 
 #: source name per precision
 SOURCE_NAMES = {"fp32": "torch", "fp16": "torch-fp16", "bf16": "torch-bf16"}
+#: the number format each precision computes in
+NUMBER_FORMATS = {"fp32": NumberFormat.FP32, "fp16": NumberFormat.FP16, "bf16": NumberFormat.BF16}
 
 
 class TorchSource(Source):
@@ -45,6 +48,7 @@ class TorchSource(Source):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.precision = precision
         self.name = SOURCE_NAMES[precision]
+        self.number_format = NUMBER_FORMATS[precision]
         self.description = (f"PyTorch {precision} (TorchScript, ExportedProgram .pt2, Python spec "
                             f"pkg.module:factory); every submodule's output")
         self._cache = PreparedCache(precision, self.name)
