@@ -40,7 +40,8 @@ class OrtDecoderSession(DecoderSession):
             raise ParityError(f"ONNX decoder {path}: the past key/value inputs have symbolic heads or head "
                               f"size ({shapes[0]}); parity needs them fixed to build an empty cache")
         vocab = _dim(sess.get_outputs()[0].shape[-1]) or 0
-        super().__init__(name=name, layers=[f"layers.{i}" for i in range(self.n)], vocab_size=vocab)
+        super().__init__(name=name, layers=[f"layers.{i}" for i in range(self.n)], vocab_size=vocab,
+                         meta={"path": str(path)})
         self.sess, self.past, self.presents, self.logits = sess, past, presents, logits[0]
         self.heads, self.hd = heads, hd
         self.has_mask, self.has_pos = "attention_mask" in ins, "position_ids" in ins
