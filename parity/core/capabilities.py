@@ -22,21 +22,21 @@ from parity.contract.errors import ParityError, first_line
 from parity.contract.source import RunConfig, Source
 from parity.core.registry import all_of, get_source
 
-__all__ = ["offering", "repro_source", "require", "write_fixed_model", "write_repro"]
+__all__ = ["offering", "offers", "repro_source", "require", "write_fixed_model", "write_repro"]
 
 
 def offering(capability: Capability, number_format: NumberFormat | None = None) -> list[str]:
     """Names of the registered sources offering ``capability`` (of ``number_format`` when given), in
     registration order."""
     return [n for n, src in all_of("source").items()
-            if _offers(src, capability) and (number_format is None or src.number_format == number_format)]
+            if offers(src, capability) and (number_format is None or src.number_format == number_format)]
 
 
-def _offers(src: Any, capability: Capability) -> bool:
+def offers(src: Any, capability: Capability) -> bool:
     """``src.offers(capability)``, for a source that predates :meth:`Source.offers` too."""
-    offers = getattr(src, "offers", None)
-    if offers is not None:
-        return bool(offers(capability))
+    method = getattr(src, "offers", None)
+    if method is not None:
+        return bool(method(capability))
     return capability is Capability.RUN_LAYER_ALONE and bool(getattr(src, "supports_local", False))
 
 
@@ -46,7 +46,7 @@ def require(src: Source, capability: Capability, name: str, what: str) -> None:
     The note names the sources that can, those of the same number format first: ``trt-fp16 cannot
     write a fixed model. Note: sources that can: ort-fp16, ort-fp16-strict (then ort-int8)``.
     """
-    if _offers(src, capability):
+    if offers(src, capability):
         return
     fmt = getattr(src, "number_format", None)
     same = offering(capability, fmt) if fmt is not None else []
@@ -80,7 +80,7 @@ def repro_source(target: str) -> str:
     the same folder; a target that cannot (a torch or TensorRT target) is served by one that can.
     """
     try:
-        if _offers(get_source(target), Capability.WRITE_REPRO):
+        if offers(get_source(target), Capability.WRITE_REPRO):
             return target
     except ParityError:  # not a registered source: the first that can cut a repro
         pass

@@ -24,6 +24,7 @@ from parity.core.stats import DatasetStats
 
 from parity.contract.report import Report, deployed_failures
 from parity.contract import frontend
+from parity.contract.capability import Capability
 from parity.contract.errors import ARCHIVE_ERRORS, ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
 from parity.core.preflight import (check_memory, check_no_clobber, check_output_path, check_workdir,
@@ -678,7 +679,9 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
 def _attach_local(s: CompareSettings, tgt_src: Source, cfg: RunConfig, feed: dict[str, np.ndarray],
                   rep: Report, ms: list, k: int) -> None:
     """``--diagnose``: each layer run alone in the target, scored into the feed's report rows."""
-    if not tgt_src.supports_local:
+    from parity.core.capabilities import offers
+
+    if not offers(tgt_src, Capability.RUN_LAYER_ALONE):
         rep.summary["local_unavailable"] = f"source {s.target!r} offers no local runs"
         return
     from parity.core.diagnose import attach_local, score_local

@@ -234,3 +234,69 @@ def test_repro_without_any_source_offering_it_is_refused(monkeypatch):
     plugins.reset()
     with pytest.raises(ParityError, match="no loaded source can cut a layer into a standalone repro"):
         repro_source("torch")
+
+
+# ----------------------------------------------------------------------------- run a layer alone
+
+class _Affine(Source):
+    """h = 2x, y = h + 1; the target scales h by ``1 + eps`` and says so in its local run."""
+
+    runs_deployed = False
+
+    def __init__(self, name: str, eps: float, local: bool) -> None:
+        self.name = name  # type: ignore[misc]
+        self.eps = eps
+        if local:  # declared only through the capability, not the older supports_local flag
+            self.capabilities = frozenset({Capability.RUN_LAYER_ALONE})  # type: ignore[misc]
+
+    def input_specs(self, cfg):
+        from parity.contract.source import InputSpec
+
+        return [InputSpec("x", (3, 4))]
+
+    def run(self, cfg, feed):
+        from parity.contract.records import Activation
+
+        h = (2.0 * feed["x"] * (1.0 + self.eps)).astype(np.float32)
+        yield Activation("h", h, order=0, op_type="Mul")
+        yield Activation("y", h + 1.0, order=1, op_type="Add", meta={"is_output": True, "output_position": 0})
+
+    def local_errors(self, cfg, feed):
+        from parity.contract.records import LocalResult
+
+        ref = (2.0 * feed["x"]).astype(np.float32)
+        yield LocalResult("h", ref, (ref * (1.0 + self.eps)).astype(np.float32), "Mul")
+
+
+class _AffinePlugin:
+    @hookimpl
+    def register_sources(self, register):
+        register(_Affine("affine", 0.0, False), name="affine")
+        register(_Affine("affine-local", 0.01, True), name="affine-local")
+        register(_Affine("affine-mute", 0.01, False), name="affine-mute")
+
+
+@pytest.fixture
+def affine():
+    plugin = _AffinePlugin()
+    plugins.register_plugin(plugin, name="affine-test")
+    try:
+        yield
+    finally:
+        plugins.unregister_plugin(plugin)
+        plugins.reset()
+
+
+def test_local_runs_are_dispatched_by_the_capability(affine, tmp_path):
+    from parity.core.compare import CompareSettings, compare
+
+    rep = compare(CompareSettings(model="affine:net", ref="affine", target="affine-local", diagnose=True,
+                                  metrics=["l2"], workdir=str(tmp_path), random_inputs=1))
+    h = next(r for r in rep.layers if r.name == "h")
+    assert "local_unavailable" not in rep.summary
+    # alone, h is 2x(1+eps) against 2x, as in the whole run: the local distance is the accumulated one
+    assert h.local["l2"] > 0 and h.local["l2"] == pytest.approx(h.values["l2"], rel=1e-5)
+    rep = compare(CompareSettings(model="affine:net", ref="affine", target="affine-mute", diagnose=True,
+                                  metrics=["l2"], workdir=str(tmp_path), random_inputs=1))
+    assert rep.summary["local_unavailable"] == "source 'affine-mute' offers no local runs"
+    assert not next(r for r in rep.layers if r.name == "h").local
