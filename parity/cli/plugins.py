@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name, why in broken.items():
         console.print(f"broken plugin {name}: {why}")
-    for kind in ("source", "metric", "dump-format", "matcher", "reporter", "input-reader", "dump-annotator"):
+    for kind in ("source", "metric", "dump-format", "matcher", "reporter", "input-reader", "dump-annotator", "decoder"):
         t = Table(title=f"{kind}s", title_justify="left")
         t.add_column("name")
         t.add_column("package")

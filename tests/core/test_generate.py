@@ -340,3 +340,12 @@ def test_torch_fp16_on_the_gpu(lm):
     doc = generate(GenerateSettings(model=lm["model"], target="torch-fp16", prompts=lm["prompts"][:1],
                                     max_new_tokens=8, device="cuda", diagnose=True))
     assert 0 <= doc["summary"]["top1_agreement"] <= 1 and doc["summary"]["mean_kl"] > 0
+
+
+def test_parity_plugins_lists_the_decoders(capsys):
+    from parity.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)["decoder"]}
+    assert {"torch", "torch-bf16", "ort-fp16", "ort-int8"} <= set(listed)
+    assert "ONNX" in listed["ort-int8"]["description"] and "int8" in listed["ort-int8"]["description"]
