@@ -573,11 +573,19 @@ def compare(s: CompareSettings) -> Report:
     if s.workers > 1 or s.ray_address:
         from parity.core.workers import compare_sharded
 
-        return compare_sharded(s)
+        return compare_sharded(s, sharding_steps())
     prep = prepare(s)
     with save_dumps(s) as (staged, done):
         stats = done(run_feeds(prep, staged, prep.feeds.iter(), total=prep.feeds.known_length()))
     return finish(s, stats)
+
+
+def sharding_steps() -> Any:
+    """This module's steps as :func:`parity.core.workers.compare_sharded` runs them (a
+    :class:`parity.core.workers.Steps`): handed over, so that module never imports this one."""
+    from parity.core.workers import Steps
+
+    return Steps(check_settings, prepare, run_feeds, finish, save_dumps)
 
 
 @contextlib.contextmanager

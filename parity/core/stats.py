@@ -28,6 +28,7 @@ import numpy as np
 from parity.contract.metric import MOMENTS, Metric, PairContext, merge_contexts
 from parity.lib.scoring import pooled_value
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report
+from parity.core.rows import classify, merge_error_vs_magnitude
 
 #: how many worst inputs each layer and metric lists
 WORST_K = 5
@@ -176,8 +177,6 @@ class LayerStats:
         return st
 
     def merge(self, other: "LayerStats", infos: list[MetricInfo]) -> None:
-        from parity.core.engine import merge_error_vs_magnitude
-
         if other.index < self.index:
             self.template, self.index = other.template, other.index
         by_name = {i.name: i.metric for i in infos}
@@ -209,8 +208,6 @@ class LayerStats:
 
     def result(self, infos: list[MetricInfo], total: int) -> LayerResult:
         """The report row over every input seen (the lone row itself when there was one input)."""
-        from parity.core.engine import classify
-
         out = _bare(self.template)
         if total == 1 and self.n == 1:
             out.values = {k: v[1][0] for k, v in self.samples.items()}

@@ -10,6 +10,10 @@ Nothing is counted twice or lost: a block's statistics reach the driver only whe
 complete, and each block is stored once under its number. A worker process that dies is
 restarted by Ray (its models prepared again) and the block it was running is retried
 (``max_restarts``/``max_task_retries``); only a block that fails every retry fails the run.
+
+The comparison's own steps (prepare, run feeds, finish, ...) are handed in by
+:func:`parity.core.compare.compare` as a :class:`Steps`: this module imports nothing of the
+comparison driver, so the driver may dispatch here without the two importing each other.
 """
 from __future__ import annotations
 
@@ -17,15 +21,18 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
-from typing import Any, Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from parity.contract.errors import ParityError, first_line
 from parity.contract.frontend import front_end, speaking
 from parity.contract.progress import log, step
 from parity.contract.report import Report
-from parity.core.compare import CompareSettings, Prepared, finish, prepare, run_feeds, save_dumps
 from parity.core.stats import DatasetStats
+
+if TYPE_CHECKING:
+    from parity.core.settings import CompareSettings
 
 #: blocks per worker when the number of feeds is known: small enough to balance load and to make
 #: a retry cheap, large enough that a block's statistics are worth shipping
@@ -37,6 +44,25 @@ RETRIES = 2
 #: threads), and Ray sets OMP_NUM_THREADS=1 in every worker it starts: each worker takes the
 #: driver's values instead (set, or unset) so a sharded run computes what one process computes.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The comparison's steps a sharded run needs (:mod:`parity.core.compare` hands in its own).
+
+    Module-level functions, so Ray ships them to a worker by reference. ``prepare(s)`` builds
+    both sources once (its result, opaque here, is what ``run_feeds`` takes); ``run_feeds(prep,
+    s, feeds)`` compares feeds into mergeable statistics; ``finish(s, stats)`` makes the report;
+    ``save_dumps(s)`` stages ``--save-*`` (a context yielding the staged settings and the
+    function that moves the dumps into place); ``check_settings(s)`` refuses what cannot run
+    before Ray starts.
+    """
+
+    check_settings: Callable[[Any], Any]
+    prepare: Callable[[Any], Any]
+    run_feeds: Callable[..., DatasetStats]
+    finish: Callable[[Any, DatasetStats], Report]
+    save_dumps: Callable[[Any], AbstractContextManager[tuple[Any, Callable[[DatasetStats], DatasetStats]]]]
 
 
 def thread_env() -> dict[str, str | None]:
@@ -65,8 +91,9 @@ def _ray() -> Any:
 class ShardWorker:
     """One Ray actor: both models prepared once, then blocks of feeds compared on request."""
 
-    def __init__(self, settings: CompareSettings, cwd: str | None = None,
+    def __init__(self, steps: Steps, settings: CompareSettings, cwd: str | None = None,
                  threads: dict[str, str | None] | None = None, front: str = "cli") -> None:
+        self.steps = steps
         self.threads = threads
         self.front = front  # the driver's front end: a worker's errors name parity.compare's parameters too
         _use_thread_env(threads)
@@ -80,7 +107,7 @@ class ShardWorker:
         self.error: ParityError | None = None
         try:
             with speaking(front):
-                self.prep: Prepared = prepare(self.settings)
+                self.prep: Any = steps.prepare(self.settings)  # parity.core.compare.Prepared
         except ParityError as e:
             self.error = ParityError(str(e))
             self.error.exit_code = e.exit_code
@@ -102,7 +129,8 @@ class ShardWorker:
         t0 = time.perf_counter()
         _use_thread_env(self.threads)  # Ray sets OMP_NUM_THREADS again before each task where it is unset
         with speaking(self.front):
-            stats = run_feeds(self.prep, self.settings, self.prep.feeds.iter(start, stop, stride))
+            feeds: Iterable[Any] = self.prep.feeds.iter(start, stop, stride)
+            stats = self.steps.run_feeds(self.prep, self.settings, feeds)
         return stats, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "feeds": stats.inputs}
 
 
@@ -131,22 +159,21 @@ def _init(ray: Any, s: CompareSettings) -> bool:
     return True
 
 
-def compare_sharded(s: CompareSettings) -> Report:
-    """The comparison of :func:`parity.core.compare.compare`, its feeds sharded over Ray workers."""
-    from parity.core.compare import check_settings
-
-    check_settings(s)  # missing files, sources that cannot run: said before Ray starts
+def compare_sharded(s: CompareSettings, steps: Steps) -> Report:
+    """The comparison of :func:`parity.core.compare.compare` (whose ``steps`` these are), its feeds
+    sharded over Ray workers."""
+    steps.check_settings(s)  # missing files, sources that cannot run: said before Ray starts
     ray = _ray()
     started = _init(ray, s)
     try:
-        with save_dumps(s) as (staged, done):  # --save-*: workers write each feed's dump into one staging folder
-            return _run(ray, staged, done)
+        with steps.save_dumps(s) as (staged, done):  # --save-*: workers write each feed's dump into one staging folder
+            return _run(ray, steps, staged, done)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray: Any, s: CompareSettings, save_done: Callable[[DatasetStats], DatasetStats]) -> Report:
+def _run(ray: Any, steps: Steps, s: CompareSettings, save_done: Callable[[DatasetStats], DatasetStats]) -> Report:
     """``s``: the run's settings with its save paths staged; ``save_done`` moves the workers' dumps into place
     (both from :func:`parity.core.compare.save_dumps`)."""
     n_workers = max(1, s.workers)
@@ -159,10 +186,10 @@ def _run(ray: Any, s: CompareSettings, save_done: Callable[[DatasetStats], Datas
         cwd = os.getcwd()
         threads = thread_env()
         front = front_end()
-        first = Actor.remote(s, cwd, threads, front)
+        first = Actor.remote(steps, s, cwd, threads, front)
         plan = _get(ray, first.plan.remote(), "starting worker 1")
         task.advance()
-        actors = [first] + [Actor.remote(s, cwd, threads, front) for _ in range(n_workers - 1)]
+        actors = [first] + [Actor.remote(steps, s, cwd, threads, front) for _ in range(n_workers - 1)]
         for k, a in enumerate(actors[1:], 2):
             _get(ray, a.plan.remote(), f"starting worker {k}")
             task.advance()
@@ -197,7 +224,7 @@ def _run(ray: Any, s: CompareSettings, save_done: Callable[[DatasetStats], Datas
     for b in sorted(results):  # block order: the same merge whatever order the blocks finished in
         total.merge(results[b], infos)
     save_done(total)  # the dumps the workers wrote, moved into place
-    report = finish(s, total)
+    report = steps.finish(s, total)
     report.summary["workers"] = n_workers
     detail = []
     for a in actors:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from parity.contract.errors import ParityError
-from parity.core.compare import CompareSettings, compare
+from parity.core.compare import CompareSettings, compare, sharding_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "tests" / "models" / "zoo.py"
@@ -122,7 +122,7 @@ def test_workers_without_ray_say_how_to_install_it(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is absent
     with pytest.raises(ParityError, match=r"pip install 'parity\[ray\]'"):
-        workers.compare_sharded(CompareSettings(model=f"{ZOO}:lenet", workers=2))
+        workers.compare_sharded(CompareSettings(model=f"{ZOO}:lenet", workers=2), sharding_steps())
 
 
 def test_blocks_cover_every_feed_once():
