@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--worst must be 0 or more (got {args.worst})")
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    _check_outputs(args)
     if args.prompts is None and not args.tokens:
         raise UsageError("parity generate needs prompts: --prompts FILE --tokenizer TOK, or --tokens FILE ...")
     prompts = load_prompts(text_file=args.prompts, tokenizer=args.tokenizer, token_files=args.tokens)
@@ -67,3 +68,35 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet and args.json != "-":
         write(doc, "-", "table")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """An output that would overwrite one of the run's inputs (a prompts file, the model, the tokenizer),
+    or the other output, is a usage error found before anything runs."""
+    import os
+    from pathlib import Path
+
+    from parity.contract.errors import UsageError
+
+    def same(a: str, b: str) -> bool:
+        pa, pb = Path(a), Path(b)
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+        return pa.resolve() == pb.resolve()
+
+    inputs = [("--prompts", args.prompts), ("--tokenizer", args.tokenizer), ("--perplexity-text", args.perplexity_text),
+              ("MODEL", args.model),
+              ("--target-model", args.target_model)] + [("--tokens", t) for t in args.tokens]
+    outputs = [(f, v) for f, v in (("--json", args.json), ("--html", args.html)) if v and v != "-"]
+    for flag, out in outputs:
+        for what, path in inputs:
+            if not path:
+                continue
+            base = path.rsplit(":", 1)[0] if ":" in path and not Path(path).exists() else path
+            tok = Path(base) / "tokenizer.json" if what == "--tokenizer" and Path(base).is_dir() else None
+            inside = Path(base).is_dir() and Path(out).exists() and Path(out).resolve().is_relative_to(Path(base).resolve())
+            if same(out, base) or inside or (tok is not None and same(out, str(tok))):
+                raise UsageError(f"{flag} {out} would overwrite {what} {path}, an input of this run. "
+                                 f"Note: write the report elsewhere")
+    if len(outputs) == 2 and same(outputs[0][1], outputs[1][1]):
+        raise UsageError(f"--json and --html both name {args.json}: give each report its own file")

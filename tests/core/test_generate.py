@@ -316,6 +316,8 @@ def test_cli_writes_table_json_and_an_offline_html_page(lm, tmp_path, capsys):
     ([], 2, "needs prompts"),
     (["--tokens", "missing.npy"], 1, "missing.npy"),
     (["-n", "0", "--tokens", "x"], 2, "--max-new-tokens"),
+    (["--prompts", "p.txt", "--tokenizer", "tok", "--json", "p.txt"], 2, "would overwrite --prompts"),
+    (["--tokens", "p.txt", "--json", "r.json", "--html", "r.json"], 2, "each report its own file"),
 ])
 def test_cli_errors_are_one_line(lm, tmp_path, monkeypatch, capsys, argv, code, words):
     from parity.cli import main
