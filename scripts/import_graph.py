@@ -15,10 +15,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the boxes of the picture: layers of parity, then every built-in plugin package
-BOXES = ["parity.cli", "parity.examples", "parity.core", "parity.lib.torch_loader", "parity.lib.onnx",
-         "parity.contract"]
+#: the boxes of the top and bottom layers; every module or package directly under parity/lib is a
+#: box of its own (a new library appears without editing this script), then every built-in plugin
+TOP = ["parity.cli", "parity.examples", "parity.core"]
+BOTTOM = ["parity.contract"]
 EDGE = re.compile(r"^\s*(\w+) --> (\w+)\s*$")
+
+
+def _libs() -> list[str]:
+    lib = ROOT / "parity" / "lib"
+    names = [p.stem for p in lib.glob("*.py") if p.stem != "__init__"]
+    names += [p.name for p in lib.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
+    return [f"parity.lib.{n}" for n in sorted(names)]
 
 
 def _plugins() -> list[str]:
@@ -36,7 +44,7 @@ def edges() -> set[tuple[str, str]]:
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
     plugins = _plugins()
     graph = grimp.build_graph("parity", *plugins)
-    boxes = BOXES + plugins
+    boxes = TOP + _libs() + BOTTOM + plugins
     found = set()
     for a in boxes:
         for b in boxes:
@@ -49,14 +57,14 @@ def mermaid(found: set[tuple[str, str]]) -> str:
     plugins = _plugins()
     lines = ["```mermaid", "flowchart TD"]
     lines.append('  subgraph top["top: core, CLI and plugins"]')
-    lines += [f'    {node_id(b)}["{b}"]' for b in ("parity.cli", "parity.examples", "parity.core")]
+    lines += [f'    {node_id(b)}["{b}"]' for b in TOP]
     lines += [f'    {node_id(p)}["{p}"]' for p in plugins]
     lines.append("  end")
     lines.append('  subgraph libs["shared framework libraries"]')
-    lines += [f'    {node_id(b)}["{b}"]' for b in ("parity.lib.torch_loader", "parity.lib.onnx")]
+    lines += [f'    {node_id(b)}["{b}"]' for b in _libs()]
     lines.append("  end")
     lines.append('  subgraph bottom["contract"]')
-    lines.append(f'    {node_id("parity.contract")}["parity.contract"]')
+    lines += [f'    {node_id(b)}["{b}"]' for b in BOTTOM]
     lines.append("  end")
     lines += [f"  {a} --> {b}" for a, b in sorted(found)]
     lines.append("```")
