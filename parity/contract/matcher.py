@@ -182,8 +182,8 @@ class Matcher:
 def closing_parking(pairs: Iterable[Pair], ctx: MatchContext) -> Iterator[Pair]:
     """``pairs``, then ``ctx``'s parking store closed (its spill files removed) however the stream ends.
 
-    :meth:`Matcher.match` wraps every matcher in it; a matcher's ``pairs`` called directly without a
-    context makes its own and wraps itself.
+    :meth:`Matcher.match` wraps every matcher in it, and so does :meth:`Matcher.pairs` called without a
+    context (it makes its own).
     """
     try:
         yield from pairs

@@ -150,9 +150,9 @@ def default_format(value: float | None, percent: bool = False) -> str:
 class Chunk:
     """A float64 slice of both arrays, finite positions only, with shared derived values cached.
 
-    The arrays (and ``diff``/``absdiff``/``absref``) live in buffers that :func:`parity.lib.scoring.iter_chunks`
-    reuses for the next chunk: a metric must fold what it needs in ``update`` and keep no
-    reference to them. Reuse matters: fresh half-megabyte arrays per chunk are returned to
+    The arrays (and ``diff``/``absdiff``/``absref``) live in buffers that the pass
+    (:func:`parity.lib.scoring.iter_chunks`) reuses for the next chunk: a metric must fold what
+    it needs in ``update`` and keep no reference to them. Reuse matters: fresh half-megabyte arrays per chunk are returned to
     the OS and faulted back in, which costs more than the arithmetic.
     """
 

@@ -11,9 +11,9 @@ path, which gives the same values up to float64 summation order; pairs under
 The accumulator vector (float64, ``ACC_LEN`` long) is shared by both paths; positions are
 the ``A_*`` constants of :mod:`parity.lib.scoring.layout`. Sums are over positions finite on
 both sides; a block of ``BLOCK`` elements whose r.r and t.t block sums are finite has no
-NaN/Inf (a NaN or Inf element makes its square's sum non-finite), so the common case runs a branch-free, vectorized loop and
-only blocks with a non-finite value (or a float64 square overflow) take the exact
-per-element path.
+NaN/Inf (a NaN or Inf element makes its square's sum non-finite), so the common case runs a
+branch-free, vectorized loop and only blocks with a non-finite value (or a float64 square
+overflow) take the exact per-element path.
 """
 from __future__ import annotations
 
