@@ -377,6 +377,12 @@ def _load(s: GenerateSettings) -> tuple[Any, Any]:
 def _run_block(s: GenerateSettings, items: list[tuple[int, list[int]]], ppl_ids: list[int] | None,
                sessions: tuple[Any, Any] | None = None) -> tuple[list[dict], GenerateStats]:
     ref, target = sessions or _load(s)
+    vocab = ref.vocab_size or target.vocab_size
+    for i, p in items:
+        bad = [t for t in p if t < 0 or (vocab and t >= vocab)]
+        if bad:
+            raise ParityError(f"prompt {i}: token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1}). "
+                              f"Note: the tokenizer or token file must be the model's")
     stats, results = GenerateStats(), []
     for i, p in items:
         r = run_prompt(ref, target, p, s, i)

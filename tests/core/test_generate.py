@@ -318,12 +318,14 @@ def test_cli_writes_table_json_and_an_offline_html_page(lm, tmp_path, capsys):
     (["-n", "0", "--tokens", "x"], 2, "--max-new-tokens"),
     (["--prompts", "p.txt", "--tokenizer", "tok", "--json", "p.txt"], 2, "would overwrite --prompts"),
     (["--tokens", "p.txt", "--json", "r.json", "--html", "r.json"], 2, "each report its own file"),
+    (["--tokens", "big.txt", "--target", "torch"], 1, "token id 99999 is outside the model's vocabulary"),
 ])
 def test_cli_errors_are_one_line(lm, tmp_path, monkeypatch, capsys, argv, code, words):
     from parity.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.txt").write_text("hello\n")
+    (tmp_path / "big.txt").write_text("1 2 99999\n")
     assert main(["generate", lm["model"], *argv]) == code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and words in err
