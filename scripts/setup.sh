@@ -56,8 +56,8 @@ else
   step "    the CPU-only wheel: PARITY_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh)"
   pip_install -c constraints.txt torch
 fi
-step "3/3 installing parity with its extras (torch, onnx, dev), pinned by constraints.txt"
-pip_install -c constraints.txt -e '.[torch,onnx,dev]'
+step "3/3 installing parity with its extras (torch, onnx, modelopt, dev), pinned by constraints.txt"
+pip_install -c constraints.txt -e '.[torch,onnx,modelopt,dev]'
 if [ -z "$DRY" ]; then
   echo "$want" > "$stamp"
   step "done: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__, "CUDA build" if torch.version.cuda else "CPU build")')"

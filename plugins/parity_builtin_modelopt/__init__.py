@@ -1,0 +1,22 @@
+"""Built-in NVIDIA ModelOpt plugin for parity: sources ``modelopt-int8``, ``modelopt-fp8``,
+``modelopt-int4-awq``, ``modelopt-w4a8-awq``, ``modelopt-nvfp4`` (CUDA) and ``modelopt`` (any config,
+``--option quant_cfg=...``).
+
+Registered through the ``parity`` entry-point group like any third-party plugin. Importing this
+package imports neither torch nor modelopt (``pip install 'parity[modelopt]'``); docs/modelopt.md.
+"""
+from __future__ import annotations
+
+from parity import hookimpl
+
+from .quant import PRESETS
+from .source import ModelOptSource
+
+__all__ = ["ModelOptSource", "register_sources"]
+
+
+@hookimpl
+def register_sources(register) -> None:  # type: ignore[no-untyped-def]
+    for preset in PRESETS:
+        register(ModelOptSource(preset), name=f"modelopt-{preset}")
+    register(ModelOptSource(None), name="modelopt")

@@ -1,0 +1,116 @@
+"""The ModelOpt sources: ``modelopt-int8`` ... ``modelopt-nvfp4`` and ``modelopt`` (any config).
+
+A thin adapter: the quantized model and its cache are :mod:`.quant`, capture :mod:`.runner`, each
+module alone :mod:`.local`. ModelOpt is imported only when a source runs or ``check`` is asked.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from parity.contract.capability import NumberFormat
+from parity.contract.errors import ParityError
+from parity.contract.options import Option
+from parity.contract.records import Activation
+from parity.contract.source import InputSpec, RunConfig, Source
+from parity.lib.options import LOADING
+from parity.lib.torch_loader import load_torch_model, resolve_input_specs
+
+from . import local, runner
+from .quant import CUDA_ONLY, PRESETS, Quantized, quantize, resolve_config
+
+
+#: the number format each preset computes in (W4A8: int4 weights, fp8 activations)
+NUMBER_FORMATS = {"int8": NumberFormat.INT8, "fp8": NumberFormat.FP8, "int4-awq": NumberFormat.INT4,
+                  "w4a8-awq": NumberFormat.MIXED, "nvfp4": NumberFormat.NVFP4}
+
+QUANT_CFG = Option("quant_cfg", "str", None, "the ModelOpt config of target modelopt: a config name "
+                   "(INT8_SMOOTHQUANT_CFG), path.py:NAME, or a .json/.toml file", flag="--quant-cfg")
+
+
+def modelopt_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("nvidia-modelopt")
+    except Exception:
+        return None
+
+
+class ModelOptSource(Source):
+    """A torch model fake-quantized by NVIDIA ModelOpt (``mtq.quantize``), captured module by module.
+
+    ``preset`` is a key of :data:`.quant.PRESETS`, or None for ``modelopt``, which reads the config
+    from the ``quant_cfg`` option (a ModelOpt config name, ``path.py:NAME``, or a .json/.toml file).
+    Options: ``quant_cfg``, ``keep_high_precision`` (module paths or quantizer names whose quantizers
+    are disabled: what ``parity fix`` searches), ``outputs_only``, ``trust_model``, ``state_dict``.
+    """
+
+    runs_deployed = True
+    supports_local = True
+    supports_outputs_only = True
+    supports_keep_high_precision = True  # the kept modules' quantizers are disabled
+
+    def __init__(self, preset: str | None) -> None:
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+        self.preset = preset
+        self.name = f"modelopt-{preset}" if preset else "modelopt"
+        self.number_format = NUMBER_FORMATS[preset] if preset else NumberFormat.MIXED
+        self.option_schema = (*LOADING, QUANT_CFG) if preset is None else LOADING
+        cfg_name = PRESETS[preset] if preset else "the quant_cfg option's config"
+        self.description = (f"NVIDIA ModelOpt fake quantization ({cfg_name}) of a torch model, calibrated on "
+                            f"--calibration; every module's output and each quantizer's amax/clipping"
+                            + (" (CUDA only)" if preset in CUDA_ONLY else ""))
+        self.semantics = (f"ModelOpt {cfg_name} fake quantization in torch (quantize-dequantize in fp32), "
+                          f"as ModelOpt evaluates it before export")
+
+    # -- capability
+
+    def check(self, cfg: RunConfig | None = None) -> str | None:
+        if modelopt_version() is None:
+            return "nvidia-modelopt is not installed (pip install 'parity[modelopt]')"
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        if self.preset in CUDA_ONLY and not torch.cuda.is_available():
+            return "NVFP4 fake quantization needs a CUDA GPU (ModelOpt: 'amax must be a CUDA tensor')"
+        return None
+
+    def details(self) -> dict[str, Any] | None:
+        v = modelopt_version()
+        if v is None:
+            return None
+        return {"modelopt": v, "runs here": "yes" if self.check() is None else f"no: {self.check()}"}
+
+    # -- model
+
+    def config(self, cfg: RunConfig) -> dict[str, Any]:
+        spec = cfg.options.get("quant_cfg")
+        if self.preset is not None:
+            if spec:
+                raise ParityError(f"--option quant_cfg={spec}: target {self.name} has its own config "
+                                  f"({PRESETS[self.preset]}). Note: use --target modelopt with quant_cfg")
+            return resolve_config(PRESETS[self.preset])
+        if not spec:
+            raise ParityError("target modelopt needs a config. Note: --option quant_cfg=NAME (a ModelOpt config "
+                              "such as INT8_SMOOTHQUANT_CFG), path.py:NAME, or a .json/.toml file")
+        return resolve_config(str(spec))
+
+    def prepared(self, cfg: RunConfig) -> Quantized:
+        return quantize(cfg, self.config(cfg), cuda_only=self.preset in CUDA_ONLY)
+
+    def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
+        return resolve_input_specs(load_torch_model(cfg), cfg.input_shapes)
+
+    def input_names(self, cfg: RunConfig) -> list[str] | None:
+        return load_torch_model(cfg).input_names
+
+    def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
+        yield from runner.capture(self.prepared(cfg), cfg, feed, self.name)
+
+    def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
+        """Each module with an enabled quantizer alone on the fp32 inputs (:mod:`.local`)."""
+        yield from local.local_results(self.prepared(cfg), cfg, feed)
