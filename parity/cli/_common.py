@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.options import as_list, check_seed
+from parity.cli.source_flags import add_source_flags, flag_values
 
 
 class Parser(argparse.ArgumentParser):
@@ -201,18 +202,11 @@ def add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     g.add_argument("--calibration", help="feeds for INT8 calibration (default: the first 64 compared inputs, at most 256 MiB)")
     g = co.add_argument_group("sources")
     g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
-    g.add_argument("--trust-model", action="store_true",
-                   help="allow loading a pickled torch module (runs code from the file: only for files you trust)")
-    g.add_argument("--state-dict", help="weights for a package.module:factory model (loaded with weights_only)")
-    g.add_argument("--torch-capture", choices=["modules", "fx"], help="torch capture: module hooks or fx graph")
-    g.add_argument("--opset", type=int, help="ONNX opset for parity's export (default chosen by parity)")
-    g.add_argument("--keep-fp32-ops", help="op types kept fp32 by ort-fp16 (e.g. Softmax,LayerNormalization)")
-    g.add_argument("--keep-fp32-nodes", help="ONNX node names kept fp32 by ort-fp16")
-    g.add_argument("--trt-capture", choices=["debug", "mark", "outputs"], help="TensorRT capture mode")
-    g.add_argument("--layer-precisions", help="TensorRT per-layer precisions: name:fp32,other:fp16")
+    add_source_flags(g)  # each source's own flags, from its option schema (parity plugins --options SOURCE)
     g.add_argument("--workdir", help="cache of exported/converted models and engines "
                                      "(default: the user cache folder, e.g. ~/.cache/parity)")
-    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other source option (repeatable)")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other source option (repeatable; 'parity plugins --options SOURCE' lists them)")
     g.add_argument("--config", help="parity TOML config: [precision] keep_fp32 = [...] (as 'parity fix' writes), "
                                     "[options] source options")
     g = co.add_argument_group("datasets and scale")
@@ -343,14 +337,7 @@ def load_config(path: str) -> dict[str, Any]:
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = load_config(args.config) if getattr(args, "config", None) else {}
-    if args.trust_model:
-        opts["trust_model"] = True
-    for key in ("state_dict", "torch_capture", "opset", "trt_capture", "layer_precisions"):
-        if getattr(args, key) is not None:
-            opts[key] = getattr(args, key)
-    for key in ("keep_fp32_ops", "keep_fp32_nodes"):
-        if getattr(args, key):
-            opts[key] = csv_list(getattr(args, key))
+    opts.update(flag_values(args))
     for item in args.option or []:
         k, sep, v = item.partition("=")
         if not sep or not k:

@@ -8,7 +8,9 @@ once read ``export_dynamic_batch=false`` as on.
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.frontend import given
@@ -106,3 +108,172 @@ def check_seed(value: Any) -> int:
         raise UsageError(f"{given('seed', value)}: the seed of random inputs must be an integer >= 0. "
                          f"Note: e.g. 0 (the default)")
     return seed
+
+
+# --- typed option schemas -------------------------------------------------------------------------
+
+#: the value types an :class:`Option` converts to (``list``: names, from a list or comma text;
+#: ``bytes``: a size such as ``256MiB``; ``choice``: one of ``choices``; ``regex``: a pattern that compiles)
+OPTION_TYPES = ("bool", "int", "float", "str", "list", "bytes", "choice", "regex")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting a source reads from ``RunConfig.options``, declared once.
+
+    Why a declaration: one record serves validation (an unknown key or a bad value is refused before
+    anything runs, naming the source and what is valid), conversion (every consumer reads a bool, an
+    int, a byte count, never the text ``--option`` gave), the command line (``flag`` makes a
+    ``--flag`` of it), ``parity plugins --options SOURCE`` and the docs. ``None`` as a value means
+    "not set": the consumer's ``default`` applies.
+    """
+
+    name: str
+    type: str = "str"
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    #: the command-line flag that sets it (``--trt-capture``); None: only ``--option name=value``
+    flag: str | None = None
+    #: other keys accepted for it (an older spelling); values land under ``name``
+    aliases: tuple[str, ...] = ()
+    #: smallest value an ``int``/``float``/``bytes`` option takes
+    minimum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name!r}: type {self.type!r} is not one of {', '.join(OPTION_TYPES)}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"option {self.name!r}: a choice needs choices")
+
+    def convert(self, value: Any, owner: str = "") -> Any:
+        """``value`` (a Python value or the text ``--option`` gave) as this option's type.
+
+        Idempotent: a converted value converts to itself, so a consumer may read through the
+        schema whether or not the registry checked the dict first. Raises :class:`UsageError`
+        naming ``owner`` (``source 'trt-fp16'``) and what would be valid.
+        """
+        if value is None:
+            return None
+        where = f"{owner}: " if owner else ""
+        try:
+            out = self._convert(value)
+        except ParityError as e:
+            raise UsageError(f"{where}{e}") from None
+        if self.minimum is not None and isinstance(out, (int, float)) and out < self.minimum:
+            raise UsageError(f"{where}option {self.name}={value!r} is below {self.minimum:g}. "
+                             f"Note: {self.help or 'see parity plugins --options'}")
+        return out
+
+    def _convert(self, value: Any) -> Any:
+        t, what = self.type, self.name
+        if t == "bool":
+            return as_bool(value, what)
+        if t == "int":
+            if isinstance(value, str) and not value.strip():
+                return None
+            return as_int(value, what)
+        if t == "float":
+            if isinstance(value, bool):
+                raise ParityError(f"option {what}={value!r} is not a number")
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ParityError(f"option {what}={value!r} is not a number") from None
+        if t == "list":
+            return as_list(value)
+        if t == "bytes":
+            if isinstance(value, str) and not value.strip():
+                return None
+            return parse_bytes(value, f"option {what}")
+        if t == "choice":
+            s = str(value).strip().lower()
+            if s not in self.choices:
+                raise ParityError(f"option {what}={value!r} is not known. Note: use one of {', '.join(self.choices)}")
+            return s
+        if t == "regex":
+            s = str(value)
+            try:
+                re.compile(s)
+            except re.error as e:
+                raise ParityError(f"option {what}={value!r} is not a valid regular expression: {e}") from None
+            return s
+        if isinstance(value, (list, tuple)):  # a str option given as a TOML list: one comma text
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    def describe(self) -> dict[str, Any]:
+        """This option as plain data (``parity plugins --options SOURCE --json``)."""
+        return {"name": self.name, "type": self.type, "default": self.default, "help": self.help,
+                "choices": list(self.choices), "flag": self.flag, "aliases": list(self.aliases)}
+
+
+def option_index(schema: Iterable[Option]) -> dict[str, Option]:
+    """Every key the options of ``schema`` answer to (names and aliases) -> its option."""
+    index: dict[str, Option] = {}
+    for opt in schema:
+        for key in (opt.name, *opt.aliases):
+            index.setdefault(key, opt)
+    return index
+
+
+def read_options(schema: Iterable[Option], values: Mapping[str, Any] | None, owner: str = "") -> dict[str, Any]:
+    """The typed values of ``schema``'s options in ``values``, each option's default where unset.
+
+    For consumers (a library group, a plugin): keys outside ``schema`` are left alone, since one
+    ``RunConfig.options`` dict carries the options of both sides; :func:`check_options` is the
+    refusal of unknown keys. An alias is read when its option's own name is absent.
+    """
+    values = values or {}
+    out: dict[str, Any] = {}
+    for opt in schema:
+        raw = None
+        for key in (opt.name, *opt.aliases):
+            if values.get(key) is not None:
+                raw = values[key]
+                break
+        value = opt.convert(raw, owner)
+        out[opt.name] = opt.default if value is None else value
+    return out
+
+
+def check_options(schema: Iterable[Option], values: Mapping[str, Any] | None, owner: str,
+                  extra: Iterable[Option] = ()) -> dict[str, Any]:
+    """``values`` checked against ``schema`` and converted; keys outside it are a usage error.
+
+    Returns only the keys given (under each option's own name), so what a consumer leaves unset
+    keeps meaning "the default". ``owner`` names the source(s) in messages; ``extra`` holds options
+    every source accepts (the run configuration's own fields).
+    """
+    schema = list(schema)
+    index = option_index([*schema, *extra])
+    out: dict[str, Any] = {}
+    for key, raw in (values or {}).items():
+        opt = index.get(key)
+        if opt is None:
+            raise UsageError(unknown_option_message(str(key), schema, owner))
+        out[opt.name] = opt.convert(raw, owner)
+    return out
+
+
+def unknown_option_message(key: str, schema: Iterable[Option], owner: str) -> str:
+    """``option 'trt_captur' is not an option of source 'trt-fp16'. Did you mean trt_capture? ...``"""
+    import difflib
+
+    names = sorted({o.name for o in schema})
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    valid = ", ".join(names) or "none (it takes no options)"
+    return (f"option {key!r} is not an option of {owner}.{hint} Note: valid keys are {valid} "
+            f"(see 'parity plugins --options SOURCE')")
+
+
+#: the run configuration's own settings, accepted in an options dict for every source and moved into
+#: :class:`parity.contract.source.RunConfig`'s typed fields (a ``--config`` file's ``[precision]
+#: keep_fp32`` arrives this way)
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("outputs_only", "bool", False, "yield only the model outputs, nothing captured (parity fix, "
+                                          "the deployed run)"),
+    Option("keep_high_precision", "list", (), "record keys whose layers stay in high precision (fp32): "
+                                              "the fix parity fix searches"),
+)

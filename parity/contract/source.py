@@ -15,6 +15,7 @@ import numpy as np
 
 from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
 from parity.contract.errors import ParityError
+from parity.contract.options import RUN_OPTIONS, Option
 from parity.contract.records import Activation, LocalResult
 
 
@@ -77,6 +78,24 @@ class RunConfig:
     #: bytes of activations a source may hold at once while capturing (one "step" of extra outputs);
     #: None: the source's own default
     step_bytes: int | None = None
+    #: yield only the model outputs, nothing captured (``parity fix`` re-measures with it; the deployed
+    #: run beside every capture). The core sets it only for a source with ``supports_outputs_only``
+    outputs_only: bool = False
+    #: record keys (as :meth:`Source.run` names them) whose layers stay in high precision (fp32): the
+    #: fix ``parity fix`` searches. The core refuses it for a source without ``supports_keep_high_precision``
+    keep_high_precision: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """The typed fields taken out of ``options`` where a caller (a ``--config`` file, an older
+        plugin or test) put them there, so a source reads them in one place only."""
+        if any(o.name in self.options for o in RUN_OPTIONS):
+            opts = dict(self.options)
+            if "outputs_only" in opts:
+                self.outputs_only = bool(RUN_OPTIONS[0].convert(opts.pop("outputs_only")))
+            if "keep_high_precision" in opts:
+                self.keep_high_precision = tuple(RUN_OPTIONS[1].convert(opts.pop("keep_high_precision")) or ())
+            self.options = opts
+        self.keep_high_precision = tuple(self.keep_high_precision or ())
 
 
 class Source:
@@ -90,6 +109,17 @@ class Source:
     #: whether :meth:`run` with ``outputs_only`` is the model as deployed (nothing captured): the
     #: driver then runs it beside every capture to check that capturing changed nothing
     runs_deployed: ClassVar[bool] = True
+    #: the options this source reads from ``cfg.options``, typed (:class:`parity.contract.options.Option`):
+    #: the registry refuses any other key and converts values before the run, the CLI makes a flag of
+    #: each option with a ``flag``, ``parity plugins --options NAME`` lists them. One class serving
+    #: several names may set it per instance
+    option_schema: tuple[Option, ...] = ()
+    #: whether :meth:`run` honours ``cfg.outputs_only`` (yields the outputs only, nothing captured);
+    #: without it the core never asks, and cannot run this target as deployed beside a capture
+    supports_outputs_only: ClassVar[bool] = False
+    #: whether :meth:`run` honours ``cfg.keep_high_precision``; without it ``parity fix`` and a
+    #: ``--config`` keeping layers in fp32 refuse this target (exit 2) rather than measure nothing
+    supports_keep_high_precision: ClassVar[bool] = False
     #: the number format this target computes in, typed (never read from the name): diagnosis picks
     #: the format's range and ``parity fix`` the tool recipes by it. A source that says nothing is fp32;
     #: one class serving several precisions sets it per instance in its constructor
@@ -118,9 +148,9 @@ class Source:
         """Run once on ``feed`` and yield every captured activation in execution order.
 
         The final model outputs are yielded too, with ``meta["is_output"] = True``.
-        Options a source should honour when it can: ``outputs_only`` (yield only the outputs:
-        ``parity fix`` re-measures with it) and ``keep_high_precision`` (record keys whose layers
-        stay fp32: the fix being searched).
+        A source declaring ``supports_outputs_only`` honours ``cfg.outputs_only`` (yield only the
+        outputs: ``parity fix`` re-measures with it); one declaring ``supports_keep_high_precision``
+        honours ``cfg.keep_high_precision`` (record keys whose layers stay fp32: the fix being searched).
         """
         raise NotImplementedError
 
@@ -149,7 +179,7 @@ class Source:
 
         Why a capability: only the source knows how its precision is made (a conversion with a block
         list, a quantization with exclusions), so only it can write the file the fix measured. ``keep``
-        holds record keys as :meth:`run` names them (``cfg.options["keep_high_precision"]``'s form);
+        holds record keys as :meth:`run` names them (``cfg.keep_high_precision``'s form);
         ``feed`` is the first input, for a model that must be resolved or exported first. ``dest`` is a
         temporary name the core renames once this returns; raise :class:`ParityError` when no single
         file can hold the model.

@@ -480,9 +480,14 @@ def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
 def prepare(s: CompareSettings) -> Prepared:
     """Resolve sources, model, input specs, feeds and calibration feeds (used by compare and fix)."""
     ref_src, tgt_src = check_settings(s)
+    from parity.core.registry import check_run_fields, check_source_options
+
+    # typed and checked against both sides' schemas: an unknown key or a bad value stops here (exit 2)
+    options = check_source_options(tgt_src, s.source_options, ref_src)
     cfg = RunConfig(model=s.model, device=s.device, workdir=check_workdir(s.workdir),
-                    input_shapes=dict(s.input_shapes), options=dict(s.source_options),
+                    input_shapes=dict(s.input_shapes), options=options,
                     layers=layer_selection(s), step_bytes=s.step_bytes)
+    check_run_fields(tgt_src, cfg)  # keep_high_precision (a --config) on a target that cannot: refused
     log.info("cache folder (exports, converted models, engines): %s", cfg.workdir)
     if "" in cfg.input_shapes:
         cfg.input_shapes = _name_lone_shape(cfg, ref_src, tgt_src)
@@ -639,7 +644,8 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     ms = resolve_metrics(s.metrics)
     deploy = tgt_src.runs_deployed
     if deploy:  # one config object for the whole run, so sources can reuse what they built for it
-        dcfg = replace(cfg, options={**cfg.options, "outputs_only": True})
+        # a source that cannot run outputs only is asked for its ordinary run (its outputs are kept)
+        dcfg = replace(cfg, outputs_only=tgt_src.supports_outputs_only)
         if stats.deployed is None:
             stats.deployed = DeployedStats(semantics=tgt_src.semantics)
         dinfos = metric_infos(ms, s.thresholds)

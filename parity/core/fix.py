@@ -18,13 +18,14 @@ measuring the model outputs against the reference; then each kept node is droppe
 outputs still pass without it. Every similarity printed was measured; a set that never reached
 the goal is reported as such, never as a fix, with why the search stopped.
 
-Sources support this through ``cfg.options["keep_high_precision"]`` (target record keys to
-keep at fp32) and ``cfg.options["outputs_only"]`` (capture only the model outputs).
+Sources support this through ``cfg.keep_high_precision`` (target record keys to keep at fp32;
+a target without ``supports_keep_high_precision`` is refused) and ``cfg.outputs_only`` (capture only
+the model outputs, asked of sources with ``supports_outputs_only``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -36,7 +37,7 @@ from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Repor
 from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric
 from parity.lib.scoring import score_pair
-from parity.core.registry import get_metric
+from parity.core.registry import check_run_fields, get_metric
 from parity.contract.source import RunConfig
 
 
@@ -196,11 +197,14 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
                 out[int(a.meta.get("output_position", a.output_index))] = np.array(a.array)
         return out
 
-    out_cfg = RunConfig(**{**base_cfg.__dict__, "options": {**base_cfg.options, "outputs_only": True}})
-    ref_out = [outputs(ref_src, out_cfg, f) for f in feeds]
+    # the search keeps layers in the target and re-measures outputs: a target that cannot keep any is
+    # refused here (exit 2) rather than searched to no effect; outputs only is asked where honoured
+    check_run_fields(tgt_src, replace(base_cfg, keep_high_precision=("?",)))
+    ref_out = [outputs(ref_src, replace(base_cfg, outputs_only=ref_src.supports_outputs_only), f) for f in feeds]
+    out_cfg = replace(base_cfg, outputs_only=tgt_src.supports_outputs_only)
 
     def measure(keep: list[str]) -> float:
-        cfg = RunConfig(**{**out_cfg.__dict__, "options": {**out_cfg.options, "keep_high_precision": list(keep)}})
+        cfg = replace(out_cfg, keep_high_precision=tuple(keep))
         worst = None
         for f, ro in zip(feeds, ref_out):
             to = outputs(tgt_src, cfg, f)

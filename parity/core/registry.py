@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 
 from parity.contract import hookspecs
-from parity.contract.errors import ParityError
+from parity.contract.errors import ParityError, UsageError
 
 GROUP = "parity"
 #: hook -> the kind of object it registers (the keys of :func:`registry`)
@@ -194,3 +194,44 @@ def all_of(kind: str) -> dict[str, Any]:
     return {n: r.obj for n, r in registry()[kind].items()}
 
 
+
+
+def source_schema(source: Any) -> list[Any]:
+    """The options ``source`` (an object or a registered name) declares (``Source.option_schema``)."""
+    src = get_source(source) if isinstance(source, str) else source
+    return list(getattr(src, "option_schema", ()) or ())
+
+
+def check_source_options(target: Any, options: Any, reference: Any = None) -> dict[str, Any]:
+    """``options`` checked against the schemas of ``target`` (and ``reference``), values converted.
+
+    One options dict reaches both sides of a comparison, so a key is valid when either side
+    declares it, plus the run configuration's own keys (``outputs_only``, ``keep_high_precision``).
+    An unknown key or a bad value is a :class:`UsageError` (exit 2) naming the source(s), the
+    closest valid key and every valid key: ``--option trt_captur=mark`` once did nothing at all.
+    Returns the given keys only, typed, under each option's own name (an alias is renamed).
+    """
+    from parity.contract.options import RUN_OPTIONS, check_options
+
+    sides = [s for s in (target, reference) if s is not None]
+    srcs = [get_source(s) if isinstance(s, str) else s for s in sides]
+    names = list(dict.fromkeys(str(getattr(s, "name", s)) for s in srcs))
+    owner = " or ".join(f"source {n!r}" for n in names) or "the sources"
+    # the target's declaration first: where both sides declare a key, the target's type converts it
+    schema = [o for s in srcs for o in source_schema(s)]
+    return check_options(schema, options, owner, extra=RUN_OPTIONS)
+
+
+def check_run_fields(source: Any, cfg: Any, role: str = "target") -> None:
+    """Refuse (exit 2) a run configuration ``source`` cannot honour, instead of measuring nothing.
+
+    ``keep_high_precision`` needs ``supports_keep_high_precision``; ``outputs_only`` needs
+    ``supports_outputs_only`` (the core only asks a source that declares it).
+    """
+    name = getattr(source, "name", source)
+    if cfg.keep_high_precision and not getattr(source, "supports_keep_high_precision", False):
+        raise UsageError(f"{role} {name!r} cannot keep layers in high precision (keep_high_precision, a --config "
+                         f"[precision] keep_fp32 or parity fix). Note: sources that can: "
+                         f"{', '.join(n for n, s in all_of('source').items() if s.supports_keep_high_precision)}")
+    if cfg.outputs_only and not getattr(source, "supports_outputs_only", False):
+        raise UsageError(f"{role} {name!r} cannot run outputs only (outputs_only). Note: drop the option")

@@ -81,7 +81,7 @@ def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelPro
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
     workdir = Path(cfg.workdir)
     opts = cfg.options
-    keep = option_list(opts, "keep_high_precision")
+    keep = list(cfg.keep_high_precision)
     if keep:
         keep_producers(orig, keep, src.name, name_unnamed=True)  # int8 refuses unnamed ones later
     extra: dict[str, Any] = {}
@@ -106,7 +106,7 @@ def target_model(precision: str, cfg: RunConfig, src: Path, orig: "onnx.ModelPro
         check_feed(orig, c, src, what=f"calibration feed #{k}")
     extra["calibration_feeds"] = len(calib)
     with step(f"quantize {src.name} to int8 ({len(calib)} calibration feeds)"):
-        return to_int8(src, workdir, calib, opts), extra
+        return to_int8(src, workdir, calib, {**opts, "keep_high_precision": keep}), extra
 
 
 def load_fp32(cfg: RunConfig, feed: dict[str, np.ndarray]) -> tuple[Path, Any, "onnx.ModelProto"]:

@@ -175,7 +175,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     common: dict[str, Any] = {"precision": precision, "model_file": str(src)}
     if exporter:
         common["exporter"] = exporter
-    outputs_only = option_bool(opts, "outputs_only", False)
+    outputs_only = cfg.outputs_only
     if outputs_only:
         sites = [s for s in sites if s.name in out_pos]
     run_path, extra = target_model(precision, cfg, src, orig, feed)
@@ -263,7 +263,7 @@ def plan_key(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tup
     sig = tuple(sorted((k, str(np.asarray(v).dtype), tuple(np.shape(v))) for k, v in feed.items()))
     calib = feeds_digest(list(cfg.calibration)) if precision == "int8" else None
     return (precision, str(cfg.model), _model_stat(str(cfg.model)), str(cfg.device), str(cfg.workdir),
-            repr(sorted(cfg.options.items(), key=lambda kv: str(kv[0]))),
+            repr(sorted(cfg.options.items(), key=lambda kv: str(kv[0]))), cfg.outputs_only, cfg.keep_high_precision,
             repr(sorted(cfg.input_shapes.items())), sig, calib, cfg.layers, cfg.step_bytes)
 
 

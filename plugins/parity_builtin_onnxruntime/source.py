@@ -28,6 +28,7 @@ from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
 
 from .loader import HALF, PRECISIONS, SEMANTICS
+from .options import OPTIONS
 from .runner import DEFAULT_STEP_BYTES, PlanCache, capture
 
 __all__ = ["DEFAULT_STEP_BYTES", "NUMBER_FORMATS", "PRECISIONS", "OrtSource"]
@@ -53,6 +54,9 @@ class OrtSource(Source):
     """
 
     description = "ONNX Runtime session capturing every intermediate tensor (fp32 / fp16 / int8 QDQ)"
+    option_schema = OPTIONS
+    supports_outputs_only = True
+    supports_keep_high_precision = True  # fp32 keeps everything already
 
     def __init__(self, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:

@@ -379,6 +379,12 @@ def with_constraints(ecfg: EngineConfig, constraints: str, **changes: Any) -> En
     return dataclasses.replace(ecfg, precision_constraints=constraints, builder_flags=flags, **changes)
 
 
+def run_options(cfg: Any) -> dict[str, Any]:
+    """``cfg.options`` plus the run configuration's typed ``outputs_only`` and ``keep_high_precision``,
+    the one dict :func:`run_engine_config` reads (it also serves tests and callers holding plain options)."""
+    return {**cfg.options, "outputs_only": cfg.outputs_only, "keep_high_precision": list(cfg.keep_high_precision)}
+
+
 def config_for_target(target: str, options: Mapping[str, Any] | None = None) -> EngineConfig:
     return engine_config(parse_target(target), options, TARGET_LIBRARY[target])
 

@@ -27,7 +27,7 @@ from parity.contract.source import RunConfig
 from parity.lib.onnx.models import onnx_model_for
 from parity.lib.onnx.reference import reference_values
 
-from .config import EngineConfig, layer_name, run_engine_config, with_constraints
+from .config import EngineConfig, layer_name, run_engine_config, run_options, with_constraints
 from .marking import SHAPE_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,10 +215,10 @@ def local_results(target: str, precision: str, cfg: RunConfig, feed: dict[str, n
 
     lib = TARGET_LIBRARY[target]
     trt = tensorrt_with_cuda(f"the local runs of {target}", lib)
-    run_engine_config(precision, cfg.options, library=lib)  # bad options fail before any work
+    run_engine_config(precision, run_options(cfg), library=lib)  # bad options fail before any work
     onnx_path, _names = onnx_model_for(cfg, feed)
     orig = load_model(onnx_path, what="model")
-    ecfg = run_engine_config(precision, cfg.options, orig, onnx_path.name, library=lib)
+    ecfg = run_engine_config(precision, run_options(cfg), orig, onnx_path.name, library=lib)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in orig.graph.node):
         skipped.append({"key": "*", "onnx_node": "*", "reason": (
             "the model is Q/DQ-quantized: a node cut out alone loses its QuantizeLinear/DequantizeLinear "

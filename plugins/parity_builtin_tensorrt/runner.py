@@ -36,7 +36,7 @@ from parity.contract.source import RunConfig
 from parity.lib.onnx.models import onnx_model_for
 
 from ._cuda import dtype_name
-from .config import EngineConfig, run_engine_config
+from .config import EngineConfig, run_engine_config, run_options
 from .loader import BuiltEngine, build_engine, check_context, library_name, library_of, load_engine, typed_model
 
 #: tensorrt.DataType member name -> numpy dtype for host-resident (shape) inputs
@@ -266,11 +266,11 @@ def capture(trt: Any, target: str, precision: str, cfg: RunConfig, feed: dict[st
 
     # outputs_only / keep_high_precision (parity fix) are applied here; see .config.run_engine_config
     lib = library_of(trt)
-    ecfg = run_engine_config(precision, cfg.options, library=lib)
+    ecfg = run_engine_config(precision, run_options(cfg), library=lib)
     onnx_path, module_names = onnx_model_for(cfg, feed)
     graph = onnx.load(str(onnx_path), load_external_data=False)
-    if cfg.options.get("keep_high_precision"):
-        ecfg = run_engine_config(precision, cfg.options, graph, onnx_path.name, library=lib)
+    if cfg.keep_high_precision:
+        ecfg = run_engine_config(precision, run_options(cfg), graph, onnx_path.name, library=lib)
     typed = typed_model(onnx_path, ecfg, Path(cfg.workdir))     # TensorRT-RTX: cast to the target's type first
     if typed != onnx_path:
         onnx_path = typed

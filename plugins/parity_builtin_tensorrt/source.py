@@ -27,6 +27,7 @@ from parity.lib.onnx.models import onnx_input_specs
 
 from .config import TENSORRT, Library
 from .loader import import_tensorrt, tensorrt_with_cuda
+from .options import OPTIONS
 
 #: the number format each precision computes in (tf32: fp32's range, a 10-bit mantissa in matrix products)
 NUMBER_FORMATS = {"fp32": NumberFormat.FP32, "tf32": NumberFormat.TF32, "fp16": NumberFormat.FP16,
@@ -38,6 +39,9 @@ class TrtSource(Source):
 
     description = "TensorRT engine; captures every layer during the run (debug tensors, fusion kept)"
     supports_local = True
+    option_schema = OPTIONS
+    supports_outputs_only = True
+    supports_keep_high_precision = True
 
     def __init__(self, precision: str = "fp32", library: Library = TENSORRT) -> None:
         self.precision = precision

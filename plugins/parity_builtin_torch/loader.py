@@ -73,11 +73,11 @@ def capture_mode(options: dict[str, Any]) -> str:
     return mode
 
 
-def keep_names(precision: str, options: dict[str, Any]) -> tuple[str, ...]:
-    """``keep_high_precision`` for a reduced precision; the fp32 reference keeps nothing (all fp32 already)."""
+def keep_names(precision: str, cfg: RunConfig) -> tuple[str, ...]:
+    """``cfg.keep_high_precision`` for a reduced precision; the fp32 reference keeps nothing (all fp32 already)."""
     if precision == "fp32":
         return ()
-    return tuple(as_list(options.get("keep_high_precision")))
+    return tuple(cfg.keep_high_precision)
 
 
 def file_key(p: str | None) -> tuple:
@@ -95,7 +95,7 @@ def cache_key(precision: str, cfg: RunConfig) -> tuple:
     # trust_model is read as torch_loader reads it, so the key matches what was loaded
     return (str(cfg.model), file_key(str(cfg.model)), file_key(cfg.options.get("state_dict")),
             option_bool(cfg.options, "trust_model", False), str(cfg.device), capture_mode(cfg.options),
-            tuple(sorted(set(keep_names(precision, cfg.options)))))
+            tuple(sorted(set(keep_names(precision, cfg)))))
 
 
 @contextlib.contextmanager
@@ -225,7 +225,7 @@ def prepare(precision: str, name: str, cfg: RunConfig, key: tuple) -> Prepared:
         if mode == "modules":
             prepared.type_names = exported_type_names(loaded.exported)
     dtype = torch_dtype(precision)
-    names = keep_names(precision, cfg.options)
+    names = keep_names(precision, cfg)
     keep: list[str] = []
     if names:
         if loaded.kind == "torchscript":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -42,8 +43,7 @@ def local_results(target: PreparedCache, reference: PreparedCache, cfg: RunConfi
             raise ParityError(f"local runs (--diagnose) of {target.name} need forward hooks, which TorchScript "
                               f"model {tgt.loaded.path} does not run. Note: give the model as a Python spec "
                               f"(file.py:factory) or an ExportedProgram (.pt2)")
-        opts = {k: v for k, v in cfg.options.items() if k not in ("keep_high_precision", "outputs_only")}
-        ref_cfg = RunConfig(**{**cfg.__dict__, "options": opts})
+        ref_cfg = replace(cfg, keep_high_precision=(), outputs_only=False)
         with reference.hold(ref_cfg) as ref:
             args, kwargs = inputs(reference.precision, ref, ref_cfg, feed)
             dtype = torch_dtype(target.precision)

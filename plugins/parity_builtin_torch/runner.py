@@ -130,7 +130,7 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
         args, kwargs = inputs(precision, prepared, cfg, feed)
         rec_meta = {"source": name, "precision": precision, "capture": prepared.mode}
         include_int = option_bool(cfg.options, "torch_include_integer", False)
-        only = option_bool(cfg.options, "outputs_only", False)
+        only = cfg.outputs_only
         run_forward = work(prepared, args, kwargs, rec_meta, include_int, only, cfg.layers)
         with true_fp32(precision, cfg):
             yield from cap.stream(run_forward, f"running {cfg.model} with source {name}", max_bytes=cfg.step_bytes)

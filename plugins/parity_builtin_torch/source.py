@@ -20,6 +20,7 @@ from parity.lib.torch_loader import resolve_input_specs
 
 from . import local, runner
 from .loader import CAPTURE_MODES, PRECISIONS, PreparedCache, unavailable
+from .options import OPTIONS
 
 __all__ = ["CAPTURE_MODES", "NUMBER_FORMATS", "PRECISIONS", "SOURCE_NAMES", "TorchSource"]
 
@@ -42,6 +43,9 @@ class TorchSource(Source):
     """
 
     description = "PyTorch (TorchScript, ExportedProgram .pt2, Python module spec); per-module activations"
+    option_schema = OPTIONS
+    supports_outputs_only = True
+    supports_keep_high_precision = True  # fp32 keeps everything already
 
     def __init__(self, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
