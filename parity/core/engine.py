@@ -89,7 +89,7 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         row.notes.append(pair.note)
     for rec, prefix in ((r, "ref"), (t, "target")):
         if rec is not None:
-            for k in ("module_path", "onnx_node", "fused", "covers", "is_output", "within"):
+            for k in ("module_path", "onnx_node", "fused", "covers", "is_output", "within", "quantizers"):
                 if k in rec.meta:
                     row.meta[f"{prefix}_{k}"] = rec.meta[k]
     if r is None:

@@ -98,6 +98,9 @@ def test_quantizer_rows_match_the_quantizers_own_figures(outlier_run, tmp_path):
     assert stats["weight"]["amax"] == pytest.approx(float(wq.amax.max()), rel=1e-6)
     assert "output" not in stats  # INT8_DEFAULT_CFG leaves output quantizers disabled
     assert "quantizers" not in recs["relu3"].meta
+    # the compare report's row carries the same figures (JSON: layers[].meta.target_quantizers)
+    row = next(r for r in outlier_run[1].layers if r.name == "fc1")
+    assert row.meta["target_quantizers"]["input"]["amax"] == pytest.approx(amax, rel=1e-6)
 
 
 def _memory(net):  # type: ignore[no-untyped-def]
