@@ -24,7 +24,8 @@ from typing import Any
 
 from parity.contract.errors import ParityError, first_line
 from parity.contract.frontend import option, shape_hint
-from parity.contract.options import option_bool
+from parity.contract.options import read_options
+from parity.lib.options import LOADING
 from parity.contract.source import InputSpec, RunConfig
 
 KINDS = ("torchscript", "exported", "python", "pickle")
@@ -476,7 +477,8 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
     except ImportError:
         raise ParityError(f"cannot load {cfg.model}: torch is not installed. Note: pip install torch") from None
     model = str(cfg.model)
-    trust = option_bool(cfg.options, "trust_model", False)  # text "false" must not mean yes: it gates unpickling
+    loading = read_options(LOADING, cfg.options)  # typed: text "false" must not mean yes, it gates unpickling
+    trust = loading["trust_model"]
     path = Path(model)
     if model.startswith(MEMORY_SCHEME):
         loaded = _load_memory(model)
@@ -507,7 +509,7 @@ def load_torch_model(cfg: RunConfig) -> LoadedModel:
     else:
         raise ParityError(f"model {model} does not exist. Note: give a TorchScript .pt, an ExportedProgram "
                           f".pt2, or a Python spec package.module:factory / path/to/file.py:factory")
-    sd = cfg.options.get("state_dict")
+    sd = loading["state_dict"]
     if sd:
         _load_state_dict(loaded, str(sd))
     return loaded

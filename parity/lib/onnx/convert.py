@@ -20,7 +20,8 @@ import numpy as np
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, first_line
 
-from parity.contract.options import option_bool, option_list
+from parity.contract.options import option_list, read_options
+from parity.lib.options import INT8
 from parity.lib.onnx.util import feeds_digest, key_of, model_digest
 
 
@@ -403,16 +404,17 @@ def to_int8(src: Path, workdir: Path, calibration: list[dict[str, np.ndarray]],
     quiet_runtime_logs()  # the quantizer's calibration sessions log warnings through the default logger
 
     opts = dict(options or {})
-    per_channel = option_bool(opts, "int8_per_channel", False)
-    method_name = str(opts.get("int8_calibrate_method", "minmax")).lower()
+    o = read_options(INT8, opts)  # typed, defaults filled: the group's one declaration
+    per_channel = o["int8_per_channel"]
+    method_name = o["int8_calibrate_method"]
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
     if method_name not in methods:
         raise ParityError(f"int8_calibrate_method {method_name!r} is not known. Note: use one of "
                           f"{', '.join(methods)}")
-    op_types = option_list(opts, "int8_op_types") or None
-    exclude = option_list(opts, "int8_nodes_to_exclude") or None
-    preprocess = option_bool(opts, "int8_preprocess", False)
+    op_types = list(o["int8_op_types"]) or None
+    exclude = list(o["int8_nodes_to_exclude"]) or None
+    preprocess = o["int8_preprocess"]
     keep_tensors = sorted(set(option_list(opts, "keep_high_precision")))
     key = key_of("int8", onnxruntime.__version__, model_digest(src, workdir), feeds_digest(calibration), per_channel,
                  method_name, sorted(op_types or []), sorted(exclude or []), preprocess, keep_tensors)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from parity.contract.errors import ParityError, first_line
-from parity.contract.options import option_bool, option_int, option_list
+from parity.contract.options import read_options
+from parity.lib.options import ORT_SESSION
 
 #: values of ``ort_graph_optimization``, weakest first
-GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = next(o.choices for o in ORT_SESSION if o.name == "ort_graph_optimization")
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "default_providers", "session_options", "make_session",
            "run_session", "ort_message"]
@@ -70,7 +71,8 @@ def session_options(options: Mapping[str, Any], device: str = "cpu") -> tuple[An
     """
     import onnxruntime as ort
 
-    providers = option_list(options, "ort_providers")
+    o = read_options(ORT_SESSION, options)  # typed, defaults filled: the group's one declaration
+    providers = list(o["ort_providers"])
     available = ort.get_available_providers()
     if not providers:
         providers = default_providers(device)
@@ -81,19 +83,14 @@ def session_options(options: Mapping[str, Any], device: str = "cpu") -> tuple[An
     quiet_runtime_logs()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    level = str(options.get("ort_graph_optimization", "all")).strip().lower()
-    if level not in GRAPH_OPTIMIZATION_LEVELS:
-        raise ParityError(f"ort_graph_optimization {level!r} is not known. "
-                          f"Note: use one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
+    level = o["ort_graph_optimization"]  # one of GRAPH_OPTIMIZATION_LEVELS: the schema checked it
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    so.enable_cpu_mem_arena = option_bool(options, "ort_mem_arena", False)
-    threads = option_int(options, "ort_threads", None)
-    if threads is not None and threads < 0:
-        raise ParityError(f"option ort_threads={threads} is negative. Note: use 0 for onnxruntime's default")
+    so.enable_cpu_mem_arena = o["ort_mem_arena"]
+    threads = o["ort_threads"]  # >= 0: the schema checked it
     if threads:
         so.intra_op_num_threads = threads
     return so, providers
