@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process is parity's own: let its allocator reuse freed activation buffers
+        from parity.lib.memory import reuse_freed_buffers
+
+        reuse_freed_buffers()
     try:
         return _main(argv)
     finally:

@@ -147,6 +147,11 @@ class Matcher:
     similarity_metric: ClassVar[str | None] = None
     #: the parking store of a context this matcher makes itself (None: the installed default)
     new_parking: ClassVar[ParkingFactory | None] = None
+    #: True when every pair this matcher makes is one :meth:`parity.contract.capture.CaptureWants.selects`
+    #: allows (same key, model output, module provenance, normalized name, or same shape but for
+    #: size-1 axes): the core then lets sources skip the target tensors no reference record can pair
+    #: with. False (the default for third-party matchers): sources capture everything
+    pairs_within_wants: ClassVar[bool] = False
 
     def stream(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
         """Yield the pairs of the two streams (one-sided layers as pairs with the other side None)."""

@@ -152,6 +152,7 @@ class AutoMatcher(Matcher):
     description = "cross-framework: exact, outputs, export provenance, normalized names, order+shape, values"
     similarity_metric = "cosine"
     new_parking = Parking  # for a context this matcher makes itself (called without the core)
+    pairs_within_wants = True  # every step pairs by key, output, scope, normalized name or same_dims
 
     def __init__(self, value_min_similarity: float = 0.99):
         #: the value step pairs two layers only when their similarity reaches this

@@ -21,6 +21,7 @@ class ExactMatcher(Matcher):
     name = "exact"
     description = "pair layers with identical names (same framework, or dumps named alike)"
     new_parking = Parking  # for a context this matcher makes itself (called without the core)
+    pairs_within_wants = True  # by key only
 
     def stream(self, ref: Iterable[Activation], target: Iterable[Activation], ctx: MatchContext) -> Iterator[Pair]:
         park = ctx.parking

@@ -6,10 +6,12 @@ way; two copies of this once disagreed on ``export_dynamic_batch=false``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -53,10 +55,54 @@ def _load_torch(cfg: RunConfig) -> Any:
     return load_torch_model(cfg)
 
 
+#: exports resolved in the current run (:func:`one_export_per_run`); None: outside a run, resolve each time
+_RUN_EXPORTS: contextvars.ContextVar[dict[Any, OnnxModel] | None] = contextvars.ContextVar("parity_run_exports",
+                                                                                          default=None)
+#: options that do not change the fp32 model a torch spec exports to (they select what a run captures
+#: or keeps in high precision downstream)
+_NOT_EXPORT_OPTIONS = frozenset({"outputs_only", "keep_high_precision"})
+
+
+@contextlib.contextmanager
+def one_export_per_run() -> Iterator[None]:
+    """Within one comparison, resolve a torch model's export once, however many ONNX sessions need it.
+
+    Why: the export cache key is a hash of the torch module's weights, so finding the cached export
+    means building the module (a MiniLM from its weights file: about a second and ~100 MB). The
+    ONNX Runtime source resolves it for the capture and again for the deployed-outputs check of the
+    same feed. Scoped to a run, never to the process: between two runs in one interpreter the
+    weights may change on disk without the spec file changing.
+    """
+    token = _RUN_EXPORTS.set({})
+    try:
+        yield
+    finally:
+        _RUN_EXPORTS.reset(token)
+
+
+def _export_key(cfg: RunConfig, feed: dict[str, np.ndarray]) -> Any:
+    opts = sorted((str(k), repr(v)) for k, v in cfg.options.items() if k not in _NOT_EXPORT_OPTIONS)
+    sig = sorted((k, str(np.asarray(v).dtype), tuple(np.shape(v))) for k, v in feed.items())
+    return (str(cfg.model), str(cfg.workdir), str(cfg.device), tuple(opts), tuple(sig))
+
+
 def onnx_model_for(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
     """The fp32 ONNX model for ``cfg``: the file itself, or a cached export (with provenance) of the torch model."""
     if is_onnx_file(cfg.model):
         return OnnxModel(runnable_onnx(Path(str(cfg.model)), Path(cfg.workdir)))
+    from parity.lib.torch_loader import memory_model
+
+    memo = _RUN_EXPORTS.get() if memory_model(cfg.model) is None else None  # a module in memory may change
+    key = _export_key(cfg, feed) if memo is not None else None
+    if memo is not None and key in memo and memo[key].path.exists():
+        return memo[key]
+    found = _export(cfg, feed)
+    if memo is not None:
+        memo[key] = found
+    return found
+
+
+def _export(cfg: RunConfig, feed: dict[str, np.ndarray]) -> OnnxModel:
     from parity.lib.onnx.export import cached_export
 
     loaded = _load_torch(cfg)
