@@ -238,12 +238,13 @@ def read_options(schema: Iterable[Option], values: Mapping[str, Any] | None, own
 
 
 def check_options(schema: Iterable[Option], values: Mapping[str, Any] | None, owner: str,
-                  extra: Iterable[Option] = ()) -> dict[str, Any]:
+                  extra: Iterable[Option] = (), elsewhere: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any]:
     """``values`` checked against ``schema`` and converted; keys outside it are a usage error.
 
     Returns only the keys given (under each option's own name), so what a consumer leaves unset
     keeps meaning "the default". ``owner`` names the source(s) in messages; ``extra`` holds options
-    every source accepts (the run configuration's own fields).
+    every source accepts (the run configuration's own fields); ``elsewhere`` maps a key to the other
+    sources that read it, so ``trt_capture`` given to an ``ort-*`` run says which targets take it.
     """
     schema = list(schema)
     index = option_index([*schema, *extra])
@@ -251,18 +252,23 @@ def check_options(schema: Iterable[Option], values: Mapping[str, Any] | None, ow
     for key, raw in (values or {}).items():
         opt = index.get(key)
         if opt is None:
-            raise UsageError(unknown_option_message(str(key), schema, owner))
+            raise UsageError(unknown_option_message(str(key), schema, owner, (elsewhere or {}).get(str(key), ())))
         out[opt.name] = opt.convert(raw, owner)
     return out
 
 
-def unknown_option_message(key: str, schema: Iterable[Option], owner: str) -> str:
+def unknown_option_message(key: str, schema: Iterable[Option], owner: str, elsewhere: Iterable[str] = ()) -> str:
     """``option 'trt_captur' is not an option of source 'trt-fp16'. Did you mean trt_capture? ...``"""
     import difflib
 
     names = sorted({o.name for o in schema})
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]}?" if close else ""
+    others = sorted(elsewhere)
+    if others:  # a real key of another source: say whose, rather than guess a spelling
+        shown = ", ".join(others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+        hint = f" It is read by {'sources' if len(others) > 1 else 'source'} {shown}."
+    else:
+        hint = f" Did you mean {close[0]}?" if close else ""
     valid = ", ".join(names) or "none (it takes no options)"
     return (f"option {key!r} is not an option of {owner}.{hint} Note: valid keys are {valid} "
             f"(see 'parity plugins --options SOURCE')")

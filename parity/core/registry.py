@@ -219,7 +219,13 @@ def check_source_options(target: Any, options: Any, reference: Any = None) -> di
     owner = " or ".join(f"source {n!r}" for n in names) or "the sources"
     # the target's declaration first: where both sides declare a key, the target's type converts it
     schema = [o for s in srcs for o in source_schema(s)]
-    return check_options(schema, options, owner, extra=RUN_OPTIONS)
+    known = {k for o in (*schema, *RUN_OPTIONS) for k in (o.name, *o.aliases)}
+    elsewhere: dict[str, list[str]] = {}
+    for key in options or {}:
+        if key not in known:
+            elsewhere[key] = [n for n, s in all_of("source").items()
+                              if any(key in (o.name, *o.aliases) for o in source_schema(s))]
+    return check_options(schema, options, owner, extra=RUN_OPTIONS, elsewhere=elsewhere)
 
 
 def check_run_fields(source: Any, cfg: Any, role: str = "target") -> None:

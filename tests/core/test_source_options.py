@@ -283,3 +283,11 @@ def test_outputs_only_is_asked_only_of_sources_that_honour_it(capsys, acme, tmp_
         assert Recording.got[0] is False and len(Recording.got) > 1 and all(Recording.got[1:])
     finally:
         plugins.unregister_plugin(p)  # the fixture resets the registry
+
+
+def test_another_sources_key_names_the_sources_that_read_it(capsys, tmp_path):
+    """``--option trt_capture=mark`` on an ONNX Runtime run: not a typo but a TensorRT option."""
+    rc, _out, err = cli(capsys, "compare", f"{ZOO}:lenet", "--ref", "torch", "--target", "ort-fp16",
+                        "--option", "trt_capture=mark", "--workdir", tmp_path)
+    assert rc == 2 and "'trt_capture' is not an option of source 'ort-fp16' or source 'torch'" in err[0]
+    assert "It is read by sources trt-bf16, trt-fp16" in err[0] and "Did you mean" not in err[0]
