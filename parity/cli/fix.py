@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
     gm = get_metric(goal_metric)
     from parity.core.compare import input_paths
+    from parity.core.fix import check_fixable
 
     settings = build_settings(args, args.target, True)
+    check_fixable(settings.target)  # a target that cannot keep layers: refused before the compare runs
     check_reports(args, saves=[(o, p) for o, p in (("--write-config", args.write_config),
                                                     ("--write-model", args.write_model)) if p],
                    inputs=input_paths(settings))

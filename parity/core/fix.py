@@ -37,7 +37,7 @@ from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Repor
 from parity.contract.errors import ParityError, first_line
 from parity.contract.metric import Metric
 from parity.lib.scoring import score_pair
-from parity.core.registry import check_run_fields, get_metric
+from parity.core.registry import check_run_fields, get_metric, get_source
 from parity.contract.source import RunConfig
 
 
@@ -179,6 +179,17 @@ def modelopt_disable_forms(modules: list[str]) -> dict[str, str]:
 
 def _goal_passes(value: float, goal: float, metric: Metric) -> bool:
     return not metric.fails(value, goal)
+
+
+def check_fixable(target: str) -> None:
+    """Refuse (exit 2) a target that cannot keep layers in high precision before the compare runs:
+    ``parity fix`` would otherwise diagnose it, then search keep sets that change nothing. An unknown
+    name is left to the compare's own check, which lists the known ones."""
+    try:
+        src = get_source(target)
+    except ParityError:
+        return
+    check_run_fields(src, RunConfig(model="", keep_high_precision=("?",)))
 
 
 def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", goal: float = 0.999,

@@ -291,3 +291,10 @@ def test_another_sources_key_names_the_sources_that_read_it(capsys, tmp_path):
                         "--option", "trt_capture=mark", "--workdir", tmp_path)
     assert rc == 2 and "'trt_capture' is not an option of source 'ort-fp16' or source 'torch'" in err[0]
     assert "It is read by sources trt-bf16, trt-fp16" in err[0] and "Did you mean" not in err[0]
+
+
+def test_parity_fix_refuses_a_target_that_cannot_keep_layers(capsys, acme, tmp_path):
+    rc, _out, err = cli(capsys, "fix", acme, "--ref", "acme", "--target", "acme-scaled", "--acme-gain", "-1",
+                        "--workdir", tmp_path / "c")
+    assert rc == 2 and "target 'acme-scaled' cannot keep layers in high precision" in err[-1], err
+    assert not _Gain.seen  # refused before the compare ran
