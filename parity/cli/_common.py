@@ -25,49 +25,6 @@ def csv_list(s: str | None) -> list[str] | None:
     return as_list(s) or None
 
 
-def parse_thresholds(s: str | None, metrics: list[str] | None) -> dict[str, float]:
-    """``0.999`` applies to the first (primary) metric; ``cosine=0.999,rel-diff=99`` names them.
-
-    Each must name a selected metric and lie in the values that metric takes (usage errors).
-    """
-    from parity.core.engine import DEFAULT_METRICS
-    from parity.core.preflight import check_metric_value
-
-    if s is None:
-        return {}
-    selected = metrics or list(DEFAULT_METRICS)
-    out: dict[str, float] = {}
-    parts = [p for p in s.split(",") if p.strip()]
-    if not parts:
-        raise UsageError(f"--threshold {s!r} gives no value. Note: use 0.999 or cosine=0.999,rel-diff=99.")
-    for part in parts:
-        name, _, val = part.rpartition("=")
-        name = name.strip() or selected[0]
-        try:
-            value = float(val)
-        except ValueError:
-            raise UsageError(f"--threshold: {part!r} is not a number. Note: use 0.999 or cosine=0.999,rel-diff=99.")
-        if name not in selected:
-            raise UsageError(f"--threshold {part!r}: metric {name!r} is not selected. "
-                             f"Note: selected metrics are {', '.join(selected)} (--metrics).")
-        out[name] = check_metric_value(known("metric", name, "--threshold"), value, f"--threshold {part.strip()}")
-    return out
-
-
-def known(kind: str, name: str, option: str) -> Any:
-    """A registered plugin object; an unknown name on the command line is a usage error (exit 2)."""
-    from parity.core import registry as r
-
-    get = {"metric": r.get_metric, "reporter": r.get_reporter, "source": r.get_source, "matcher": r.get_matcher,
-           "dump-format": r.get_dump_format}[kind]
-    try:
-        return get(name)
-    except UsageError:
-        raise
-    except ParityError as e:
-        raise UsageError(f"{option}: {e}") from None
-
-
 def at_least(args: argparse.Namespace, key: str, low: float, what: str = "") -> None:
     value = getattr(args, key, None)
     if value is None:
@@ -84,6 +41,7 @@ def validate(args: argparse.Namespace) -> None:
     options) is a usage error, exit 2; what it names being bad (files, models) is found later, exit 1.
     """
     from parity.core.engine import DEFAULT_METRICS
+    from parity.core.parse import known, parse_goal, parse_thresholds
     from parity.core.preflight import check_metric_value
 
     if args.command not in ("analyze", "compare", "fix"):
@@ -137,12 +95,7 @@ def validate(args: argparse.Namespace) -> None:
         known("dump-format", args.save_format, "--save-format")
     if args.command == "fix":
         at_least(args, "max_steps", 1)
-        name, sep, val = args.goal.rpartition("=")
-        try:
-            goal = float(val)
-        except ValueError:
-            raise UsageError(f"--goal {args.goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
-        check_metric_value(known("metric", name if sep else metrics[0], "--goal"), goal, f"--goal {args.goal}")
+        parse_goal(args.goal, metrics[0])
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
@@ -354,34 +307,19 @@ def suffixed(path: str | None, tag: str, many: bool) -> str | None:
 
 
 def build_settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any:
-    from parity.core.compare import CompareSettings
-    from parity.core.inputs import parse_input_dtypes, parse_input_shapes
+    """The settings of one run of compare, fix or repro, by the one builder the Python API uses too."""
+    from parity.core.settings import build
 
-    metrics = csv_list(args.metrics)
-    return CompareSettings(
-        model=args.model, ref=args.ref, target=target, inputs=args.inputs,
-        input_shapes=parse_input_shapes(args.input_shape), input_dtypes=parse_input_dtypes(args.input_shape),
-        seed=args.seed, random_inputs=args.random_inputs,
-        device=args.device, workdir=args.workdir, metrics=metrics,
-        thresholds=parse_thresholds(args.threshold, metrics), metric_options=metric_options(args),
-        source_options=source_options(args), mapping=args.mapping, matcher=args.matcher,
-        calibration=args.calibration, diagnose=diagnose, target_dump=getattr(args, "target_dump", None),
+    return build(
+        model=args.model, ref=args.ref, target=target, device=args.device, workdir=args.workdir,
+        options=source_options(args), target_dump=getattr(args, "target_dump", None),
         target_onnx=getattr(args, "target_onnx", None), layer_info=getattr(args, "layer_info", None),
+        inputs=args.inputs, input_shapes=args.input_shape, seed=args.seed, random_inputs=args.random_inputs,
+        calibration=args.calibration, limit=getattr(args, "limit", None),
+        metrics=csv_list(getattr(args, "metrics", None)), threshold=getattr(args, "threshold", None),
+        metric_options=metric_options(args) if hasattr(args, "rel_tol") else None, mapping=args.mapping,
+        matcher=args.matcher, diagnose=diagnose, layers=getattr(args, "layers", None),
         save_ref=getattr(args, "save_ref", None), save_target=getattr(args, "save_target", None),
-        save_format=getattr(args, "save_format", "npy"),
-        layers=getattr(args, "layers", None), limit=getattr(args, "limit", None), force=getattr(args, "force", False),
-        max_memory=parse_bytes(getattr(args, "max_memory", None), "--max-memory"),
-        step_bytes=parse_bytes(getattr(args, "step_bytes", None), "--step-bytes"),
-        workers=getattr(args, "workers", 1) or 1, ray_address=getattr(args, "ray_address", None))
-
-
-def parse_bytes(text: str | None, option: str) -> int | None:
-    """``2G``, ``512M``, ``1.5GiB``, ``1000000`` -> bytes (the contract's one size vocabulary)."""
-    from parity.contract.options import parse_bytes as size
-
-    if text is None:
-        return None
-    try:
-        return size(text, option)
-    except ParityError as e:
-        raise UsageError(str(e)) from None
+        save_format=getattr(args, "save_format", "npy"), max_memory=getattr(args, "max_memory", None),
+        step_bytes=getattr(args, "step_bytes", None), workers=getattr(args, "workers", 1) or 1,
+        ray_address=getattr(args, "ray_address", None), force=getattr(args, "force", False))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from parity.cli._common import add_report_args, check_reports, csv_list, emit, metric_options, parse_thresholds
+from parity.cli._common import add_report_args, check_reports, csv_list, emit, metric_options
 
 
 def add_parser(sub: Any) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from parity.core.analyze import analyze
+    from parity.core.parse import parse_thresholds
 
     metrics = csv_list(args.metrics)
     check_reports(args, inputs=[(w, p) for w, p in (("reference dump", args.ref), ("target dump", args.target),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from parity.contract.errors import UsageError
 from parity.cli._common import (add_report_args, add_run_args, build_settings, check_reports, csv_list, emit,
                                 report_requests, verdict)
 
@@ -30,16 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from parity.core.compare import compare
     from parity.core.api import run_fix
 
-    name, sep, val = args.goal.rpartition("=")
-    try:
-        goal = float(val)
-    except ValueError:
-        raise UsageError(f"--goal {args.goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
-    metrics = csv_list(args.metrics)
     from parity.core.engine import DEFAULT_METRICS
+    from parity.core.parse import parse_goal
     from parity.core.registry import get_metric
 
-    goal_metric = name if sep else (metrics or list(DEFAULT_METRICS))[0]  # unnamed: the primary metric
+    # unnamed: the primary metric
+    goal_metric, goal = parse_goal(args.goal, (csv_list(args.metrics) or list(DEFAULT_METRICS))[0])
     gm = get_metric(goal_metric)
     from parity.core.compare import input_paths
     from parity.core.fix import check_fixable

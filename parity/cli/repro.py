@@ -21,13 +21,11 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The reference is always ONNX Runtime fp32 on parity's ONNX model (--ref/--target do not apply)."""
-    from parity.core.compare import CompareSettings
-    from parity.core.inputs import parse_input_shapes
     from parity.core.repro import repro
+    from parity.core.settings import build
 
-    settings = CompareSettings(model=args.model, ref="ort", target="ort", inputs=args.inputs,
-                               input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
-                               workdir=args.workdir, source_options=source_options(args), force=args.force)
+    settings = build(model=args.model, ref="ort", target="ort", inputs=args.inputs, input_shapes=args.input_shape,
+                     seed=args.seed, workdir=args.workdir, options=source_options(args), force=args.force)
     from parity.core.compare import input_paths
     from parity.core.preflight import check_no_clobber
 

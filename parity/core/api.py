@@ -1,11 +1,12 @@
 """The Python API for notebooks, scripts and tests: ``parity.compare(model, inputs, target="ort-fp16")``.
 
-It builds the same :class:`~parity.core.compare.CompareSettings` the CLI builds and calls the same
+It builds the same :class:`~parity.core.settings.CompareSettings` the CLI builds and calls the same
 :func:`parity.core.compare.compare` and :func:`parity.core.fix.fix`. What it adds is taking objects
 as well as files: an ``nn.Module`` reaches the sources through an in-process reference (never
 pickled; :func:`parity.lib.torch_loader.register_memory_model`), an ONNX ``ModelProto`` is saved
-once into the cache folder under its digest, and in-memory inputs are written as ``.npy``/``.npz``
-feed files into a temporary folder that lives as long as the returned report.
+once into the cache folder under its digest, and in-memory inputs are fed as they are
+(:class:`~parity.core.feeds.MemoryFeeds`: no file is written). Both front doors build their settings
+with :func:`parity.core.settings.build` and parse values with :mod:`parity.core.parse`.
 """
 from __future__ import annotations
 
@@ -15,24 +16,20 @@ import io
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
-import weakref
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Callable, Mapping, Sequence
 
 from parity.contract.atomic import atomic_path
 from parity.contract.errors import ParityError, UsageError
 from parity.contract.frontend import speaking
 from parity.contract.progress import step
 from parity.contract.report import LayerResult, Report, culprit_groups
-from parity.core.compare import CompareSettings
+from parity.core.parse import parse_goal
+from parity.core.settings import CompareSettings
 
-__all__ = ["ComparisonReport", "compare", "run_fix"]
+__all__ = ["ComparisonReport", "compare", "run_fix", "settings_for"]
 
 log = logging.getLogger("parity")
 
@@ -84,82 +81,6 @@ def default_ref(model: Any) -> str:
 
         return "ort" if is_onnx_file(os.fspath(model)) else "torch"
     return "torch"
-
-
-def _array(x: Any, where: str) -> np.ndarray:
-    """A tensor or array as a numpy array (a torch tensor detached and moved to the CPU)."""
-    if type(x).__module__.startswith("torch"):
-        t = x.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: the model casts it back
-            t = t.float()
-        x = t.numpy()
-    a = np.asarray(x)
-    if a.dtype == object:
-        raise ParityError(f"inputs: {where} is not numeric (a {type(x).__name__} holding objects). Note: give "
-                          f"tensors or numeric arrays")
-    return a
-
-
-def _tensor_like(x: Any) -> bool:
-    return hasattr(x, "shape") or hasattr(x, "__array__")
-
-
-def _positional(feed: Any) -> bool:
-    """A tuple of tensors is one call's positional inputs, ``model(*feed)`` (as ``torch.onnx.export``
-    takes its args); a list is several feeds."""
-    return isinstance(feed, tuple) and bool(feed) and all(_tensor_like(v) for v in feed)
-
-
-def _feeds(inputs: Any) -> Iterator[Any]:
-    """One feed per element: a lone tensor/array, a dict of them, a tuple of positional tensors, or a
-    list/iterable of those (streamed)."""
-    if isinstance(inputs, Mapping) or _tensor_like(inputs) or _positional(inputs):
-        yield inputs
-        return
-    if isinstance(inputs, (str, bytes)):
-        raise ParityError("inputs: a string is not inputs here. Note: pass a path or a dataset spec "
-                          "'module:function' as inputs_path=..., or tensors/arrays/dicts")
-    try:
-        it = iter(inputs)
-    except TypeError:
-        raise ParityError(f"inputs: a {type(inputs).__name__} is not inputs. Note: give a tensor, an array, a dict "
-                          f"name -> tensor, or a list of those (one feed each)") from None
-    n = 0
-    for feed in it:
-        n += 1
-        yield feed
-    if not n:
-        raise ParityError("inputs: the iterable gave no feed. Note: give at least one tensor, array or dict")
-
-
-def write_feeds(inputs: Any, folder: Path, names: Callable[[], list[str] | None] | None = None) -> Path:
-    """In-memory inputs as the feed files :func:`parity.core.inputs.load_feeds` reads (one file per feed,
-    ``feed-000000.npy`` for a lone array, ``.npz`` keyed by input name for a dict or a tuple of
-    positional inputs, named by ``names()``, the model's input names), written as the iterable yields
-    them, so a generator of thousands of feeds is never held at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    known: list[str] | None = None
-    for k, feed in enumerate(_feeds(inputs)):
-        if _positional(feed):
-            if known is None:
-                known = (names() if names is not None else None) or []
-            if not known:
-                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs, but the model's "
-                                  f"input names are unknown. Note: pass a dict input name -> tensor")
-            if len(feed) > len(known):
-                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs (one call, "
-                                  f"model(*inputs)), but the model takes {len(known)}: {', '.join(known)}. Note: "
-                                  f"pass a list [x1, x2, ...] for several feeds")
-            feed = dict(zip(known, feed))
-        if isinstance(feed, Mapping):
-            arrays = {str(n): _array(v, f"feed {k} input {n!r}") for n, v in feed.items()}
-            if not arrays:
-                raise ParityError(f"inputs: feed {k} is an empty dict. Note: map input names to tensors")
-            with open(folder / f"feed-{k:06d}.npz", "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            np.save(folder / f"feed-{k:06d}.npy", _array(feed, f"feed {k}"), allow_pickle=False)
-    return folder
 
 
 class ComparisonReport(Report):
@@ -247,24 +168,6 @@ class ComparisonReport(Report):
         return write_node_data(self, self.onnx_model(), Path(folder))
 
 
-def parse_goal(goal: str | float, primary: str) -> tuple[str, float]:
-    """``"cosine=0.999"`` or ``0.999`` (the primary metric) as (metric, value), checked against the metric."""
-    from parity.core.preflight import check_metric_value
-    from parity.core.registry import get_metric
-
-    if isinstance(goal, (int, float)):
-        name, value = primary, float(goal)
-    else:
-        name, sep, val = str(goal).rpartition("=")
-        name = name.strip() if sep else primary
-        try:
-            value = float(val)
-        except ValueError:
-            raise UsageError(f"goal {goal!r}: expected METRIC=VALUE, e.g. cosine=0.999") from None
-    check_metric_value(get_metric(name), value, f"goal {goal}")
-    return name, value
-
-
 def run_fix(settings: CompareSettings, report: Report, goal_metric: str, goal: float, max_steps: int = 24,
             log: Callable[[str], None] | None = None) -> Any:
     """:func:`parity.core.fix.fix` with each step shown as progress (the CLI's ``parity fix`` calls this)."""
@@ -277,23 +180,6 @@ def run_fix(settings: CompareSettings, report: Report, goal_metric: str, goal: f
                 log(message)
 
         return fix(settings, report, goal_metric, goal, max_steps=max_steps, log=say)
-
-
-def _thresholds(threshold: float | Mapping[str, float] | None, metrics: Sequence[str] | None) -> dict[str, float]:
-    from parity.core.engine import DEFAULT_METRICS
-    from parity.core.preflight import check_metric_value
-    from parity.core.registry import get_metric
-
-    if threshold is None:
-        return {}
-    selected = list(metrics or DEFAULT_METRICS)
-    given = {selected[0]: threshold} if isinstance(threshold, (int, float)) else dict(threshold)
-    out = {}
-    for name, value in given.items():
-        if name not in selected:
-            raise UsageError(f"threshold: metric {name!r} is not selected. Note: selected are {', '.join(selected)}")
-        out[name] = check_metric_value(get_metric(name), float(value), f"threshold {name}={value}")
-    return out
 
 
 def _model_input_names(model: Any, ref_model: str, ref: str, target: str, cache: Path,
@@ -316,34 +202,6 @@ def _model_input_names(model: Any, ref_model: str, ref: str, target: str, cache:
 
     cfg = RunConfig(model=ref_model, workdir=cache, options=dict(options or {}))
     return _input_names(cfg, _source(ref, "reference"), _source(target, "target"))
-
-
-def _shapes_and_dtypes(input_shapes: Mapping[str, Any] | None, input_dtypes: Mapping[str, Any] | None,
-                       ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """``input_shapes={"x": (1, 3, 224, 224), "ids": ((1, 16), "int64")}`` and ``input_dtypes={"ids":
-    torch.int64}`` as the settings' shapes and numpy dtype names (the ``(shape, dtype)`` pair is the
-    form a model's ``parity_input_shapes`` declaration takes too)."""
-    from parity.core.inputs import input_dtype
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
-    for name, value in (input_shapes or {}).items():
-        name = str(name)
-        if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], (tuple, list))
-                and not isinstance(value[1], (int, np.integer))):
-            value, dtypes[name] = value[0], input_dtype(value[1], name)
-        try:
-            dims = tuple(int(d) for d in value)
-        except (TypeError, ValueError):
-            raise UsageError(f"input_shapes[{name!r}] = {value!r} is not a shape. Note: give a tuple of sizes such "
-                             f"as (1, 3, 224, 224), or (shape, dtype) such as ((1, 16), 'int64')") from None
-        if not dims or min(dims) < 1:
-            raise UsageError(f"input_shapes[{name!r}] = {value!r}: every size must be at least 1 (an empty input "
-                             f"compares nothing). Note: e.g. (1, 3, 224, 224)")
-        shapes[name] = dims
-    for name, value in (input_dtypes or {}).items():
-        dtypes[str(name)] = input_dtype(value, str(name))
-    return shapes, dtypes
 
 
 @speaking("api")  # errors name this function's parameters (input_shapes=...), not CLI flags
@@ -373,50 +231,66 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
-    from parity.contract.options import check_seed
     from parity.core.compare import compare as run
-    from parity.core.preflight import check_workdir
     from parity.core.progress import showing
+
+    settings, label, keep = settings_for(
+        model, inputs, ref=ref, target=target, diagnose=diagnose, metrics=metrics, threshold=threshold,
+        input_shapes=input_shapes, input_dtypes=input_dtypes, seed=seed, random_inputs=random_inputs, device=device,
+        workdir=workdir, options=options, metric_options=metric_options, matcher=matcher, mapping=mapping,
+        calibration=calibration, inputs_path=inputs_path, workers=workers, ray_address=ray_address, layers=layers,
+        max_memory=max_memory, step_bytes=step_bytes, limit=limit)
+    with showing(quiet=quiet):
+        report = run(settings)
+    report.summary["model"] = label
+    return ComparisonReport.wrap(report, settings, keep)
+
+
+@speaking("api")
+def settings_for(model: Any, inputs: Any = None, *, ref: str | None = None, target: str = "ort-fp16",
+                 diagnose: bool = True, metrics: Sequence[str] | None = None,
+                 threshold: str | float | Mapping[str, float] | None = None,
+                 input_shapes: Mapping[str, Any] | None = None, input_dtypes: Mapping[str, Any] | None = None,
+                 seed: int = 0, random_inputs: int = 1, device: str = "cpu", workdir: str | os.PathLike | None = None,
+                 options: Mapping[str, Any] | None = None, metric_options: Mapping[str, Any] | None = None,
+                 matcher: str = "auto", mapping: str | None = None, calibration: Any = None,
+                 inputs_path: str | os.PathLike | None = None, workers: int = 1, ray_address: str | None = None,
+                 layers: str | Sequence[str] | None = None, max_memory: str | int | None = None,
+                 step_bytes: str | int | None = None, limit: int | None = None) -> tuple[CompareSettings, str, Any]:
+    """What :func:`compare` runs: ``(settings, how the report names the model, the object to keep alive)``.
+
+    The settings come from :func:`parity.core.settings.build`, the builder the CLI uses; in-memory
+    inputs and calibration data become :class:`~parity.core.feeds.MemoryFeeds` (fed as they are).
+    """
+    from parity.contract.options import check_seed
+    from parity.core.feeds import MemoryFeeds
+    from parity.core.preflight import check_workdir
+    from parity.core.settings import build
 
     if ref is None:
         ref = default_ref(model)
     if inputs is not None and inputs_path is not None:
         raise UsageError("give either inputs or inputs_path, not both")
     seed = check_seed(seed)
-    shapes, dtypes = _shapes_and_dtypes(input_shapes, input_dtypes)
     cache = check_workdir(workdir)
     if (workers > 1 or ray_address) and _torch_module(model):
         raise ParityError("model: an nn.Module in memory cannot be sent to Ray workers. Note: pass a path "
                           "(.pt2, .onnx) or a spec 'package.module:factory' with workers")
     ref_model, label, keep = model_reference(model, cache)
-    tmp = Path(tempfile.mkdtemp(prefix="parity-inputs-", dir=cache))
 
     def names() -> list[str] | None:
         return _model_input_names(model, ref_model, ref, target, cache, options)
 
-    try:
-        feeds_path = str(write_feeds(inputs, tmp / "inputs", names)) if inputs is not None else \
-            (os.fspath(inputs_path) if inputs_path is not None else None)
-        calib_path = None
-        if calibration is not None:
-            calib_path = os.fspath(calibration) if isinstance(calibration, (str, os.PathLike)) else \
-                str(write_feeds(calibration, tmp / "calibration", names))
-        settings = CompareSettings(
-            model=ref_model, ref=ref, target=target, inputs=feeds_path,
-            input_shapes=shapes, input_dtypes=dtypes, seed=seed,
-            random_inputs=random_inputs, device=device, workdir=str(cache), metrics=list(metrics) if metrics else None,
-            thresholds=_thresholds(threshold, metrics), metric_options=dict(metric_options or {}),
-            source_options=dict(options or {}), mapping=mapping, matcher=matcher, calibration=calib_path,
-            diagnose=diagnose, workers=workers, ray_address=ray_address,
-            layers=layers if isinstance(layers, str) or layers is None else None,
-            layer_names=() if isinstance(layers, str) or layers is None else tuple(layers),
-            max_memory=max_memory, step_bytes=step_bytes, limit=limit)
-        with showing(quiet=quiet):
-            report = run(settings)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    report.summary["model"] = label
-    out = ComparisonReport.wrap(report, settings, keep)
-    weakref.finalize(out, shutil.rmtree, str(tmp), True)  # the feed files live as long as the report
-    return out
+    feeds: str | MemoryFeeds | None = MemoryFeeds(obj=inputs, names=names) if inputs is not None else \
+        (os.fspath(inputs_path) if inputs_path is not None else None)
+    calib: str | MemoryFeeds | None = None
+    if calibration is not None:
+        calib = os.fspath(calibration) if isinstance(calibration, (str, os.PathLike)) else \
+            MemoryFeeds(obj=calibration, names=names)
+    settings = build(
+        model=ref_model, ref=ref, target=target, device=device, workdir=str(cache), options=options,
+        inputs=feeds, input_shapes=dict(input_shapes or {}), input_dtypes=input_dtypes, seed=seed,
+        random_inputs=random_inputs, calibration=calib, limit=limit, metrics=metrics, threshold=threshold,
+        metric_options=metric_options, mapping=mapping, matcher=matcher, diagnose=diagnose, layers=layers,
+        max_memory=max_memory, step_bytes=step_bytes, workers=workers, ray_address=ray_address)
+    return settings, label, keep

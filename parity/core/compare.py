@@ -10,15 +10,17 @@ import contextlib
 import functools
 import os
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from parity.core.dumps import feed_dump_path
 from parity.core.engine import match_pairs, metric_infos, resolve_metrics, run_engine
-from parity.core.feeds import Feed, FeedSet, LazyFeeds, is_python_dataset
+from parity.core.feeds import (Feed, FeedSet, FileFeeds, LazyFeeds, MemoryFeeds, PythonFeeds, RandomFeeds,
+                               is_python_dataset)
+from parity.core.settings import CompareSettings
 from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
 
@@ -34,59 +36,6 @@ from parity.contract.progress import log, track
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, LayerSelection, RunConfig, Source
-
-
-@dataclass
-class CompareSettings:
-    """Everything `parity compare` was asked, in one place (the CLI fills it, the API takes it)."""
-
-    model: str
-    ref: str = "torch"
-    target: str = "ort"
-    inputs: str | None = None
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    #: dtypes of random inputs by input name (``--input-shape ids:1x16:int64``, ``input_dtypes=``)
-    input_dtypes: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
-    random_inputs: int = 1
-    device: str = "cpu"
-    #: cache of exported/converted models and engines; None: the user cache folder (platformdirs)
-    workdir: str | None = None
-    metrics: Sequence[str] | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-    metric_options: dict[str, Any] = field(default_factory=dict)
-    source_options: dict[str, Any] = field(default_factory=dict)
-    mapping: str | None = None
-    matcher: str = "auto"
-    calibration: str | None = None
-    #: diagnose: local errors (when the target source offers them), culprits, range tracing
-    diagnose: bool = False
-    #: compare against activations dumped elsewhere (Polygraphy JSON, trtexec, npz...) instead of a target source
-    target_dump: str | None = None
-    #: the ONNX model the dump was made from: gives dump tensors their module provenance and outputs
-    target_onnx: str | None = None
-    #: TensorRT layer information JSON (trtexec --exportLayerInfo) to map engine layer names to ONNX
-    layer_info: str | None = None
-    #: also write each side's activations as a dump (folder or archive), for `parity analyze` later
-    save_ref: str | None = None
-    save_target: str | None = None
-    save_format: str = "npy"
-    #: only layers whose name (or module path, ONNX node) matches this regex are compared (``--layers``);
-    #: a file of names, one a line, via ``layer_names``; model outputs always stay
-    layers: str | None = None
-    layer_names: Sequence[str] = ()
-    #: bytes of parked activations held in memory before spilling to disk (``--max-memory``; None: default)
-    max_memory: int | None = None
-    #: bytes of activations a source captures per step (``--step-bytes``; None: the source's default)
-    step_bytes: int | None = None
-    #: shard the feeds over this many Ray workers (``--workers``); 1: this process
-    workers: int = 1
-    #: an existing Ray cluster (``--ray-address``); None: a local one when workers > 1
-    ray_address: str | None = None
-    #: compare at most this many feeds of the dataset (``--limit``)
-    limit: int | None = None
-    #: run even when the memory estimate exceeds what is available (``--force``)
-    force: bool = False
 
 
 def _source(name: str, role: str) -> Source:
@@ -126,7 +75,7 @@ def _input_names(cfg: RunConfig, *srcs: Source) -> list[str] | None:
     return None
 
 
-def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
+def _shapes_from_inputs(path: str | MemoryFeeds, cfg: RunConfig, *srcs: Source) -> dict[str, tuple[int, ...]]:
     """Shapes the input files imply, under the user's own --input-shape (which wins).
 
     A lone array (a ``.npy``, or an ``.npz`` holding one data array under another name) is the
@@ -135,7 +84,10 @@ def _shapes_from_inputs(path: str, cfg: RunConfig, *srcs: Source) -> dict[str, t
     from parity.core.inputs import peek_shapes
 
     names = _input_names(cfg, *srcs)
-    peek = peek_shapes(path, names)  # an input named like a label ("y") is the model's when it takes one
+    if isinstance(path, MemoryFeeds):
+        peek = path.peek_shapes()
+    else:
+        peek = peek_shapes(path, names)  # an input named like a label ("y") is the model's when it takes one
     if len(peek) == 1:
         if names and len(names) == 1 and names[0] not in peek:
             peek = {names[0]: next(iter(peek.values()))}
@@ -213,11 +165,17 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
     of zeros is a thousand times smaller than its arrays). Activations: each side holds at least the
     largest node's inputs and outputs (:func:`_activation_bytes`), or twice the inputs if unknown.
     """
-    if specs is None:  # input files: their arrays stream one file at a time
+    if specs is None:  # input files (their arrays stream one file at a time) or arrays in memory
         from parity.core.inputs import declared_arrays, input_files
 
         sizes, shapes = [], {}
-        for f in input_files(Path(str(s.inputs))):
+        where = f"--inputs {s.inputs}"
+        if isinstance(s.inputs, MemoryFeeds):  # the first feed stands for the others (none is read ahead)
+            first = next(iter(s.inputs.raw()), {})
+            sizes = [sum(a.nbytes for a in first.values())] * min(2, s.inputs.known_length() or 1)
+            shapes = {k: tuple(a.shape) for k, a in first.items()}
+            where = "the inputs given in memory"
+        for f in [] if isinstance(s.inputs, MemoryFeeds) else input_files(Path(str(s.inputs))):
             if not f.is_file() or f.suffix not in (".npy", ".npz"):
                 continue
             try:
@@ -230,7 +188,7 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
         held = 2 * max(sizes) if len(sizes) > 1 else sum(sizes)
         parts = {"inputs": held, "models": 2 * _model_bytes(s),
                  "activations": max(2 * max(sizes, default=0), activations)}
-        check_memory(parts, f"{s.model} on --inputs {s.inputs}", "smaller input files or batches", available,
+        check_memory(parts, f"{s.model} on {where}", "smaller input files or batches", available,
                      force=s.force)
         return
     parts = estimate_memory(specs, max(1, s.random_inputs), _model_bytes(s), random=True)
@@ -244,15 +202,19 @@ def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: in
 
 def make_feeds(s: CompareSettings, specs: list[InputSpec]) -> FeedSet:
     """The run's feeds, described (streamed when iterated); the first one is read now so a bad file fails fast."""
-    if s.inputs and is_python_dataset(s.inputs):
-        fs = FeedSet("python", _free_batch(specs), spec=s.inputs, limit=s.limit)
+    fs: FeedSet
+    if isinstance(s.inputs, MemoryFeeds):  # arrays handed over in memory: fed as they are
+        _check_size(s, None)
+        fs = s.inputs.bound(_free_batch(specs), s.limit)
+    elif s.inputs and is_python_dataset(s.inputs):
+        fs = PythonFeeds(_free_batch(specs), spec=s.inputs, limit=s.limit)
     elif s.inputs:
         _check_size(s, None)
-        fs = FeedSet("files", _free_batch(specs), path=s.inputs, limit=s.limit)
+        fs = FileFeeds(_free_batch(specs), path=s.inputs, limit=s.limit)
     else:
         resolved = resolve_specs(specs, s.input_shapes, s.model, s.input_dtypes)
         _check_size(s, resolved)
-        fs = FeedSet("random", resolved, seed=s.seed, count=max(1, s.random_inputs), limit=s.limit)
+        fs = RandomFeeds(resolved, seed=s.seed, count=max(1, s.random_inputs), limit=s.limit)
     fs.first()
     return fs
 
@@ -398,7 +360,7 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
         raise ParityError(f"{s.model}: model file not found.")
     check_external_data(s.model)
     for key, path in (("inputs", s.inputs), ("calibration", s.calibration), ("mapping", s.mapping)):
-        if key == "inputs" and is_python_dataset(path):
+        if isinstance(path, MemoryFeeds) or (key == "inputs" and is_python_dataset(path)):
             continue
         if path and not Path(path).exists():  # named as the user gave it: --inputs PATH, inputs_path='PATH'
             raise ParityError(f"{frontend.given(key, path)}: file or folder not found.")
@@ -463,12 +425,15 @@ def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
                     for loc in sorted({loc for _t, loc in _external_data(s.model)})]
     elif model_src := python_spec_file(s.model):
         out.append((f"the source file of model {s.model}", model_src))
-    if s.inputs and is_python_dataset(s.inputs):
+    if isinstance(s.inputs, MemoryFeeds):
+        pass  # arrays in memory: no file to protect
+    elif s.inputs and is_python_dataset(s.inputs):
         if data_src := python_spec_file(s.inputs):
             out.append((f"the source file of dataset {s.inputs}", data_src))
     elif s.inputs:
         out.append(("--inputs", s.inputs))
-    for option, path in (("--state-dict", s.source_options.get("state_dict")), ("--calibration", s.calibration),
+    calibration = None if isinstance(s.calibration, MemoryFeeds) else s.calibration
+    for option, path in (("--state-dict", s.source_options.get("state_dict")), ("--calibration", calibration),
                          ("--mapping", s.mapping), ("--target-dump", s.target_dump),
                          ("--target-onnx", s.target_onnx), ("--layer-info", s.layer_info),
                          ("--layers", s.layers[1:] if s.layers and s.layers.startswith("@") else None)):
@@ -495,15 +460,17 @@ def prepare(s: CompareSettings) -> Prepared:
     try:
         specs = _specs(ref_src, tgt_src, cfg)
     except ParityError:
-        if not s.inputs or is_python_dataset(s.inputs):
+        if not s.inputs or (not isinstance(s.inputs, MemoryFeeds) and is_python_dataset(s.inputs)):
             raise
-        # the model declares no shapes (a TorchScript module): take them from the input files
+        # the model declares no shapes (a TorchScript module): take them from the inputs
         cfg.input_shapes = _shapes_from_inputs(s.inputs, cfg, ref_src, tgt_src)
         specs = _specs(ref_src, tgt_src, cfg)
     if s.target_dump:  # a dump holds one run: compare it on the input it was made from
         s = replace(s, limit=1)
     feeds = make_feeds(s, specs)
-    if s.calibration:
+    if isinstance(s.calibration, MemoryFeeds):
+        cfg.calibration = [f for _, f in s.calibration.bound(_free_batch(specs))]
+    elif s.calibration:
         cfg.calibration = [f for _, f in load_feeds(s.calibration, _free_batch(specs))]
     else:  # the same first feeds in every worker, so every shard calibrates alike
         cfg.calibration = LazyFeeds(feeds, CALIBRATION_FEEDS, CALIBRATION_BYTES)  # type: ignore[assignment]
@@ -512,27 +479,9 @@ def prepare(s: CompareSettings) -> Prepared:
 
 def layer_selection(s: CompareSettings) -> LayerSelection | None:
     """``--layers`` as the contract's selection (checked here: a bad regex fails before any model runs)."""
-    if not s.layers and not s.layer_names:
-        return None
-    pattern, names = s.layers, set(s.layer_names)
-    if pattern and pattern.startswith("@"):  # a file of names, one a line ('#' comments)
-        path = Path(pattern[1:])
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ParityError(f"{frontend.given('layers', pattern)}: cannot read {path} ({first_line(e)}).") from None
-        names |= {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
-        if not names:
-            raise ParityError(f"{frontend.given('layers', pattern)}: {path} names no layer.")
-        pattern = None
-    if pattern:
-        import re
+    from parity.core.parse import parse_layers
 
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ParityError(f"{frontend.option('layers')} {pattern!r}: not a regular expression ({e}).") from None
-    return LayerSelection(pattern or None, frozenset(names))
+    return parse_layers(s.layers, s.layer_names)
 
 
 def _selected(stream: Iterable[Activation], sel: LayerSelection | None) -> Iterator[Activation]:

@@ -12,7 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -72,32 +72,25 @@ def python_spec_file(spec: str | None) -> str | None:
 
 @dataclass
 class FeedSet:
-    """The feeds of one comparison, described, not loaded.
+    """The feeds of one comparison, described, not loaded: the one interface of every kind of feeds.
 
-    ``kind`` is ``random`` (``count`` feeds from ``seed``, ``seed+1``...), ``files`` (a file or a
-    folder of ``.npy``/``.npz``, or a file an input-reader plugin claims) or ``python`` (``spec``
-    names a function returning an iterable of feeds: dicts by input name, tuples/lists in input
-    order — extra items such as labels are ignored —, single arrays, torch tensors, or a
-    ``torch.utils.data.DataLoader``). ``specs`` validate every feed (batch dimension free for files).
+    Subclasses say where feeds come from: :class:`RandomFeeds` (``count`` feeds from ``seed``,
+    ``seed+1``...), :class:`FileFeeds` (a file or a folder of ``.npy``/``.npz``, or a file an
+    input-reader plugin claims), :class:`PythonFeeds` (``spec`` names a function returning an
+    iterable of feeds) and :class:`MemoryFeeds` (arrays the caller of ``parity.compare`` handed
+    over, fed as they are). Every consumer uses the same methods: :meth:`iter` (a shard of labelled
+    feeds by stable index), :meth:`known_length`, :meth:`first`, :meth:`head`, :meth:`describe`.
+    ``specs`` validate every feed (batch dimension free for files and arrays).
     """
 
-    kind: str
-    specs: list[InputSpec]
-    path: str | None = None
-    seed: int = 0
-    count: int = 1
-    spec: str | None = None
+    specs: list[InputSpec] = field(default_factory=list)
     limit: int | None = None
-    _files: list[str] | None = field(default=None, repr=False)
     #: notes already printed (a cast input ...): once per run, however often the feeds are read
     _seen: set = field(default_factory=set, repr=False)
 
-    # -- size and order -------------------------------------------------------------------
-    def files(self) -> list[Path]:
-        if self._files is None:
-            self._files = [str(f) for f in input_files(Path(str(self.path)))]
-        return [Path(f) for f in self._files]
+    kind = "?"
 
+    # -- size and order -------------------------------------------------------------------
     def __len__(self) -> int:
         n = self.known_length()
         if n is None:
@@ -106,47 +99,27 @@ class FeedSet:
 
     def known_length(self) -> int | None:
         """The number of feeds when it is known without reading them (random feeds, a folder of files)."""
-        n: int | None = None
-        if self.kind == "random":
-            n = self.count
-        elif self.kind == "files" and _reader_for(Path(str(self.path))) is None:
-            n = len(self.files())
-        elif self.kind == "python":
-            obj = self._iterable()
-            try:
-                n = len(obj)  # a DataLoader or a list knows; a generator does not
-            except TypeError:
-                n = None
+        n = self._length()
         if n is not None and self.limit is not None:
             n = min(n, self.limit)
         return n
+
+    def _length(self) -> int | None:
+        return None
 
     # -- iteration ---------------------------------------------------------------------------
     def iter(self, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[Feed]:
         """Feeds ``start, start+step, ...`` below ``stop`` (the shard of one worker), loaded one at a time."""
         if self.limit is not None:
             stop = self.limit if stop is None else min(stop, self.limit)
-        if self.kind == "random":
-            end = self.count if stop is None else min(stop, self.count)
-            for k in range(start, end, step):
-                yield Feed(k, f"random seed {self.seed + k}",
-                           check_feed(random_feed(self.specs, self.seed + k), self.specs, "random"))
-            return
-        if self.kind == "files" and _reader_for(Path(str(self.path))) is None and Path(str(self.path)).is_dir():
-            files = self.files()
-            if not files:
-                raise ParityError(f"{self.path}: no .npy or .npz input files in this folder.")
-            seen = self._seen
-            for k in range(start, len(files) if stop is None else min(stop, len(files)), step):
-                f = files[k]
-                yield Feed(k, f.name, check_feed(_load_file(f, self.specs, seen), self.specs, str(f), seen))
-            return
-        if self.kind == "files":
-            stream: Iterator[tuple[str, dict[str, np.ndarray]]] = load_feeds(str(self.path), self.specs, self._seen)
-        else:
-            stream = self._python_feeds()
-        for k, (label, arrays) in enumerate(itertools.islice(stream, start, stop, step)):
+        return self._iter(start, stop, step)
+
+    def _iter(self, start: int, stop: int | None, step: int) -> Iterator[Feed]:
+        for k, (label, arrays) in enumerate(itertools.islice(self._stream(), start, stop, step)):
             yield Feed(start + k * step, label, arrays)
+
+    def _stream(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for f in self.iter():
@@ -170,15 +143,93 @@ class FeedSet:
         return out
 
     def describe(self) -> str:
-        if self.kind == "random":
-            return f"{self.count} random feed(s) from seed {self.seed}"
-        return str(self.path if self.kind == "files" else self.spec)
+        raise NotImplementedError
 
-    # -- Python datasets -------------------------------------------------------------------
+
+@dataclass
+class RandomFeeds(FeedSet):
+    """``count`` random feeds of the (fully known) ``specs``, feed ``k`` from seed ``seed + k``."""
+
+    seed: int = 0
+    count: int = 1
+    kind = "random"
+
+    def _length(self) -> int | None:
+        return self.count
+
+    def _iter(self, start: int, stop: int | None, step: int) -> Iterator[Feed]:
+        end = self.count if stop is None else min(stop, self.count)
+        for k in range(start, end, step):
+            yield Feed(k, f"random seed {self.seed + k}",
+                       check_feed(random_feed(self.specs, self.seed + k), self.specs, "random"))
+
+    def describe(self) -> str:
+        return f"{self.count} random feed(s) from seed {self.seed}"
+
+
+@dataclass
+class FileFeeds(FeedSet):
+    """A ``.npy``/``.npz`` file, a folder of them (one feed per file, by name), or a file an
+    input-reader plugin claims (Polygraphy ``--save-inputs`` JSON ...)."""
+
+    path: str = ""
+    _files: list[str] | None = field(default=None, repr=False)
+    kind = "files"
+
+    def files(self) -> list[Path]:
+        if self._files is None:
+            self._files = [str(f) for f in input_files(Path(str(self.path)))]
+        return [Path(f) for f in self._files]
+
+    def _plain(self) -> bool:
+        return _reader_for(Path(str(self.path))) is None
+
+    def _length(self) -> int | None:
+        return len(self.files()) if self._plain() else None
+
+    def _iter(self, start: int, stop: int | None, step: int) -> Iterator[Feed]:
+        if not (self._plain() and Path(str(self.path)).is_dir()):
+            yield from super()._iter(start, stop, step)
+            return
+        files = self.files()
+        if not files:
+            raise ParityError(f"{self.path}: no .npy or .npz input files in this folder.")
+        seen = self._seen
+        for k in range(start, len(files) if stop is None else min(stop, len(files)), step):
+            f = files[k]
+            yield Feed(k, f.name, check_feed(_load_file(f, self.specs, seen), self.specs, str(f), seen))
+
+    def _stream(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        return load_feeds(str(self.path), self.specs, self._seen)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class PythonFeeds(FeedSet):
+    """``spec`` (``module:function`` or ``data.py:function``) returns an iterable of feeds: dicts by
+    input name, tuples/lists in input order (extra items such as labels are ignored), single arrays,
+    torch tensors, or a ``torch.utils.data.DataLoader``. Made again wherever the set is used (a Ray
+    worker calls the function itself): only the spec travels."""
+
+    spec: str = ""
+    kind = "python"
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_obj", None)  # a DataLoader/generator is made again where the set is used
         return state
+
+    def _length(self) -> int | None:
+        obj = self._iterable()
+        try:
+            return len(obj)  # a DataLoader or a list knows; a generator does not
+        except TypeError:
+            return None
+
+    def describe(self) -> str:
+        return str(self.spec)
 
     def _iterable(self) -> Any:
         obj = self.__dict__.get("_obj")
@@ -199,7 +250,7 @@ class FeedSet:
             self.__dict__["_obj"] = obj
         return obj
 
-    def _python_feeds(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    def _stream(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         names = [s.name for s in self.specs]
         warned = False
         for k, item in enumerate(_guarded(self._iterable(), str(self.spec))):
@@ -224,6 +275,187 @@ class FeedSet:
                                       f"Note: yield a dict by input name or a tuple in input order.")
                 arrays = {names[0]: _as_array(item, where)}
             yield f"item {k}", check_feed(arrays, self.specs, where, self._seen)
+
+
+def _tensor_like(x: Any) -> bool:
+    return hasattr(x, "shape") or hasattr(x, "__array__")
+
+
+def positional(feed: Any) -> bool:
+    """A tuple of tensors is one call's positional inputs, ``model(*feed)`` (as ``torch.onnx.export``
+    takes its args); a list is several feeds."""
+    return isinstance(feed, tuple) and bool(feed) and all(_tensor_like(v) for v in feed)
+
+
+def memory_array(x: Any, where: str) -> np.ndarray:
+    """A tensor or array as a numpy array (a torch tensor detached and moved to the CPU)."""
+    if type(x).__module__.startswith("torch"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: the model casts it back
+            t = t.float()
+        x = t.numpy()
+    a = np.asarray(x)
+    if a.dtype == object:
+        raise ParityError(f"inputs: {where} is not numeric (a {type(x).__name__} holding objects). Note: give "
+                          f"tensors or numeric arrays")
+    return a
+
+
+def _user_feeds(inputs: Any) -> Iterator[Any]:
+    """One feed per element: a lone tensor/array, a dict of them, a tuple of positional tensors, or a
+    list/iterable of those (read as it yields)."""
+    if isinstance(inputs, Mapping) or _tensor_like(inputs) or positional(inputs):
+        yield inputs
+        return
+    if isinstance(inputs, (str, bytes)):
+        raise ParityError("inputs: a string is not inputs here. Note: pass a path or a dataset spec "
+                          "'module:function' as inputs_path=..., or tensors/arrays/dicts")
+    try:
+        it = iter(inputs)
+    except TypeError:
+        raise ParityError(f"inputs: a {type(inputs).__name__} is not inputs. Note: give a tensor, an array, a dict "
+                          f"name -> tensor, or a list of those (one feed each)") from None
+    n = 0
+    for feed in it:
+        n += 1
+        yield feed
+    if not n:
+        raise ParityError("inputs: the iterable gave no feed. Note: give at least one tensor, array or dict")
+
+
+class _Kept:
+    """What a :class:`MemoryFeeds` has read of a one-pass iterable, shared by every binding of it."""
+
+    def __init__(self) -> None:
+        self.arrays: list[dict[str, np.ndarray]] | None = None
+        self.pending: Iterator[tuple[int, Any]] | None = None
+        self.input_names: list[str] | None = None
+
+
+@dataclass(eq=False)
+class MemoryFeeds(FeedSet):
+    """Feeds the caller of ``parity.compare`` handed over as objects: a tensor or array, a dict input
+    name -> tensor, a tuple of tensors (one call's positional inputs), or a list (any iterable) of those.
+
+    Why a class of its own: the arrays are already in memory, so they are fed as they are, never
+    written to disk and read back. A list (or anything iterable more than once) is read afresh at
+    every pass; a one-pass iterable (a generator) is kept as it is read, since the fix search and
+    calibration read the feeds again (for more feeds than memory holds, give ``inputs_path=`` a
+    folder or a dataset spec ``module:function``). Sent to Ray workers, the converted arrays travel.
+
+    Labels: ``feed 0``, ``feed 1``... (the ``feed k`` the errors about them name; no file exists).
+    ``names()`` gives the model's input names in call order, to name a tuple of positional inputs.
+    """
+
+    obj: Any = None
+    names: Callable[[], list[str] | None] | None = field(default=None, repr=False)
+    _kept: _Kept = field(default_factory=_Kept, repr=False)
+    kind = "memory"
+
+    def bound(self, specs: list[InputSpec], limit: int | None = None) -> "MemoryFeeds":
+        """These feeds checked against the model's ``specs`` (what :func:`parity.core.compare.prepare` runs)."""
+        return MemoryFeeds(specs=specs, limit=limit, obj=self.obj, names=self.names, _kept=self._kept)
+
+    def _one(self) -> bool:
+        return isinstance(self.obj, Mapping) or _tensor_like(self.obj) or positional(self.obj)
+
+    def _reiterable(self) -> bool:
+        if self._one():
+            return True
+        try:
+            return iter(self.obj) is not self.obj
+        except TypeError:
+            return True  # not iterable at all: _user_feeds says so
+
+    def _length(self) -> int | None:
+        kept = self._kept
+        if kept.arrays is not None and kept.pending is None:
+            return len(kept.arrays)
+        if self._one():
+            return 1
+        try:
+            return len(self.obj)
+        except TypeError:
+            return None
+
+    def raw(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every feed as name -> numpy array (names as given; a lone array under ``""``), unchecked."""
+        kept = self._kept
+        if kept.arrays is None and self._reiterable():
+            for k, feed in enumerate(_user_feeds(self.obj)):
+                yield self._arrays(k, feed)
+            return
+        if kept.arrays is None:
+            kept.arrays, kept.pending = [], enumerate(_user_feeds(self.obj))
+        i = 0
+        while True:
+            if i < len(kept.arrays):
+                yield kept.arrays[i]
+                i += 1
+                continue
+            if kept.pending is None:
+                return
+            try:
+                k, feed = next(kept.pending)
+            except StopIteration:
+                kept.pending = None
+                return
+            kept.arrays.append(self._arrays(k, feed))
+
+    def _arrays(self, k: int, feed: Any) -> dict[str, np.ndarray]:
+        if positional(feed):
+            kept = self._kept
+            if kept.input_names is None:
+                kept.input_names = (self.names() if self.names is not None else None) or \
+                    [s.name for s in self.specs]
+            known = kept.input_names
+            if not known:
+                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs, but the model's "
+                                  f"input names are unknown. Note: pass a dict input name -> tensor")
+            if len(feed) > len(known):
+                raise ParityError(f"inputs: feed {k} is a tuple of {len(feed)} positional inputs (one call, "
+                                  f"model(*inputs)), but the model takes {len(known)}: {', '.join(known)}. Note: "
+                                  f"pass a list [x1, x2, ...] for several feeds")
+            feed = dict(zip(known, feed))
+        if isinstance(feed, Mapping):
+            arrays = {str(n): memory_array(v, f"feed {k} input {n!r}") for n, v in feed.items()}
+            if not arrays:
+                raise ParityError(f"inputs: feed {k} is an empty dict. Note: map input names to tensors")
+            return arrays
+        return {"": memory_array(feed, f"feed {k}")}
+
+    def _stream(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        names = [s.name for s in self.specs]
+        for k, arrays in enumerate(self.raw()):
+            where = f"inputs: feed {k}"
+            if "" in arrays:  # a lone array: the model's only input (as a lone .npy file)
+                if len(names) != 1:
+                    raise ParityError(f"{where}: one array given but the model has inputs {', '.join(names)}. "
+                                      f"Note: pass a dict input name -> tensor.")
+                arrays = {names[0]: arrays[""]}
+            else:
+                missing = [n for n in names if n not in arrays]
+                if missing:
+                    raise ParityError(f"{where}: arrays {', '.join(arrays)} do not name the model inputs "
+                                      f"{', '.join(names)}. Note: map every input name to a tensor.")
+                arrays = {n: arrays[n] for n in names}
+            yield f"feed {k}", check_feed(arrays, self.specs, where, self._seen)
+
+    def peek_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The first feed's shapes by name ("" for a lone array): the shapes of a model that declares none."""
+        for arrays in self.raw():
+            return {n: tuple(a.shape) for n, a in arrays.items()}
+        return {}
+
+    def describe(self) -> str:
+        return "the inputs given in memory"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a Ray worker: the converted arrays travel, not the caller's objects (a
+        generator or a closure cannot be pickled; a worker must see the very same feeds)."""
+        kept = _Kept()
+        kept.arrays, kept.input_names = list(self.raw()), self._kept.input_names
+        return {**self.__dict__, "obj": None, "names": None, "_kept": kept}
 
 
 class LazyFeeds(Sequence):

@@ -7,7 +7,7 @@ import pytest
 
 from parity.contract.errors import ParityError
 from parity.contract.source import InputSpec
-from parity.core.feeds import FeedSet, is_python_dataset
+from parity.core.feeds import FileFeeds, PythonFeeds, is_python_dataset
 
 SPECS = [InputSpec("x", (None, 4, 64), "float32")]
 
@@ -22,7 +22,7 @@ def _folder(tmp_path, n, shape=(1, 4, 64)):
 
 def test_a_folder_streams_in_name_order_with_stable_indices_and_shards(tmp_path):
     d = _folder(tmp_path, 10)
-    fs = FeedSet("files", SPECS, path=str(d))
+    fs = FileFeeds(SPECS, path=str(d))
     assert fs.known_length() == 10
     got = [(f.index, f.label, float(f.arrays["x"][0, 0, 0])) for f in fs.iter()]
     assert got == [(i, f"{i:05d}.npy", float(i)) for i in range(10)]
@@ -30,12 +30,12 @@ def test_a_folder_streams_in_name_order_with_stable_indices_and_shards(tmp_path)
     blocks = [f.index for a in range(0, 10, 3) for f in fs.iter(a, min(a + 3, 10))]
     strides = sorted(f.index for w in range(3) for f in fs.iter(w, None, 3))
     assert blocks == strides == list(range(10))
-    assert [f.index for f in FeedSet("files", SPECS, path=str(d), limit=4).iter()] == [0, 1, 2, 3]
+    assert [f.index for f in FileFeeds(SPECS, path=str(d), limit=4).iter()] == [0, 1, 2, 3]
 
 
 def test_a_thousand_feeds_stream_without_holding_them(tmp_path):
     d = _folder(tmp_path, 1000, shape=(1, 4, 1024))  # 16 KiB a feed, 16 MiB in all
-    fs = FeedSet("files", [InputSpec("x", (None, 4, 1024), "float32")], path=str(d))
+    fs = FileFeeds([InputSpec("x", (None, 4, 1024), "float32")], path=str(d))
     gc.collect()
     tracemalloc.start()
     n = 0
@@ -67,16 +67,16 @@ def test_python_datasets_generators_lists_tuples_and_dataloaders(tmp_path, monke
         "    return DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=4)\n")
     spec = f"{mod}:gen"
     assert is_python_dataset(spec) and not is_python_dataset(str(mod))
-    fs = FeedSet("python", SPECS, spec=spec)
+    fs = PythonFeeds(SPECS, spec=spec)
     assert fs.known_length() is None  # a generator does not know
     assert [(f.index, float(f.arrays["x"][0, 0, 0])) for f in fs.iter()] == [(i, float(i)) for i in range(5)]
     # iterating again calls the function again; a shard skips to its start
     assert [f.index for f in fs.iter(1, None, 2)] == [1, 3]
-    pairs = FeedSet("python", SPECS, spec=f"{mod}:pairs")
+    pairs = PythonFeeds(SPECS, spec=f"{mod}:pairs")
     assert pairs.known_length() == 3  # a list knows
     assert [float(f.arrays["x"][0, 0, 0]) for f in pairs.iter()] == [0.0, 1.0, 2.0]  # labels ignored
-    assert float(FeedSet("python", SPECS, spec=f"{mod}:dicts").first()[1]["x"][0, 0, 0]) == 7.0
-    dl = FeedSet("python", SPECS, spec=f"{mod}:loader")
+    assert float(PythonFeeds(SPECS, spec=f"{mod}:dicts").first()[1]["x"][0, 0, 0]) == 7.0
+    dl = PythonFeeds(SPECS, spec=f"{mod}:loader")
     batches = [f.arrays["x"] for f in dl.iter()]
     assert dl.known_length() == 2 and [b.shape for b in batches] == [(4, 4, 64), (2, 4, 64)]
     assert batches[0].dtype == np.float32 and float(batches[1][0, 0, 0]) == 4 * 4 * 64
@@ -90,13 +90,13 @@ def test_bad_python_datasets_are_one_line(tmp_path):
     for fn, msg in (("num", "returned int, not an iterable"), ("short", "0 values for 1 inputs"),
                     ("boom", "calling it failed: KeyError"), ("missing", "has no attribute 'missing'")):
         with pytest.raises(ParityError, match=msg) as e:
-            FeedSet("python", SPECS, spec=f"{mod}:{fn}").first()
+            PythonFeeds(SPECS, spec=f"{mod}:{fn}").first()
         assert "\n" not in str(e.value)
 
 
 def test_default_calibration_is_the_first_feeds_bounded_by_bytes(tmp_path):
     d = _folder(tmp_path, 10)
-    fs = FeedSet("files", SPECS, path=str(d))
+    fs = FileFeeds(SPECS, path=str(d))
     assert len(fs.head(64)) == 10
     assert len(fs.head(3)) == 3
     one = 4 * 64 * 4
