@@ -356,6 +356,11 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     that exist, outputs that can be written. The CLI calls it for every target before running any."""
     ref_src = _source(s.ref, "reference")
     tgt_src = _DumpTarget(s) if s.target_dump else _source(s.target, "target")
+    from parity.core.registry import check_run_fields, check_source_options
+
+    # source options typed and checked (exit 2) before any model runs: every target of a CLI run, and
+    # before Ray starts workers; prepare() checks again for the dict it hands the sources
+    check_run_fields(tgt_src, RunConfig(model=s.model, options=check_source_options(tgt_src, s.source_options, ref_src)))
     if "://" not in s.model and ":" not in Path(s.model).name and not Path(s.model).exists():
         raise ParityError(f"{s.model}: model file not found.")
     check_external_data(s.model)
