@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
+from parity.contract.capture import CaptureWants
 from parity.contract.errors import ParityError
 from parity.contract.options import RUN_OPTIONS, Option
 from parity.contract.records import Activation, LocalResult
@@ -84,6 +85,10 @@ class RunConfig:
     #: record keys (as :meth:`Source.run` names them) whose layers stay in high precision (fp32): the
     #: fix ``parity fix`` searches. The core refuses it for a source without ``supports_keep_high_precision``
     keep_high_precision: tuple[str, ...] = ()
+    #: which target tensors can pair with the current feed's reference (issue 19): the core fills it
+    #: when the reference stream ends; a source captures only what it selects. None: capture all
+    #: (``--all-tensors``, ``--diagnose``, ``--save-target``, a mapping file, or a matcher that pairs otherwise)
+    wants: CaptureWants | None = None
 
     def __post_init__(self) -> None:
         """The typed fields taken out of ``options`` where a caller (a ``--config`` file, an older

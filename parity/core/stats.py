@@ -314,6 +314,8 @@ class DatasetStats:
     labels_of_sides: tuple[str, str] | None = None
     #: the deployed-outputs check (:class:`parity.core.deployed.DeployedStats`), None when not run
     deployed: Any = None
+    #: target tensors not captured because no reference record could pair with them, summed over inputs
+    capture_skipped: int = 0
 
     def add(self, index: int, label: str, report: Report) -> None:
         """Fold one input's report in (its rows are not kept)."""
@@ -337,6 +339,7 @@ class DatasetStats:
         self.top1_total += other.top1_total
         for k, v in other.match_stats.items():
             self.match_stats[k] = self.match_stats.get(k, 0) + v
+        self.capture_skipped += other.capture_skipped
         self.labels_of_sides = self.labels_of_sides or other.labels_of_sides
         if other.deployed is not None:
             self.deployed = other.deployed if self.deployed is None else self.deployed.merge(other.deployed, infos)

@@ -14,6 +14,9 @@ sized from ONNX shape inference on the feed's shapes (:func:`step_chunks`); a te
 the budget is a step alone. ``--option ort_output_batch=N`` also caps each step at N tensors; given
 alone (no step_bytes anywhere) it keeps its old meaning: N tensors per step, 0 one session.
 ``cfg.layers`` (``--layers``) captures only the selected tensors, and the model outputs.
+``cfg.wants`` (set by the core once the feed's reference stream has ended) leaves out the tensors
+no reference record could pair with (:class:`parity.contract.capture.CaptureWants`), counted in
+the plan's ``skipped``; ``--all-tensors`` captures them.
 
 Sessions come from :mod:`parity.lib.onnx.session` (``ort_providers``, ``ort_threads``,
 ``ort_graph_optimization``).
@@ -148,6 +151,8 @@ class CapturePlan:
     providers: list[str]
     runnable: Any = None
     session: Any = None
+    #: tensors left out because no reference record of the feed could pair with them (``cfg.wants``)
+    skipped: int = 0
 
 
 def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
@@ -203,7 +208,8 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     all_dtypes = option_bool(opts, "ort_all_dtypes", False)
     max_bytes, max_count = step_limits(cfg)
     shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
-    info = inferred_info(runnable, shapes) if (not all_dtypes or max_bytes) else {}
+    wants = cfg.wants if cfg.wants is not None and cfg.wants.ready and not outputs_only else None
+    info = inferred_info(runnable, shapes) if (not all_dtypes or max_bytes or wants is not None) else {}
     items: list[tuple[Any, str, bool]] = []
     for s in sites:
         if s.name not in fetch:
@@ -215,6 +221,19 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
         if not all_dtypes and s.name not in out_pos and t is not None and t not in FLOAT_TYPES:
             continue
         items.append((s, fname, quant))
+    skipped = 0
+    if wants is not None:  # only what a reference record of this feed could pair with (issue 19)
+        from parity.contract.matcher import normalize_name
+
+        kept = []
+        for it in items:
+            site, fname = it[0], it[1]
+            dims = info[fname].dims if fname in info else None
+            shape = dims if dims is not None and all(d is not None for d in dims) else None
+            if wants.selects(site.name, [p for p, _ in calls.get(site.name, [])], normalize_name(site.name),
+                             shape, site.name in out_pos):
+                kept.append(it)
+        skipped, items = len(items) - len(kept), kept
 
     so, providers = session_options(opts, cfg.device)
     if precision in HALF and run_path != deployed_path:
@@ -234,7 +253,7 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     chunks = [items[r.start:r.stop] for r in step_chunks(sizes, max_bytes, max_count)] or [items]
     label = run_label(src, run_path)
     plan = CapturePlan(precision, workdir, label, items, chunks, out_pos, calls, within, common,
-                       all_dtypes, so, providers, runnable=runnable)
+                       all_dtypes, so, providers, runnable=runnable, skipped=skipped)
     if keep_session and len(chunks) == 1:
         plan.session = make_session(with_outputs(runnable, [f for _, f, _ in items]), so, providers,
                                     workdir, label)
@@ -264,7 +283,8 @@ def plan_key(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray]) -> tup
     calib = feeds_digest(list(cfg.calibration)) if precision == "int8" else None
     return (precision, str(cfg.model), _model_stat(str(cfg.model)), str(cfg.device), str(cfg.workdir),
             repr(sorted(cfg.options.items(), key=lambda kv: str(kv[0]))), cfg.outputs_only, cfg.keep_high_precision,
-            repr(sorted(cfg.input_shapes.items())), sig, calib, cfg.layers, cfg.step_bytes)
+            repr(sorted(cfg.input_shapes.items())), sig, calib, cfg.layers, cfg.step_bytes,
+            cfg.wants.signature() if cfg.wants is not None else None)
 
 
 class PlanCache:
@@ -323,6 +343,8 @@ def capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray],
 
     plan = cache.get(precision, cfg, feed) if cache is not None else plan_capture(precision, cfg, feed)
     items, chunks, out_pos, calls, within = plan.items, plan.chunks, plan.out_pos, plan.calls, plan.within
+    if plan.skipped and cfg.wants is not None:
+        cfg.wants.note_skipped(plan.skipped)
     common, all_dtypes = plan.common, plan.all_dtypes
     feed = {k: np.asarray(v) for k, v in feed.items()}
     names = [f for _, f, _ in items]
