@@ -25,6 +25,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--save-target", metavar="PATH", help="also write the target's activations as a dump "
                                                          "(with several targets, one per target: PATH.TARGET)")
     g.add_argument("--save-format", default="npy", help="dump format for --save-*: npy (folder), npz, trt-text")
+    co.add_argument("--stages", metavar="LIST",
+                    help="staged attribution: compare each stage with the reference and say what each adds, e.g. "
+                         "modelopt-int8,onnx-qdq,ort (quantization, export, runtime) or torch-fp16,onnx-fp16,ort "
+                         "(docs/modelopt.md)")
     co.add_argument("--diagnose", action="store_true",
                     help="also run each layer alone in the target (local error), name the culprit layers, "
                          "and trace value ranges against the target format")
@@ -33,6 +37,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from parity.core.compare import compare
+
+    if getattr(args, "stages", None):
+        return run_stages(args)
 
     targets = args.target or (["dump"] if args.target_dump else ["ort"])
     if args.target_dump and args.target:
@@ -71,3 +78,28 @@ def run(args: argparse.Namespace) -> int:
 
         write_stdout_many(reports, piped.name, report_options(args))
     return rc
+
+
+def run_stages(args: argparse.Namespace) -> int:
+    """``--stages``: one compare per stage against the same reference, then what each stage adds (core.stages)."""
+    import json
+
+    from parity.core.compare import check_settings
+    from parity.core.stages import resolve, staged_compare
+
+    if args.target or args.target_dump:
+        raise UsageError("give either --stages or --target/--target-dump, not both")
+    stages = resolve(args.stages.split(","))
+    settings = build_settings(args, stages[0], args.diagnose)
+    check_settings(settings)
+    staged = staged_compare(settings, stages)
+    for line in staged.lines():
+        print(line)
+    json_path = getattr(args, "json", None)
+    if json_path and json_path != "-":
+        from parity.contract.atomic import write_text
+
+        write_text(json_path, json.dumps(staged.to_dict(), indent=2, allow_nan=True) + "\n")
+    elif json_path == "-":
+        print(json.dumps(staged.to_dict(), indent=2, allow_nan=True))
+    return 0 if staged.reports[-1] else 1

@@ -121,6 +121,28 @@ def call_args(loaded: LoadedModel, feed: dict[str, Any], device: str = "cpu") ->
     return tuple(args), kwargs
 
 
+_LOADED: dict[tuple, LoadedModel] = {}
+
+
+def loaded_model(cfg: RunConfig) -> LoadedModel:
+    """``load_torch_model`` once per model, weights file and their modification times in this process:
+    a factory that builds (or trains) its model is not called again by every stage and every question."""
+    import os
+
+    def stamp(p: Any) -> float | None:
+        try:
+            return os.stat(str(p).split(":", 1)[0] if not os.path.exists(str(p)) else str(p)).st_mtime
+        except OSError:
+            return None
+    sd = cfg.options.get("state_dict")
+    key = (str(cfg.model), stamp(cfg.model), str(sd), stamp(sd) if sd else None,
+           bool(cfg.options.get("trust_model")))
+    hit = _LOADED.get(key)
+    if hit is None:
+        hit = _LOADED[key] = load_torch_model(cfg)
+    return hit
+
+
 def model_digest(module: Any, model: str) -> str:
     # an in-memory model's reference (memory://label-N) changes with every registration: its content names it
     where = "" if model.startswith("memory://") else model
@@ -168,7 +190,7 @@ def quantize(cfg: RunConfig, config: dict[str, Any], *, cuda_only: bool = False)
     import torch
 
     mtq = import_mtq()
-    loaded = load_torch_model(cfg)
+    loaded = loaded_model(cfg)
     module = loaded.module
     if not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
         raise ParityError(f"model {cfg.model}: ModelOpt quantizes a torch.nn.Module; this is a "

@@ -15,10 +15,10 @@ from parity.contract.options import Option
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.options import LOADING
-from parity.lib.torch_loader import load_torch_model, resolve_input_specs
+from parity.lib.torch_loader import resolve_input_specs
 
 from . import local, runner
-from .quant import CUDA_ONLY, PRESETS, Quantized, quantize, resolve_config
+from .quant import CUDA_ONLY, PRESETS, Quantized, loaded_model, quantize, resolve_config
 
 
 #: the number format each preset computes in (W4A8: int4 weights, fp8 activations)
@@ -103,10 +103,10 @@ class ModelOptSource(Source):
         return quantize(cfg, self.config(cfg), cuda_only=self.preset in CUDA_ONLY)
 
     def input_specs(self, cfg: RunConfig) -> list[InputSpec]:
-        return resolve_input_specs(load_torch_model(cfg), cfg.input_shapes)
+        return resolve_input_specs(loaded_model(cfg), cfg.input_shapes)
 
     def input_names(self, cfg: RunConfig) -> list[str] | None:
-        return load_torch_model(cfg).input_names
+        return loaded_model(cfg).input_names
 
     def run(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Activation]:
         yield from runner.capture(self.prepared(cfg), cfg, feed, self.name)

@@ -183,3 +183,13 @@ def _decoder_state() -> dict:
         torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
         opt.step()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def outlier_cnn():  # type: ignore[no-untyped-def]
+    """``digits_cnn(outlier=200)`` as a zero-argument factory (a model spec for the CLI)."""
+    return digits_cnn(outlier=200.0)
+
+
+def digits_net():  # type: ignore[no-untyped-def]
+    """The untrained network (a model spec taking ``--state-dict``: no training in the CLI's process)."""
+    return _net().eval()
