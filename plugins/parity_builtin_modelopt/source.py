@@ -80,10 +80,16 @@ class ModelOptSource(Source):
         return None
 
     def details(self) -> dict[str, Any] | None:
+        """For ``parity doctor``, once (on ``modelopt``): ModelOpt's version and which formats run here."""
         v = modelopt_version()
-        if v is None:
+        if v is None or self.preset is not None:
             return None
-        return {"modelopt": v, "runs here": "yes" if self.check() is None else f"no: {self.check()}"}
+        runs = {p: ModelOptSource(p).check() for p in PRESETS}
+        out: dict[str, Any] = {"modelopt": v, "formats that run here": ", ".join(p for p, w in runs.items() if w is None)
+                               or "none"}
+        if any(runs.values()):
+            out["not here"] = "; ".join(f"{p}: {w}" for p, w in runs.items() if w)
+        return out
 
     # -- model
 

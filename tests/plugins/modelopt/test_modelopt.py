@@ -257,3 +257,8 @@ def test_nvfp4_says_why_it_cannot_run_on_cpu():
         pytest.skip("a CUDA GPU is present")
     assert "CUDA" in ModelOptSource("nvfp4").check()
     assert ModelOptSource("int8").check() is None
+    from importlib.metadata import version
+
+    doctor = ModelOptSource(None).details()  # parity doctor: the version and the formats that run here
+    assert doctor["modelopt"] == version("nvidia-modelopt")
+    assert doctor["formats that run here"] == "int8, fp8, int4-awq, w4a8-awq" and "nvfp4" in doctor["not here"]
