@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from parity.contract.errors import ParityError, first_line
-from parity.contract.options import as_list, option_bool
+from parity.contract.options import option_bool
 from parity.contract.source import RunConfig
 from parity.lib.torch_loader import LoadedModel, load_torch_model
 

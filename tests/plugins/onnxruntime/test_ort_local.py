@@ -391,7 +391,7 @@ def test_keep_high_precision_unknown_names_are_errors(outlier, tmp_path, precisi
     cfg = cfg_for(outlier["path"], tmp_path, outlier["calibration"], keep_high_precision=["g2", "nope", "gone"])
     with pytest.raises(ParityError, match=r"keep_high_precision names \['nope', 'gone'\].*outlier\.onnx"):
         list(OrtSource(precision).run(cfg, outlier["feed"]))
-    cfg.options["keep_high_precision"] = "x"
+    cfg.keep_high_precision = ("x",)  # a typed field of the run configuration
     with pytest.raises(ParityError, match="model inputs"):
         list(OrtSource(precision).run(cfg, outlier["feed"]))
     assert not (tmp_path / "ort").exists() or not list((tmp_path / "ort").glob("*.onnx"))
