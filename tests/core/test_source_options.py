@@ -298,3 +298,14 @@ def test_parity_fix_refuses_a_target_that_cannot_keep_layers(capsys, acme, tmp_p
                         "--workdir", tmp_path / "c")
     assert rc == 2 and "target 'acme-scaled' cannot keep layers in high precision" in err[-1], err
     assert not _Gain.seen  # refused before the compare ran
+
+
+def test_the_python_api_checks_options_the_same_way(tmp_path):
+    import parity
+
+    with pytest.raises(UsageError, match=r"'ort_thread' is not an option of source 'ort-fp16'.*Did you mean ort_threads\?"):
+        parity.compare(f"{ZOO}:lenet", ref="torch", target="ort-fp16", options={"ort_thread": 1},
+                       workdir=tmp_path, quiet=True)
+    with pytest.raises(UsageError, match=r"ort_threads=-1 is below 0"):
+        parity.compare(f"{ZOO}:lenet", ref="torch", target="ort-fp16", options={"ort_threads": -1},
+                       workdir=tmp_path, quiet=True)
