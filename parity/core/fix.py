@@ -88,7 +88,9 @@ class FixResult:
         else:
             forms["ONNX / TensorRT names"] = ("unknown for this target (it is not ONNX-based); run parity fix "
                                               f"with --target {'ort-int8' if int8 else 'ort-fp16'} for node names")
-        if int8:
+        # a quantized target (int8, fp8, int4, nvfp4, or a ModelOpt config mixing them): the kept modules'
+        # quantizers are what to disable, whichever format they quantize to
+        if self.number_format.quantized or self.number_format is NumberFormat.MIXED:
             # ModelOpt's torch quantizers sit on modules: a target-only MatMul/Gemm/Conv is its Linear's or
             # Conv's arithmetic (export namespace), a mask Add or Softmax no quantizer's at all
             qmods = [r.meta.get("ref_module_path") or r.ref_name if r.ref_name else

@@ -63,7 +63,7 @@ class ModelOptSource(Source):
         self.description = (f"NVIDIA ModelOpt fake quantization ({cfg_name}) of a torch model, calibrated on "
                             f"--calibration; every module's output and each quantizer's amax/clipping"
                             + (" (CUDA only)" if preset in CUDA_ONLY else ""))
-        self.semantics = (f"ModelOpt {cfg_name} fake quantization in torch (quantize-dequantize in fp32), "
+        self.semantics = (f"ModelOpt fake quantization ({cfg_name}) in torch (quantize-dequantize in fp32), "
                           f"as ModelOpt evaluates it before export")
 
     # -- capability

@@ -262,3 +262,19 @@ def test_nvfp4_says_why_it_cannot_run_on_cpu():
     doctor = ModelOptSource(None).details()  # parity doctor: the version and the formats that run here
     assert doctor["modelopt"] == version("nvidia-modelopt")
     assert doctor["formats that run here"] == "int8, fp8, int4-awq, w4a8-awq" and "nvfp4" in doctor["not here"]
+
+
+def test_fix_forms_of_an_fp8_target_are_modelopt_disables():
+    """A verified set on modelopt-fp8 prints ModelOpt's fragment, not torch autocast (the number format decides)."""
+    from parity.contract.capability import NumberFormat
+    from parity.contract.report import LayerResult
+    from parity.core.fix import FixResult
+
+    res = FixResult("cosine", 0.999, 0.5, 0.9999, True, ["fc1"], rows=[LayerResult(name="fc1", ref_name="fc1", order=0,
+                                                                                   target_name="fc1")],
+                    number_format=NumberFormat.FP8)
+    forms = res.forms("modelopt-fp8")
+    assert "torch autocast: run these modules in fp32" not in forms
+    text = forms["ModelOpt torch: quantizers to disable"]
+    assert ast.literal_eval(text.split("+=", 1)[1].split("  #", 1)[0].strip()) == [
+        {"quantizer_name": "fc1.*", "enable": False}]
