@@ -173,6 +173,9 @@ def add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
                    help="memory for activations waiting to be paired, e.g. 2G (beyond it they spill to disk)")
     g.add_argument("--step-bytes", metavar="BYTES",
                    help="activation bytes a source captures per step, e.g. 256M (default: the source's)")
+    g.add_argument("--all-tensors", action="store_true",
+                   help="capture every target tensor, also those no reference layer can pair with "
+                        "(default: only what pairs; the report counts the rest)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="shard the feeds over N Ray workers (pip install 'parity[ray]'); each holds both models once")
     g.add_argument("--ray-address", metavar="ADDR",
@@ -322,4 +325,5 @@ def build_settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any
         save_ref=getattr(args, "save_ref", None), save_target=getattr(args, "save_target", None),
         save_format=getattr(args, "save_format", "npy"), max_memory=getattr(args, "max_memory", None),
         step_bytes=getattr(args, "step_bytes", None), workers=getattr(args, "workers", 1) or 1,
-        ray_address=getattr(args, "ray_address", None), force=getattr(args, "force", False))
+        ray_address=getattr(args, "ray_address", None), force=getattr(args, "force", False),
+        all_tensors=getattr(args, "all_tensors", False))

@@ -214,7 +214,7 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
             inputs_path: str | os.PathLike | None = None, quiet: bool = False, workers: int = 1,
             ray_address: str | None = None, layers: str | Sequence[str] | None = None,
             max_memory: int | None = None, step_bytes: int | None = None,
-            limit: int | None = None) -> ComparisonReport:
+            limit: int | None = None, all_tensors: bool = False) -> ComparisonReport:
     """Compare ``model`` in ``ref`` and ``target`` layer by layer, as ``parity compare --diagnose`` does.
 
     ``model``: an ``nn.Module``, an ONNX ``ModelProto``, a path (``.onnx``, ``.pt``, ``.pt2``) or a spec
@@ -227,7 +227,8 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
     ``inputs_path`` also a folder of thousands of feeds (streamed) or a dataset spec ``module:function``.
     ``workers``/``ray_address`` shard the feeds over Ray workers (the model must then be a path or a spec);
     ``layers`` (a regex, or a list of names) compares only those layers; ``max_memory``/``step_bytes``
-    bound the bytes of parked and captured activations; ``limit`` the number of feeds.
+    bound the bytes of parked and captured activations; ``limit`` the number of feeds; ``all_tensors``
+    captures the target tensors no reference layer can pair with too (``diagnose`` does anyway).
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
@@ -239,7 +240,7 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
         input_shapes=input_shapes, input_dtypes=input_dtypes, seed=seed, random_inputs=random_inputs, device=device,
         workdir=workdir, options=options, metric_options=metric_options, matcher=matcher, mapping=mapping,
         calibration=calibration, inputs_path=inputs_path, workers=workers, ray_address=ray_address, layers=layers,
-        max_memory=max_memory, step_bytes=step_bytes, limit=limit)
+        max_memory=max_memory, step_bytes=step_bytes, limit=limit, all_tensors=all_tensors)
     with showing(quiet=quiet):
         report = run(settings)
     report.summary["model"] = label
@@ -256,7 +257,8 @@ def settings_for(model: Any, inputs: Any = None, *, ref: str | None = None, targ
                  matcher: str = "auto", mapping: str | None = None, calibration: Any = None,
                  inputs_path: str | os.PathLike | None = None, workers: int = 1, ray_address: str | None = None,
                  layers: str | Sequence[str] | None = None, max_memory: str | int | None = None,
-                 step_bytes: str | int | None = None, limit: int | None = None) -> tuple[CompareSettings, str, Any]:
+                 step_bytes: str | int | None = None, limit: int | None = None,
+                 all_tensors: bool = False) -> tuple[CompareSettings, str, Any]:
     """What :func:`compare` runs: ``(settings, how the report names the model, the object to keep alive)``.
 
     The settings come from :func:`parity.core.settings.build`, the builder the CLI uses; in-memory
@@ -292,5 +294,6 @@ def settings_for(model: Any, inputs: Any = None, *, ref: str | None = None, targ
         inputs=feeds, input_shapes=dict(input_shapes or {}), input_dtypes=input_dtypes, seed=seed,
         random_inputs=random_inputs, calibration=calib, limit=limit, metrics=metrics, threshold=threshold,
         metric_options=metric_options, mapping=mapping, matcher=matcher, diagnose=diagnose, layers=layers,
-        max_memory=max_memory, step_bytes=step_bytes, workers=workers, ray_address=ray_address)
+        max_memory=max_memory, step_bytes=step_bytes, workers=workers, ray_address=ray_address,
+        all_tensors=all_tensors)
     return settings, label, keep

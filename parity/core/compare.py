@@ -31,7 +31,8 @@ from parity.contract.errors import ARCHIVE_ERRORS, ParityError, first_line
 from parity.core.inputs import load_feeds, resolve_specs
 from parity.core.preflight import (check_memory, check_no_clobber, check_output_path, check_workdir,
                                    estimate_memory)
-from parity.contract.matcher import MappingRules
+from parity.contract.capture import CaptureWants, learning
+from parity.contract.matcher import MappingRules, normalize_name
 from parity.contract.progress import log, track
 from parity.contract.dumpformat import AnnotationContext
 from parity.contract.records import Activation
@@ -533,9 +534,12 @@ def compare(s: CompareSettings) -> Report:
         from parity.core.workers import compare_sharded
 
         return compare_sharded(s, sharding_steps())
-    prep = prepare(s)
-    with save_dumps(s) as (staged, done):
-        stats = done(run_feeds(prep, staged, prep.feeds.iter(), total=prep.feeds.known_length()))
+    from parity.lib.onnx.models import one_export_per_run
+
+    with one_export_per_run():
+        prep = prepare(s)
+        with save_dumps(s) as (staged, done):
+            stats = done(run_feeds(prep, staged, prep.feeds.iter(), total=prep.feeds.known_length()))
     return finish(s, stats)
 
 
@@ -596,10 +600,13 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     asked = bool(s.metric_options.get("top1"))
     mopts = {**s.metric_options, "ranges": True} if s.diagnose else s.metric_options
     ms = resolve_metrics(s.metrics)
+    wants = capture_wants(s, get_matcher(s.matcher))
+    if wants is not None:  # one config object for the whole run (sources key what they reuse on it)
+        cfg = replace(cfg, wants=wants)
     deploy = tgt_src.runs_deployed
     if deploy:  # one config object for the whole run, so sources can reuse what they built for it
         # a source that cannot run outputs only is asked for its ordinary run (its outputs are kept)
-        dcfg = replace(cfg, outputs_only=tgt_src.supports_outputs_only)
+        dcfg = replace(cfg, outputs_only=tgt_src.supports_outputs_only, wants=None)
         if stats.deployed is None:
             stats.deployed = DeployedStats(semantics=tgt_src.semantics)
         dinfos = metric_infos(ms, s.thresholds)
@@ -608,6 +615,9 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
         rtap, ttap = _OutputTap(asked, keep=deploy), _OutputTap(asked, keep=deploy)
         matcher = get_matcher(s.matcher)
         ref_stream = rtap(_selected(ref_src.run(cfg, arrays), cfg.layers))
+        if wants is not None:  # the target then captures only what this feed's reference can pair with
+            wants.reset()
+            ref_stream = learning(wants, ref_stream, normalize_name)
         tgt_stream = ttap(_selected(tgt_src.run(cfg, arrays), cfg.layers))
         if s.save_ref:  # a staging folder here (see save_dumps): one dump per feed inside it
             ref_stream = _tee_to_dump(ref_stream, feed_dump_path(s.save_ref, k), s.save_format)
@@ -626,6 +636,8 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
             _attach_local(s, tgt_src, cfg, arrays, rep, ms, k)
         for key, v in mctx.stats.items():
             stats.match_stats[key] = stats.match_stats.get(key, 0) + v
+        if wants is not None:
+            stats.capture_skipped += wants.skipped
         if deploy:  # the target as deployed: outputs only, nothing captured (see parity.core.deployed)
             dtap = _OutputTap(asked)
             deployed = collect_outputs(dtap(tgt_src.run(dcfg, arrays)))
@@ -642,6 +654,21 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
         stats.add(k, label, rep)
         del rep, pairs
     return stats
+
+
+def capture_wants(s: CompareSettings, matcher: Any) -> CaptureWants | None:
+    """The run's :class:`CaptureWants` when the target may capture only what can pair (issue 19), else None.
+
+    Why not always: ``--all-tensors`` asks for every tensor; ``--diagnose`` reads the rows around a
+    culprit, target-only ones included; ``--save-target`` writes a dump that should be whole; a
+    ``--mapping`` file may pin any tensor; a matcher that pairs by other rules than
+    :meth:`CaptureWants.selects` allows (``Matcher.pairs_within_wants`` False) may need any tensor.
+    """
+    if s.all_tensors or s.diagnose or s.save_target or s.mapping:
+        return None
+    if not getattr(matcher, "pairs_within_wants", False):
+        return None
+    return CaptureWants()
 
 
 def _attach_local(s: CompareSettings, tgt_src: Source, cfg: RunConfig, feed: dict[str, np.ndarray],
@@ -686,6 +713,11 @@ def finish(s: CompareSettings, stats: DatasetStats) -> Report:
         matched = sum(v for k, v in by.items() if not k.startswith("excluded"))
         if matched:
             summary["provenance_share"] = by.get("provenance", 0) / matched
+    if stats.capture_skipped:  # the JSON's field, and the table's line (a key without '_' is printed)
+        skipped = stats.capture_skipped // n
+        summary["capture"] = {"skipped": skipped, "all_tensors": "--all-tensors"}
+        summary["not captured"] = (f"{skipped} target tensors no reference layer can pair with "
+                                   f"({frontend.option('all_tensors')} captures them)")
     report.summary.update(summary)
     if stats.deployed is not None and stats.deployed.outputs:
         _attach_deployed(report, stats.deployed)

@@ -108,6 +108,9 @@ class ScalePart:
     ray_address: str | None = None
     #: run even when the memory estimate exceeds what is available (``--force``)
     force: bool = False
+    #: capture every target tensor, also those no reference layer can pair with (``--all-tensors``);
+    #: by default a target captures only what pairs (issue 19; ``summary.capture.skipped`` counts the rest)
+    all_tensors: bool = False
 
 
 class Parts(NamedTuple):
@@ -157,7 +160,7 @@ def build(*, model: str, ref: str, target: str = "ort", device: str = "cpu", wor
           diagnose: bool = False, layers: str | Sequence[str] | None = None,
           save_ref: str | None = None, save_target: str | None = None, save_format: str = "npy",
           max_memory: str | int | None = None, step_bytes: str | int | None = None, workers: int = 1,
-          ray_address: str | None = None, force: bool = False) -> CompareSettings:
+          ray_address: str | None = None, force: bool = False, all_tensors: bool = False) -> CompareSettings:
     """The settings of one comparison from what a front end was given, every value parsed by
     :mod:`parity.core.parse` (thresholds, input shapes, byte sizes, layer selection).
 
@@ -182,4 +185,4 @@ def build(*, model: str, ref: str, target: str = "ort", device: str = "cpu", wor
                     layers=pattern, layer_names=names),
         OutputsPart(save_ref=save_ref, save_target=save_target, save_format=save_format),
         ScalePart(max_memory=parse_bytes(max_memory, "max_memory"), step_bytes=parse_bytes(step_bytes, "step_bytes"),
-                  workers=workers or 1, ray_address=ray_address, force=force))
+                  workers=workers or 1, ray_address=ray_address, force=force, all_tensors=all_tensors))

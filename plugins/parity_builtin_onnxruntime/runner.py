@@ -225,13 +225,20 @@ def plan_capture(precision: str, cfg: RunConfig, feed: dict[str, np.ndarray], *,
     if wants is not None:  # only what a reference record of this feed could pair with (issue 19)
         from parity.contract.matcher import normalize_name
 
+        def known(fname: str) -> tuple[int, ...] | None:
+            dims = info[fname].dims if fname in info else None
+            return dims if dims is not None and all(d is not None for d in dims) else None  # type: ignore[return-value]
+
+        by_scope: dict[str, list[tuple[int, ...] | None]] = {}
+        for site, fname, _ in items:  # each module's output tensors in capture order, as the matcher sees them
+            for p, _ in calls.get(site.name, []):
+                by_scope.setdefault(p, []).append(known(fname))
+        loose = wants.loose_dims(by_scope)
         kept = []
         for it in items:
             site, fname = it[0], it[1]
-            dims = info[fname].dims if fname in info else None
-            shape = dims if dims is not None and all(d is not None for d in dims) else None
             if wants.selects(site.name, [p for p, _ in calls.get(site.name, [])], normalize_name(site.name),
-                             shape, site.name in out_pos):
+                             known(fname), site.name in out_pos, loose=loose):
                 kept.append(it)
         skipped, items = len(items) - len(kept), kept
 
