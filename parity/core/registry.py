@@ -141,6 +141,7 @@ def reset() -> None:
     global _pm, _registry
     _pm = None
     _registry = None
+    _VARIANTS.clear()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
@@ -178,7 +179,21 @@ def get_reporter(name: str) -> Any:
     return _lookup("reporter", name)
 
 
+#: sources made from a family and an argument (``modelopt:INT8_SMOOTHQUANT_CFG``), one object per name
+_VARIANTS: dict[str, Any] = {}
+
+
 def get_source(name: str) -> Any:
+    """The source registered as ``name``; ``FAMILY:ARG`` asks the source registered as ``FAMILY`` for its
+    ``variant(ARG)`` (a source whose name takes an argument, as ``modelopt:CONFIG``), made once per name."""
+    reg = registry()["source"]
+    if name not in reg and ":" in name:
+        family, arg = name.split(":", 1)
+        base = reg[family].obj if family in reg else None
+        if base is not None and callable(getattr(base, "variant", None)) and arg:
+            if name not in _VARIANTS:
+                _VARIANTS[name] = base.variant(arg)
+            return _VARIANTS[name]
     return _lookup("source", name)
 
 

@@ -91,9 +91,30 @@ class ModelOptSource(Source):
             out["not here"] = "; ".join(f"{p}: {w}" for p, w in runs.items() if w)
         return out
 
+    def variant(self, spec: str) -> "ModelOptSource":
+        """``modelopt:SPEC``: the config named in the target itself (a ModelOpt config name, path.py:NAME,
+        or a .json/.toml file), so several configs compare in one command (``--target modelopt:A --target
+        modelopt:B``). Only ``modelopt`` has variants."""
+        from parity.contract.errors import UsageError
+
+        if self.preset is not None:
+            raise UsageError(f"target {self.name}:{spec}: only modelopt takes a config. Note: modelopt:{spec}")
+        v = ModelOptSource(None)
+        v.name = f"modelopt:{spec}"
+        v.fixed_config = spec
+        v.option_schema = LOADING
+        v.semantics = (f"ModelOpt fake quantization ({spec}) in torch (quantize-dequantize in fp32), as ModelOpt "
+                       f"evaluates it before export")
+        return v
+
+    #: the config a ``modelopt:SPEC`` variant names
+    fixed_config: str | None = None
+
     # -- model
 
     def config(self, cfg: RunConfig) -> dict[str, Any]:
+        if self.fixed_config is not None:
+            return resolve_config(self.fixed_config)
         spec = cfg.options.get("quant_cfg")
         if self.preset is not None:
             if spec:

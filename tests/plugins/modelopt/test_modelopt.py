@@ -278,3 +278,19 @@ def test_fix_forms_of_an_fp8_target_are_modelopt_disables():
     text = forms["ModelOpt torch: quantizers to disable"]
     assert ast.literal_eval(text.split("+=", 1)[1].split("  #", 1)[0].strip()) == [
         {"quantizer_name": "fc1.*", "enable": False}]
+
+
+def test_modelopt_colon_config_names_the_config_in_the_target(tmp_path):
+    from parity.contract.errors import UsageError
+    from parity.core.registry import get_source
+
+    src = get_source("modelopt:INT8_SMOOTHQUANT_CFG")
+    assert src is get_source("modelopt:INT8_SMOOTHQUANT_CFG") and src.name == "modelopt:INT8_SMOOTHQUANT_CFG"
+    net = models.digits_cnn()
+    cfg = RunConfig(model=_memory(net), workdir=tmp_path, calibration=[{"x": c} for c in CALIB[:2]])
+    out = next(r for r in src.run(cfg, {"x": FEED[0]}) if r.meta.get("is_output"))
+    q = independent(net, mtq().INT8_SMOOTHQUANT_CFG, CALIB[:2])
+    with torch.no_grad():
+        np.testing.assert_allclose(out.array, q(torch.from_numpy(FEED[0])).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="only modelopt takes a config"):
+        get_source("modelopt-int8:INT8_SMOOTHQUANT_CFG")
