@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip install 'parity[modelopt]')")
+
 import parity
 from parity.contract.errors import ParityError
 from parity.contract.source import RunConfig

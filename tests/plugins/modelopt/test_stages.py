@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
+pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip install 'parity[modelopt]')")
+
 from parity.contract.errors import UsageError
 from parity.core.stages import kind_of, resolve
 
