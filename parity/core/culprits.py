@@ -14,8 +14,8 @@ import bisect
 import math
 
 from parity.contract.report import BELOW, NEW_NONFINITE, NONFINITE, LayerResult, MetricInfo, Report
-from parity.core.diagnose import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE, SATURATED, SENTINEL_GAP,
-                                  error_of)
+from parity.core.causes import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE, SATURATED, SENTINEL_GAP,
+                                error_of)
 
 __all__ = ["find_culprits"]
 

@@ -17,25 +17,17 @@ from parity.contract.capability import NumberFormat
 from parity.contract.records import LocalResult
 from parity.contract.report import NEW_NONFINITE, LayerResult, MetricInfo, Report, diagnosis_lines
 from parity.contract.metric import Metric
+# the rules culprits.py shares live in parity.core.causes (named here too, where callers find them)
+from parity.core.causes import (CAUSE_SHARE, FORMATS, MASKED, NEGLIGIBLE_SHARE, SATURATED,  # noqa: F401
+                                SENTINEL_GAP, error_of)
 from parity.lib.scoring import score_pair
 
 __all__ = ["FORMATS", "LocalResult", "LocalValues", "OUTLIER_RATIO", "SATURATED", "attach_local", "diagnosis_lines", "error_of", "find_culprits", "number_format_of", "outlier_channels", "quantizer_stats", "score_local",
            "target_format", "trace_ranges"]
 
-#: largest finite value and smallest normal value of each low-precision format
-FORMATS: dict[str, dict[str, float]] = {
-    "float16": {"max": 65504.0, "tiny": 6.103515625e-05, "mantissa_bits": 10},
-    "bfloat16": {"max": 3.3895313892515355e38, "tiny": 1.1754943508222875e-38, "mantissa_bits": 7},
-    "float32": {"max": 3.4028234663852886e38, "tiny": 1.1754943508222875e-38, "mantissa_bits": 23},
-}
 #: absmax/rms above which a tensor is outlier-heavy for per-tensor int8 (most values then
 #: share a few of the 255 levels)
 INT8_CREST_RISK = 20.0
-#: a layer is a culprit when its local error is at least this share of its accumulated error
-CAUSE_SHARE = 0.5
-#: a layer whose local error is below this share of the error the threshold allows is never a culprit
-#: (the same floor as ``parity fix``'s: keeping such a layer in high precision cannot move the outputs)
-NEGLIGIBLE_SHARE = 0.01
 
 
 def number_format_of(target: Any) -> NumberFormat | None:
@@ -78,14 +70,6 @@ def _precision_format(precision: str) -> str | None:
     return None
 
 
-#: a magnitude gap at least this wide, above the median magnitude, separates a tensor's useful
-#: values from a huge-magnitude minority above it (a mask constant such as float32's minimum or -1e9)
-SENTINEL_GAP = 1e3
-#: local-value key: target elements that are the same-signed infinity where the reference holds a
-#: finite value beyond the target format's range (saturation; harmless when the consumers match)
-SATURATED = "_saturated"
-#: local-value key: reference elements left out of the useful part (above ``useful_bound``)
-MASKED = "_masked"
 #: an output quantizer that gives the useful values fewer levels than this destroys them
 QUANT_MIN_LEVELS = 8.0
 #: an outlier channel: its absmax is at least this many times the median channel's. A per-tensor
@@ -398,11 +382,6 @@ def _input_quantizer_causes(report: Report) -> None:
                                            f"which destroys it")
                 row.meta.setdefault("input_cause_row", src.name)
                 break
-
-
-def error_of(value: float | None, info: MetricInfo) -> float | None:
-    """The metric's own error for ``value`` (0 = no loss, ``inf`` for NaN); ``None`` for no value."""
-    return None if value is None else info.error(value)
 
 
 def find_culprits(report: Report, top: int = 5) -> list[LayerResult]:

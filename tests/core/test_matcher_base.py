@@ -99,6 +99,7 @@ def test_builtin_matchers_write_only_stream():
     ("parity.core.compare", "parity.core.workers"),
     ("parity.core.engine", "parity.core.stats"),
     ("parity.lib.scoring.fused", "parity.lib.scoring.kernels"),
+    ("parity.core.culprits", "parity.core.diagnose"),
 ])
 def test_the_two_module_import_cycles_stay_gone(a, b):
     grimp = pytest.importorskip("grimp")
