@@ -717,7 +717,7 @@ def finish(s: CompareSettings, stats: DatasetStats) -> Report:
         skipped = stats.capture_skipped // n
         summary["capture"] = {"skipped": skipped, "all_tensors": "--all-tensors"}
         summary["not captured"] = (f"{skipped} target tensors no reference layer can pair with "
-                                   f"({frontend.option('all_tensors')} captures them)")
+                                   "(--all-tensors, all_tensors=True in Python, captures them)")
     report.summary.update(summary)
     if stats.deployed is not None and stats.deployed.outputs:
         _attach_deployed(report, stats.deployed)

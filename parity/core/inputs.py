@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from parity.contract.dumpformat import check_npy_header, read_npy
-from parity.contract.errors import ARCHIVE_ERRORS, ParityError, UsageError
+from parity.contract.errors import ARCHIVE_ERRORS, ParityError, UsageError, one_line
 from parity.contract.frontend import option, shape_hint
 from parity.contract.source import InputSpec
 from parity.core.preflight import notice
@@ -303,7 +303,18 @@ def load_feeds(path: str | Path, specs: list[InputSpec],
     """Feeds from a file or a folder of files (sorted by name), each validated against ``specs``.
 
     ``seen`` remembers the notes already printed (a cast, a renamed array), across several reads.
+    An error is one line whatever the file holds: names read from it (a JSON key, an archive member)
+    may contain line breaks, which the message shows escaped.
     """
+    try:
+        yield from _load_feeds(path, specs, seen)
+    except ParityError as e:
+        e.args = (one_line(str(e)),)
+        raise
+
+
+def _load_feeds(path: str | Path, specs: list[InputSpec],
+                seen: set | None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     p = Path(path)
     if not p.exists():
         raise ParityError(f"{p}: input file or folder not found.")

@@ -135,3 +135,15 @@ def test_npz_with_encrypted_or_unknown_compression_member_is_a_one_line_error(tm
         _load(f)
     assert str(f) in str(e.value) and "\n" not in str(e.value)
     assert what in str(e.value).lower()
+
+
+@pytest.mark.parametrize("value", ["bad", "array"])
+def test_polygraphy_json_with_line_breaks_in_its_keys_is_a_one_line_error(tmp_path, value):
+    # found by the fuzzer: names read from the file were quoted raw, so the message spanned lines
+    a = np.zeros((2, 3), np.float32)
+    enc = {"array": base64.b64encode(npy_bytes(a)).decode(), "polygraphy_class": "ndarray"}
+    doc = [{"\n": None if value == "bad" else enc}]  # a bad value under that key, or the input 'x' missing
+    f = write(tmp_path / "in.json", json.dumps(doc).encode())
+    with pytest.raises(ParityError) as e:
+        _load(f)
+    assert str(f) in str(e.value) and "\n" not in str(e.value) and "\\n" in str(e.value)
