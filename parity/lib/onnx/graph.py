@@ -253,6 +253,28 @@ def inferred_info(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, .
     return out
 
 
+#: ops whose first output holds exactly as many elements, of the same type, as their data input
+_SAME_SIZE_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Softmax",
+                            "LogSoftmax", "Relu", "Erf", "Tanh", "Sigmoid", "Sqrt", "Neg", "Exp", "Log", "Abs",
+                            "Gelu", "Reciprocal"})
+#: elementwise ops whose output is the data input's size when every other input is a scalar
+_SCALAR_BINARY_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Pow"})
+
+
+def _same_size_input(node: "onnx.NodeProto", sizes: dict[str, int], scalars: set[str]) -> int | None:
+    """Bytes of ``node``'s first output when they equal its data input's (see :data:`_SAME_SIZE_OPS`;
+    a binary op whose other input is one of ``scalars``, one-element tensors), else None."""
+    if node.op_type in _SAME_SIZE_OPS and node.input and node.input[0] in sizes:
+        return sizes[node.input[0]]
+    if node.op_type in _SCALAR_BINARY_OPS and len(node.input) == 2:
+        a, b = node.input
+        if b in scalars and a in sizes:  # a one-element operand (a scale, an epsilon) broadcasts to nothing larger
+            return sizes[a]
+        if a in scalars and b in sizes:
+            return sizes[b]
+    return None
+
+
 def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
                     feed_bytes: dict[str, int] | None = None, unknown_dim: int = 1,
                     unknown_first: int | None = None) -> dict[str, int]:
@@ -267,13 +289,18 @@ def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
     an underestimate would overrun their budget. A tensor with nothing to go by counts as the largest feed.
     """
     sizes: dict[str, int] = dict(feed_bytes or {})
+    scalars: set[str] = set()
     for t in model.graph.initializer:
         n = TensorInfo(elem_dtype(t.data_type), tuple(t.dims)).nbytes
         if n is not None:
             sizes[t.name] = n
+        if all(int(d) == 1 for d in t.dims):
+            scalars.add(t.name)
     fallback = max(sizes.values(), default=0) if feed_bytes is None else max(feed_bytes.values(), default=0)
     guessed: dict[str, int] = {}
     for name, ti in info.items():
+        if ti.dims is not None and all(d == 1 for d in ti.dims):
+            scalars.add(name)
         n = ti.nbytes
         if n is not None:
             sizes[name] = n
@@ -283,8 +310,15 @@ def estimated_bytes(model: "onnx.ModelProto", info: dict[str, TensorInfo],
             if g is not None:
                 guessed[name] = g
     for node in model.graph.node:
+        same = _same_size_input(node, sizes, scalars)
         for o in node.output:
             if o and o not in sizes:
+                if same is not None and o == node.output[0]:
+                    # exact where inference left dimensions open: a Reshape or Transpose of a known
+                    # tensor, or its product with a scalar, has that tensor's bytes (a guess from the
+                    # feed's largest dimension put a (8, 12, 32, 128) attention reshape at 64 MiB, 40x)
+                    sizes[o] = same
+                    continue
                 if o in guessed:
                     sizes[o] = guessed[o]
                     continue
