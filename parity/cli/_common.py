@@ -155,6 +155,9 @@ def add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
     g.add_argument("--calibration", help="feeds for INT8 calibration (default: the first 64 compared inputs, at most 256 MiB)")
     g = co.add_argument_group("sources")
     g.add_argument("--device", default="cpu", help="cpu or cuda (torch sources)")
+    g.add_argument("--device-scoring", choices=("auto", "on", "off"), default="auto",
+                   help="score pairs where the tensors are (torch sources hand over device tensors; only "
+                        "per-layer scalars cross to the host): auto = on with a cuda device (default)")
     add_source_flags(g)  # each source's own flags, from its option schema (parity plugins --options SOURCE)
     g.add_argument("--workdir", help="cache of exported/converted models and engines "
                                      "(default: the user cache folder, e.g. ~/.cache/parity)")
@@ -171,6 +174,9 @@ def add_run_args(co: argparse.ArgumentParser, several_targets: bool) -> None:
                    help="run even when parity's memory estimate exceeds the memory available")
     g.add_argument("--max-memory", metavar="BYTES",
                    help="memory for activations waiting to be paired, e.g. 2G (beyond it they spill to disk)")
+    g.add_argument("--device-memory", metavar="BYTES",
+                   help="device memory for device records waiting to be paired, e.g. 4G (default: a quarter "
+                        "of the free device memory; beyond it they move to the host)")
     g.add_argument("--step-bytes", metavar="BYTES",
                    help="activation bytes a source captures per step, e.g. 256M (default: the source's)")
     g.add_argument("--all-tensors", action="store_true",
@@ -326,4 +332,5 @@ def build_settings(args: argparse.Namespace, target: str, diagnose: bool) -> Any
         save_format=getattr(args, "save_format", "npy"), max_memory=getattr(args, "max_memory", None),
         step_bytes=getattr(args, "step_bytes", None), workers=getattr(args, "workers", 1) or 1,
         ray_address=getattr(args, "ray_address", None), force=getattr(args, "force", False),
-        all_tensors=getattr(args, "all_tensors", False))
+        all_tensors=getattr(args, "all_tensors", False), device_scoring=getattr(args, "device_scoring", "auto"),
+        device_memory=getattr(args, "device_memory", None))

@@ -131,7 +131,7 @@ def learning(wants: CaptureWants, stream: Iterable[Any], normalize: Any) -> Iter
         s = list(a.meta.get("scopes") or ([a.meta["module_path"]] if a.meta.get("module_path") else []))[:1]
         scopes.extend(s)
         norms.append(normalize(a.key))
-        shapes.append(tuple(a.array.shape))
+        shapes.append(a.shape)
         records.append((s[0] if s else None, shapes[-1], bool(a.meta.get("is_output"))))
         yield a
     wants.learn(keys, scopes, norms, shapes, records)

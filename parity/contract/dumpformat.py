@@ -220,7 +220,7 @@ def manifest_entry(record: Activation, file: str) -> dict[str, Any]:
         "order": None if record.order is None else int(record.order),
         "op_type": record.op_type,
         "shape": list(record.shape),
-        "dtype": str(record.array.dtype),
+        "dtype": record.dtype,
         "meta": meta,
     }
     if dropped:

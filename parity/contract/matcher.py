@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ class ParkingStats:
     parked_arrays: int = 0
     copied_arrays: int = 0
     files_created: int = 0
+    #: device records (tensors) kept where they are, within the device budget, and their peak
+    device_held_bytes: int = 0
+    device_peak_bytes: int = 0
+    #: device records moved to the host because the device budget was full
+    device_moved_arrays: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -276,7 +282,7 @@ def apply_rules(inner: Callable[[Iterable[Activation], Iterable[Activation]], It
     counts = {"pinned": 0, "excluded_ref": 0, "excluded_target": 0}
 
     def pin(r: Activation, t: Activation) -> None:
-        note = "" if r.array.size == t.array.size else "pinned pair differs in size"
+        note = "" if math.prod(r.shape) == math.prod(t.shape) else "pinned pair differs in size"
         counts["pinned"] += 1
         ready.append(Pair(r, t, "pinned", PINNED_CONFIDENCE, note))
 

@@ -226,6 +226,10 @@ class Metric:
     #: moments in one fused read and passes ``{name: value}`` of the declared ones to
     #: :meth:`finish` as the state; :meth:`merge` then works with no code.
     moments: ClassVar[tuple[str, ...]] = ()
+    #: whether :meth:`compute` / :meth:`compute_state` read the arrays' values. False (a metric that
+    #: reads only ``ctx``, like ``nonfinite``): a pair scored on its device hands it the tensors as
+    #: they are, with no host copy; True (the default): it gets numpy arrays, copied when need be
+    uses_values: ClassVar[bool] = True
 
     def within_tolerance(self, ctx: PairContext) -> tuple[float, float, float]:
         """(rel_tol, abs_tol, rms_tol) of the ``within`` moment: an element is within iff

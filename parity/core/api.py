@@ -214,7 +214,8 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
             inputs_path: str | os.PathLike | None = None, quiet: bool = False, workers: int = 1,
             ray_address: str | None = None, layers: str | Sequence[str] | None = None,
             max_memory: int | None = None, step_bytes: int | None = None,
-            limit: int | None = None, all_tensors: bool = False) -> ComparisonReport:
+            limit: int | None = None, all_tensors: bool = False, device_scoring: str | bool = "auto",
+            device_memory: int | str | None = None) -> ComparisonReport:
     """Compare ``model`` in ``ref`` and ``target`` layer by layer, as ``parity compare --diagnose`` does.
 
     ``model``: an ``nn.Module``, an ONNX ``ModelProto``, a path (``.onnx``, ``.pt``, ``.pt2``) or a spec
@@ -228,7 +229,9 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
     ``workers``/``ray_address`` shard the feeds over Ray workers (the model must then be a path or a spec);
     ``layers`` (a regex, or a list of names) compares only those layers; ``max_memory``/``step_bytes``
     bound the bytes of parked and captured activations; ``limit`` the number of feeds; ``all_tensors``
-    captures the target tensors no reference layer can pair with too (``diagnose`` does anyway).
+    captures the target tensors no reference layer can pair with too (``diagnose`` does anyway);
+    ``device_scoring`` (auto, on, off) scores pairs where the tensors are (auto: on with ``device="cuda"``),
+    ``device_memory`` bounds the bytes of device records parked on the device.
     ``options`` are source options (``keep_fp32_ops``, ``opset``, ...). Progress shows on a terminal
     unless ``quiet``. Errors are :class:`~parity.ParityError` with one line saying what is wrong.
     """
@@ -240,7 +243,8 @@ def compare(model: Any, inputs: Any = None, *, ref: str | None = None, target: s
         input_shapes=input_shapes, input_dtypes=input_dtypes, seed=seed, random_inputs=random_inputs, device=device,
         workdir=workdir, options=options, metric_options=metric_options, matcher=matcher, mapping=mapping,
         calibration=calibration, inputs_path=inputs_path, workers=workers, ray_address=ray_address, layers=layers,
-        max_memory=max_memory, step_bytes=step_bytes, limit=limit, all_tensors=all_tensors)
+        max_memory=max_memory, step_bytes=step_bytes, limit=limit, all_tensors=all_tensors,
+        device_scoring=device_scoring, device_memory=device_memory)
     with showing(quiet=quiet):
         report = run(settings)
     report.summary["model"] = label
@@ -258,7 +262,8 @@ def settings_for(model: Any, inputs: Any = None, *, ref: str | None = None, targ
                  inputs_path: str | os.PathLike | None = None, workers: int = 1, ray_address: str | None = None,
                  layers: str | Sequence[str] | None = None, max_memory: str | int | None = None,
                  step_bytes: str | int | None = None, limit: int | None = None,
-                 all_tensors: bool = False) -> tuple[CompareSettings, str, Any]:
+                 all_tensors: bool = False, device_scoring: str | bool = "auto",
+                 device_memory: int | str | None = None) -> tuple[CompareSettings, str, Any]:
     """What :func:`compare` runs: ``(settings, how the report names the model, the object to keep alive)``.
 
     The settings come from :func:`parity.core.settings.build`, the builder the CLI uses; in-memory
@@ -295,5 +300,5 @@ def settings_for(model: Any, inputs: Any = None, *, ref: str | None = None, targ
         random_inputs=random_inputs, calibration=calib, limit=limit, metrics=metrics, threshold=threshold,
         metric_options=metric_options, mapping=mapping, matcher=matcher, diagnose=diagnose, layers=layers,
         max_memory=max_memory, step_bytes=step_bytes, workers=workers, ray_address=ray_address,
-        all_tensors=all_tensors)
+        all_tensors=all_tensors, device_scoring=device_scoring, device_memory=device_memory)
     return settings, label, keep

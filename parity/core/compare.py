@@ -23,6 +23,7 @@ from parity.core.feeds import (Feed, FeedSet, FileFeeds, LazyFeeds, MemoryFeeds,
 from parity.core.settings import CompareSettings
 from parity.core.deployed import DeployedStats, collect_outputs, relative_diff
 from parity.core.stats import DatasetStats
+from parity.core.parse import device_records
 
 from parity.contract.report import Report, deployed_failures
 from parity.contract import frontend
@@ -266,7 +267,7 @@ def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[
     done = False
     try:
         for a in stream:
-            q.put(Activation(a.name, np.array(a.array), a.output_index, a.order, a.op_type, dict(a.meta)))
+            q.put(Activation(a.name, _host_copy(a), a.output_index, a.order, a.op_type, dict(a.meta)))
             yield a
         done = True
     finally:
@@ -274,6 +275,12 @@ def _tee_to_dump(stream: Iterable[Activation], path: str, fmt: str) -> Iterator[
         t.join()
     if failure:
         raise failure[0]
+
+
+def _host_copy(a: Activation) -> np.ndarray:
+    """A host copy of ``a``'s values that nothing else holds (a device record's copy is already one)."""
+    arr = a.host()
+    return np.array(arr) if arr is a.array else arr
 
 
 class _OutputTap:
@@ -295,10 +302,11 @@ class _OutputTap:
         for a in stream:
             if a.meta.get("is_output"):
                 pos = int(a.meta.get("output_position", a.output_index or 0))
-                if a.array.shape[-1:] > (1,) and (a.array.ndim == 2 or (self.asked and a.array.ndim > 2)):
-                    self.top1[pos] = np.asarray(a.array).argmax(axis=-1).ravel()
+                shape = a.shape
+                if shape[-1:] > (1,) and (len(shape) == 2 or (self.asked and len(shape) > 2)):
+                    self.top1[pos] = a.host().argmax(axis=-1).ravel()
                 if self.keep:
-                    self.outputs[pos] = Activation(a.name, np.array(a.array), a.output_index, a.order,
+                    self.outputs[pos] = Activation(a.name, _host_copy(a), a.output_index, a.order,
                                                    a.op_type, dict(a.meta))
             yield a
 
@@ -603,10 +611,12 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
     wants = capture_wants(s, get_matcher(s.matcher))
     if wants is not None:  # one config object for the whole run (sources key what they reuse on it)
         cfg = replace(cfg, wants=wants)
+    if device_records(s.device_scoring, s.device):  # pairs are scored where the tensors are
+        cfg = replace(cfg, device_records=True)
     deploy = tgt_src.runs_deployed
     if deploy:  # one config object for the whole run, so sources can reuse what they built for it
         # a source that cannot run outputs only is asked for its ordinary run (its outputs are kept)
-        dcfg = replace(cfg, outputs_only=tgt_src.supports_outputs_only, wants=None)
+        dcfg = replace(cfg, outputs_only=tgt_src.supports_outputs_only, wants=None, device_records=False)
         if stats.deployed is None:
             stats.deployed = DeployedStats(semantics=tgt_src.semantics)
         dinfos = metric_infos(ms, s.thresholds)
@@ -624,7 +634,8 @@ def run_feeds(prep: Prepared, s: CompareSettings, feeds: Iterable[Feed], total: 
         if s.save_target:
             tgt_stream = _tee_to_dump(tgt_stream, feed_dump_path(s.save_target, k), s.save_format)
         try:
-            pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules, max_memory=s.max_memory)
+            pairs, mctx = match_pairs(matcher, ref_stream, tgt_stream, rules, max_memory=s.max_memory,
+                                      device_memory=s.device_memory)
             rep = run_engine(pairs, ms, thresholds=s.thresholds, options=mopts,
                              ref_label=s.ref, target_label=tgt_src.name)
         except ParityError as e:

@@ -143,7 +143,7 @@ class DeployedStats:
         for pos in sorted(deployed):
             if pos not in ref:
                 continue
-            r, d = np.asarray(ref[pos].array), np.asarray(deployed[pos].array)
+            r, d = ref[pos].host(), deployed[pos].host()
             if r.size != d.size:
                 continue
             oc = OutputCheck(deployed[pos].key, pos)
@@ -155,8 +155,8 @@ class DeployedStats:
             if c is not None and not part.fallback:
                 part.fallback = dict(c.meta.get("fp32_fallback_ops") or {})
             part.model_file = part.model_file or deployed[pos].meta.get("deployed_model_file")
-            if c is not None and np.asarray(c.array).size == d.size:
-                ca = np.asarray(c.array)
+            if c is not None and math.prod(c.shape) == d.size:
+                ca = c.host()
                 cvalues, _ = score_pair(r, ca, metrics, options)
                 oc.captured = {k: float(v) for k, v in cvalues.items() if v is not None}
                 oc.captured_nonfinite = _nonfinite_new(r, ca)

@@ -515,8 +515,8 @@ def _as_record(rec: Any, i: int) -> Activation:
         raise ParityError(f"write_dump expects Activation records; item {i} is {type(rec).__name__}.")
     if not isinstance(rec.name, str) or not rec.name:
         raise ParityError(f"record {i} has no layer name (saw {rec.name!r}); every activation needs one.")
-    if not isinstance(rec.array, np.ndarray):
-        rec = dataclasses.replace(rec, array=np.asarray(rec.array))
+    if not isinstance(rec.array, np.ndarray):  # a device record (or a list): its host values
+        rec = dataclasses.replace(rec, array=rec.host())
     return rec
 
 

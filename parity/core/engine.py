@@ -7,6 +7,7 @@ Results are small objects without arrays.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Iterable, Iterator, Sequence
@@ -58,7 +59,7 @@ def _shape_note(r: Activation, t: Activation) -> tuple[bool, str]:
     """Whether two differently shaped arrays may be compared element-wise, and the note saying so."""
     if r.shape == t.shape:
         return True, ""
-    if r.array.size == t.array.size:
+    if math.prod(r.shape) == math.prod(t.shape):
         squeezed = tuple(d for d in r.shape if d != 1) == tuple(d for d in t.shape if d != 1)
         why = "same dims but for size-1 axes" if squeezed else "same element count"
         return True, f"shapes differ ({list(r.shape)} vs {list(t.shape)}), compared flat: {why}"
@@ -69,6 +70,24 @@ def _as_numeric(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind in "fiub":
         return a
     raise ParityError(f"cannot score an array of dtype {a.dtype}. Note: parity compares numeric tensors only.")
+
+
+def _score_values(r: Activation, t: Activation, metrics: list[Metric],
+                  options: dict[str, Any] | None) -> tuple[dict[str, float], Any]:
+    """Values and context of a pair: reduced on the device when both records are tensors on the same
+    device (device records, ``--device-scoring``; only scalars cross to the host), else on host arrays."""
+    if r.on_device and t.on_device and str(r.array.device) == str(t.array.device):
+        from parity.lib.scoring.device import score_pair_device
+
+        _as_numeric_name(r.dtype)
+        _as_numeric_name(t.dtype)
+        return score_pair_device(r.array, t.array, metrics, options)
+    return score_pair(_as_numeric(r.host()), _as_numeric(t.host()), metrics, options)
+
+
+def _as_numeric_name(dtype: str) -> None:
+    if np.dtype(dtype).kind not in "fiub":
+        raise ParityError(f"cannot score an array of dtype {dtype}. Note: parity compares numeric tensors only.")
 
 
 def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: float,
@@ -111,12 +130,13 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         return row
     if r.dtype != t.dtype:
         row.meta["dtype_differs"] = True
-    values, ctx = score_pair(_as_numeric(r.array), _as_numeric(t.array), metrics, options)
+    values, ctx = _score_values(r, t, metrics, options)
     if options and options.get("ranges"):
         from parity.lib.scoring import value_stats
 
-        row.range = {"ref": value_stats(r.array), "target": value_stats(t.array),
-                     "error_vs_magnitude": error_vs_magnitude(_as_numeric(r.array), _as_numeric(t.array))}
+        rh, th = r.host(), t.host()
+        row.range = {"ref": value_stats(rh), "target": value_stats(th),
+                     "error_vs_magnitude": error_vs_magnitude(_as_numeric(rh), _as_numeric(th))}
     row.values = values
     row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
     row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
@@ -173,7 +193,8 @@ def _place_target_only(rows: list[LayerResult], tpos: list[float | None]) -> Non
             r.order = base + gap * n / (len(members) + 1)
 
 
-def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | None = None) -> MatchContext:
+def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | None = None,
+                  device_memory: int | None = None) -> MatchContext:
     """The context the core hands a matcher: the similarity computed by the registered metric it names."""
     from parity.core.registry import get_metric
 
@@ -184,7 +205,10 @@ def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | 
             similarity = metric_similarity(get_metric(name))
         except ParityError:  # not installed (PARITY_LOAD_PLUGINS): the matcher goes without its value step
             similarity = None
-    ctx = MatchContext(similarity=similarity, spill_dir=spill_dir, new_parking=Parking)
+    new_parking: Any = Parking
+    if device_memory is not None:  # --device-memory: the parking store's budget for device records
+        new_parking = functools.partial(Parking, device_budget=device_memory)
+    ctx = MatchContext(similarity=similarity, spill_dir=spill_dir, new_parking=new_parking)
     if max_memory is not None and hasattr(ctx, "max_memory"):
         ctx.max_memory = max_memory
     return ctx
@@ -192,7 +216,8 @@ def match_context(matcher: Any, spill_dir: str | None = None, max_memory: int | 
 
 def match_pairs(matcher: Any, ref: Iterable[Activation], target: Iterable[Activation],
                 rules: MappingRules | None = None, spill_dir: str | None = None,
-                max_memory: int | None = None) -> tuple[Iterator[Pair], MatchContext]:
+                max_memory: int | None = None,
+                device_memory: int | None = None) -> tuple[Iterator[Pair], MatchContext]:
     """Pair two streams with a matcher (a registered name or an object), mapping ``rules`` applied around it.
 
     Returns the lazy pair stream and the context whose ``stats`` the matcher fills as it goes.
@@ -200,7 +225,7 @@ def match_pairs(matcher: Any, ref: Iterable[Activation], target: Iterable[Activa
     from parity.core.registry import get_matcher
 
     m = get_matcher(matcher) if isinstance(matcher, str) else matcher
-    ctx = match_context(m, spill_dir, max_memory)
+    ctx = match_context(m, spill_dir, max_memory, device_memory)
     return Matcher.match(m, ref, target, rules, ctx), ctx
 
 

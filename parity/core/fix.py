@@ -207,7 +207,7 @@ def fix(settings: CompareSettings, report: Report, goal_metric: str = "cosine", 
         out = {}
         for a in src.run(cfg, feed):
             if a.meta.get("is_output"):
-                out[int(a.meta.get("output_position", a.output_index))] = np.array(a.array)
+                out[int(a.meta.get("output_position", a.output_index))] = np.array(a.host())
         return out
 
     # the search keeps layers in the target and re-measures outputs: a target that cannot keep any is

@@ -118,6 +118,26 @@ def parse_bytes(value: str | int | float | None, key: str) -> int | None:
         raise UsageError(str(e)) from None
 
 
+DEVICE_SCORING = ("auto", "on", "off")
+
+
+def parse_device_scoring(value: str | bool | None) -> str:
+    """``--device-scoring`` / ``device_scoring=``: auto, on or off (True/False read on/off)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    v = str(value).strip().lower()
+    if v not in DEVICE_SCORING:
+        raise UsageError(f"{frontend.option('device_scoring')} {value!r}: expected auto, on or off.")
+    return v
+
+
+def device_records(mode: str, device: str) -> bool:
+    """Whether a run takes device records: ``on``, or ``auto`` with a CUDA device."""
+    return mode == "on" or (mode == "auto" and device.startswith("cuda"))
+
+
 def split_layers(layers: str | Sequence[str] | None) -> tuple[str | None, tuple[str, ...]]:
     """``--layers REGEX|@FILE`` (a string) or a list of layer names as (pattern, names)."""
     if layers is None or isinstance(layers, str):

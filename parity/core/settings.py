@@ -83,6 +83,10 @@ class ScoringPart:
     #: a file of names, one a line, via ``@FILE``, or names via ``layer_names``; model outputs always stay
     layers: str | None = None
     layer_names: Sequence[str] = ()
+    #: where pairs are scored (``--device-scoring``): ``on`` on the device the tensors are on (a torch
+    #: source hands over device clones; only per-layer scalars cross to the host), ``off`` on host
+    #: copies, ``auto`` on for a CUDA device. The values are the same either way (to 1e-6 relative)
+    device_scoring: str = "auto"
 
 
 @dataclass
@@ -111,6 +115,9 @@ class ScalePart:
     #: capture every target tensor, also those no reference layer can pair with (``--all-tensors``);
     #: by default a target captures only what pairs (issue 19; ``summary.capture.skipped`` counts the rest)
     all_tensors: bool = False
+    #: bytes of device records parked on the device (``--device-memory``; None: a quarter of the
+    #: device memory free at the first one); beyond it they move to the host
+    device_memory: int | None = None
 
 
 class Parts(NamedTuple):
@@ -160,7 +167,8 @@ def build(*, model: str, ref: str, target: str = "ort", device: str = "cpu", wor
           diagnose: bool = False, layers: str | Sequence[str] | None = None,
           save_ref: str | None = None, save_target: str | None = None, save_format: str = "npy",
           max_memory: str | int | None = None, step_bytes: str | int | None = None, workers: int = 1,
-          ray_address: str | None = None, force: bool = False, all_tensors: bool = False) -> CompareSettings:
+          ray_address: str | None = None, force: bool = False, all_tensors: bool = False,
+          device_scoring: str = "auto", device_memory: str | int | None = None) -> CompareSettings:
     """The settings of one comparison from what a front end was given, every value parsed by
     :mod:`parity.core.parse` (thresholds, input shapes, byte sizes, layer selection).
 
@@ -169,7 +177,7 @@ def build(*, model: str, ref: str, target: str = "ort", device: str = "cpu", wor
     ``layers`` a regex, ``@FILE`` or a list of names; ``max_memory``/``step_bytes`` ``"2G"`` or bytes.
     """
     from parity.contract.options import check_seed
-    from parity.core.parse import parse_bytes, parse_shapes, parse_thresholds, split_layers
+    from parity.core.parse import parse_bytes, parse_device_scoring, parse_shapes, parse_thresholds, split_layers
 
     shapes, dtypes = parse_shapes(input_shapes, input_dtypes)
     pattern, names = split_layers(layers)
@@ -182,7 +190,8 @@ def build(*, model: str, ref: str, target: str = "ort", device: str = "cpu", wor
                    random_inputs=random_inputs, calibration=calibration, limit=limit),
         ScoringPart(metrics=metric_list, thresholds=parse_thresholds(threshold, metric_list),
                     metric_options=dict(metric_options or {}), mapping=mapping, matcher=matcher, diagnose=diagnose,
-                    layers=pattern, layer_names=names),
+                    layers=pattern, layer_names=names, device_scoring=parse_device_scoring(device_scoring)),
         OutputsPart(save_ref=save_ref, save_target=save_target, save_format=save_format),
         ScalePart(max_memory=parse_bytes(max_memory, "max_memory"), step_bytes=parse_bytes(step_bytes, "step_bytes"),
-                  workers=workers or 1, ray_address=ray_address, force=force, all_tensors=all_tensors))
+                  workers=workers or 1, ray_address=ray_address, force=force, all_tensors=all_tensors,
+                  device_memory=parse_bytes(device_memory, "device_memory")))

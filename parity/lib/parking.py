@@ -17,6 +17,11 @@ decoded arrays. So the store copies only when keeping the array would hold more 
 accounts for: a non-contiguous view, or a view of a larger array (a slice would pin its whole
 base). An array already backed by a file (a memory-mapped dump) is kept as is and counts
 nothing against the budget: its pages are the operating system's to drop and read again.
+
+Device records (``Activation.on_device``: tensors where the model ran, ``--device-scoring``) stay
+where they are while the parked device bytes fit a budget of their own (``--device-memory``;
+default :func:`default_device_budget`): the pair is then scored there and nothing crosses to the
+host. Beyond it a record is copied to the host (:meth:`Activation.host`) and parked as above.
 """
 from __future__ import annotations
 
@@ -65,6 +70,26 @@ def default_budget() -> int:
         except (ValueError, OSError, AttributeError):
             avail = 2 << 30
     return int(min(max(avail, MIN_DEFAULT_BUDGET), MAX_DEFAULT_BUDGET))
+
+
+#: share of the device memory free at the first parked device record that the default budget takes
+DEVICE_BUDGET_SHARE = 0.25
+
+
+def default_device_budget(tensor: Any, host_budget: int) -> int:
+    """Bytes of device records kept on their device when ``--device-memory`` is not given.
+
+    A CUDA tensor: a quarter of the device memory free now (the rest is left to the target's
+    forward, which runs while the reference waits, and to scoring's float64 temporaries). A tensor
+    in host memory (a torch CPU tensor: device scoring forced on a CPU run) shares the host budget.
+    """
+    dev = getattr(tensor, "device", None)
+    if getattr(dev, "type", "cpu") == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free * DEVICE_BUDGET_SHARE)
+    return host_budget
 
 
 def _file_backed(arr: np.ndarray) -> bool:
@@ -138,10 +163,14 @@ class Parking:
     """
 
     def __init__(self, budget: int | None = None, spill_dir: str | os.PathLike | None = None,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+                 segment_bytes: int = SEGMENT_BYTES, device_budget: int | None = None) -> None:
         self.budget = default_budget() if budget is None else int(budget)
         if self.budget < 0:
             raise ParityError(f"parking budget must be >= 0 bytes, not {budget}")
+        if device_budget is not None and int(device_budget) < 0:
+            raise ParityError(f"device parking budget must be >= 0 bytes, not {device_budget}")
+        #: bytes of device records kept on their device; None: decided at the first one
+        self.device_budget = None if device_budget is None else int(device_budget)
         self.spill_dir = spill_dir
         self.segment_bytes = int(segment_bytes)
         self.stats = ParkingStats()
@@ -158,6 +187,11 @@ class Parking:
         """``a`` with its array kept: in memory while the budget allows, else appended to a spill file."""
         if self.closed:
             raise ParityError("this parking store is closed. Note: a matcher parks only while its pairs stream")
+        if a.on_device:
+            kept_on_device = self._park_device(a)
+            if kept_on_device is not None:
+                return kept_on_device
+            a = Activation(a.name, a.host(), a.output_index, a.order, a.op_type, a.meta)
         arr = a.array if isinstance(a.array, np.ndarray) else np.asarray(a.array)
         self.stats.parked_arrays += 1
         if _file_backed(arr) or arr.nbytes == 0:
@@ -173,6 +207,29 @@ class Parking:
         if kept is a.array:
             return a
         return Activation(a.name, kept, a.output_index, a.order, a.op_type, a.meta)
+
+    def _park_device(self, a: Activation) -> Activation | None:
+        """``a`` as it is while the device budget allows (its bytes held until it is released or
+        collected), else None: the caller moves it to the host."""
+        if self.device_budget is None:
+            self.device_budget = default_device_budget(a.array, self.budget)
+        n = a.nbytes
+        if self.stats.device_held_bytes + n > self.device_budget:
+            self.stats.device_moved_arrays += 1
+            return None
+        self.stats.parked_arrays += 1
+        key = id(a.array)
+        if key not in self._held:
+            fin = weakref.finalize(a.array, self._free_device, key, n)
+            fin.atexit = False
+            self._held[key] = (n, fin)
+            self.stats.device_held_bytes += n
+            self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, self.stats.device_held_bytes)
+        return a
+
+    def _free_device(self, key: int, nbytes: int) -> None:
+        if self._held.pop(key, None) is not None:
+            self.stats.device_held_bytes -= nbytes
 
     def release(self, a: Activation | np.ndarray) -> None:
         """Give back the memory share of a parked record (no-op for spilled or unknown records)."""
@@ -245,6 +302,7 @@ class Parking:
             fin.detach()
         self._held.clear()
         self.stats.held_bytes = 0
+        self.stats.device_held_bytes = 0
         self._current = None  # the maps close when their last view goes
         if self._cleanup is not None:
             self._cleanup()

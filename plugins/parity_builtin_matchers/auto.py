@@ -10,12 +10,12 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from parity.contract.matcher import MatchContext, Matcher, normalize_name
-from parity.contract.records import Activation, Pair
+from parity.contract.records import Activation, Pair, is_tensor, to_host
 from parity.lib.parking import Parking
 
 #: confidence of each matching method, highest first; the report shows method and confidence
@@ -49,7 +49,7 @@ def layout_permutation(ref: tuple[int, ...], target: tuple[int, ...]) -> tuple[i
 
 def _permuted(t: Activation, ref_shape: tuple[int, ...], perm: tuple[int, ...]) -> Activation:
     """``t`` read in the reference's layout (a view where numpy can), for element-by-element scoring."""
-    core = np.asarray(t.array).reshape(tuple(d for d in t.shape if d != 1))
+    core = t.host().reshape(tuple(d for d in t.shape if d != 1))
     meta = dict(t.meta, layout=f"target {list(t.shape)} read with axes {list(perm)} as {list(ref_shape)}")
     return Activation(t.name, np.transpose(core, perm).reshape(ref_shape), t.output_index, t.order, t.op_type, meta)
 
@@ -69,7 +69,7 @@ def _twins(refs: list[Activation]) -> dict[int, int]:
     by_kind: dict[tuple, list[int]] = {}
     for i, r in enumerate(refs):
         if not r.meta.get("is_output"):
-            by_kind.setdefault((r.array.shape, r.array.dtype.str), []).append(i)
+            by_kind.setdefault((r.shape, r.dtype), []).append(i)
     out: dict[int, int] = {}
     for idx in by_kind.values():
         if len(idx) < 2:
@@ -78,17 +78,26 @@ def _twins(refs: list[Activation]) -> dict[int, int]:
         # whole; hashing every record whole cost ~1 s a feed for a BERT-base batch of 8
         first: dict[bytes, list[int]] = {}
         for i in idx:
-            flat = np.asarray(refs[i].array).reshape(-1)
-            step = max(1, flat.size // TWIN_SAMPLE)
-            key = np.ascontiguousarray(flat[::step][:TWIN_SAMPLE]).tobytes()
+            flat = refs[i].array.reshape(-1)  # a device record's sample is read where it is
+            step = max(1, math.prod(refs[i].shape) // TWIN_SAMPLE)
+            key = np.ascontiguousarray(to_host(flat[::step][:TWIN_SAMPLE])).tobytes()
             group = first.setdefault(key, [])
             for j in group:
-                if np.array_equal(flat, np.asarray(refs[j].array).reshape(-1)):
+                if _same_values(flat, refs[j].array.reshape(-1)):
                     out[i] = j
                     break
             else:
                 group.append(i)
     return out
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """Equal element by element (NaN equals nothing), numpy arrays or device tensors alike."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if is_tensor(a) and is_tensor(b) and str(a.device) == str(b.device):
+        return bool((a == b).all())  # on the device: one boolean crosses to the host
+    return bool(np.array_equal(to_host(a), to_host(b)))
 
 
 def _scopes(a: Activation) -> list[str]:
@@ -101,7 +110,7 @@ def _scopes(a: Activation) -> list[str]:
 
 def _released(a: Activation) -> Activation:
     """The same record without its data: a zero-byte stand-in of the same shape and dtype."""
-    return Activation(a.name, np.broadcast_to(np.zeros((), a.array.dtype), a.array.shape), a.output_index,
+    return Activation(a.name, np.broadcast_to(np.zeros((), np.dtype(a.dtype)), a.shape), a.output_index,
                       a.order, a.op_type, a.meta)
 
 

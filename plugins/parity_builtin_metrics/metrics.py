@@ -433,6 +433,7 @@ class NonFiniteMetric(Metric):
     higher_is_better = False
     default_threshold = 0.0
     mergeable = True  # a count: counts add
+    uses_values = False  # reads ctx only: a pair scored on its device needs no host copy for it
 
     def compute(self, ref: np.ndarray, tgt: np.ndarray, ctx: PairContext) -> float:
         return float(ctx.tgt_new_nonfinite)

@@ -12,8 +12,8 @@ A layer selection (``--layers``, ``RunConfig.layers``) is honoured where the cap
 hooks go only on modules it may select, and a record it does not select is never copied off the
 model (model outputs are always kept). The core filters with the same rule afterwards.
 
-Records are copied off the device at capture time (so later in-place ops cannot change them)
-and handed to the consumer through a bounded queue from a worker thread that runs the forward:
+Records are copied off the device at capture time (so later in-place ops cannot change them),
+or cloned where they are when the core takes device records (``RunConfig.device_records``), and handed to the consumer through a bounded queue from a worker thread that runs the forward:
 the forward waits while the consumer scores, so only a couple of activations live at once.
 """
 from __future__ import annotations
@@ -59,11 +59,8 @@ def flatten_tensors(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     # anything else (None, ints, strings, custom objects) carries no activation
 
 
-def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
-    """A CPU numpy copy of ``t`` in its own dtype, and the torch dtype name.
-
-    Types numpy lacks (bfloat16, float8) become float32; the name keeps the truth.
-    """
+def _plain(t: Any) -> Any:
+    """``t`` detached, dense, dequantized, with conjugate and negative bits resolved."""
     import torch
 
     t = t.detach()
@@ -75,6 +72,24 @@ def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
+    return t
+
+
+def tensor_clone(t: Any) -> tuple[Any, str]:
+    """A detached clone of ``t`` where it is (a device record: ``RunConfig.device_records``), and the
+    torch dtype name. A clone, not ``t`` itself: a later in-place op of the model must not change it."""
+    t = _plain(t)
+    return t.clone(), str(t.dtype).replace("torch.", "")
+
+
+def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
+    """A CPU numpy copy of ``t`` in its own dtype, and the torch dtype name.
+
+    Types numpy lacks (bfloat16, float8) become float32; the name keeps the truth.
+    """
+    import torch
+
+    t = _plain(t)
     name = str(t.dtype).replace("torch.", "")
     if name in _NUMPY_DTYPES:
         arr = t.to("cpu", copy=True).numpy()
@@ -93,8 +108,10 @@ class Recorder:
     """
 
     def __init__(self, emit: Emit, base_meta: dict[str, Any], include_integer: bool = False,
-                 layers: LayerSelection | None = None) -> None:
+                 layers: LayerSelection | None = None, device_records: bool = False) -> None:
         self.emit = emit
+        #: records are device clones (the core scores them where they are), not host copies
+        self.copy = tensor_clone if device_records else tensor_to_numpy
         self.base_meta = base_meta
         self.include_integer = include_integer
         self.layers = layers
@@ -122,7 +139,7 @@ class Recorder:
             if self.layers is not None and not meta.get("is_output") and not self.layers.selects(
                     name, name if index == 0 else f"{name}:{index}", meta.get("module_path"), meta.get("node")):
                 continue  # not selected: never copied off the model
-            arr, dtype_name = tensor_to_numpy(t)
+            arr, dtype_name = self.copy(t)
             m = dict(self.base_meta)
             m.update(meta)
             m["dtype"] = dtype_name

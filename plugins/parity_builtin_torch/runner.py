@@ -92,7 +92,7 @@ def graph_module(prepared: Prepared, args: tuple, kwargs: dict) -> Any:
 
 def work(prepared: Prepared, args: tuple, kwargs: dict, base_meta: dict[str, Any],
          include_int: bool, outputs_only: bool = False,
-         layers: LayerSelection | None = None) -> Callable[[cap.Emit], None]:
+         layers: LayerSelection | None = None, device_records: bool = False) -> Callable[[cap.Emit], None]:
     """The forward as ``work(emit)`` for :func:`.capture.stream`: each record emitted as it is captured.
 
     ``layers``: only the selected records (and the model outputs) are captured.
@@ -100,7 +100,7 @@ def work(prepared: Prepared, args: tuple, kwargs: dict, base_meta: dict[str, Any
     def run_forward(emit: cap.Emit) -> None:
         import torch
 
-        rec = cap.Recorder(emit, base_meta, include_int, layers)
+        rec = cap.Recorder(emit, base_meta, include_int, layers, device_records)
         with torch.no_grad():
             if outputs_only:  # no hooks, no interpreter: the plain forward
                 if prepared.mode == "fx" and prepared.loaded.kind != "torchscript":
@@ -124,6 +124,7 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
     Options: ``torch_include_integer`` (also integer/bool tensors), ``outputs_only`` (no hooks,
     only the model outputs), ``torch_allow_tf32``, and the model options of :mod:`.loader`.
     ``cfg.layers`` (``--layers``): only the selected layers are hooked and copied, outputs always.
+    ``cfg.device_records``: records are detached clones where the model ran, not host copies.
     """
     precision, name = cache.precision, cache.name
     with cache.hold(cfg) as prepared:
@@ -131,6 +132,7 @@ def capture(cache: PreparedCache, cfg: RunConfig, feed: dict[str, np.ndarray]) -
         rec_meta = {"source": name, "precision": precision, "capture": prepared.mode}
         include_int = option_bool(cfg.options, "torch_include_integer", False)
         only = cfg.outputs_only
-        run_forward = work(prepared, args, kwargs, rec_meta, include_int, only, cfg.layers)
+        run_forward = work(prepared, args, kwargs, rec_meta, include_int, only, cfg.layers,
+                           bool(getattr(cfg, "device_records", False)))
         with true_fp32(precision, cfg):
             yield from cap.stream(run_forward, f"running {cfg.model} with source {name}", max_bytes=cfg.step_bytes)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from parity.contract.metric import MOMENTS, Chunk, Metric, PairContext
+from parity.contract.records import to_host
 from parity.lib.scoring import fused as F
 
 #: Elements per chunk. 64 Ki float64 values = 512 KiB per array: fits in L2 with room.
@@ -274,6 +275,18 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
         ctx.moments = {name: float(acc[i]) for i, name in enumerate(MOMENTS)
                        if name in wanted}
 
+    return metric_values(metrics, ctx, states, lambda: (ref, tgt), (ref, tgt)), ctx
+
+
+def metric_values(metrics: list[Metric], ctx: PairContext, states: list[Any],
+                  arrays: Callable[[], tuple[np.ndarray, np.ndarray]], raw: tuple[Any, Any]) -> dict[str, float]:
+    """Every metric's value once the pass filled ``ctx`` (counts, moments) and ``states`` (the streaming
+    metrics' states, in order); ``ctx.states`` gets each mergeable metric's state.
+
+    Shared by the host pass and the device pass (:mod:`parity.lib.scoring.device`), so a value is
+    finished by the same code on both. A whole-pair metric gets ``arrays()`` (host arrays), or ``raw``
+    (the pair as it is, maybe device tensors) when it says it reads no values (``uses_values = False``).
+    """
     out: dict[str, float] = {}
     si = 0
     for m in metrics:
@@ -284,15 +297,17 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
             st = states[si]
             si += 1
             out[m.name] = float(m.empty_value) if ctx.finite_size == 0 else float(m.finish(st, ctx))
-        elif m.mergeable:
-            st = m.compute_state(ref, tgt, ctx)
-            out[m.name] = float(m.finish(st, ctx))
         else:
-            st = None
-            out[m.name] = float(m.compute(ref, tgt, ctx))
+            ref, tgt = arrays() if getattr(m, "uses_values", True) else raw
+            if m.mergeable:
+                st = m.compute_state(ref, tgt, ctx)
+                out[m.name] = float(m.finish(st, ctx))
+            else:
+                st = None
+                out[m.name] = float(m.compute(ref, tgt, ctx))
         if m.mergeable:
             ctx.states[m.name] = st
-    return out, ctx
+    return out
 
 
 def pooled_value(metric: Metric, state: Any, ctx: PairContext) -> float:
@@ -306,9 +321,9 @@ def pooled_value(metric: Metric, state: Any, ctx: PairContext) -> float:
 
 def metric_similarity(metric: Metric, options: dict | None = None) -> Callable[[np.ndarray, np.ndarray], float]:
     """A ``similarity(a, b)`` callable computed by ``metric`` through :func:`score_pair`
-    (what the core hands a matcher as ``MatchContext.similarity``)."""
+    (what the core hands a matcher as ``MatchContext.similarity``); device tensors are copied to the host."""
 
     def similarity(a: np.ndarray, b: np.ndarray) -> float:
-        return score_pair(np.asarray(a), np.asarray(b), [metric], options)[0][metric.name]
+        return score_pair(to_host(a), to_host(b), [metric], options)[0][metric.name]
 
     return similarity
