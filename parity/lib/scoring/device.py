@@ -31,8 +31,12 @@ from parity.contract.records import tensor_dtype_name, to_host
 from parity.lib.scoring import fused as F
 from parity.lib.scoring.score import metric_values, score_pair
 
-#: elements converted to float64 at once: 16 Mi elements = two 128 MiB buffers, whatever the pair's size
+#: elements converted to float64 at once on a GPU: 16 Mi elements = two 128 MiB buffers, whatever the pair's size
 DEVICE_CHUNK = 1 << 24
+#: on the CPU (device scoring forced on a CPU run): below torch's parallel grain (32 Ki elements) a
+#: reduction runs on one thread, so a sum does not depend on how many threads the process has (a Ray
+#: worker has fewer): values stay bit-identical across worker counts
+CPU_CHUNK = 1 << 15
 
 # positions of the per-chunk sums in the device accumulator (all float64; counts stay exact below 2^53)
 _N, _RR, _TT, _RT, _DD, _AD, _WITHIN, _REF_NAN, _REF_NONFIN, _TGT_NAN, _TGT_NONFIN, _NEW = range(12)
@@ -84,11 +88,13 @@ def _moments(ref: Any, tgt: Any, rel: float, atol: float | None, count: bool,
 
 
 def score_pair_device(ref: Any, tgt: Any, metrics: list[Metric], options: dict[str, Any] | None = None,
-                      chunk_elements: int = DEVICE_CHUNK) -> tuple[dict[str, float], PairContext]:
+                      chunk_elements: int | None = None) -> tuple[dict[str, float], PairContext]:
     """:func:`parity.lib.scoring.score_pair` for two tensors on one device: values by metric name and
     the context, reduced where the tensors are (see the module's doc)."""
     if host_needed(metrics):
         return score_pair(to_host(ref), to_host(tgt), metrics, options)
+    if chunk_elements is None:
+        chunk_elements = CPU_CHUNK if ref.device.type == "cpu" else DEVICE_CHUNK
     size, tsize = int(ref.numel()), int(tgt.numel())
     if size != tsize:
         raise ValueError(f"size mismatch: {size} vs {tsize}")
