@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-__all__ = ["Capability", "FixedModel", "NumberFormat", "ReproResult"]
+__all__ = ["Capability", "FixedModel", "NumberFormat", "ReproResult", "StageKind"]
 
 
 class NumberFormat(str, Enum):
@@ -50,6 +50,28 @@ class NumberFormat(str, Enum):
 
 _REPORT_NAMES = {NumberFormat.FP16: "float16", NumberFormat.BF16: "bfloat16", NumberFormat.INT8: "int8",
                  NumberFormat.FP8: "fp8", NumberFormat.INT4: "int4", NumberFormat.NVFP4: "nvfp4"}
+
+
+class StageKind(str, Enum):
+    """Which step of deployment a source models (``Source.stage_kind``), for ``parity compare --stages``.
+
+    Why typed: the staged report names the kind of step that owns the loss (the quantization, the
+    export, the runtime); reading it from a source's name (``-qdq``, ``modelopt-``) broke with every
+    new toolkit. ``STAGE`` is the default: a step of no particular kind (an fp32 run, a third-party source).
+    """
+
+    #: a quantization toolkit's fake-quantized model (ModelOpt)
+    QUANTIZATION = "quantization"
+    #: the framework itself in lower precision (torch fp16 / bf16 autocast)
+    PRECISION = "precision"
+    #: an exported file run as written (every tensor stored as exported, Q/DQ nodes run literally)
+    EXPORT = "export"
+    #: a runtime as deployed (ONNX Runtime's optimized kernels, a TensorRT engine)
+    RUNTIME = "runtime"
+    STAGE = "stage"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Capability(str, Enum):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
+from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult, StageKind
 from parity.contract.capture import CaptureWants
 from parity.contract.errors import ParityError
 from parity.contract.options import RUN_OPTIONS, Option
@@ -133,6 +133,14 @@ class Source:
     #: the format's range and ``parity fix`` the tool recipes by it. A source that says nothing is fp32;
     #: one class serving several precisions sets it per instance in its constructor
     number_format: NumberFormat = NumberFormat.FP32
+    #: which step of deployment this source models (quantization, precision, export, runtime), typed:
+    #: ``parity compare --stages`` names the kind of the stage owning the loss by it. One class serving
+    #: several names sets it per instance
+    stage_kind: StageKind = StageKind.STAGE
+    #: for a stage others follow in ``--stages`` (a quantization or precision stage): the short names a
+    #: later stage may be given and the source each one means after this one (``ort`` after
+    #: ``modelopt-int8`` is ``modelopt-int8-ort``; after ``torch-fp16`` it is ``ort-fp16``)
+    stage_aliases: Mapping[str, str] = {}
     #: optional capabilities this source offers beyond running (see :meth:`offers`)
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
@@ -180,6 +188,13 @@ class Source:
         this model cannot be cut into layers.
         """
         raise ParityError(f"source {self.name!r} cannot run layers alone")
+
+    def with_number_format(self, results: Iterable[LocalResult]) -> Iterator[LocalResult]:
+        """``results`` with ``meta["number_format"]`` set to this source's :attr:`number_format` value:
+        diagnosis reads a local run's format there (the range it saturates at), not from a string."""
+        for lr in results:
+            lr.meta = {**(lr.meta or {}), "number_format": NumberFormat(self.number_format).value}
+            yield lr
 
     def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
                           dest: Path) -> FixedModel:

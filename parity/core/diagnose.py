@@ -58,8 +58,9 @@ def target_format(target: Any, row: LayerResult | None = None) -> str | None:
 
 
 def _precision_format(precision: str) -> str | None:
-    """A local run's ``meta["precision"]`` (``fp16``, ``fp16-strict``, ``bf16``, ``int8`` as the built-in
-    sources write it into a record) as a report's format name; None for another spelling."""
+    """A local run's ``meta["precision"]`` string (``fp16``, ``fp16-strict``, ``bf16``, ``int8``) as a
+    report's format name; None for another spelling. Only for local results without the typed
+    ``meta["number_format"]`` (sources and saved results from before it, see :func:`_local_format`)."""
     p = precision.lower()
     if "int8" in p:
         return "int8"
@@ -137,9 +138,19 @@ def useful_bound(ref: np.ndarray) -> float | None:
 
 
 def _local_format(lr: LocalResult) -> str | None:
-    """The float format the local run computed in: from its meta (``precision``/``dtype``) or its dtype."""
+    """The float format the local run computed in: the typed ``meta["number_format"]`` its source wrote
+    (``Source.with_number_format``), else its dtype."""
     meta = lr.meta or {}
-    fmt = _precision_format(str(meta.get("precision") or meta.get("dtype") or ""))
+    typed = meta.get("number_format")
+    if typed:
+        try:
+            fmt = NumberFormat(typed).report_name
+        except ValueError:  # a format this version does not know: its dtype says what it can
+            fmt = None
+    else:
+        # local results from sources older than meta["number_format"] (a third-party source, results saved
+        # by an earlier version) only spell their precision: read that string as before, for them only
+        fmt = _precision_format(str(meta.get("precision") or meta.get("dtype") or ""))
     if fmt in FORMATS:
         return fmt
     dt = str(lr.target.dtype)

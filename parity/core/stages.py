@@ -11,9 +11,10 @@ Why differences of errors against one reference, not stage-to-stage comparisons:
 a plain compare run a user can repeat (``parity compare --target <stage>``), and the per-stage
 additions sum to the final error exactly.
 
-Stage names are source names, plus aliases resolved from the stage before them (:func:`resolve`):
-after ``modelopt-X``: ``onnx-qdq`` → ``modelopt-X-qdq``, ``ort`` → ``modelopt-X-ort``, ``trt`` → ``trt-int8``;
-after ``torch-fp16``: ``onnx-fp16`` → ``ort-fp16-strict`` (every tensor stored in fp16, as exported),
+Stage names are source names, plus aliases resolved from the stage before them (:func:`resolve`) as
+that stage's source declares them (``Source.stage_aliases``); a stage's kind is its source's typed
+``Source.stage_kind``, never read from its name. After ``modelopt-int8``: ``onnx-qdq`` →
+``modelopt-int8-qdq``, ``ort`` → ``modelopt-int8-ort``, ``trt`` → ``trt-int8``; after ``torch-fp16``: ``onnx-fp16`` → ``ort-fp16-strict`` (every tensor stored in fp16, as exported),
 ``ort`` → ``ort-fp16`` (the CPU provider as deployed), ``trt`` → ``trt-fp16``. A stage whose source
 cannot run here (TensorRT without a GPU) is left out and said so.
 """
@@ -23,50 +24,56 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from parity.contract.errors import UsageError
+from parity.contract.capability import StageKind
+from parity.contract.errors import ParityError, UsageError
 from parity.contract.report import Report
+from parity.core.registry import all_of, get_source
 
-def kind_of(source: str) -> str:
-    """What kind of step a stage is, by the source it resolves to."""
-    if source.endswith(("-qdq", "-strict")):
-        return "export"
-    if source.endswith("-ort") or source.startswith(("ort", "trt")):
-        return "runtime"
-    if source.startswith("modelopt"):
-        return "quantization"
-    if source.startswith("torch-"):
-        return "precision"
-    return "stage"
+def kind_of(source: Any) -> str:
+    """What kind of step a stage is: its source's typed ``stage_kind`` (``source`` is a source or the
+    name it is registered under); ``stage`` for a name no source answers to."""
+    src = _source(source) if isinstance(source, str) else source
+    return str(StageKind(getattr(src, "stage_kind", StageKind.STAGE)))
 
 
 def resolve(stages: list[str]) -> list[str]:
-    """Stage names as source names (aliases read from the stage before them); refuses an alias with no base."""
+    """Stage names as source names; refuses an alias with no base.
+
+    A short name (``ort``, ``trt``, ``onnx-qdq``, ``onnx-fp16``: any key of a source's typed
+    ``stage_aliases``) means what the last quantization or precision stage before it says it means.
+    """
+    words = {a for src in all_of("source").values() for a in getattr(src, "stage_aliases", {})}
     out: list[str] = []
-    base: str | None = None
+    base: Any = None
     for raw in stages:
         s = raw.strip()
         if not s:
             continue
-        if s in ("onnx-qdq", "ort", "trt", "onnx-fp16"):
+        if s in words:
             if base is None:
                 raise UsageError(f"--stages {','.join(stages)}: {s!r} needs a precision stage before it "
                                  f"(modelopt-int8, torch-fp16). Note: e.g. --stages modelopt-int8,onnx-qdq,ort")
-            if base.startswith("modelopt-"):
-                name = {"onnx-qdq": f"{base}-qdq", "ort": f"{base}-ort", "trt": "trt-int8"}.get(s)
-            else:
-                half = "bf16" if base.endswith("bf16") else "fp16"
-                name = {"onnx-fp16": f"ort-{half}-strict" if half == "fp16" else None, "ort": f"ort-{half}",
-                        "trt": f"trt-{half}"}.get(s)
-            if name is None:
-                raise UsageError(f"--stages: {s!r} does not follow {base!r}. Note: after modelopt-X: onnx-qdq, "
-                                 f"ort, trt; after torch-fp16: onnx-fp16, ort, trt")
-            out.append(name)
+            aliases = getattr(base, "stage_aliases", {})
+            if s not in aliases:
+                raise UsageError(f"--stages: {s!r} does not follow {base.name!r}. Note: after {base.name}: "
+                                 f"{', '.join(aliases) or 'no short name'}")
+            out.append(aliases[s])
         else:
-            base = s if s.startswith(("modelopt-", "torch-")) else base
+            src = _source(s)
+            if src is not None and kind_of(src) in (StageKind.QUANTIZATION, StageKind.PRECISION):
+                base = src
             out.append(s)
     if not out:
         raise UsageError("--stages names no stage. Note: e.g. --stages modelopt-int8,onnx-qdq,ort")
     return out
+
+
+def _source(name: str) -> Any:
+    """The source registered as ``name``, or None (an unknown name is refused later, by the compare)."""
+    try:
+        return get_source(name)
+    except ParityError:
+        return None
 
 
 @dataclass
@@ -149,7 +156,6 @@ class StagedReport:
 def staged_compare(settings: Any, stages: list[str]) -> StagedReport:
     """Compare ``settings``'s model against each stage in turn (same reference, feeds and calibration)."""
     from parity.core.compare import compare
-    from parity.core.registry import get_source
 
     names = resolve(stages)
     runnable, skipped = [], []

@@ -21,17 +21,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.capability import NumberFormat
+from parity.contract.capability import NumberFormat, StageKind
 from parity.contract.errors import ParityError, first_line
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.options import LOADING
 from parity.lib.torch_loader import resolve_input_specs
 
-from .quant import PRESETS, call_args, loaded_model, quantize, resolve_config
-
-#: presets whose exported Q/DQ ONNX Runtime's CPU provider runs (int8 QuantizeLinear/DequantizeLinear)
-ONNX_PRESETS = ("int8",)
+from .quant import ONNX_PRESETS, PRESETS, call_args, loaded_model, quantize, resolve_config
 
 
 def scope_of(node_name: str) -> str:
@@ -75,6 +72,7 @@ class ModelOptOnnxSource(Source):
         self.preset, self.optimized = preset, optimized
         self.name = f"modelopt-{preset}-{'ort' if optimized else 'qdq'}"
         self.number_format = NumberFormat.INT8
+        self.stage_kind = StageKind.RUNTIME if optimized else StageKind.EXPORT
         self.option_schema = LOADING
         self.description = (f"the Q/DQ ONNX of ModelOpt {PRESETS[preset]} (torch.onnx.export) in ONNX Runtime, "
                             + ("all graph optimizations (as deployed: int8 kernels)" if optimized else

@@ -32,6 +32,8 @@ PRESETS = {
     "w4a8-awq": "W4A8_AWQ_BETA_CFG",
     "nvfp4": "NVFP4_DEFAULT_CFG",
 }
+#: presets whose exported Q/DQ ONNX Runtime's CPU provider runs (int8 QuantizeLinear/DequantizeLinear)
+ONNX_PRESETS = ("int8",)
 #: presets whose quantizers only run on CUDA tensors (ModelOpt asserts "amax must be a CUDA tensor")
 CUDA_ONLY = frozenset({"nvfp4"})
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.capability import NumberFormat
+from parity.contract.capability import NumberFormat, StageKind
 from parity.contract.errors import ParityError
 from parity.contract.options import Option
 from parity.contract.records import Activation
@@ -18,7 +18,7 @@ from parity.lib.options import LOADING
 from parity.lib.torch_loader import resolve_input_specs
 
 from . import local, runner
-from .quant import CUDA_ONLY, PRESETS, Quantized, loaded_model, quantize, resolve_config
+from .quant import CUDA_ONLY, ONNX_PRESETS, PRESETS, Quantized, loaded_model, quantize, resolve_config
 
 
 #: the number format each preset computes in (W4A8: int4 weights, fp8 activations)
@@ -51,6 +51,7 @@ class ModelOptSource(Source):
     supports_local = True
     supports_outputs_only = True
     supports_keep_high_precision = True  # the kept modules' quantizers are disabled
+    stage_kind = StageKind.QUANTIZATION
 
     def __init__(self, preset: str | None) -> None:
         if preset is not None and preset not in PRESETS:
@@ -58,6 +59,9 @@ class ModelOptSource(Source):
         self.preset = preset
         self.name = f"modelopt-{preset}" if preset else "modelopt"
         self.number_format = NUMBER_FORMATS[preset] if preset else NumberFormat.MIXED
+        if preset in ONNX_PRESETS:  # --stages: its Q/DQ export run literally, as deployed, and in TensorRT
+            self.stage_aliases = {"onnx-qdq": f"modelopt-{preset}-qdq", "ort": f"modelopt-{preset}-ort",
+                                  "trt": "trt-int8"}
         self.option_schema = (*LOADING, QUANT_CFG) if preset is None else LOADING
         cfg_name = PRESETS[preset] if preset else "the quant_cfg option's config"
         self.description = (f"NVIDIA ModelOpt fake quantization ({cfg_name}) of a torch model, calibrated on "
@@ -140,4 +144,4 @@ class ModelOptSource(Source):
 
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each module with an enabled quantizer alone on the fp32 inputs (:mod:`.local`)."""
-        yield from local.local_results(self.prepared(cfg), cfg, feed)
+        yield from self.with_number_format(local.local_results(self.prepared(cfg), cfg, feed))

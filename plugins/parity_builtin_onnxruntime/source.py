@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult
+from parity.contract.capability import Capability, FixedModel, NumberFormat, ReproResult, StageKind
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.onnx.models import onnx_input_specs
@@ -65,6 +65,9 @@ class OrtSource(Source):
         self.name = PRECISIONS[precision]  # type: ignore[misc]
         self.semantics = SEMANTICS[precision]  # type: ignore[misc]
         self.number_format = NUMBER_FORMATS[precision]
+        # fp16-strict stores every tensor in fp16 as the export wrote it (the export stage of --stages);
+        # the others are ONNX Runtime as deployed
+        self.stage_kind = StageKind.EXPORT if precision == "fp16-strict" else StageKind.RUNTIME
         # every precision cuts fp32 repros; a fixed model exists only below fp32
         caps = {Capability.WRITE_REPRO} | ({Capability.WRITE_FIXED_MODEL} if precision != "fp32" else set())
         self.capabilities = frozenset(caps)  # type: ignore[misc]
@@ -112,7 +115,7 @@ class OrtSource(Source):
             return
         from .local import local_results
 
-        yield from local_results(self.precision, cfg, feed, skipped=self.last_local_skipped)
+        yield from self.with_number_format(local_results(self.precision, cfg, feed, skipped=self.last_local_skipped))
 
     def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
                           dest: Path) -> FixedModel:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.capability import NumberFormat
+from parity.contract.capability import NumberFormat, StageKind
 from parity.contract.errors import ParityError
 from parity.contract.records import Activation, LocalResult
 from parity.contract.source import InputSpec, RunConfig, Source
@@ -42,6 +42,7 @@ class TrtSource(Source):
     option_schema = OPTIONS
     supports_outputs_only = True
     supports_keep_high_precision = True
+    stage_kind = StageKind.RUNTIME
 
     def __init__(self, precision: str = "fp32", library: Library = TENSORRT) -> None:
         self.precision = precision
@@ -110,4 +111,4 @@ class TrtSource(Source):
             return
         from .local import local_results
 
-        yield from local_results(self.name, self.precision, cfg, feed, self.last_local_skipped)
+        yield from self.with_number_format(local_results(self.name, self.precision, cfg, feed, self.last_local_skipped))

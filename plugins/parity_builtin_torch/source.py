@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from parity.contract.capability import NumberFormat
+from parity.contract.capability import NumberFormat, StageKind
 from parity.contract.records import Activation
 from parity.contract.source import InputSpec, RunConfig, Source
 from parity.lib.torch_loader import resolve_input_specs
@@ -28,6 +28,10 @@ __all__ = ["CAPTURE_MODES", "NUMBER_FORMATS", "PRECISIONS", "SOURCE_NAMES", "Tor
 SOURCE_NAMES = {"fp32": "torch", "fp16": "torch-fp16", "bf16": "torch-bf16"}
 #: the number format each precision computes in
 NUMBER_FORMATS = {"fp32": NumberFormat.FP32, "fp16": NumberFormat.FP16, "bf16": NumberFormat.BF16}
+#: ``--stages`` after torch-fp16 / torch-bf16: ``onnx-fp16`` is the exported fp16 model with every tensor
+#: stored in fp16 (as exported), ``ort`` the CPU provider as deployed, ``trt`` TensorRT in that precision
+STAGE_ALIASES = {"fp16": {"onnx-fp16": "ort-fp16-strict", "ort": "ort-fp16", "trt": "trt-fp16"},
+                 "bf16": {"trt": "trt-bf16"}}
 
 
 class TorchSource(Source):
@@ -53,6 +57,9 @@ class TorchSource(Source):
         self.precision = precision
         self.name = SOURCE_NAMES[precision]
         self.number_format = NUMBER_FORMATS[precision]
+        if precision != "fp32":  # a precision stage of --stages, followed by its export and runtimes
+            self.stage_kind = StageKind.PRECISION
+            self.stage_aliases = STAGE_ALIASES[precision]
         self.description = (f"PyTorch {precision} (TorchScript, ExportedProgram .pt2, Python spec "
                             f"pkg.module:factory); every submodule's output")
         self._cache = PreparedCache(precision, self.name)
@@ -90,4 +97,5 @@ class TorchSource(Source):
         self.last_local_skipped = []
         if self._reference is None:
             self._reference = PreparedCache("fp32", SOURCE_NAMES["fp32"])
-        yield from local.local_results(self._cache, self._reference, cfg, feed, self.last_local_skipped)
+        yield from self.with_number_format(
+            local.local_results(self._cache, self._reference, cfg, feed, self.last_local_skipped))
