@@ -36,7 +36,14 @@ own peak resident set ``ru_maxrss``). Per grid cell (depth, batch):
 Both sides count interpreter start-up, imports and exit, as a user would see them. Activation
 bytes come from the JSON report. ``--phases`` adds one in-process parity run per cell with its
 main steps timed (``_models.phases``); ``--output-batch N`` adds parity warm with ``--option
-ort_output_batch=N``.
+ort_output_batch=N``. ``--host-scoring`` adds, in the same rounds, parity warm with
+``--device-scoring off`` (every captured tensor copied to the host and scored there, as before
+issue 19) beside the default (on CUDA: scored on the GPU), and the same for the per-feed cost:
+one call measures before and after side by side, against the same floor. BERT-base at 32x256 and
+its 24-layer variant on the GPU:
+
+    python benchmarks/compare_transformer.py --bert-base --seq 256 --batches 32 --depths 12,24 \
+        --device cuda --target torch-fp16 --repeat 2 --folder-feeds 4 --host-scoring
 """
 from __future__ import annotations
 
@@ -78,6 +85,8 @@ class Cell:
         self.root = root
         self.env = python_env()
         self.warm, self.ref, self.tgt, self.batched = Series(), Series(), Series(), Series()
+        self.host = Series()  # --host-scoring: parity warm with --device-scoring off
+        self.host_inner: list[dict] = []
         self.ref_inner: list[dict] = []
         self.tgt_inner: list[dict] = []
         self.parity_inner: list[dict] = []
@@ -92,11 +101,15 @@ class Cell:
             return [sys.executable, MODELS_PY, "parity-cli", *cmd]
         return [sys.executable, "-m", "parity", *cmd]
 
-    def run_parity(self, json_out: Path, extra: list[str], what: str):
+    def run_parity(self, json_out: Path, extra: list[str], what: str, inner: list[dict] | None = None):
         r = checked(run_process(self.parity_argv(json_out, extra), env=self.env), what)
         if self.args.device != "cpu":
-            self.parity_inner.append(child_json(r))
+            (self.parity_inner if inner is None else inner).append(child_json(r))
         return r
+
+    def run_host_scored(self, json_out: Path, extra: list[str], what: str):
+        """parity with every pair scored on host copies (``--device-scoring off``): the before of issue 19."""
+        return self.run_parity(json_out, [*extra, "--device-scoring", "off"], what, self.host_inner)
 
     def bare_ref(self, feeds: int = 1):
         argv = [sys.executable, MODELS_PY, "bare-torch", self.spec, "--device", self.args.device,
@@ -134,6 +147,8 @@ class Cell:
             r = self.bare_target()
             self.tgt.runs.append(r)
             self.tgt_inner.append(child_json(r))
+            if a.host_scoring:
+                self.host.runs.append(self.run_host_scored(self.root / "host.json", [], "host-scored parity run"))
             if a.output_batch:
                 self.batched.runs.append(self.run_parity(
                     self.root / "batched.json", ["--option", f"ort_output_batch={a.output_batch}"],
@@ -160,10 +175,17 @@ class Cell:
         single.mkdir(exist_ok=True)
         shutil.copy(one, single / one.name)
         self.f_many, self.f_one, self.f_ref, self.f_tgt = [], [], [], []
+        self.fh_many: list[float] = []
+        self.fh_one: list[float] = []
         for k in range(self.args.repeat):
             log(f"depth {s.depth} batch {s.batch}: folder of {feeds} feeds, round {k + 1}/{self.args.repeat}")
             self.f_many.append(self.run_parity(self.root / "f.json", ["--inputs", str(folder)], "folder run").wall)
             self.f_one.append(self.run_parity(self.root / "f1.json", ["--inputs", str(single)], "one-feed run").wall)
+            if self.args.host_scoring:
+                self.fh_many.append(self.run_host_scored(self.root / "fh.json", ["--inputs", str(folder)],
+                                                         "host-scored folder run").wall)
+                self.fh_one.append(self.run_host_scored(self.root / "fh1.json", ["--inputs", str(single)],
+                                                        "host-scored one-feed run").wall)
             self.f_ref.append(st.median(child_json(self.bare_ref(feeds))["forwards"][1:]))
             inner = child_json(self.bare_target(feeds))
             self.f_tgt.append(st.median(inner.get("runs", inner.get("forwards"))[1:]))
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-batch", type=int, default=0, metavar="N",
                     help="also run parity with --option ort_output_batch=N per cell (default 0: skip)")
     ap.add_argument("--phases", action="store_true", help="one in-process run per cell with per-step timings")
+    ap.add_argument("--host-scoring", action="store_true",
+                    help="also run parity with --device-scoring off in the same rounds (before/after issue 19)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (specs, exports, reports)")
     args = ap.parse_args(argv)
 
@@ -248,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntime, whole processes (seconds, min / median); floor = bare torch + bare {args.target}; "
           f"ratio min/median, verdict on the minima, target <= {t_target}:")
     print(f"{'depth':>5} {'batch':>5} {'cold':>6} {'parity warm':>13} {'bare ref':>13} {'bare target':>13} "
-          f"{'floor':>13} {'ratio':>11} {'':>4}" + (f" {'out-batch':>13}" if args.output_batch else ""))
+          f"{'floor':>13} {'ratio':>11} {'':>4}" + (f" {'out-batch':>13}" if args.output_batch else "")
+          + (f" {'host-scored':>13} {'ratio':>11} {'':>4}" if args.host_scoring else ""))
     for c in cells:
         w, r, t = c.warm.wall(), c.ref.wall(), c.tgt.wall()
         ratio = w[0] / (r[0] + t[0])
@@ -258,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_batch:
             bb = c.batched.wall()
             line += f" {bb[0]:>6.2f}/{bb[1]:<6.2f}"
+        if args.host_scoring:  # the same floor: what device scoring saves shows as the ratio's drop
+            hh = c.host.wall()
+            hr = hh[0] / (r[0] + t[0])
+            line += (f" {hh[0]:>6.2f}/{hh[1]:<6.2f} {hr:>5.2f}/{hh[1] / (r[1] + t[1]):<5.2f} "
+                     f"{verdict(hr, t_target):>4}")
         print(line)
 
     print(f"\npeak RSS, whole processes (ru_maxrss, median); floor = max(bare ref, bare target); "
@@ -279,8 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             rg = st.median(x["gpu_peak"] for x in c.ref_inner)
             tg = st.median(x["gpu_peak"] for x in c.tgt_inner)
             fl = max(rg, tg)
-            print(f"  depth {c.shape.depth:>2} batch {c.shape.batch:>3}: parity {mib(pg)}, bare ref {mib(rg)}, "
-                  f"bare target {mib(tg)}, ratio {pg / fl:.2f} {verdict(pg / fl, MEM_TARGET)}")
+            line = (f"  depth {c.shape.depth:>2} batch {c.shape.batch:>3}: parity {mib(pg)}, bare ref {mib(rg)}, "
+                    f"bare target {mib(tg)}, ratio {pg / fl:.2f} {verdict(pg / fl, MEM_TARGET)}")
+            if c.host_inner:
+                hg = st.median(x.get("gpu_peak", 0) for x in c.host_inner)
+                line += f"; host-scored parity {mib(hg)}, ratio {hg / fl:.2f} {verdict(hg / fl, MEM_TARGET)}"
+            print(line)
 
     fcells = [c for c in cells if hasattr(c, "feeds")]
     if fcells:
@@ -295,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             ratio = per / (br + bt)
             print(f"{c.shape.depth:>5} {c.shape.batch:>5} {c.feeds:>3} {many:>9.3f} {one:>9.3f} {per:>9.3f} "
                   f"{br:>9.4f} {bt:>9.4f} {br + bt:>9.4f} {ratio:>6.2f} {verdict(ratio, FEED_TARGET)}")
+            if c.fh_many:
+                hper = (min(c.fh_many) - min(c.fh_one)) / (c.feeds - 1)
+                print(f"{'':>11} host-scored (--device-scoring off): folder {min(c.fh_many):.3f}, one feed "
+                      f"{min(c.fh_one):.3f}, per feed {hper:.3f}, ratio {hper / (br + bt):.2f} "
+                      f"{verdict(hper / (br + bt), FEED_TARGET)}")
 
     print("\ninside the bare processes (seconds, median): import / build or session / first forward or run")
     for c in cells:
