@@ -7,8 +7,6 @@ is matched and scored as it arrives. Per-input reports are merged (mean, worst, 
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,28 +134,14 @@ def _activation_bytes(s: CompareSettings, shapes: dict[str, tuple[int, ...]]) ->
     from 1), so an estimate from the input size alone let a 2,000,000-image batch pass as a note.
     Each side computes the largest node with its inputs and outputs alive at once (the reference in
     fp32; the target at least half of that, in fp16), and scoring holds that layer's output of both
-    sides. 0 when unknown (not an ONNX file, inference fails): the estimate then rests on the inputs.
+    sides (:func:`parity.lib.onnx.models.activation_bound`). 0 when unknown (not an ONNX file,
+    inference fails): the estimate then rests on the inputs.
     """
     if not s.model.endswith(".onnx") or not Path(s.model).is_file():
         return 0
-    try:
-        import onnx
+    from parity.lib.onnx.models import activation_bound
 
-        from parity.lib.onnx.graph import inferred_info
-
-        model = onnx.load(s.model, load_external_data=False)
-        info = inferred_info(model, shapes)
-    except Exception:  # an unreadable model is reported by its source, with the file's name
-        return 0
-    weights = {t.name for t in model.graph.initializer}
-
-    def size(name: str) -> int:
-        t = info.get(name)
-        return (t.nbytes or 0) if t is not None and name not in weights else 0
-
-    node_io = max((sum(size(n) for n in (*node.input, *node.output) if n) for node in model.graph.node), default=0)
-    largest = max((size(n) for node in model.graph.node for n in node.output if n), default=0)
-    return (node_io + largest) * 3 // 2
+    return activation_bound(s.model, shapes)
 
 
 def _check_size(s: CompareSettings, specs: list[InputSpec] | None, available: int | None = None) -> None:
@@ -385,28 +369,6 @@ def check_settings(s: CompareSettings) -> tuple[Source, Source]:
     return ref_src, tgt_src
 
 
-def _external_data(model: str) -> list[tuple[str, str]]:
-    """(tensor, location) of each external-data reference of an ONNX model (read without loading the weights).
-
-    Asked several times before a run (the external-data check, every target's output-over-input
-    check): the file is parsed once per version of it (path, mtime, size).
-    """
-    st = os.stat(model)
-    return list(_external_data_of(str(Path(model).resolve()), st.st_mtime_ns, st.st_size))
-
-
-@functools.lru_cache(maxsize=8)
-def _external_data_of(model: str, _mtime: int, _size: int) -> tuple[tuple[str, str], ...]:
-    try:
-        import onnx
-
-        m = onnx.load(model, load_external_data=False)
-    except Exception:  # not loadable: the source reports that with its own message
-        return ()
-    return tuple((t.name, e.value) for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                 for e in t.external_data if e.key == "location")
-
-
 def check_external_data(model: str) -> None:
     """Every external-data file of an ONNX model lies in the model's folder and exists.
 
@@ -416,7 +378,9 @@ def check_external_data(model: str) -> None:
     if not model.endswith(".onnx") or not Path(model).is_file():
         return
     folder = Path(model).resolve().parent
-    for tensor, loc in _external_data(model):
+    from parity.lib.onnx.models import external_data
+
+    for tensor, loc in external_data(model):
         target = (folder / loc).resolve()
         if Path(loc).is_absolute() or folder not in target.parents:
             raise ParityError(f"{model}: weight {tensor!r} names external data {loc!r}, outside the model's folder "
@@ -435,8 +399,10 @@ def input_paths(s: CompareSettings) -> list[tuple[str, str]]:
     if Path(s.model).is_file():
         out.append(("model file", s.model))
         if s.model.endswith(".onnx"):
+            from parity.lib.onnx.models import external_data
+
             out += [("external data of the model", str(Path(s.model).parent / loc))
-                    for loc in sorted({loc for _t, loc in _external_data(s.model)})]
+                    for loc in sorted({loc for _t, loc in external_data(s.model)})]
     elif model_src := python_spec_file(s.model):
         out.append((f"the source file of model {s.model}", model_src))
     if isinstance(s.inputs, MemoryFeeds):

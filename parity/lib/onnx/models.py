@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,3 +242,56 @@ def _apply_shapes(cfg: RunConfig, specs: list[InputSpec]) -> list[InputSpec]:
                                   f"fixed shape {fmt_dims(s.shape)} of model {cfg.model}")
         out.append(InputSpec(s.name, want, s.dtype))
     return out
+
+
+# --------------------------------------------------------------------------- facts read before a run
+
+def activation_bound(model: str | Path, shapes: dict[str, tuple[int, ...]]) -> int:
+    """A lower bound of the activation bytes of the ONNX file ``model`` on inputs of ``shapes`` (shape
+    inference, no run; weights not loaded): the largest node's inputs and outputs alive at once plus that
+    layer's output held for scoring, times 1.5 (the reference in fp32, the target at least half of it).
+
+    Why here: the core's memory check before a run needs it and imports no framework; 0 when the file
+    cannot be read or inferred (its source reports that, with the file's name, once it runs).
+    """
+    try:
+        import onnx
+
+        from parity.lib.onnx.graph import inferred_info
+
+        m = onnx.load(str(model), load_external_data=False)
+        info = inferred_info(m, shapes)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by its source
+        return 0
+    weights = {t.name for t in m.graph.initializer}
+
+    def size(name: str) -> int:
+        t = info.get(name)
+        return (t.nbytes or 0) if t is not None and name not in weights else 0
+
+    node_io = max((sum(size(n) for n in (*node.input, *node.output) if n) for node in m.graph.node), default=0)
+    largest = max((size(n) for node in m.graph.node for n in node.output if n), default=0)
+    return (node_io + largest) * 3 // 2
+
+
+def external_data(model: str | Path) -> list[tuple[str, str]]:
+    """(tensor, location) of each external-data reference of the ONNX file ``model`` (weights not loaded);
+    empty when it cannot be read (its source reports that with its own message).
+
+    Asked several times before a run (the external-data check, every target's output-over-input
+    check): the file is parsed once per version of it (path, mtime, size).
+    """
+    st = os.stat(model)
+    return list(_external_data_of(str(Path(model).resolve()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _external_data_of(model: str, _mtime: int, _size: int) -> tuple[tuple[str, str], ...]:
+    try:
+        import onnx
+
+        m = onnx.load(model, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not loadable: the source reports that with its own message
+        return ()
+    return tuple((t.name, e.value) for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location")
