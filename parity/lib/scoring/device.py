@@ -49,42 +49,93 @@ def host_needed(metrics: list[Metric]) -> bool:
     return any(m.needs_range or (m.streaming and not m.moments) for m in metrics)
 
 
-def _moments(ref: Any, tgt: Any, rel: float, atol: float | None, count: bool,
-             chunk_elements: int) -> tuple[np.ndarray, float]:
-    """One read of the pair on its device: the sums (``_SUMS`` long, on the host) and max|t-r|.
+def _dot(a: Any, b: Any) -> Any:
+    """Σ a·b as a 0-dim float64 tensor: one cuBLAS read on a GPU, no temporary; on the CPU a product
+    and a sum (a BLAS dot there may thread by the process's thread count, and its bits with it)."""
+    import torch
 
-    ``atol`` None with ``count``: no within count in this read (the floor waits for rms(r)).
+    return torch.dot(a, b) if a.device.type != "cpu" else (a * b).sum()
+
+
+def _moments(ref: Any, tgt: Any, rel: float, abs_tol: float, rms_tol: float, count: bool,
+             chunk_elements: int) -> tuple[np.ndarray, float, bool]:
+    """One read of the pair on its device: the sums (``_SUMS`` long, on the host), max|t-r|, and
+    whether the within count is in them.
+
+    The within count needs the floor max(abs_tol, rms_tol * rms(r)): without ``rms_tol`` it is known
+    at once; with it, a pair read in one piece computes rms(r) first and the floor on the device
+    (the same IEEE operations as the host's Python floats); a pair read in several pieces leaves the
+    count to :func:`_within`, once the whole pair's rms is known.
     """
     import torch
 
     r_flat = ref.detach().reshape(-1)
     t_flat = tgt.detach().reshape(-1)
     n = r_flat.numel()
-    acc = torch.zeros(_SUMS, dtype=torch.float64, device=r_flat.device)
-    mx = torch.zeros((), dtype=torch.float64, device=r_flat.device)
+    dev = r_flat.device
+    one_read = n <= chunk_elements
+    counted = count and (not rms_tol or one_read)
+    acc = torch.zeros(_SUMS, dtype=torch.float64, device=dev)
+    mx = torch.zeros((), dtype=torch.float64, device=dev)
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
     for s in range(0, n, chunk_elements):
         e = min(s + chunk_elements, n)
         r = r_flat[s:e].to(torch.float64)
         t = t_flat[s:e].to(torch.float64)
-        rf = torch.isfinite(r)
-        tf = torch.isfinite(t)
-        both = rf & tf
-        rz = torch.where(both, r, 0.0)  # excluded positions add nothing to any sum
-        tz = torch.where(both, t, 0.0)
-        d = tz - rz
-        ad = d.abs()
-        parts = [both.sum(), (rz * rz).sum(), (tz * tz).sum(), (rz * tz).sum(), (d * d).sum(), ad.sum()]
-        if count and atol is not None:
-            lim = rz.abs() * rel  # two roundings, as numpy: |r| * rel, then + floor
-            lim = lim + atol
-            parts.append(((ad <= lim) & both).sum())
+        rr, tt = _dot(r, r), _dot(t, t)
+        both = None
+        # a NaN or Inf makes its side's sum of squares non-finite: the common case needs no masks
+        # (one boolean crosses to the host; a float64 overflow of finite squares takes the masked path too)
+        if bool(torch.isfinite(rr + tt)):
+            rz, tz, nb = r, t, e - s
+            nonfinite = [zero] * 5
         else:
-            parts.append(torch.zeros((), dtype=torch.int64, device=r.device))
-        parts += [torch.isnan(r).sum(), (~rf).sum(), torch.isnan(t).sum(), (~tf).sum(), (rf & ~tf).sum()]
+            rf, tf = torch.isfinite(r), torch.isfinite(t)
+            both = rf & tf
+            rz = torch.where(both, r, 0.0)  # excluded positions add nothing to any sum
+            tz = torch.where(both, t, 0.0)
+            rr, tt = _dot(rz, rz), _dot(tz, tz)
+            nb = both.sum()
+            nonfinite = [torch.isnan(r).sum(), (~rf).sum(), torch.isnan(t).sum(), (~tf).sum(), (rf & ~tf).sum()]
+        rt = _dot(rz, tz)
+        d = tz - rz
+        dd = _dot(d, d)
+        ad = d.abs_()
+        within: Any = zero
+        if counted:
+            floor: Any = abs_tol
+            if rms_tol:  # one piece: rms over the positions finite on both sides, as the host settles it
+                floor = torch.clamp(torch.sqrt(rr / nb) * rms_tol, min=abs_tol)
+            lim = rz.abs().mul_(rel).add_(floor)  # two roundings, as numpy: |r| * rel, then + floor
+            ok = ad <= lim
+            if both is not None:
+                ok &= both
+            within = ok.sum()
+        parts = [nb if torch.is_tensor(nb) else torch.tensor(float(nb), device=dev), rr, tt, rt, dd, ad.sum(),
+                 within, *nonfinite]
         acc += torch.stack([p.to(torch.float64) for p in parts])
         mx = torch.maximum(mx, ad.max())
     out = torch.cat([acc, mx.reshape(1)]).cpu().numpy()  # the one transfer of this read
-    return out[:_SUMS].copy(), float(out[_SUMS])
+    return out[:_SUMS].copy(), float(out[_SUMS]), counted
+
+
+def _within(ref: Any, tgt: Any, rel: float, atol: float, chunk_elements: int) -> int:
+    """Positions finite on both sides with |t - r| <= |r| * rel + atol: a counting read of the pair."""
+    import torch
+
+    r_flat = ref.detach().reshape(-1)
+    t_flat = tgt.detach().reshape(-1)
+    n = r_flat.numel()
+    total = torch.zeros((), dtype=torch.int64, device=r_flat.device)
+    for s in range(0, n, chunk_elements):
+        e = min(s + chunk_elements, n)
+        r = r_flat[s:e].to(torch.float64)
+        t = t_flat[s:e].to(torch.float64)
+        lim = r.abs().mul_(rel).add_(atol)
+        ok = (t - r).abs_() <= lim  # NaN compares false; Inf - Inf is NaN
+        ok &= torch.isfinite(r) & torch.isfinite(t)
+        total += ok.sum()
+    return int(total)
 
 
 def score_pair_device(ref: Any, tgt: Any, metrics: list[Metric], options: dict[str, Any] | None = None,
@@ -114,12 +165,11 @@ def score_pair_device(ref: Any, tgt: Any, metrics: list[Metric], options: dict[s
                 raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
                                  "tolerances of the 'within' moment; one pass counts one")
     count = tol_owner is not None
-    # the floor needs rms(r) over positions finite on both sides: with rms_tol, a first read gives it
-    sums, max_ad = _moments(ref, tgt, rel, None if (count and rms_tol) else abs_tol, count, chunk_elements)
+    sums, max_ad, counted = _moments(ref, tgt, rel, abs_tol, rms_tol, count, chunk_elements)
     n = int(sums[_N])
-    if count and rms_tol:
+    if count and not counted:  # several pieces: the floor from the whole pair's rms, then a counting read
         atol = max(abs_tol, rms_tol * math.sqrt(sums[_RR] / n)) if n else abs_tol
-        sums[_WITHIN] = _moments(ref, tgt, rel, atol, True, chunk_elements)[0][_WITHIN] if n else 0.0
+        sums[_WITHIN] = _within(ref, tgt, rel, atol, chunk_elements) if n else 0
     ctx.ref_nan = int(sums[_REF_NAN])
     ctx.ref_inf = int(sums[_REF_NONFIN]) - ctx.ref_nan
     ctx.tgt_nan = int(sums[_TGT_NAN])
