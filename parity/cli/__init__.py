@@ -46,13 +46,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         reuse_freed_buffers()
     try:
-        return _main(argv)
+        rc = _main(argv)
     finally:
         if argv is None:  # the process's own entry point: what is written is complete now, and a
             # Ctrl-C landing during interpreter shutdown would otherwise turn exit 0/130 into death by SIGINT
             import signal
 
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if argv is None and _interrupted:
+        _exit_interrupted(rc)
+    return rc
+
+
+#: set when a run ended on Ctrl-C (the handler in ``_main`` printed "interrupted")
+_interrupted: list[bool] = []
+
+
+def _exit_interrupted(rc: int) -> None:
+    """End the process with ``rc`` (130) after a handled Ctrl-C, skipping only the interpreter's own teardown.
+
+    Why: CPython remembers a KeyboardInterrupt that once passed through code a C extension ran with
+    ``PyRun_String`` (pybind11's eval, used by libraries parity loads), even when parity caught it; at
+    exit it then kills itself with SIGINT, so a handled interrupt ended as death by signal (-2) about
+    one run in eight, not 130. The exit handlers still run (temporary folders are removed) and the
+    streams are flushed; only the teardown that would re-raise the signal is skipped.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -73,6 +100,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
+        _interrupted.append(True)
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
         if os.environ.get("PARITY_TRACEBACK"):
