@@ -65,11 +65,12 @@ _interrupted: list[bool] = []
 def _exit_interrupted(rc: int) -> None:
     """End the process with ``rc`` (130) after a handled Ctrl-C, skipping only the interpreter's own teardown.
 
-    Why: CPython remembers a KeyboardInterrupt that once passed through code a C extension ran with
-    ``PyRun_String`` (pybind11's eval, used by libraries parity loads), even when parity caught it; at
-    exit it then kills itself with SIGINT, so a handled interrupt ended as death by signal (-2) about
-    one run in eight, not 130. The exit handlers still run (temporary folders are removed) and the
-    streams are flushed; only the teardown that would re-raise the signal is skipped.
+    Why: with the handler above done ("interrupted" printed, 130 returned), the process still died by
+    SIGINT (-2) in about one interrupted run in eight under ``python -m parity`` (seen repeatedly in the
+    test suite; CPython kills itself with SIGINT at exit when it believes a KeyboardInterrupt went
+    unhandled, and something in the run's extensions left it believing so; not pinned down further).
+    The exit handlers still run (temporary folders are removed) and the streams are flushed; only the
+    teardown that re-raised the signal is skipped.
     """
     import atexit
 
