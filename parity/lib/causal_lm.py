@@ -1,8 +1,11 @@
-"""Causal language models for ``parity generate``: loading one without the network, finding its layers.
+"""Causal language models for ``parity generate``: loading one without the network, finding its layers,
+stepping it with its own KV cache.
 
 Why shared: the torch decoders run the model and the ONNX Runtime decoders export it (a target
 ``ort-fp16`` of a transformers folder), so both plugins load it the same way, and both must refuse
-the hub: a run that silently downloads weights compares something the user never named.
+the hub: a run that silently downloads weights compares something the user never named. The ModelOpt
+decoders run the same transformers model with quantizers inserted, so the torch decoders' session
+(:class:`CausalLMSession`) lives here too: one stepping, tracing and layer-alone code for both plugins.
 """
 from __future__ import annotations
 
@@ -10,10 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from parity.contract.decoder import DecoderSession, LayerTrace, Step
 from parity.contract.errors import ParityError, first_line
 from parity.lib.torch_loader import import_spec
 
-__all__ = ["cache_of", "cache_keyword", "decoder_layers", "is_causal_lm_folder", "load_causal_lm", "load_tokenizer"]
+__all__ = ["CausalLMSession", "cache_of", "cache_keyword", "decoder_layers", "is_causal_lm_folder", "load_causal_lm",
+           "load_tokenizer"]
 
 
 def cache_keyword(model: Any) -> str:
@@ -124,3 +131,103 @@ def load_tokenizer(path: str) -> Any:
         return Tokenizer.from_file(str(file))
     except Exception as e:
         raise ParityError(f"tokenizer {file}: cannot be read: {first_line(e, typed=True)}") from None
+
+
+# ---------------------------------------------------------------- a torch causal LM as a decoder session
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the one layer asked for has run."""
+
+
+def _hidden(args: tuple, kwargs: dict) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+class CausalLMSession(DecoderSession):
+    """A transformers causal LM in torch stepped with its own KV cache (the torch and ModelOpt decoders).
+
+    Why hooks on the decoder layers and not the activation capture of a source: generation needs only
+    each layer's hidden state (what the next layer reads), and only at the step that diverged; a hook
+    pair per layer costs nothing while generating (installed only for :meth:`trace` and :meth:`run_layer`).
+    ``dtype``: the compute dtype a layer's substituted input is cast to in :meth:`run_layer`.
+    """
+
+    def __init__(self, model: Any, device: str, dtype: Any, name: str) -> None:
+        self.kw = cache_keyword(model)
+        names, mods = decoder_layers(model)
+        super().__init__(name=name, layers=names, vocab_size=int(model.config.vocab_size))
+        self.model, self.device, self.dtype, self.mods = model, device, dtype, mods
+
+    def _ids(self, tokens: Any) -> Any:
+        import torch
+
+        return torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)[None]
+
+    def forward(self, tokens: Any, cache: Any = None) -> Step:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=self._ids(tokens), use_cache=True, **{self.kw: cache})
+        return Step(logits=_np(out.logits[0]), cache=cache_of(out))
+
+    def cache_arrays(self, cache: Any) -> list[tuple[Any, Any]]:
+        layers = getattr(cache, "layers", None)
+        if layers is not None:
+            return [(_np(c.keys[0]), _np(c.values[0])) for c in layers]
+        return [(_np(k[0]), _np(v[0])) for k, v in cache]
+
+    def trace(self, tokens: Any) -> list[LayerTrace]:
+        import torch
+
+        seen: dict[int, list[Any]] = {}
+        handles = []
+        for i, m in enumerate(self.mods):
+            handles.append(m.register_forward_hook(
+                lambda mod, a, k, o, i=i: seen.__setitem__(i, [_np(_hidden(a, k)[0]), _np(_first(o)[0])]),
+                with_kwargs=True))
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=self._ids(tokens), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return [LayerTrace(self.layers[i], *seen[i]) for i in range(len(self.mods))]
+
+    def run_layer(self, tokens: Any, index: int, hidden: Any) -> Any:
+        import torch
+
+        h = torch.as_tensor(np.asarray(hidden, dtype=np.float32), device=self.device).to(self.dtype)[None]
+        got: list[Any] = []
+
+        def pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+
+        def post(mod: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            got.append(_np(_first(out)[0]))
+            raise _Stop
+
+        m = self.mods[index]
+        handles = [m.register_forward_pre_hook(pre, with_kwargs=True),
+                   m.register_forward_hook(post, with_kwargs=True)]
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=self._ids(tokens), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for hd in handles:
+                hd.remove()
+        return got[0]
+
+    def close(self) -> None:
+        self.model = None
