@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.contract.capability import NumberFormat
+
 __all__ = ["Decoder", "DecoderSession", "LayerTrace", "Step"]
 
 
@@ -79,13 +81,32 @@ class DecoderSession:
 class Decoder:
     """A registered decoder kind (``torch``, ``torch-bf16``, ``ort-int8`` ...): loads sessions.
 
-    ``precision`` is the number format the target computes in (``fp32``, ``fp16``, ``bf16``,
-    ``int8``); the core reports it and picks the format limits of the diagnosis from it.
+    ``precision`` is a short label of what the target computes in (``fp32``, ``bf16``, ``int8``,
+    ``w4a8`` ...), shown to users. ``number_format`` is the typed answer the core reads (the report's
+    ``target_format``), as :attr:`parity.contract.source.Source.number_format`: a decoder may set it;
+    left unset it is ``precision`` read as a :class:`NumberFormat` (``mixed`` when it is none).
+    ``uses_calibration``: ``load`` calibrates on the ``calibration`` sequences (an int8 target), so
+    the report says which sequences those were.
     """
 
     name: str = "decoder"
     precision: str = "fp32"
     description: str = ""
+    uses_calibration: bool = False
+
+    @property
+    def number_format(self) -> NumberFormat:
+        set_ = self.__dict__.get("_number_format")
+        if set_ is not None:
+            return set_
+        try:
+            return NumberFormat(self.precision)
+        except ValueError:
+            return NumberFormat.MIXED
+
+    @number_format.setter
+    def number_format(self, value: NumberFormat | str) -> None:
+        self.__dict__["_number_format"] = NumberFormat(value)
 
     def available(self, device: str = "cpu") -> str | None:
         """``None`` when this decoder can run here on ``device``, else why not (one line)."""

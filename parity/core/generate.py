@@ -357,10 +357,14 @@ def perplexity_sums(ref: Any, target: Any, ids: list[int], window: int) -> tuple
 
 # ---------------------------------------------------------------- driver
 
+#: a calibrated target (``Decoder.uses_calibration``: ort-int8, modelopt-*) calibrates on this many first prompts
+CALIBRATION_PROMPTS = 16
+
+
 def _load(s: GenerateSettings) -> tuple[Any, Any]:
     from parity.core.registry import get_decoder
 
-    calib = s.prompts[:16]
+    calib = s.prompts[:CALIBRATION_PROMPTS]
     ref_dec, tgt_dec = get_decoder(s.ref), get_decoder(s.target)
     for d in (ref_dec, tgt_dec):
         why = d.available(s.device)
@@ -467,6 +471,9 @@ def generate(s: GenerateSettings) -> dict[str, Any]:
         raise UsageError(f"--workers must be at least 1 (got {s.workers})")
     if not s.prompts:
         raise UsageError("no prompts: give --prompts FILE with --tokenizer, or --tokens FILE ...")
+    from parity.core.registry import get_decoder
+
+    ref_dec, tgt_dec = get_decoder(s.ref), get_decoder(s.target)
     ppl_ids: list[int] | None = None
     tok = None
     if s.tokenizer:
@@ -501,7 +508,10 @@ def generate(s: GenerateSettings) -> dict[str, Any]:
     summary["diverged_prompts"] = len(firsts)
     cul = [d["culprit"] for r in results for d in r["diagnosis"] if d["why"] == "first divergence" and d["culprit"]]
     summary["culprits"] = sorted(set(cul), key=cul.index)
+    calibration = ({"from": "prompts", "sequences": min(len(s.prompts), CALIBRATION_PROMPTS)}
+                   if tgt_dec.uses_calibration else None)
     return {"schema": SCHEMA, "ref": s.ref, "target": s.target, "model": s.model,
-            "target_model": s.target_model or s.model, "mode": "teacher-forced" + (" + free-running" if s.free else ""),
+            "target_model": s.target_model or s.model, "ref_format": str(ref_dec.number_format),
+            "target_format": str(tgt_dec.number_format), "calibration": calibration, "mode": "teacher-forced" + (" + free-running" if s.free else ""),
             "incremental": s.incremental, "max_new_tokens": s.max_new_tokens, "device": s.device,
             "summary": summary, "prompts": results}

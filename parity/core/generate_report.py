@@ -35,9 +35,12 @@ def _piece(r: dict, t: int) -> str:
 
 def render_table(doc: dict[str, Any]) -> str:
     s = doc["summary"]
-    lines = [f"parity generate: {doc['ref']} (reference) vs {doc['target']} (target), {doc['mode']}, "
-             f"{doc['max_new_tokens']} new tokens, {s['prompts']} prompt(s)",
-             f"top-1 agreement {_f(s['top1_agreement'])}   mean KL {_f(s['mean_kl'])} nats   "
+    fmt = f", {doc['target_format']}" if doc.get("target_format") else ""
+    lines = [f"parity generate: {doc['ref']} (reference) vs {doc['target']} (target{fmt}), {doc['mode']}, "
+             f"{doc['max_new_tokens']} new tokens, {s['prompts']} prompt(s)"]
+    if doc.get("calibration"):
+        lines.append(f"target calibrated on the first {doc['calibration']['sequences']} prompt(s)")
+    lines += [f"top-1 agreement {_f(s['top1_agreement'])}   mean KL {_f(s['mean_kl'])} nats   "
              f"diverged prompts {s['diverged_prompts']}/{s['prompts']}   first divergence at step "
              f"{_f(s['first_divergence_step'])}"]
     if s.get("perplexity"):

@@ -79,6 +79,7 @@ class OrtDecoder(Decoder):
     def __init__(self, precision: str = "fp32") -> None:
         self.precision = precision
         self.description = f"ONNX decoder with past key/values in ONNX Runtime, {precision}"
+        self.uses_calibration = precision == "int8"  # static QDQ, calibrated on the prompts
 
     def available(self, device: str = "cpu") -> str | None:
         try:
