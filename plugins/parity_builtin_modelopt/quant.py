@@ -191,7 +191,6 @@ def quantize(cfg: RunConfig, config: dict[str, Any], *, cuda_only: bool = False)
     """Quantize ``cfg.model`` with ``config``, calibrated on ``cfg.calibration`` (deterministic, cached)."""
     import torch
 
-    mtq = import_mtq()
     loaded = loaded_model(cfg)
     module = loaded.module
     if not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
@@ -213,35 +212,46 @@ def quantize(cfg: RunConfig, config: dict[str, Any], *, cuda_only: bool = False)
         hit = _MEMORY.get(digest)
         if hit is not None:
             return hit
-        qmodel = copy.deepcopy(module)
-        path = Path(cfg.workdir) / "modelopt" / f"{digest}.npz"
-        restored = False
-        try:
-            if path.is_file():
-                with _quiet():
-                    qmodel = mtq.quantize(qmodel, config, None)
-                _restore(qmodel, path)
-                restored = True
-            else:
-                torch.manual_seed(0)  # an algorithm that samples (AWQ's search) picks the same every run
+        def forward_loop(m: Any) -> None:
+            with torch.no_grad():
+                for feed in calib:
+                    args, kwargs = call_args(loaded, feed, device)
+                    m(*args, **kwargs)
 
-                def forward_loop(m: Any) -> None:
-                    with torch.no_grad():
-                        for feed in calib:
-                            args, kwargs = call_args(loaded, feed, device)
-                            m(*args, **kwargs)
-
-                with _quiet():
-                    qmodel = mtq.quantize(qmodel, config, forward_loop)
-                _save(qmodel, path)
-        except ParityError:
-            raise
-        except Exception as e:
-            raise ParityError(f"ModelOpt could not quantize {cfg.model}: {first_line(e)}") from None
-        qmodel.eval()
+        qmodel, restored = quantize_or_restore(copy.deepcopy(module), config, forward_loop,
+                                               Path(cfg.workdir) / "modelopt" / f"{digest}.npz", str(cfg.model))
         out = Quantized(loaded, module, qmodel, digest, restored)
         _MEMORY[digest] = out
         return out
+
+
+def quantize_or_restore(qmodel: Any, config: dict[str, Any], forward_loop: Any, path: Path | None,
+                        what: str) -> tuple[Any, bool]:
+    """``mtq.quantize(qmodel, config, forward_loop)`` (in place), or, when ``path`` holds the state a
+    calibration with the same digest saved, the config's quantizers with that state put back (True).
+
+    ``path`` None: no disk cache. The seed is fixed first: an algorithm that samples (AWQ's search)
+    picks the same every run, so a calibration is a function of its digest.
+    """
+    import torch
+
+    mtq = import_mtq()
+    try:
+        if path is not None and path.is_file():
+            with _quiet():
+                qmodel = mtq.quantize(qmodel, config, None)
+            _restore(qmodel, path)
+            return qmodel.eval(), True
+        torch.manual_seed(0)
+        with _quiet():
+            qmodel = mtq.quantize(qmodel, config, forward_loop)
+        if path is not None:
+            _save(qmodel, path)
+    except ParityError:
+        raise
+    except Exception as e:
+        raise ParityError(f"ModelOpt could not quantize {what}: {first_line(e)}") from None
+    return qmodel.eval(), False
 
 
 def _quiet() -> Any:

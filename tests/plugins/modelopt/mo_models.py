@@ -2,7 +2,8 @@
 
 ``digits_cnn``: a CNN trained on scikit-learn's bundled digits (8x8), with an outlier option that
 makes one input channel of ``fc1`` dominate its per-tensor input amax. ``tiny_decoder``: a decoder-only
-transformer trained briefly on the docstrings of Python's own ``textwrap`` module (characters).
+transformer trained briefly on the docstrings of Python's own ``textwrap`` module (characters);
+``tiny_llama``: a transformers Llama trained on the same characters (``parity generate``).
 """
 from __future__ import annotations
 
@@ -193,3 +194,53 @@ def outlier_cnn():  # type: ignore[no-untyped-def]
 def digits_net():  # type: ignore[no-untyped-def]
     """The untrained network (a model spec taking ``--state-dict``: no training in the CLI's process)."""
     return _net().eval()
+
+
+def text_ids(s: str) -> list[int]:
+    """``s`` as the token ids of :func:`tiny_llama` (one per character of ``_text``'s alphabet)."""
+    vocab = _text()[1]
+    return [vocab.index(c) for c in s]
+
+
+def tiny_llama():  # type: ignore[no-untyped-def]
+    """A transformers ``LlamaForCausalLM`` (2 layers, hidden 32, one token per character of ``_text``),
+    briefly trained on ``_text``: a real causal LM with a KV cache for ``parity generate``, small enough
+    that quantizing and generating take a second."""
+    from transformers import LlamaForCausalLM
+
+    net = LlamaForCausalLM(_llama_config())
+    net.load_state_dict(_llama_state())
+    return net.eval()
+
+
+def _llama_config():  # type: ignore[no-untyped-def]
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(_text()[1]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+@functools.lru_cache(maxsize=None)
+def _llama_state() -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    text, vocab = _text()
+    ids = torch.tensor([vocab.index(c) for c in text])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin
+    try:
+        torch.manual_seed(0)
+        net = LlamaForCausalLM(_llama_config())
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(40):
+            ix = torch.randint(0, len(ids) - 49, (16,), generator=g)
+            x = torch.stack([ids[i:i + 48] for i in ix])
+            loss = net(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
