@@ -14,7 +14,9 @@ def add_parser(sub: Any) -> None:
     g.add_argument("model", help="a transformers model folder, file.py:factory, or an .onnx decoder with past key/values")
     g.add_argument("--ref", default="torch", help="reference decoder (default torch)")
     g.add_argument("--target", default="torch-bf16",
-                   help="target decoder: torch-fp16, torch-bf16, ort, ort-fp16, ort-int8 (default torch-bf16)")
+                   help="target decoder: torch-fp16, torch-bf16, ort, ort-fp16, ort-int8, modelopt-int8, modelopt-fp8, "
+                        "modelopt-int4-awq, modelopt-w4a8-awq, modelopt-nvfp4 (parity plugins lists them; "
+                        "default torch-bf16)")
     g.add_argument("--target-model", default=None, help="the target's own model when it differs from MODEL "
                                                         "(an .onnx export, a factory)")
     g.add_argument("--prompts", default=None, help="text file, one prompt per line (needs --tokenizer)")
@@ -29,7 +31,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--no-diagnose", action="store_true", help="skip the per-layer comparison at diverging steps")
     g.add_argument("--worst", type=int, default=3, help="also diagnose the worst K steps by KL (default 3)")
     g.add_argument("--perplexity-text", default=None, help="text file: perplexity of both sides on it (needs --tokenizer)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch-fp16 needs cuda)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch-fp16 and modelopt-nvfp4 need cuda)")
     g.add_argument("--workers", type=int, default=1, help="shard the prompts over N Ray workers")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (docs/datasets.md)")
     g.add_argument("--workdir", default=None, help="where ONNX exports and conversions are cached "
