@@ -78,6 +78,7 @@ def _moments(ref: Any, tgt: Any, rel: float, abs_tol: float, rms_tol: float, cou
     acc = torch.zeros(_SUMS, dtype=torch.float64, device=dev)
     mx = torch.zeros((), dtype=torch.float64, device=dev)
     zero = torch.zeros((), dtype=torch.float64, device=dev)
+    n_plain = 0  # elements of the pieces with no NaN/Inf: counted here, not on the device
     for s in range(0, n, chunk_elements):
         e = min(s + chunk_elements, n)
         r = r_flat[s:e].to(torch.float64)
@@ -88,6 +89,7 @@ def _moments(ref: Any, tgt: Any, rel: float, abs_tol: float, rms_tol: float, cou
         # (one boolean crosses to the host; a float64 overflow of finite squares takes the masked path too)
         if bool(torch.isfinite(rr + tt)):
             rz, tz, nb = r, t, e - s
+            n_plain += nb
             nonfinite = [zero] * 5
         else:
             rf, tf = torch.isfinite(r), torch.isfinite(t)
@@ -111,12 +113,13 @@ def _moments(ref: Any, tgt: Any, rel: float, abs_tol: float, rms_tol: float, cou
             if both is not None:
                 ok &= both
             within = ok.sum()
-        parts = [nb if torch.is_tensor(nb) else torch.tensor(float(nb), device=dev), rr, tt, rt, dd, ad.sum(),
-                 within, *nonfinite]
+        parts = [nb if both is not None else zero, rr, tt, rt, dd, ad.sum(), within, *nonfinite]
         acc += torch.stack([p.to(torch.float64) for p in parts])
         mx = torch.maximum(mx, ad.max())
     out = torch.cat([acc, mx.reshape(1)]).cpu().numpy()  # the one transfer of this read
-    return out[:_SUMS].copy(), float(out[_SUMS]), counted
+    sums = out[:_SUMS].copy()
+    sums[_N] += n_plain
+    return sums, float(out[_SUMS]), counted
 
 
 def _within(ref: Any, tgt: Any, rel: float, atol: float, chunk_elements: int) -> int:
