@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from parity.contract.decoder import Decoder, DecoderSession
 from parity.contract.errors import ParityError
@@ -86,10 +87,10 @@ class ModelOptDecoder(Decoder):
                                           str(device))).encode()).hexdigest()[:24]
         path = Path(workdir) / "modelopt" / f"lm-{digest}.npz" if workdir else None
 
-        def forward_loop(net: object) -> None:
+        def forward_loop(net: Any) -> None:
             with torch.no_grad():
                 for seq in calib:
-                    net(input_ids=torch.tensor([seq], dtype=torch.long, device=device), use_cache=False)  # type: ignore[operator]
+                    net(input_ids=torch.tensor([seq], dtype=torch.long, device=device), use_cache=False)
 
         q, restored = quantize_or_restore(m, config, forward_loop, path, model)
         sess = CausalLMSession(q, device, torch.float32, self.name)
