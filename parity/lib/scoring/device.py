@@ -29,7 +29,7 @@ import numpy as np
 from parity.contract.metric import MOMENTS, Metric, PairContext
 from parity.contract.records import tensor_dtype_name, to_host
 from parity.lib.scoring import fused as F
-from parity.lib.scoring.score import metric_values, score_pair
+from parity.lib.scoring.score import metric_values, plan_moments, score_pair
 
 #: elements converted to float64 at once on a GPU: 16 Mi elements = two 128 MiB buffers, whatever the pair's size
 DEVICE_CHUNK = 1 << 24
@@ -154,19 +154,7 @@ def score_pair_device(ref: Any, tgt: Any, metrics: list[Metric], options: dict[s
         raise ValueError(f"size mismatch: {size} vs {tsize}")
     ctx = PairContext(size=size, ref_dtype=tensor_dtype_name(ref), tgt_dtype=tensor_dtype_name(tgt),
                       options=dict(options or {}))
-    moment_metrics = [m for m in metrics if m.moments]
-    wanted = {k for m in moment_metrics for k in m.moments}
-    unknown = wanted - set(MOMENTS)
-    if unknown:
-        raise ValueError(f"unknown moments {sorted(unknown)}; known: {sorted(MOMENTS)}")
-    tol_owner = next((m for m in moment_metrics if "within" in m.moments), None)
-    rel = abs_tol = rms_tol = 0.0
-    if tol_owner is not None:
-        rel, abs_tol, rms_tol = tol_owner.within_tolerance(ctx)
-        for m in moment_metrics:
-            if "within" in m.moments and m.within_tolerance(ctx) != (rel, abs_tol, rms_tol):
-                raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
-                                 "tolerances of the 'within' moment; one pass counts one")
+    moment_metrics, wanted, tol_owner, (rel, abs_tol, rms_tol) = plan_moments(metrics, ctx)
     count = tol_owner is not None
     sums, max_ad, counted = _moments(ref, tgt, rel, abs_tol, rms_tol, count, chunk_elements)
     n = int(sums[_N])

@@ -177,6 +177,31 @@ def _count_within(ref: np.ndarray, tgt: np.ndarray, rel: float, atol: float, chu
     return sum(_chunk_within(chunk, rel, atol) for chunk in iter_chunks(ref, tgt, own, chunk_elements))
 
 
+def plan_moments(metrics: list[Metric], ctx: PairContext
+                 ) -> tuple[list[Metric], set[str], Metric | None, tuple[float, float, float]]:
+    """The moment metrics of a pass, the moments they want, and the one tolerance of its ``within`` count.
+
+    Why one: a pass counts one ``within``; the first metric declaring it sets (rel, abs, rms) and a
+    metric asking for another is refused rather than silently given the first one's count. Shared by
+    the host pass and the device pass so both refuse and choose alike.
+    """
+    moment_metrics = [m for m in metrics if m.moments]
+    wanted = {k for m in moment_metrics for k in m.moments}
+    unknown = wanted - set(MOMENTS)
+    if unknown:
+        raise ValueError(f"unknown moments {sorted(unknown)}; known: {sorted(MOMENTS)}")
+    tol_owner = next((m for m in moment_metrics if "within" in m.moments), None)
+    tol: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    if tol_owner is not None:
+        rel, abs_tol, rms_tol = tol_owner.within_tolerance(ctx)
+        tol = (rel, abs_tol, rms_tol)
+        for m in moment_metrics:
+            if "within" in m.moments and tuple(m.within_tolerance(ctx)) != tol:
+                raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
+                                 "tolerances of the 'within' moment; one pass counts one")
+    return moment_metrics, wanted, tol_owner, tol
+
+
 def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
                options: dict[str, Any] | None = None,
                chunk_elements: int = CHUNK_ELEMENTS) -> tuple[dict[str, float], PairContext]:
@@ -199,22 +224,9 @@ def score_pair(ref: np.ndarray, tgt: np.ndarray, metrics: list[Metric],
     if any(m.needs_range for m in metrics):
         ctx.ref_range = _finite_range(ref)
         ctx.tgt_range = _finite_range(tgt)
-    moment_metrics = [m for m in metrics if m.moments]
-    wanted = {k for m in moment_metrics for k in m.moments}
-    unknown = wanted - set(MOMENTS)
-    if unknown:
-        raise ValueError(f"unknown moments {sorted(unknown)}; known: {sorted(MOMENTS)}")
+    moment_metrics, wanted, tol_owner, (rel, abs_tol, rms_tol) = plan_moments(metrics, ctx)
     full = bool(wanted & _FULL)
     chunked = [m for m in metrics if m.streaming and not m.moments]
-    # One tolerance per pass: the first metric declaring ``within`` sets it.
-    tol_owner = next((m for m in moment_metrics if "within" in m.moments), None)
-    rel = abs_tol = rms_tol = 0.0
-    if tol_owner is not None:
-        rel, abs_tol, rms_tol = tol_owner.within_tolerance(ctx)
-        for m in moment_metrics:
-            if "within" in m.moments and m.within_tolerance(ctx) != (rel, abs_tol, rms_tol):
-                raise ValueError(f"metrics {tol_owner.name!r} and {m.name!r} ask for different "
-                                 "tolerances of the 'within' moment; one pass counts one")
     k = None if ref.size == 0 or ref.size < F.MIN_COMPILED_SIZE else F.kernel()
     count = tol_owner is not None
     # The floor max(abs_tol, rms_tol * rms(r)) needs rms(r) before any element is judged.
