@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.contract.capability import NumberFormat
+from parity.contract.errors import ParityError
 
 __all__ = ["Decoder", "DecoderSession", "LayerTrace", "Step"]
 
@@ -111,6 +112,13 @@ class Decoder:
     def available(self, device: str = "cpu") -> str | None:
         """``None`` when this decoder can run here on ``device``, else why not (one line)."""
         return None
+
+    def require(self, device: str = "cpu") -> None:
+        """Refuse, naming this decoder and why, where :meth:`available` says it cannot run: what every
+        ``load`` does first, so a missing library or GPU is one line and not a traceback mid-load."""
+        why = self.available(device)
+        if why:
+            raise ParityError(f"decoder {self.name}: {why}")
 
     def load(self, model: str, *, device: str = "cpu", calibration: list[list[int]] | None = None,
              workdir: str | None = None) -> DecoderSession:

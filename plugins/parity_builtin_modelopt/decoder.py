@@ -74,9 +74,7 @@ class ModelOptDecoder(Decoder):
 
         from .quant import config_text, model_digest, quantize_or_restore, resolve_config
 
-        why = self.available(device)
-        if why:
-            raise ParityError(f"decoder {self.name}: {why}")
+        self.require(device)
         calib = [[int(t) for t in seq] for seq in (calibration or []) if len(seq)]
         if not calib:
             raise ParityError(f"decoder {self.name}: ModelOpt calibrates on token sequences and none were given. "

@@ -93,9 +93,7 @@ class OrtDecoder(Decoder):
         from parity.lib.onnx.decoder import decoder_to_fp16
         from parity.lib.onnx.session import make_session, session_options
 
-        why = self.available(device)
-        if why:
-            raise ParityError(f"decoder {self.name}: {why}")
+        self.require(device)
         work = Path(workdir or tempfile.mkdtemp(prefix="parity-generate-"))
         path = Path(model)
         if path.suffix != ".onnx":

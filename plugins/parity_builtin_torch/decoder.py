@@ -8,7 +8,6 @@ plugin only casts the model to the decoder's precision.
 from __future__ import annotations
 
 from parity.contract.decoder import Decoder, DecoderSession
-from parity.contract.errors import ParityError
 from parity.lib.causal_lm import CausalLMSession
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -37,9 +36,7 @@ class TorchDecoder(Decoder):
 
         from parity.lib.causal_lm import load_causal_lm
 
-        why = self.available(device)
-        if why:
-            raise ParityError(f"decoder {self.name}: {why}")
+        self.require(device)
         dtype = getattr(torch, _DTYPES[self.precision])
         m = load_causal_lm(model).to(device=device, dtype=dtype)
         return CausalLMSession(m, device, dtype, self.name)
