@@ -67,9 +67,8 @@ def _shape_note(r: Activation, t: Activation) -> tuple[bool, str]:
 
 
 def _as_numeric(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind in "fiub":
-        return a
-    raise ParityError(f"cannot score an array of dtype {a.dtype}. Note: parity compares numeric tensors only.")
+    _as_numeric_name(a.dtype)
+    return a
 
 
 def _score_values(r: Activation, t: Activation, metrics: list[Metric],
@@ -85,7 +84,7 @@ def _score_values(r: Activation, t: Activation, metrics: list[Metric],
     return score_pair(_as_numeric(r.host()), _as_numeric(t.host()), metrics, options)
 
 
-def _as_numeric_name(dtype: str) -> None:
+def _as_numeric_name(dtype: Any) -> None:
     if np.dtype(dtype).kind not in "fiub":
         raise ParityError(f"cannot score an array of dtype {dtype}. Note: parity compares numeric tensors only.")
 

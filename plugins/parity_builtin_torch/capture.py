@@ -28,14 +28,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from parity.contract.errors import ParityError, first_line
-from parity.contract.records import Activation
+from parity.contract.records import Activation, to_host
 from parity.contract.source import LayerSelection
 
 Emit = Callable[[Activation], None]
-
-_NUMPY_DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool",
-                 "complex64", "complex128"}
-
 
 class _Cancelled(BaseException):
     """Raised inside the forward when the consumer stopped reading; BaseException so model code's
@@ -85,17 +81,11 @@ def tensor_clone(t: Any) -> tuple[Any, str]:
 def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
     """A CPU numpy copy of ``t`` in its own dtype, and the torch dtype name.
 
-    Types numpy lacks (bfloat16, float8) become float32; the name keeps the truth.
+    Types numpy lacks (bfloat16, float8) become float32 (:func:`parity.contract.records.to_host`, the
+    host copy every device record gets too); the name keeps the truth.
     """
-    import torch
-
     t = _plain(t)
-    name = str(t.dtype).replace("torch.", "")
-    if name in _NUMPY_DTYPES:
-        arr = t.to("cpu", copy=True).numpy()
-    else:
-        arr = t.to("cpu", dtype=torch.float32, copy=True).numpy()
-    return arr, name
+    return to_host(t), str(t.dtype).replace("torch.", "")
 
 
 class Recorder:
