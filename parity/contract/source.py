@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 
@@ -188,13 +188,6 @@ class Source:
         this model cannot be cut into layers.
         """
         raise ParityError(f"source {self.name!r} cannot run layers alone")
-
-    def with_number_format(self, results: Iterable[LocalResult]) -> Iterator[LocalResult]:
-        """``results`` with ``meta["number_format"]`` set to this source's :attr:`number_format` value:
-        diagnosis reads a local run's format there (the range it saturates at), not from a string."""
-        for lr in results:
-            lr.meta = {**(lr.meta or {}), "number_format": NumberFormat(self.number_format).value}
-            yield lr
 
     def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
                           dest: Path) -> FixedModel:

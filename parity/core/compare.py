@@ -663,7 +663,8 @@ def _attach_local(s: CompareSettings, tgt_src: Source, cfg: RunConfig, feed: dic
         if cfg.layers is not None:  # --layers: rows exist only for selected layers; score no other
             names = {r.target_name for r in rep.layers if r.target_name}
             runs = (r for r in runs if r.key in names)
-        n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options)))
+        n_local = attach_local(rep, dict(score_local(runs, ms, s.metric_options,
+                                                          getattr(tgt_src, "number_format", None))))
     except ParityError as e:  # no local runs for this model: the rest of the diagnosis stands
         rep.summary["local_unavailable"] = str(e)
     else:

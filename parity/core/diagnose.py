@@ -137,11 +137,13 @@ def useful_bound(ref: np.ndarray) -> float | None:
     return bound if float(upper.min()) >= SENTINEL_GAP * bound and _sentinels_constant(upper, bound, eps) else None
 
 
-def _local_format(lr: LocalResult) -> str | None:
-    """The float format the local run computed in: the typed ``meta["number_format"]`` its source wrote
-    (``Source.with_number_format``), else its dtype."""
+def _local_format(lr: LocalResult, source_format: NumberFormat | str | None = None) -> str | None:
+    """The float format the local run computed in: a typed ``meta["number_format"]`` the run carries,
+    else ``source_format`` (the typed ``Source.number_format`` of the source that ran it, which the
+    core passes), else its dtype."""
     meta = lr.meta or {}
-    typed = meta.get("number_format")
+    typed = meta.get("number_format") or (source_format.value if isinstance(source_format, NumberFormat)
+                                          else source_format)
     if typed:
         try:
             fmt = NumberFormat(typed).report_name
@@ -285,8 +287,12 @@ def _quantizer_words(q: dict[str, Any]) -> str:
 
 
 def score_local(results: Iterable[LocalResult], metrics: list[Metric],
-                options: dict[str, Any] | None = None) -> Iterator[tuple[Any, LocalValues]]:
+                options: dict[str, Any] | None = None,
+                number_format: NumberFormat | str | None = None) -> Iterator[tuple[Any, LocalValues]]:
     """Score each local run with the same metrics as the compare run, one at a time.
+
+    ``number_format``: the typed format of the source that ran them (its ``number_format``), whose
+    range a saturation is counted against unless a run carries its own ``meta["number_format"]``.
 
     Robust local error: when the reference has a huge-magnitude minority (see :func:`useful_bound`),
     every metric is also computed on the useful part alone and the *worse* of the two (by the
@@ -301,7 +307,7 @@ def score_local(results: Iterable[LocalResult], metrics: list[Metric],
             continue
         values, ctx = score_pair(lr.ref, lr.target, metrics, options)
         meta = dict(lr.meta or {})
-        sat = _saturated(lr.ref, lr.target, _local_format(lr)) if ctx.tgt_new_nonfinite else 0
+        sat = _saturated(lr.ref, lr.target, _local_format(lr, number_format)) if ctx.tgt_new_nonfinite else 0
         # new NaN/Inf in the local run is local error too, even when the finite part still agrees
         values[NEW_NONFINITE] = float(ctx.tgt_new_nonfinite - sat)
         if sat:

@@ -144,4 +144,4 @@ class ModelOptSource(Source):
 
     def local_errors(self, cfg: RunConfig, feed: dict[str, np.ndarray]) -> Iterator[Any]:
         """Each module with an enabled quantizer alone on the fp32 inputs (:mod:`.local`)."""
-        yield from self.with_number_format(local.local_results(self.prepared(cfg), cfg, feed))
+        yield from local.local_results(self.prepared(cfg), cfg, feed)

@@ -115,7 +115,7 @@ class OrtSource(Source):
             return
         from .local import local_results
 
-        yield from self.with_number_format(local_results(self.precision, cfg, feed, skipped=self.last_local_skipped))
+        yield from local_results(self.precision, cfg, feed, skipped=self.last_local_skipped)
 
     def write_fixed_model(self, cfg: RunConfig, feed: dict[str, np.ndarray], keep: list[str],
                           dest: Path) -> FixedModel:

@@ -111,4 +111,4 @@ class TrtSource(Source):
             return
         from .local import local_results
 
-        yield from self.with_number_format(local_results(self.name, self.precision, cfg, feed, self.last_local_skipped))
+        yield from local_results(self.name, self.precision, cfg, feed, self.last_local_skipped)

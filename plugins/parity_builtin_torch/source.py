@@ -97,5 +97,4 @@ class TorchSource(Source):
         self.last_local_skipped = []
         if self._reference is None:
             self._reference = PreparedCache("fp32", SOURCE_NAMES["fp32"])
-        yield from self.with_number_format(
-            local.local_results(self._cache, self._reference, cfg, feed, self.last_local_skipped))
+        yield from local.local_results(self._cache, self._reference, cfg, feed, self.last_local_skipped)

@@ -114,10 +114,17 @@ def test_local_format_is_the_typed_number_format():
     assert _saturations({"number_format": "fp64-someday"}) == 0  # unknown format: the dtype says float32
 
 
-def test_sources_stamp_their_number_format_on_local_results():
+def test_local_runs_are_judged_in_their_sources_number_format():
+    # the core passes the typed number_format of the source that ran the layers alone
     src = plugins.get_source("ort-fp16")
-    ref = np.zeros(2, np.float32)
-    out = list(src.with_number_format([LocalResult("a", ref, ref, meta={"precision": "fp16"}),
-                                       LocalResult("b", ref, ref)]))
-    assert [lr.meta for lr in out] == [{"precision": "fp16", "number_format": "fp16"}, {"number_format": "fp16"}]
-    assert NumberFormat(out[0].meta["number_format"]) is src.number_format
+    ref = np.array([1e5, 1.0, 2.0, -3.0], np.float32)
+    tgt = np.array([np.inf, 1.0, 2.0, -3.0], np.float32)
+    [(_, values)] = list(score_local([LocalResult("x", ref, tgt)], [], number_format=src.number_format))
+    assert NumberFormat(src.number_format) is NumberFormat.FP16 and values.get(SATURATED) == 1.0
+    # no format given and none carried: the run's dtype (float32) holds 1e5, so nothing saturates
+    [(_, plain)] = list(score_local([LocalResult("x", ref, tgt)], []))
+    assert plain.get(SATURATED, 0.0) == 0.0
+    # a run's own typed value wins over its source's
+    [(_, own)] = list(score_local([LocalResult("x", ref, tgt, meta={"number_format": "fp32"})], [],
+                                  number_format=src.number_format))
+    assert own.get(SATURATED, 0.0) == 0.0
