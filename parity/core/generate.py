@@ -367,9 +367,7 @@ def _load(s: GenerateSettings) -> tuple[Any, Any]:
     calib = s.prompts[:CALIBRATION_PROMPTS]
     ref_dec, tgt_dec = get_decoder(s.ref), get_decoder(s.target)
     for d in (ref_dec, tgt_dec):
-        why = d.available(s.device)
-        if why:
-            raise ParityError(f"decoder {d.name} cannot run here: {why}")
+        d.require(s.device)
     ref = ref_dec.load(s.model, device=s.device, workdir=s.workdir)
     target = tgt_dec.load(s.target_model or s.model, device=s.device, calibration=calib, workdir=s.workdir)
     if ref.vocab_size and target.vocab_size and ref.vocab_size != target.vocab_size:

@@ -14,9 +14,10 @@ code on the quantized model, whose decoder layers keep their names.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from parity.contract.decoder import Decoder, DecoderSession
 from parity.contract.errors import ParityError
@@ -25,13 +26,6 @@ from .quant import CUDA_ONLY, PRESETS
 
 #: the short precision label of each preset (W4A8: int4 weights, fp8 activations)
 PRECISIONS = {"int8": "int8", "fp8": "fp8", "int4-awq": "int4", "w4a8-awq": "w4a8", "nvfp4": "nvfp4"}
-
-
-def tokens_digest(sequences: list[list[int]]) -> str:
-    h = hashlib.sha256()
-    for seq in sequences:
-        h.update((",".join(map(str, seq)) + ";").encode())
-    return h.hexdigest()
 
 
 class ModelOptDecoder(Decoder):
@@ -72,7 +66,7 @@ class ModelOptDecoder(Decoder):
 
         from parity.lib.causal_lm import CausalLMSession, load_causal_lm
 
-        from .quant import config_text, model_digest, quantize_or_restore, resolve_config
+        from .quant import calibration_digest, quantize_or_restore, resolve_config
 
         self.require(device)
         calib = [[int(t) for t in seq] for seq in (calibration or []) if len(seq)]
@@ -81,8 +75,8 @@ class ModelOptDecoder(Decoder):
                               f"Note: parity generate calibrates on its first 16 prompts")
         m = load_causal_lm(model).to(device=device).eval()
         config = resolve_config(PRESETS[self.preset])
-        digest = hashlib.sha256("|".join((model_digest(m, model), config_text(config), tokens_digest(calib),
-                                          str(device))).encode()).hexdigest()[:24]
+        digest = calibration_digest(m, model, config, [{"input_ids": np.asarray(seq, np.int64)} for seq in calib],
+                                    device)
         path = Path(workdir) / "modelopt" / f"lm-{digest}.npz" if workdir else None
 
         def forward_loop(net: Any) -> None:

@@ -166,6 +166,14 @@ def feeds_digest(feeds: list[dict[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def calibration_digest(module: Any, model: str, config: dict[str, Any], calib: list[dict[str, np.ndarray]],
+                       device: Any) -> str:
+    """What names a calibration (in memory and on disk): the model's weights, the config, the
+    calibration feeds and the device; the same for a compare source and a generate decoder."""
+    return hashlib.sha256("|".join((model_digest(module, model), config_text(config), feeds_digest(calib),
+                                    str(device))).encode()).hexdigest()[:24]
+
+
 @dataclass
 class Quantized:
     """The fp32 model and its quantized twin (same module names, quantizers inserted)."""
@@ -206,8 +214,7 @@ def quantize(cfg: RunConfig, config: dict[str, Any], *, cuda_only: bool = False)
     if not calib:
         raise ParityError("ModelOpt targets need calibration feeds. Note: give --calibration FILE|FOLDER, or "
                           "inputs to compare (their first feeds calibrate)")
-    digest = hashlib.sha256("|".join((model_digest(module, str(cfg.model)), config_text(config),
-                                      feeds_digest(calib), str(device))).encode()).hexdigest()[:24]
+    digest = calibration_digest(module, str(cfg.model), config, calib, device)
     with _LOCK:
         hit = _MEMORY.get(digest)
         if hit is not None:
