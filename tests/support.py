@@ -102,3 +102,25 @@ def tiny_onnx(path, width: int = 4, hidden: int = 8, unused_initializer: bool = 
     model.ir_version = 9
     onnx.save(model, str(path))
     return Path(path)
+
+
+def train_causal_lm(net, ids, *, steps: int, seq: int, lr: float, batch: int = 16) -> None:  # type: ignore[no-untyped-def]
+    """Train ``net`` (a transformers causal LM, built after ``torch.manual_seed`` by the caller) on
+    random windows of ``seq`` tokens of ``ids`` for ``steps`` AdamW steps, seeded: the same weights
+    every run. On one thread: two threads on a loaded 2-core machine spin, 100x slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            ix = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
+            x = torch.stack([ids[i:i + seq] for i in ix])
+            loss = net(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)

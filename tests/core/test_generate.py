@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from support import needs_cuda  # noqa: E402
+from support import needs_cuda, train_causal_lm  # noqa: E402
 
 from parity.core.generate import GenerateSettings, GenerateStats, compare_logits, generate, load_prompts  # noqa: E402
 
@@ -53,22 +53,11 @@ def lm(tmp_path_factory):
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=384, show_progress=False,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     ids = torch.tensor(tok.encode("\n\n".join(texts)).ids)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin: 100x slower than one
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     m = LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(100):
-        ix = torch.randint(0, len(ids) - 65, (16,), generator=g)
-        x = torch.stack([ids[i:i + 64] for i in ix])
-        loss = m(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
+    train_causal_lm(m, ids, steps=100, seq=64, lr=3e-3)
     folder = root / "model"
     m.eval().save_pretrained(folder)
     tok.save(str(folder / "tokenizer.json"))

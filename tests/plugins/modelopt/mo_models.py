@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from support import train_causal_lm
+
 
 @functools.lru_cache(maxsize=None)
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -227,20 +229,7 @@ def _llama_state() -> dict:
 
     text, vocab = _text()
     ids = torch.tensor([vocab.index(c) for c in text])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin
-    try:
-        torch.manual_seed(0)
-        net = LlamaForCausalLM(_llama_config())
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(40):
-            ix = torch.randint(0, len(ids) - 49, (16,), generator=g)
-            x = torch.stack([ids[i:i + 48] for i in ix])
-            loss = net(input_ids=x, labels=x).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = LlamaForCausalLM(_llama_config())
+    train_causal_lm(net, ids, steps=40, seq=48, lr=1e-2)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
