@@ -124,3 +124,16 @@ def train_causal_lm(net, ids, *, steps: int, seq: int, lr: float, batch: int = 1
             opt.step()
     finally:
         torch.set_num_threads(threads)
+
+
+def plugged(plugin, name: str):  # type: ignore[no-untyped-def]
+    """A generator for a pytest fixture: ``plugin`` registered as a third-party plugin named ``name``
+    while the test runs, then unregistered and the registry reset (no other test sees it)."""
+    from parity.core import registry
+
+    registry.register_plugin(plugin, name=name)
+    try:
+        yield
+    finally:
+        registry.unregister_plugin(plugin)
+        registry.reset()

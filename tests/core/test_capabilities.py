@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from parity import hookimpl
+from support import plugged
 from parity.contract.capability import Capability, NumberFormat
 from parity.contract.errors import ParityError
 from parity.contract.report import LayerResult
@@ -75,13 +76,7 @@ class _Plugin:
 
 @pytest.fixture
 def acme():
-    plugin = _Plugin()
-    plugins.register_plugin(plugin, name="acme-test")
-    try:
-        yield
-    finally:
-        plugins.unregister_plugin(plugin)
-        plugins.reset()
+    yield from plugged(_Plugin(), "acme-test")
 
 
 def test_the_format_is_the_attribute_never_the_name(acme):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from parity import hookimpl
+from support import plugged
 from parity.contract.capability import NumberFormat, StageKind
 from parity.contract.errors import UsageError
 from parity.contract.records import LocalResult
@@ -71,13 +72,7 @@ class _Plugin:
 
 @pytest.fixture
 def acme():
-    plugin = _Plugin()
-    plugins.register_plugin(plugin, name="acme-stages")
-    try:
-        yield
-    finally:
-        plugins.unregister_plugin(plugin)
-        plugins.reset()
+    yield from plugged(_Plugin(), "acme-stages")
 
 
 def test_the_kind_is_the_attribute_never_the_name(acme):
