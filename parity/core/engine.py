@@ -129,13 +129,15 @@ def score(pair: Pair, metrics: list[Metric], infos: list[MetricInfo], order: flo
         return row
     if r.dtype != t.dtype:
         row.meta["dtype_differs"] = True
-    values, ctx = _score_values(r, t, metrics, options)
-    if options and options.get("ranges"):
+    if options and options.get("ranges"):  # the ranges read the values: one host copy serves both
         from parity.lib.scoring import value_stats
 
-        rh, th = r.host(), t.host()
+        rh, th = _as_numeric(r.host()), _as_numeric(t.host())
+        values, ctx = score_pair(rh, th, metrics, options)
         row.range = {"ref": value_stats(rh), "target": value_stats(th),
-                     "error_vs_magnitude": error_vs_magnitude(_as_numeric(rh), _as_numeric(th))}
+                     "error_vs_magnitude": error_vs_magnitude(rh, th)}
+    else:
+        values, ctx = _score_values(r, t, metrics, options)
     row.values = values
     row.ref_nan, row.ref_inf, row.target_nan, row.target_inf = ctx.ref_nan, ctx.ref_inf, ctx.tgt_nan, ctx.tgt_inf
     row.meta["target_new_nonfinite"] = ctx.tgt_new_nonfinite
