@@ -94,12 +94,12 @@ class Decoder:
     precision: str = "fp32"
     description: str = ""
     uses_calibration: bool = False
+    _number_format: NumberFormat | None = None
 
     @property
     def number_format(self) -> NumberFormat:
-        set_ = self.__dict__.get("_number_format")
-        if set_ is not None:
-            return set_
+        if self._number_format is not None:
+            return self._number_format
         try:
             return NumberFormat(self.precision)
         except ValueError:
@@ -107,7 +107,7 @@ class Decoder:
 
     @number_format.setter
     def number_format(self, value: NumberFormat | str) -> None:
-        self.__dict__["_number_format"] = NumberFormat(value)
+        self._number_format = NumberFormat(value)
 
     def available(self, device: str = "cpu") -> str | None:
         """``None`` when this decoder can run here on ``device``, else why not (one line)."""
