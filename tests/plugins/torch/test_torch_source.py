@@ -527,7 +527,9 @@ def test_records_stream_before_forward_finishes(monkeypatch):
 def test_closing_the_generator_stops_the_forward(monkeypatch):
     events: list[str] = []
     spec = spec_for(monkeypatch, _tick_model(events, 50), fresh=False)
-    gen = TorchSource().run(RunConfig(model=spec), {"input": np.zeros((1, 2), np.float32)})
+    # step_bytes=1: the queue holds one record, so the forward is at most two layers ahead when the
+    # consumer closes (with the default budget 50 tiny records fit, and a fast forward could finish first)
+    gen = TorchSource().run(RunConfig(model=spec, step_bytes=1), {"input": np.zeros((1, 2), np.float32)})
     first = next(gen)
     assert first.name == "0"
     gen.close()
